@@ -1,0 +1,118 @@
+"""The ``hotloop`` command: ``hotloop gateway …`` and ``hotloop demo …``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hotloop.backends.sim import SimBackend
+from hotloop.errors import HotloopError
+from hotloop.gateway.app import GatewayServer
+from hotloop.gateway.config import GatewayConfig
+from hotloop.sim.latency import PROFILES, get_profile
+from hotloop.sim.scenario import bundled_scenarios
+
+__all__ = ["main"]
+
+
+def _latency_overrides(pairs: Sequence[str]) -> dict[str, float]:
+    overrides: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise HotloopError(f"--latency takes key=value, got {pair!r}")
+        try:
+            overrides[key.strip()] = float(value)
+        except ValueError:
+            raise HotloopError(f"--latency {key}: {value!r} is not a number") from None
+    return overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hotloop", description="Fast tool-calling agent loops.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gateway = commands.add_parser(
+        "gateway", help="serve the OpenAI Responses API (HTTP/SSE + WebSocket mode)"
+    )
+    gateway.add_argument("--backend", choices=["sim"], default="sim")
+    gateway.add_argument(
+        "--scenario",
+        default="coding",
+        help=f"bundled scenario ({', '.join(bundled_scenarios())}) or a path to a JSON file",
+    )
+    gateway.add_argument("--profile", choices=sorted(PROFILES), default="fast")
+    gateway.add_argument(
+        "--latency",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one latency parameter, e.g. --latency ttft_s=0.5",
+    )
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, default=8000)
+    gateway.add_argument(
+        "--api-key", action="append", default=[], help="accept only these bearer tokens"
+    )
+    gateway.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="SQLite file for store:true responses (default: in memory)",
+    )
+    gateway.add_argument("--max-message-mib", type=int, default=64)
+    gateway.add_argument("--log-level", default="info")
+
+    demo = commands.add_parser("demo", help="run the gateway and a scripted session against it")
+    demo.add_argument("--scenario", default="coding")
+    demo.add_argument("--profile", choices=sorted(PROFILES), default="fast")
+    demo.add_argument("--latency", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    profile = get_profile(args.profile, _latency_overrides(args.latency))
+    config = GatewayConfig(
+        api_keys=frozenset(args.api_key) if args.api_key else None,
+        store_path=args.store,
+        max_message_bytes=args.max_message_mib * 1024 * 1024,
+    )
+    server = GatewayServer(
+        SimBackend(args.scenario, profile),
+        config,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+    )
+    print(
+        f"hotloop gateway: {server.base_url} (WebSocket {server.websocket_url}); "
+        f"scenario {args.scenario!r}, profile {profile.name!r}; models: "
+        f"{', '.join(server.gateway.models())}",
+        flush=True,
+    )
+    await server.serve_forever()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "gateway":
+            asyncio.run(_serve(args))
+        elif args.command == "demo":
+            from hotloop.demo import run_demo
+
+            profile = get_profile(args.profile, _latency_overrides(args.latency))
+            asyncio.run(run_demo(args.scenario, profile))
+    except HotloopError as exc:
+        print(f"hotloop: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""The gateway: the OpenAI Responses API over HTTP/SSE and WebSocket mode, with a
+connection-scoped cache, in front of any :class:`~hotloop.backends.Backend`."""
+
+from hotloop.gateway.app import GatewayServer, build_app
+from hotloop.gateway.cache import CachedResponse, ResponseCache
+from hotloop.gateway.config import GatewayConfig, InputGuard
+from hotloop.gateway.core import Gateway, ResponseRun
+
+__all__ = [
+    "CachedResponse",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayServer",
+    "InputGuard",
+    "ResponseCache",
+    "ResponseRun",
+    "build_app",
+]

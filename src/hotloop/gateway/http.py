@@ -1,0 +1,228 @@
+"""HTTP endpoints: ``POST /v1/responses`` (JSON and SSE), ``POST /v1/chat/completions``,
+``GET /v1/responses/{id}``, ``GET /v1/models``, ``GET /health`` and ``GET /metrics``.
+
+Errors use OpenAI's body ``{"error": {message, type, param, code}}`` with the matching status
+(``protocol.md`` §1.3). JSON or SSE is chosen only from the body's ``stream`` field, never
+from ``Accept`` (P1). Mid-stream failures are ``response.failed`` events: no SSE payload ever
+has a top-level ``error`` key (P5).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from hotloop.errors import APIError, DecodeError, InvalidMessage
+from hotloop.gateway.core import Gateway, ResponseRun, new_id
+from hotloop.gateway.metrics import CONTENT_TYPE
+from hotloop.gateway.requests import parse_create
+from hotloop.protocol.chat import (
+    ChatChunkEncoder,
+    chat_completion_from_response,
+    chat_request_to_responses,
+)
+from hotloop.protocol.conversation import Conversation
+from hotloop.protocol.sse import encode_sse
+from hotloop.wire import codec
+from hotloop.wire.events import ResponseFailed
+
+__all__ = ["HTTPEndpoints", "error_response", "json_response"]
+
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(codec.dumps(data), status, headers=headers, media_type="application/json")
+
+
+def error_response(error: APIError, *, websocket: bool = False) -> Response:
+    """The OpenAI error body; a denied WebSocket upgrade also carries ``status`` (§3.1)."""
+    body: dict[str, Any] = {"error": error.body()}
+    if websocket:
+        body["status"] = error.status
+    headers = {"x-should-retry": "false"} if error.status >= 500 else None
+    return json_response(body, error.status, headers)
+
+
+class HTTPEndpoints:
+    """The HTTP side of one gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def authorize(self, headers: Any) -> APIError | None:
+        """``None`` when the request may proceed, else the 401 to send (§1.2, P14)."""
+        keys = self.gateway.config.api_keys
+        if keys is None:
+            return None
+        header = headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip() in keys:
+            return None
+        return APIError(
+            "Incorrect API key provided." if token else "Missing bearer authentication.",
+            status=401,
+            code="invalid_api_key",
+        )
+
+    async def _read_body(self, request: Request) -> dict[str, Any]:
+        limit = self.gateway.config.max_message_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+        try:
+            return codec.decode_object(b"".join(chunks))
+        except DecodeError as exc:
+            raise APIError(f"Invalid JSON body: {exc}", code="invalid_json") from exc
+
+    def _fail(self, error: APIError, transport: str) -> Response:
+        self.gateway.metrics.errors.labels(transport, error.code or error.type).inc()
+        return error_response(error)
+
+    async def create_response(self, request: Request) -> Response:
+        received_ns = time.perf_counter_ns()
+        gateway = self.gateway
+        denied = self.authorize(request.headers)
+        if denied is not None:
+            return self._fail(denied, "http")
+        try:
+            body = await self._read_body(request)
+            create = parse_create(body)
+            parent = Conversation.start()
+            if create.previous_response_id is not None:
+                parent = await gateway.resolve_stored(create.previous_response_id)
+            transport = "sse" if create.stream else "http"
+            prepared = gateway.prepare(create, parent, received_ns=received_ns, transport=transport)
+        except APIError as exc:
+            return self._fail(exc, "http")
+        run = gateway.run(prepared)
+        if create.stream:
+            return StreamingResponse(
+                _sse(run), media_type="text/event-stream", headers=_SSE_HEADERS
+            )
+        async for event in run.events():
+            if isinstance(event, ResponseFailed):
+                error = event.response.error or {}
+                return self._fail(
+                    APIError(
+                        str(error.get("message", "The response failed.")),
+                        status=500,
+                        type="server_error",
+                        code=str(error.get("code", "server_error")),
+                    ),
+                    "http",
+                )
+        return json_response(run.response.to_dict())
+
+    async def retrieve_response(self, request: Request) -> Response:
+        denied = self.authorize(request.headers)
+        if denied is not None:
+            return self._fail(denied, "http")
+        response_id = request.path_params["response_id"]
+        stored = await self.gateway.store.load_response(response_id)
+        if stored is None:
+            return self._fail(
+                APIError(
+                    f"No response found with id '{response_id}'.",
+                    status=404,
+                    code="response_not_found",
+                    param="response_id",
+                ),
+                "http",
+            )
+        return json_response(stored)
+
+    async def chat_completions(self, request: Request) -> Response:
+        received_ns = time.perf_counter_ns()
+        gateway = self.gateway
+        denied = self.authorize(request.headers)
+        if denied is not None:
+            return self._fail(denied, "chat")
+        try:
+            body = await self._read_body(request)
+            try:
+                chat = chat_request_to_responses(body)
+            except InvalidMessage as exc:
+                raise APIError(str(exc), param=exc.param, code="invalid_request") from exc
+            create = parse_create(
+                {
+                    "model": chat.model,
+                    "input": [item.to_dict() for item in chat.input],
+                    "instructions": chat.instructions,
+                    "tools": chat.tools,
+                    "tool_choice": chat.tool_choice,
+                    "parallel_tool_calls": chat.parallel_tool_calls
+                    if chat.parallel_tool_calls is not None
+                    else True,
+                    "max_output_tokens": chat.max_output_tokens,
+                    "store": False,
+                }
+            )
+            prepared = gateway.prepare(
+                create, Conversation.start(), received_ns=received_ns, transport="chat"
+            )
+        except APIError as exc:
+            return self._fail(exc, "chat")
+        run = gateway.run(prepared)
+        completion_id = new_id("chatcmpl")
+        created = int(time.time())
+        if chat.stream:
+            encoder = ChatChunkEncoder(completion_id, chat.model, created, chat.include_usage)
+            return StreamingResponse(
+                _chat_sse(run, encoder), media_type="text/event-stream", headers=_SSE_HEADERS
+            )
+        async for event in run.events():
+            if isinstance(event, ResponseFailed):
+                return self._fail(
+                    APIError("The model failed.", status=500, type="server_error"), "chat"
+                )
+        return json_response(chat_completion_from_response(run.response, completion_id, created))
+
+    async def models(self, request: Request) -> Response:
+        denied = self.authorize(request.headers)
+        if denied is not None:
+            return self._fail(denied, "http")
+        created = int(self.gateway.started_at)
+        data = [
+            {"id": model, "object": "model", "created": created, "owned_by": "hotloop"}
+            for model in self.gateway.models()
+        ]
+        return json_response({"object": "list", "data": data})
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok", "models": list(self.gateway.models())})
+
+    async def metrics(self, request: Request) -> Response:
+        self.gateway.metrics.log_dropped.set(self.gateway.log.dropped)
+        return Response(self.gateway.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _too_large(size: int, limit: int) -> APIError:
+    return APIError(
+        f"The request body is {size} bytes; the limit is {limit} bytes.",
+        status=413,
+        code="message_too_large",
+    )
+
+
+async def _sse(run: ResponseRun) -> AsyncIterator[bytes]:
+    async for event in run.events():
+        yield encode_sse(codec.encode_event(event), event.type)
+
+
+async def _chat_sse(run: ResponseRun, encoder: ChatChunkEncoder) -> AsyncIterator[bytes]:
+    async for event in run.events():
+        for chunk in encoder.feed(event):
+            yield encode_sse(codec.dumps(chunk))
+    yield b"data: [DONE]\n\n"
