@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import typing
 from typing import Any
 
@@ -56,7 +57,8 @@ def test_client_item_shapes_decode_to_their_records() -> None:
     ]
     items = items_from_input(raw)
     kinds = [type(item) for item in items]
-    assert kinds == [Message, FunctionCall, FunctionCallOutput, Reasoning, ItemReference, UnknownItem]
+    expected = [Message, FunctionCall, FunctionCallOutput, Reasoning, ItemReference, UnknownItem]
+    assert kinds == expected
     assert isinstance(items[0], Message) and items[0].text == "a"
     assert [item.to_dict() for item in items] == raw
 
@@ -206,9 +208,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
     max_leaves=10,
 )
-EVENT_TYPES = sorted(
-    {cls.type for cls in typing.get_args(ev.Event) if cls is not ev.UnknownEvent}
-)
+EVENT_TYPES = sorted({cls.type for cls in typing.get_args(ev.Event) if cls is not ev.UnknownEvent})
 FIELDS = [
     "item",
     "response",
@@ -259,10 +259,8 @@ ITEM_TYPES = ["message", "function_call", "function_call_output", "reasoning", "
 
 
 def _only_our_errors(fn: Any, data: Any) -> None:
-    try:
+    with contextlib.suppress(HotloopError):
         fn(data)
-    except HotloopError:
-        pass
 
 
 @settings(max_examples=200)
@@ -278,7 +276,7 @@ def test_event_from_dict_garbage_raises_our_errors(data: Any) -> None:
 
 
 @settings(max_examples=200)
-@given(json_values | st.dictionaries(st.sampled_from(FIELDS + ["id", "model"]), json_values))
+@given(json_values | st.dictionaries(st.sampled_from([*FIELDS, "id", "model"]), json_values))
 def test_response_and_usage_garbage_raise_our_errors(data: Any) -> None:
     _only_our_errors(ResponseObject.from_dict, data)
     _only_our_errors(Usage.from_dict, data)

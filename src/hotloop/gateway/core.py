@@ -240,6 +240,9 @@ class ResponseRun:
         prepared = self.prepared
         request = prepared.request
         started = time.monotonic()
+        # The gateway's own time before generation: receive, decode, validate the new input,
+        # resolve the parent, extend the snapshot. Events sent after this are transport work.
+        self.timings.pre_ns = time.perf_counter_ns() - prepared.received_ns
         metrics.active_responses.inc()
         try:
             yield ResponseCreated(response=self.response, sequence_number=self._seq())
@@ -247,7 +250,6 @@ class ResponseRun:
             output: list[Item] = []
             usage = Usage(input_tokens=prepared.context.tokens)
             incomplete: str | None = None
-            self.timings.pre_ns = time.perf_counter_ns() - prepared.received_ns
             if request.generate:
                 try:
                     async for event in self._generate(output):

@@ -209,8 +209,8 @@ def _chat_tool_to_responses(tool: Any, where: str) -> JSONDict:
 
 
 def _tool_choice_to_responses(raw: Any) -> str | JSONDict | None:
-    if raw is None or raw in _TOOL_CHOICE_MODES:
-        return raw  # type: ignore[no-any-return]
+    if raw is None or (isinstance(raw, str) and raw in _TOOL_CHOICE_MODES):
+        return raw
     function = raw.get("function") if isinstance(raw, dict) else None
     if isinstance(function, dict) and isinstance(function.get("name"), str):
         return {"type": "function", "name": function["name"]}
@@ -711,8 +711,10 @@ class ChatStreamDecoder:
                 )
             )
             return out
-        choices = chunk.get("choices") or []
-        if not isinstance(choices, list):
+        choices = chunk.get("choices")
+        if choices is None:
+            choices = []  # the usage chunk may omit them, though §4.2 rule 5 sends []
+        elif not isinstance(choices, list):
             raise _invalid("must be a list", "choices")
         for i, choice in enumerate(choices):
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
@@ -720,13 +722,17 @@ class ChatStreamDecoder:
             self._choice(choice, f"choices[{i}]", out)
         usage = chunk.get("usage")
         if usage is not None:
+            # The last usage wins: servers with continuous usage stats send it on every
+            # chunk, OpenAI once in a final chunk after the finish chunk (§4.2 rule 5).
             self._usage = _usage_from_chat(usage)
-            if self._finish is not None:
-                out.extend(self._terminal())
         return out
 
     def close(self) -> list[Event]:
-        """End of stream: return the terminal event if the usage chunk did not already."""
+        """End of stream (``data: [DONE]`` or end of body): return the terminal event.
+
+        The terminal event waits for the end because the usage chunk, when requested, comes
+        after the finish chunk (§4.2 rule 5).
+        """
         if self._done:
             return []
         if self._finish is None:
@@ -737,6 +743,10 @@ class ChatStreamDecoder:
         delta = choice.get("delta") or {}
         if not isinstance(delta, dict):
             raise _invalid("must be an object", f"{where}.delta")
+        if self._finish is not None and (
+            delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason")
+        ):
+            raise ProtocolError(f"{where}: content after finish_reason")
         content = delta.get("content")
         if content is not None and not isinstance(content, str):
             raise _invalid("must be a string", f"{where}.delta.content")
