@@ -47,7 +47,9 @@ def long_scenario(turns: int, output_bytes: int) -> Scenario:
     script = [
         Turn(
             text=f"Step {i}: reading the next file.",
-            calls=(ScriptedCall("read_file", codec.dumps({"path": f"src/module_{i}.py"}).decode()),),
+            calls=(
+                ScriptedCall("read_file", codec.dumps({"path": f"src/module_{i}.py"}).decode()),
+            ),
         )
         for i in range(turns - 1)
     ]

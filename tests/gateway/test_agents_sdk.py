@@ -20,14 +20,15 @@ from agents import (
     ModelSettings,
     OpenAIChatCompletionsModel,
     OpenAIResponsesModel,
+    OpenAIResponsesWSModel,
+    Runner,
     RunResult,
     RunResultStreaming,
-    Runner,
     function_tool,
+    responses_websocket_session,
     set_tracing_disabled,
 )
 from agents.models.interface import Model
-from agents.responses_websocket_session import responses_websocket_session
 from agents.stream_events import RawResponsesStreamEvent, RunItemStreamEvent
 from openai import AsyncOpenAI
 
@@ -49,9 +50,12 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(autouse=True)
-def _no_tracing() -> None:
-    # Tracing would try to export spans to api.openai.com.
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tracing would try to export spans to api.openai.com, and only the gateway under test
+    # may be reached, whatever the environment says.
     set_tracing_disabled(True)
+    for name in ("OPENAI_BASE_URL", "OPENAI_WEBSOCKET_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -166,9 +170,7 @@ async def test_runner_run_streamed_http_responses(
     assert completed(gateway, "http") == 0
 
 
-async def test_auto_previous_response_id_http(
-    gateway: GatewayServer, client: AsyncOpenAI
-) -> None:
+async def test_auto_previous_response_id_http(gateway: GatewayServer, client: AsyncOpenAI) -> None:
     calls: list[str] = []
     agent = weather_agent(OpenAIResponsesModel(model=MODEL, openai_client=client), calls)
     result = await Runner.run(
@@ -209,14 +211,10 @@ async def test_websocket_transport(gateway: GatewayServer) -> None:
 
 async def test_websocket_responses_ws_model(gateway: GatewayServer, client: AsyncOpenAI) -> None:
     """``OpenAIResponsesWSModel`` built directly on our client, without a session."""
-    from agents.models.openai_responses import OpenAIResponsesWSModel
-
     model = OpenAIResponsesWSModel(model=MODEL, openai_client=client)
     try:
         calls: list[str] = []
-        result = await Runner.run(
-            weather_agent(model, calls), SCENARIO.task, max_turns=MAX_TURNS
-        )
+        result = await Runner.run(weather_agent(model, calls), SCENARIO.task, max_turns=MAX_TURNS)
         check_run(result, calls)
     finally:
         await model.close()

@@ -9,6 +9,7 @@ commit-before-terminal rule (P9) and socket reuse across request-scoped errors (
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -268,7 +269,7 @@ async def test_different_lanes_run_concurrently_and_echo_their_stream_id(
     head = events[:first_terminal]
     deltas = [e["stream_id"] for e in head if e["type"] == "response.output_text.delta"]
     assert "a" in deltas and "b" in deltas
-    switches = sum(1 for x, y in zip(deltas, deltas[1:], strict=False) if x != y)
+    switches = sum(1 for x, y in itertools.pairwise(deltas) if x != y)
     assert switches >= 2
 
 
@@ -418,3 +419,14 @@ async def test_one_socket_serves_many_turns_and_survives_request_errors(gateway:
         assert texts[-1] == "All ten steps are done: the weather is fine everywhere."
         assert texts[:2] == ["Checking step 1.", "Checking step 2."]
         assert ws.close_code is None
+
+
+async def test_stored_child_of_an_unstored_parent_keeps_its_whole_history(gateway: Any) -> None:
+    async with ws_connect(gateway) as a, ws_connect(gateway) as b:
+        root = completed(await turn(a, input="hello " * 50, store=False))
+        child = completed(await turn(a, previous_response_id=root["id"], input="more"))
+        here = completed(await turn(a, previous_response_id=child["id"], input="x", store=False))
+        there = completed(await turn(b, previous_response_id=child["id"], input="x", store=False))
+        # Either the whole context is served from the store, or the continuation is refused;
+        # never a silently truncated history.
+        assert there["usage"]["input_tokens"] == here["usage"]["input_tokens"]

@@ -11,6 +11,7 @@ which calls arrive in which order with which arguments, event order and brackets
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,13 @@ def test_scenario_shape() -> None:
     assert len(EXPECTED_CALLS) == 10
     assert [len(turn.calls) for turn in SCENARIO.turns] == [1, 1, 1, 2, 1, 1, 1, 1, 1, 0]
     assert FINAL_TEXT
+
+
+@pytest.fixture(autouse=True)
+def _no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the gateway under test may be reached, whatever the environment says.
+    for name in ("OPENAI_BASE_URL", "OPENAI_WEBSOCKET_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -186,7 +194,7 @@ def check_stream(events: list[dict[str, Any]]) -> dict[str, Any]:
     assert types[1] == "response.in_progress", types
     sequence = [event["sequence_number"] for event in events]
     assert sequence[0] == 0
-    assert all(later > earlier for earlier, later in zip(sequence, sequence[1:], strict=False))
+    assert all(later > earlier for earlier, later in itertools.pairwise(sequence))
     assert [i for i, kind in enumerate(types) if kind in TERMINAL] == [len(events) - 1], types
     assert types[-1] == "response.completed", types
     response = events[-1]["response"]
@@ -346,10 +354,9 @@ async def test_http_streaming_full_history(client: AsyncOpenAI, helper: bool) ->
 
 async def test_check_stream_rejects_broken_streams(client: AsyncOpenAI) -> None:
     """The §2.4 checker is not vacuous: each break of the canonical order is caught."""
-    _, _ = events_and_final = await stream_turn(
+    events, _ = await stream_turn(
         client, helper=False, model=MODEL, input=TASK, tools=TOOLS, store=False
     )
-    events = events_and_final[0]
     check_stream(events)
     kinds = [event["type"] for event in events]
     first_text_delta = kinds.index("response.output_text.delta")

@@ -75,8 +75,11 @@ class Prepared:
     context: Conversation
     received_ns: int
     transport: str
-    prepare_ns: int = 0
     lane: str | None = None
+    #: False when the parent lives only in a connection cache (``store: false``): storing
+    #: this response must then write its whole context, not a segment chained to a parent
+    #: the store never saw.
+    parent_stored: bool = True
 
 
 @dataclass(slots=True)
@@ -168,6 +171,7 @@ class Gateway:
         received_ns: int,
         transport: str,
         lane: str | None = None,
+        parent_stored: bool = True,
     ) -> Prepared:
         """Check the new input and extend the parent snapshot with it."""
         self.check_model(request.model)
@@ -180,20 +184,25 @@ class Gateway:
             received_ns=received_ns,
             transport=transport,
             lane=lane,
+            parent_stored=parent_stored,
         )
 
     def run(self, prepared: Prepared, commit: Commit | None = None) -> ResponseRun:
         return ResponseRun(self, prepared, commit)
 
     async def persist(self, response: ResponseObject, prepared: Prepared) -> None:
-        """Store ``response`` (``store: true``): its segment is the new input plus output."""
-        segment = list(prepared.request.input) + list(response.output)
-        await self.store.save(
-            response.id,
-            prepared.request.previous_response_id,
-            segment,
-            codec.dumps(response.to_dict()),
-        )
+        """Store ``response`` (``store: true``): its segment is the new input plus output.
+
+        A parent that was never stored (``store: false``) cannot be chained to, so then the
+        segment is the whole context: the stored row stands on its own (O(history), once).
+        """
+        if prepared.parent_stored:
+            parent_id = prepared.request.previous_response_id
+            segment = list(prepared.request.input) + list(response.output)
+        else:
+            parent_id = None
+            segment = prepared.context.all_items() + list(response.output)
+        await self.store.save(response.id, parent_id, segment, codec.dumps(response.to_dict()))
 
 
 def previous_not_found(response_id: str) -> APIError:

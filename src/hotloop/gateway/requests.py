@@ -62,7 +62,9 @@ def _parse_tools(raw: Any) -> tuple[ToolDef, ...]:
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise _bad(f"tools[{index}].name must be a non-empty string", f"tools[{index}].name")
-        parameters = tool.get("parameters") or {}
+        parameters = tool.get("parameters")
+        if parameters is None:
+            parameters = {}
         if not isinstance(parameters, dict):
             raise _bad(
                 f"tools[{index}].parameters must be a JSON schema object",
@@ -120,7 +122,11 @@ def parse_create(body: Mapping[str, Any], *, websocket: bool = False) -> CreateR
     if not isinstance(parallel, bool):
         raise _bad("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
     if body.get("background") is True and websocket:
-        raise _bad("'background' is not supported in WebSocket mode.", "background")
+        raise _bad(
+            "'background' is not supported in WebSocket mode.",
+            "background",
+            "unsupported_parameter",
+        )
     generate = body.get("generate", True) if websocket else True
     if not isinstance(generate, bool):
         raise _bad("'generate' must be a boolean", "generate")

@@ -56,6 +56,8 @@ class Connection:
         self.active = asyncio.Semaphore(config.max_active_responses)
         self.opened_at = time.monotonic()
         self.busy = 0
+        #: When the socket last had something to do (a frame in, or its last response out).
+        self.last_active = self.opened_at
         self.closing = False
 
     # -- sending --------------------------------------------------------------------------
@@ -75,15 +77,20 @@ class Connection:
         config = self.gateway.config
         try:
             while True:
-                timeout = None if self.busy else config.idle_timeout
+                # Wake up at the idle deadline even while busy: a response that ends during
+                # this wait makes the socket idle again without any frame arriving.
+                timeout = config.idle_timeout
+                if not self.busy:
+                    timeout = max(0.0, self.last_active + timeout - time.monotonic())
                 try:
                     async with asyncio.timeout(timeout):
                         message = await self.websocket.receive()
                 except TimeoutError:
-                    if self.busy:
+                    if self.busy or time.monotonic() - self.last_active < config.idle_timeout:
                         continue
                     await self.websocket.close(CLOSE_GOING_AWAY, "idle timeout")
                     return
+                self.last_active = time.monotonic()
                 kind = message["type"]
                 if kind == "websocket.disconnect":
                     return
@@ -112,10 +119,14 @@ class Connection:
         self.cache.clear()
 
     async def handle_frame(self, data: str | bytes, received_ns: int) -> None:
-        if len(data) > self.gateway.config.max_message_bytes:
+        size = len(data)
+        if isinstance(data, str) and size * 4 > self.gateway.config.max_message_bytes:
+            # The limit is in bytes: a text frame may hold up to 4 UTF-8 bytes per character.
+            size = len(data.encode("utf-8", "surrogatepass"))
+        if size > self.gateway.config.max_message_bytes:
             await self.send_error(
                 APIError(
-                    f"The message is {len(data)} bytes; the limit is "
+                    f"The message is {size} bytes; the limit is "
                     f"{self.gateway.config.max_message_bytes} bytes.",
                     status=413,
                     code="message_too_large",
@@ -222,6 +233,7 @@ class Connection:
                 return
             finally:
                 self.busy -= 1
+                self.last_active = time.monotonic()
 
     async def _create(self, frame: dict[str, Any], received_ns: int, stream_id: str | None) -> None:
         gateway = self.gateway
@@ -239,7 +251,12 @@ class Connection:
                 else:
                     parent = await gateway.resolve_stored(parent_id)
             prepared = gateway.prepare(
-                request, parent, received_ns=received_ns, transport="websocket", lane=stream_id
+                request,
+                parent,
+                received_ns=received_ns,
+                transport="websocket",
+                lane=stream_id,
+                parent_stored=parent_entry.stored if parent_entry is not None else True,
             )
         except APIError as exc:
             self._evict_failed_parent(parent_entry, stream_id)

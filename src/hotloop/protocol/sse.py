@@ -150,7 +150,8 @@ class SSEDecoder:
         return []
 
     def _strip_bom(self, chunk: bytes) -> bytes:
-        # Only one BOM, and only at the very start of the stream, is removed (spec §9.2.6).
+        # One BOM, and only at the very start of the stream, is removed ("Parsing an event
+        # stream" in the WHATWG spec); a second one is part of the first field name.
         head = self._head
         assert head is not None
         head += chunk

@@ -10,8 +10,9 @@ A model turn costs, in this order:
 2. ``ttft_s + uncached_prompt_tokens / prefill_tokens_per_s``: time to first token. Prompt
    tokens found in the engine's prefix cache (as vLLM, SGLang and hosted APIs have) cost
    nothing; only the uncached suffix is prefilled.
-3. ``output_tokens / decode_tokens_per_s``: decoding, one delta per token, paced against an
-   absolute deadline so that scheduling jitter never accumulates.
+3. ``(output_tokens - 1) / decode_tokens_per_s``: decoding; the first token arrives at the
+   time to first token, each later one a decode interval after the previous, one delta per
+   token, paced against an absolute deadline so that scheduling jitter never accumulates.
 
 Every parameter can be overridden (``LatencyProfile.override`` / ``--latency key=value``).
 The numbers of each profile and their sources are in :data:`PROFILES` and ``docs/sim.md``;
