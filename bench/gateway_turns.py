@@ -42,7 +42,7 @@ TOOL = ToolSpec(
 )
 
 
-def long_scenario(turns: int, output_bytes: int) -> Scenario:
+def long_scenario(turns: int, output_bytes: int, name: str = "long") -> Scenario:
     spec = ToolSpec(TOOL.name, TOOL.description, TOOL.parameters, 0.0, output_bytes)
     script = [
         Turn(
@@ -54,12 +54,12 @@ def long_scenario(turns: int, output_bytes: int) -> Scenario:
         for i in range(turns - 1)
     ]
     script.append(Turn(text="Done reading every file."))
-    return Scenario(name="long", turns=tuple(script), tools={"read_file": spec})
+    return Scenario(name=name, turns=tuple(script), tools={"read_file": spec})
 
 
 def _body(scenario: Scenario, items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "model": f"{DEFAULT_MODEL}:long",
+        "model": f"{DEFAULT_MODEL}:{scenario.name}",
         "instructions": "Read every file.",
         "tools": scenario.responses_tools(),
         "input": items,
@@ -129,16 +129,37 @@ async def run_http(base_url: str, scenario: Scenario) -> list[int]:
             history.extend(new)
 
 
+PRIMING_TURNS = 10
+
+
+async def prime(mode: str, server: GatewayServer, output_bytes: int) -> None:
+    warm = long_scenario(PRIMING_TURNS, output_bytes, "warm")
+    if mode == "websocket":
+        await run_websocket(server.websocket_url, warm)
+    else:
+        await run_http(server.base_url, warm)
+
+
 async def main(turns: int, runs: int, output_bytes: int, marks: list[int]) -> dict[str, Any]:
     scenario = long_scenario(turns, output_bytes)
     results: dict[str, list[list[int]]] = {"websocket": [], "http-resend": []}
-    async with GatewayServer(SimBackend(scenario, "zero")) as server:
-        # One warm-up of each mode, not counted (imports, first-use allocations).
-        await run_websocket(server.websocket_url, long_scenario(5, output_bytes))
-        await run_http(server.base_url, long_scenario(5, output_bytes))
+    warm = long_scenario(PRIMING_TURNS, output_bytes, "warm")
+    async with GatewayServer(
+        SimBackend(scenario, "zero", extra_scenarios={"warm": warm})
+    ) as server:
+        # One full warm-up run of each mode, not counted: imports, first-use allocations and
+        # CPython's adaptive specialization of the code paths (which needs many executions).
+        print("  warm-up…", file=sys.stderr)
+        await run_websocket(server.websocket_url, scenario)
+        await run_http(server.base_url, scenario)
         for run in range(runs):
             for mode in ("websocket", "http-resend"):
                 print(f"  run {run + 1}/{runs}: {mode} ({turns} turns)…", file=sys.stderr)
+                # Prime the mode with a short discarded session: the previous run of the other
+                # mode leaves the allocator and CPU caches in its own state (an HTTP run
+                # allocates and frees megabytes), which otherwise lands on this run's first
+                # turns only.
+                await prime(mode, server, output_bytes)
                 if mode == "websocket":
                     per_turn = await run_websocket(server.websocket_url, scenario)
                 else:

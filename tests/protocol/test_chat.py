@@ -14,12 +14,11 @@ from hypothesis import strategies as st
 
 from hotloop.errors import HotloopError, InvalidMessage, ProtocolError
 from hotloop.protocol.assembler import FunctionCallReady, ResponseStream
-from hotloop.protocol.chat import (
+from hotloop.protocol.chat import chat_request_to_responses, responses_to_chat_request
+from hotloop.protocol.chat_stream import (
     ChatChunkEncoder,
     ChatStreamDecoder,
     chat_completion_from_response,
-    chat_request_to_responses,
-    responses_to_chat_request,
 )
 from hotloop.wire import codec
 from hotloop.wire import events as ev

@@ -23,12 +23,14 @@ from hotloop.protocol.assembler import (
 )
 from hotloop.protocol.chat import (
     SYSTEM_FINGERPRINT,
-    ChatChunkEncoder,
     ChatRequest,
-    ChatStreamDecoder,
-    chat_completion_from_response,
     chat_request_to_responses,
     responses_to_chat_request,
+)
+from hotloop.protocol.chat_stream import (
+    ChatChunkEncoder,
+    ChatStreamDecoder,
+    chat_completion_from_response,
 )
 from hotloop.protocol.sse import (
     DEFAULT_MAX_MESSAGE_BYTES,
