@@ -232,7 +232,9 @@ def chat_request_to_responses(body: Mapping[str, Any]) -> ChatRequest:
             output = _text_content(message.get("content"), where)
             items.append(FunctionCallOutput(call_id=call_id, output=output))
         else:
-            raise invalid_field("must be system, developer, user, assistant or tool", f"{where}.role")
+            raise invalid_field(
+                "must be system, developer, user, assistant or tool", f"{where}.role"
+            )
     raw_tools = body.get("tools") or []
     if not isinstance(raw_tools, list):
         raise invalid_field("must be a list", "tools")
@@ -279,7 +281,9 @@ def _chat_user_content(message: Message, where: str) -> str | list[JSONDict]:
                 image["detail"] = part.extra["detail"]
             parts.append({"type": "image_url", "image_url": image})
         else:
-            raise invalid_field(f"{part.type!r} parts have no chat equivalent", f"{where}.content[{j}]")
+            raise invalid_field(
+                f"{part.type!r} parts have no chat equivalent", f"{where}.content[{j}]"
+            )
     return parts
 
 

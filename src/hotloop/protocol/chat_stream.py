@@ -470,7 +470,9 @@ class ChatStreamDecoder:
             if not isinstance(call_id, str):
                 raise invalid_field("must be a string in a call's first delta", f"{where}.id")
             if not isinstance(name, str):
-                raise invalid_field("must be a string in a call's first delta", f"{where}.function.name")
+                raise invalid_field(
+                    "must be a string in a call's first delta", f"{where}.function.name"
+                )
             # Calls stream one after another: a new one means the previous ones are complete.
             self._close_message(out)
             self._close_calls(out)
