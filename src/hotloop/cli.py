@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--scenario", default="coding")
     demo.add_argument("--profile", choices=sorted(PROFILES), default="fast")
     demo.add_argument("--latency", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument(
+        "--tool-time-scale",
+        type=float,
+        default=1.0,
+        help="multiply the scenario's tool latencies (0 = instant tools)",
+    )
     return parser
 
 
@@ -105,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hotloop.demo import run_demo
 
             profile = get_profile(args.profile, _latency_overrides(args.latency))
-            asyncio.run(run_demo(args.scenario, profile))
+            asyncio.run(run_demo(args.scenario, profile, tool_time_scale=args.tool_time_scale))
     except HotloopError as exc:
         print(f"hotloop: error: {exc}", file=sys.stderr)
         return 2

@@ -66,12 +66,12 @@ def _request(scenario: Scenario, items: Sequence[Item], previous: str | None) ->
 
 
 async def _run_tools(
-    scenario: Scenario, calls: Sequence[FunctionCall], say: Printer
+    scenario: Scenario, calls: Sequence[FunctionCall], say: Printer, time_scale: float
 ) -> list[FunctionCallOutput]:
     async def one(call: FunctionCall) -> FunctionCallOutput:
         spec = scenario.tools[call.name]
         started = time.perf_counter()
-        output = await run_tool(spec, call.arguments)
+        output = await run_tool(spec, call.arguments, time_scale=time_scale)
         say(
             f"    ✓ {call.name} finished in {(time.perf_counter() - started) * 1000:.0f} ms "
             f"({len(output)} bytes)"
@@ -110,7 +110,7 @@ def _finish_turn(
 
 
 async def run_websocket_session(
-    base_ws_url: str, scenario: Scenario, say: Printer = print
+    base_ws_url: str, scenario: Scenario, say: Printer = print, tool_time_scale: float = 1.0
 ) -> SessionResult:
     """Play ``scenario`` over one WebSocket, sending only new items each turn."""
     result = SessionResult("websocket")
@@ -138,14 +138,14 @@ async def run_websocket_session(
                 result.final_text = stream.text
                 break
             result.tool_calls += len(calls)
-            new_items = list(await _run_tools(scenario, calls, say))
+            new_items = list(await _run_tools(scenario, calls, say, tool_time_scale))
             previous = stream.response_id
     result.wall_s = time.perf_counter() - started
     return result
 
 
 async def run_http_session(
-    base_url: str, scenario: Scenario, say: Printer = print
+    base_url: str, scenario: Scenario, say: Printer = print, tool_time_scale: float = 1.0
 ) -> SessionResult:
     """Play ``scenario`` as a naive loop: a fresh streaming request re-sending everything."""
     result = SessionResult("http")
@@ -177,13 +177,16 @@ async def run_http_session(
             result.final_text = stream.text
             break
         result.tool_calls += len(calls)
-        history.extend(await _run_tools(scenario, calls, say))
+        history.extend(await _run_tools(scenario, calls, say, tool_time_scale))
     result.wall_s = time.perf_counter() - started
     return result
 
 
 async def run_demo(
-    scenario_name: str = "coding", profile: str | LatencyProfile = "fast", say: Printer = print
+    scenario_name: str = "coding",
+    profile: str | LatencyProfile = "fast",
+    say: Printer = print,
+    tool_time_scale: float = 1.0,
 ) -> tuple[SessionResult, SessionResult]:
     """Start a gateway and play the scenario over WebSocket mode, then stateless HTTP."""
     scenario = load_scenario(scenario_name)
@@ -195,9 +198,9 @@ async def run_demo(
         )
         say(f"task: {scenario.task}\n")
         say("── WebSocket mode: one socket, only new items + previous_response_id ──")
-        ws = await run_websocket_session(server.websocket_url, scenario, say)
+        ws = await run_websocket_session(server.websocket_url, scenario, say, tool_time_scale)
         say("\n── stateless HTTP: a new request per turn re-sending the whole history ──")
-        http = await run_http_session(server.base_url, scenario, say)
+        http = await run_http_session(server.base_url, scenario, say, tool_time_scale)
     say("\n── summary ──")
     say(f"{'':18}{'WebSocket':>14}{'HTTP resend':>14}")
     say(f"{'model turns':18}{ws.turns:>14}{http.turns:>14}")

@@ -30,8 +30,8 @@ def tool_output(spec: ToolSpec, arguments: str) -> str:
     return head + body
 
 
-async def run_tool(spec: ToolSpec, arguments: str) -> str:
-    """Sleep for the tool's latency, then return its output."""
-    if spec.latency_ms > 0:
-        await asyncio.sleep(spec.latency_ms / 1000)
+async def run_tool(spec: ToolSpec, arguments: str, *, time_scale: float = 1.0) -> str:
+    """Sleep for the tool's latency (times ``time_scale``; 0 = instant), return its output."""
+    if spec.latency_ms > 0 and time_scale > 0:
+        await asyncio.sleep(spec.latency_ms / 1000 * time_scale)
     return tool_output(spec, arguments)
