@@ -10,6 +10,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from hotloop.wire import codec
+from support import WEATHER_TOOL
 
 
 async def test_connection_limit_refuses_the_upgrade(gateway_factory: Any) -> None:
@@ -56,3 +57,52 @@ async def test_models_and_metrics(gateway: Any) -> None:
     assert 'hotloop_errors_total{code="model_not_found",transport="http"} 1.0' in metrics
     assert "hotloop_gateway_processing_seconds_count" in metrics
     assert "hotloop_active_responses 0.0" in metrics
+
+
+async def _turn(socket: Any, **fields: Any) -> dict[str, Any]:
+    frame = {"type": "response.create", "model": "hotloop-sim", "store": False, **fields}
+    await socket.send(codec.dumps(frame).decode())
+    while True:
+        event = codec.loads(await socket.recv())
+        if event["type"] in ("response.completed", "response.failed", "error"):
+            return event
+
+
+async def test_full_context_frames_over_16_mib_are_served(gateway: Any) -> None:
+    # uvicorn's default would close the socket with 1009 (protocol.md P8); the default limit
+    # is 64 MiB.
+    big = "x" * (17 * 1024 * 1024)
+    async with connect(gateway.websocket_url, max_size=None) as socket:
+        event = await _turn(socket, input=big)
+        assert event["type"] == "response.completed"
+        assert event["response"]["usage"]["input_tokens"] > 4_000_000
+
+
+async def test_guard_hooks_see_only_new_items(gateway_factory: Any) -> None:
+    from hotloop.errors import APIError
+
+    seen: list[int] = []
+
+    def guard(items: Any) -> None:
+        seen.append(len(items))
+        for item in items:
+            if getattr(item, "text", "") == "forbidden":
+                raise APIError("blocked by policy", code="content_blocked", param="input")
+
+    async with gateway_factory(input_guards=(guard,)) as server:
+        async with connect(server.websocket_url) as socket:
+            first = await _turn(socket, input="start", tools=[WEATHER_TOOL.to_responses_tool()])
+            call = first["response"]["output"][-1]
+            blocked = await _turn(socket, input="forbidden")
+            assert blocked["type"] == "error"
+            assert blocked["error"]["code"] == "content_blocked"
+            second = await _turn(
+                socket,
+                previous_response_id=first["response"]["id"],
+                input=[
+                    {"type": "function_call_output", "call_id": call["call_id"], "output": "ok"}
+                ],
+            )
+            assert second["type"] == "response.completed"
+    # One item per request: the history is never run through the pipeline again.
+    assert seen == [1, 1, 1]
