@@ -1,8 +1,10 @@
 """hotloop: fast tool-calling LLM agent loops.
 
-Today: the gateway (:mod:`hotloop.gateway`) serving the OpenAI Responses API over HTTP/SSE and
-WebSocket mode with a connection-scoped cache, the embedded simulated model (:mod:`hotloop.sim`)
-and the sans-I/O wire layer (:mod:`hotloop.wire`, :mod:`hotloop.protocol`).
+The runtime (:class:`Agent`, :func:`tool`, :class:`Runner`, :func:`connect`) runs agent loops
+with eager, effect-aware parallel tool dispatch over a persistent WebSocket. The gateway
+(:mod:`hotloop.gateway`) serves the OpenAI Responses API over HTTP/SSE and WebSocket mode with
+a connection-scoped cache; :mod:`hotloop.sim` is the embedded simulated model; and
+:mod:`hotloop.wire` / :mod:`hotloop.protocol` are the sans-I/O wire layer.
 """
 
 from hotloop.errors import (
@@ -13,11 +15,30 @@ from hotloop.errors import (
     ProtocolError,
     ScenarioError,
 )
+from hotloop.runtime import (
+    Agent,
+    MaxTurnsExceeded,
+    ModelError,
+    Runner,
+    RunResult,
+    Tool,
+    tool,
+)
+from hotloop.transport import TransportError, connect
 
 __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
+    "Agent",
+    "MaxTurnsExceeded",
+    "ModelError",
+    "RunResult",
+    "Runner",
+    "Tool",
+    "TransportError",
+    "connect",
+    "tool",
     "DecodeError",
     "HotloopError",
     "InvalidMessage",

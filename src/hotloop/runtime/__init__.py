@@ -1,0 +1,40 @@
+"""The runtime users write code against: typed tools, ``Agent`` and ``Runner``."""
+
+from hotloop.runtime.agent import Agent
+from hotloop.runtime.events import (
+    ModelTurnFinished,
+    RunEvent,
+    RunFinished,
+    RunResult,
+    StepRecord,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    ToolRecord,
+)
+from hotloop.runtime.runner import MaxTurnsExceeded, ModelError, Runner
+from hotloop.runtime.scheduler import Admission, CallEffects
+from hotloop.runtime.tools import Effects, Tool, ToolArgumentsError, ToolDefinitionError, tool
+
+__all__ = [
+    "Admission",
+    "Agent",
+    "CallEffects",
+    "Effects",
+    "MaxTurnsExceeded",
+    "ModelError",
+    "ModelTurnFinished",
+    "RunEvent",
+    "RunFinished",
+    "RunResult",
+    "Runner",
+    "StepRecord",
+    "TextDelta",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolCallFinished",
+    "ToolCallStarted",
+    "ToolDefinitionError",
+    "ToolRecord",
+    "tool",
+]

@@ -1,0 +1,76 @@
+"""``Agent``: a model, its instructions, its tools, and how their calls are scheduled."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from hotloop.runtime.tools import Tool
+
+__all__ = ["Agent"]
+
+
+class Agent:
+    """What to run: ``model`` with ``instructions`` and ``tools``.
+
+    ``settings`` are extra Responses request fields sent every turn (``tool_choice``,
+    ``max_output_tokens``, ``parallel_tool_calls``, ...). ``max_turns`` bounds a run.
+    ``eager`` starts each tool the moment its arguments are complete in the stream (default);
+    ``False`` waits for the whole turn, as naive loops do. ``max_concurrency`` bounds the
+    calls running at once (1 = one at a time). ``max_attempts`` bounds how often one turn is
+    sent again after a replay-safe transport failure.
+    """
+
+    __slots__ = (
+        "_by_name",
+        "definitions",
+        "eager",
+        "instructions",
+        "max_attempts",
+        "max_concurrency",
+        "max_turns",
+        "model",
+        "name",
+        "settings",
+        "tools",
+    )
+
+    def __init__(
+        self,
+        model: str,
+        instructions: str | None = None,
+        tools: Sequence[Tool] = (),
+        *,
+        name: str = "agent",
+        settings: Mapping[str, Any] | None = None,
+        max_turns: int = 50,
+        eager: bool = True,
+        max_concurrency: int = 8,
+        max_attempts: int = 3,
+    ) -> None:
+        names = [tool.name for tool in tools]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"tool names must be unique; repeated: {', '.join(duplicates)}")
+        if max_turns < 1 or max_concurrency < 1 or max_attempts < 1:
+            raise ValueError("max_turns, max_concurrency and max_attempts must be at least 1")
+        self.model = model
+        self.instructions = instructions
+        self.tools = tuple(tools)
+        self.name = name
+        self.settings: Mapping[str, Any] = MappingProxyType(dict(settings or {}))
+        self.max_turns = max_turns
+        self.eager = eager
+        self.max_concurrency = max_concurrency
+        self.max_attempts = max_attempts
+        self._by_name = {tool.name: tool for tool in self.tools}
+        # Built once: the tool list is re-sent every turn, never re-derived (DESIGN: client
+        # overhead).
+        self.definitions: tuple[dict[str, Any], ...] = tuple(tool.definition() for tool in tools)
+
+    def tool(self, name: str) -> Tool | None:
+        return self._by_name.get(name)
+
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r}, model={self.model!r}, tools={[t.name for t in self.tools]})"

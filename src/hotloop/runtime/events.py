@@ -1,0 +1,143 @@
+"""What a run reports while it goes (``Runner.run_stream``) and what it returns.
+
+Times are ``time.perf_counter_ns()`` values relative to the run's start (``*_ns``), so a step
+record reads as a timeline: when the request went out, when the first event and the first
+token came back, when each call's arguments were complete, when its tool started and ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from hotloop.wire.items import FunctionCall, Item, Message
+from hotloop.wire.responses import Usage
+
+__all__ = [
+    "ModelTurnFinished",
+    "RunEvent",
+    "RunFinished",
+    "RunResult",
+    "StepRecord",
+    "TextDelta",
+    "ToolCallFinished",
+    "ToolCallStarted",
+    "ToolRecord",
+]
+
+
+@dataclass(slots=True)
+class ToolRecord:
+    """One tool call of a step, and when each phase happened."""
+
+    call_id: str
+    name: str
+    arguments: str
+    args_complete_ns: int
+    started_ns: int | None = None
+    finished_ns: int | None = None
+    error: str | None = None
+    reused: bool = False
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One model turn and the tools it called."""
+
+    turn: int
+    request_sent_ns: int
+    first_event_ns: int | None = None
+    first_token_ns: int | None = None
+    response_done_ns: int | None = None
+    tools_done_ns: int | None = None
+    response_id: str | None = None
+    attempts: int = 1
+    usage: Usage | None = None
+    tools: list[ToolRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of a run.
+
+    ``items`` is the whole conversation (earlier runs' items, this run's input, every model
+    output and tool result); pass the result as ``previous=`` to continue the conversation.
+    """
+
+    final_output: str
+    items: tuple[Item, ...]
+    usage: Usage
+    steps: tuple[StepRecord, ...]
+    last_response_id: str | None
+    wall_ns: int
+
+    @property
+    def turns(self) -> int:
+        return len(self.steps)
+
+    @property
+    def tool_calls(self) -> int:
+        return sum(len(step.tools) for step in self.steps)
+
+    def new_items_since(self, start: int) -> tuple[Item, ...]:
+        return self.items[start:]
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        return tuple(item for item in self.items if isinstance(item, Message))
+
+    @property
+    def function_calls(self) -> tuple[FunctionCall, ...]:
+        return tuple(item for item in self.items if isinstance(item, FunctionCall))
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """Model text as it streams."""
+
+    turn: int
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStarted:
+    """A tool started (its arguments were complete and the scheduler admitted it)."""
+
+    turn: int
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallFinished:
+    """A tool finished: ``output`` is what the model gets; ``error`` is set when it failed."""
+
+    turn: int
+    call_id: str
+    name: str
+    output: str
+    error: str | None
+    duration_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTurnFinished:
+    """A model turn ended (before its tools are all done)."""
+
+    turn: int
+    response_id: str
+    usage: Usage | None
+    tool_calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run is over."""
+
+    result: RunResult
+
+
+RunEvent: TypeAlias = (
+    TextDelta | ToolCallStarted | ToolCallFinished | ModelTurnFinished | RunFinished
+)

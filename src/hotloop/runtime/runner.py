@@ -1,0 +1,445 @@
+"""``Runner``: the agent loop — stream a model turn, run its tools, repeat.
+
+Each turn streams through the sans-I/O :class:`~hotloop.protocol.assembler.ResponseStream`,
+which reports every function call the moment its arguments are complete. With an eager agent
+the call is validated and handed to the scheduler right then, while the model is still
+streaming the rest of the turn; the :class:`~hotloop.runtime.scheduler.Admission` policy
+decides when it may start. Results go back to the model in the model's call order.
+
+Failures never crash the loop: a tool that raises, times out, gets invalid JSON or names an
+unknown tool produces an error result for the model. A replay-safe transport failure sends the
+turn again (the transport re-sends the full history when it must); calls that already started
+in the failed attempt are matched by name and arguments and *reused*, never executed again.
+Cancelling the run cancels its tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hotloop.errors import HotloopError
+from hotloop.protocol.assembler import FunctionCallReady, ResponseStream, StreamError, TextDelta
+from hotloop.runtime.agent import Agent
+from hotloop.runtime.events import (
+    ModelTurnFinished,
+    RunEvent,
+    RunFinished,
+    RunResult,
+    StepRecord,
+    ToolCallFinished,
+    ToolCallStarted,
+    ToolRecord,
+)
+from hotloop.runtime.events import TextDelta as TextDeltaEvent
+from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
+from hotloop.runtime.tools import Tool, ToolArgumentsError
+from hotloop.transport import Transport, TransportError, connect
+from hotloop.transport.base import ModelRequest
+from hotloop.wire import codec
+from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, items_from_input
+from hotloop.wire.responses import Usage
+
+__all__ = ["MaxTurnsExceeded", "ModelError", "Runner"]
+
+Emit = Callable[[RunEvent], None]
+_DONE = object()
+
+
+class ModelError(HotloopError):
+    """The model's response failed, or the server ended the stream with an error."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class MaxTurnsExceeded(HotloopError):
+    """The run used ``max_turns`` model turns without a final answer."""
+
+    def __init__(self, max_turns: int, items: Sequence[Item]) -> None:
+        super().__init__(f"the run reached max_turns={max_turns} without a final answer")
+        self.max_turns = max_turns
+        self.items = tuple(items)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    output: str
+    error: str | None
+    started_ns: int
+    finished_ns: int
+
+
+def _error_output(kind: str, message: str) -> str:
+    return codec.dumps({"error": {"type": kind, "message": message}}).decode()
+
+
+class _TurnCalls:
+    """One turn's calls: validation, admission, execution, results in call order."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        turn: int,
+        ledger: dict[tuple[str, str], list[asyncio.Task[_Outcome]]],
+        record: StepRecord,
+        emit: Emit | None,
+        origin_ns: int,
+    ) -> None:
+        self.agent = agent
+        self.turn = turn
+        self.admission = Admission(agent.max_concurrency)
+        self.ledger = ledger
+        self.record = record
+        self.emit = emit
+        self.origin_ns = origin_ns
+        self.calls: list[FunctionCall] = []
+        self.records: list[ToolRecord] = []
+        self.futures: list[asyncio.Future[_Outcome]] = []
+        self._pending: list[tuple[Tool, dict[str, Any]] | None] = []
+        self._claimed: dict[tuple[str, str], int] = {}
+
+    def _now(self) -> int:
+        return time.perf_counter_ns() - self.origin_ns
+
+    def submit(self, call: FunctionCall) -> None:
+        """Take a call whose arguments are complete; start it as soon as it is admitted."""
+        loop = asyncio.get_running_loop()
+        now = self._now()
+        self.calls.append(call)
+        tool_record = ToolRecord(call.call_id, call.name, call.arguments, now)
+        self.records.append(tool_record)
+        self.record.tools.append(tool_record)
+        key = (call.name, call.arguments)
+        claimed = self._claimed.get(key, 0)
+        self._claimed[key] = claimed + 1
+        earlier = self.ledger.get(key, [])
+        if claimed < len(earlier):
+            # Started in an attempt of this turn that failed on the way: reuse, never re-run.
+            tool_record.reused = True
+            self.futures.append(earlier[claimed])
+            self._pending.append(None)
+            self.admission.submit(NOTHING)
+            self._pump()
+            return
+        future: asyncio.Future[_Outcome] = loop.create_future()
+        self.futures.append(future)
+        tool = self.agent.tool(call.name)
+        if tool is None:
+            known = ", ".join(t.name for t in self.agent.tools) or "none"
+            self._resolve(
+                future,
+                _error_output("unknown_tool", f"no tool named {call.name!r}; available: {known}"),
+                "unknown tool",
+                now,
+            )
+            self._pending.append(None)
+            self.admission.submit(NOTHING)
+            return
+        try:
+            args = tool.parse(call.arguments)
+            reads, writes = tool.resources(args)
+        except (ToolArgumentsError, KeyError, ValueError) as exc:
+            self._resolve(future, _error_output("invalid_arguments", str(exc)), str(exc), now)
+            self._pending.append(None)
+            self.admission.submit(NOTHING)
+            return
+        self._pending.append((tool, args))
+        self.admission.submit(CallEffects(reads, writes, tool.effects.exclusive))
+        self._pump()
+
+    def _resolve(self, future: asyncio.Future[_Outcome], output: str, error: str, now: int) -> None:
+        future.set_result(_Outcome(output, error, now, now))
+
+    def _pump(self) -> None:
+        for index in self.admission.ready():
+            pending = self._pending[index]
+            future = self.futures[index]
+            if pending is None:
+                # Nothing to execute (already resolved, or reused from a failed attempt).
+                if future.done():
+                    self.admission.finish(index)
+                else:
+                    future.add_done_callback(functools.partial(self._after_reuse, index))
+                continue
+            tool, args = pending
+            task = asyncio.create_task(self._execute(index, tool, args, self.records[index]))
+            self.ledger.setdefault((tool.name, self.calls[index].arguments), []).append(task)
+            task.add_done_callback(functools.partial(self._settle, future, index))
+
+    def _finished(self, index: int) -> None:
+        self.admission.finish(index)
+        self._pump()
+
+    def _after_reuse(self, index: int, _future: asyncio.Future[_Outcome]) -> None:
+        self._finished(index)
+
+    def _settle(
+        self, future: asyncio.Future[_Outcome], index: int, task: asyncio.Task[_Outcome]
+    ) -> None:
+        if not future.done():
+            if task.cancelled():
+                future.cancel()
+            elif task.exception() is not None:
+                future.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                future.set_result(task.result())
+        self._finished(index)
+
+    async def _execute(
+        self, index: int, tool: Tool, args: dict[str, Any], record: ToolRecord
+    ) -> _Outcome:
+        call = self.calls[index]
+        started = self._now()
+        record.started_ns = started
+        if self.emit is not None:
+            self.emit(ToolCallStarted(self.turn, call.call_id, call.name, call.arguments))
+        error: str | None = None
+        try:
+            async with asyncio.timeout(tool.timeout):
+                output = await tool.invoke(args)
+        except TimeoutError:
+            error = f"{tool.name} timed out after {tool.timeout} s"
+            output = _error_output("timeout", error)
+        except Exception as exc:  # a tool's failure is a result for the model, never a crash
+            error = f"{type(exc).__name__}: {exc}"
+            output = _error_output("tool_error", error)
+        finished = self._now()
+        return _Outcome(output, error, started, finished)
+
+    async def results(self) -> list[FunctionCallOutput]:
+        """Every call's result, in the model's call order."""
+        outputs: list[FunctionCallOutput] = []
+        for index, future in enumerate(self.futures):
+            outcome = await future
+            call = self.calls[index]
+            record = self.records[index]
+            if record.started_ns is None:
+                record.started_ns = outcome.started_ns
+            record.finished_ns = outcome.finished_ns
+            record.error = outcome.error
+            if self.emit is not None:
+                self.emit(
+                    ToolCallFinished(
+                        self.turn,
+                        call.call_id,
+                        call.name,
+                        outcome.output,
+                        outcome.error,
+                        outcome.finished_ns - outcome.started_ns,
+                    )
+                )
+            outputs.append(FunctionCallOutput(call_id=call.call_id, output=outcome.output))
+        return outputs
+
+
+def _add(total: Usage, usage: Usage | None) -> Usage:
+    if usage is None:
+        return total
+    return Usage(
+        input_tokens=total.input_tokens + usage.input_tokens,
+        cached_tokens=total.cached_tokens + usage.cached_tokens,
+        output_tokens=total.output_tokens + usage.output_tokens,
+        reasoning_tokens=total.reasoning_tokens + usage.reasoning_tokens,
+    )
+
+
+class Runner:
+    """Runs agents: :meth:`run`, :meth:`run_stream`, :meth:`run_sync`."""
+
+    @staticmethod
+    async def run(
+        agent: Agent,
+        input: str | Sequence[Item],
+        *,
+        client: Transport,
+        previous: RunResult | None = None,
+        max_turns: int | None = None,
+    ) -> RunResult:
+        """Run ``agent`` on ``input`` until it answers without calling tools.
+
+        ``previous`` continues an earlier run's conversation. Raises
+        :class:`MaxTurnsExceeded`, :class:`ModelError` or
+        :class:`~hotloop.transport.TransportError`.
+        """
+        return await _run(agent, input, client, previous, max_turns or agent.max_turns, None)
+
+    @staticmethod
+    async def run_stream(
+        agent: Agent,
+        input: str | Sequence[Item],
+        *,
+        client: Transport,
+        previous: RunResult | None = None,
+        max_turns: int | None = None,
+    ) -> AsyncIterator[RunEvent]:
+        """Run ``agent`` and yield its events; the last one is :class:`RunFinished`.
+
+        Leaving the iteration early cancels the run and its tools.
+        """
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.create_task(
+            _run(agent, input, client, previous, max_turns or agent.max_turns, queue.put_nowait)
+        )
+        task.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    yield RunFinished(task.result())
+                    return
+                yield item
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    @staticmethod
+    def run_sync(
+        agent: Agent,
+        input: str | Sequence[Item],
+        *,
+        base_url: str,
+        api_key: str | None = None,
+        previous: RunResult | None = None,
+        max_turns: int | None = None,
+    ) -> RunResult:
+        """:meth:`run` for synchronous code: opens a connection for this run and closes it."""
+
+        async def main() -> RunResult:
+            client = connect(base_url, api_key)
+            try:
+                return await Runner.run(
+                    agent, input, client=client, previous=previous, max_turns=max_turns
+                )
+            finally:
+                await client.aclose()
+
+        return asyncio.run(main())
+
+
+async def _run(
+    agent: Agent,
+    input: str | Sequence[Item],
+    client: Transport,
+    previous: RunResult | None,
+    max_turns: int,
+    emit: Emit | None,
+) -> RunResult:
+    origin = time.perf_counter_ns()
+    history: list[Item] = list(previous.items) if previous is not None else []
+    new_from = len(history)
+    previous_id = previous.last_response_id if previous is not None else None
+    history.extend(items_from_input(input) if isinstance(input, str) else input)
+    steps: list[StepRecord] = []
+    usage = Usage()
+    tasks: list[asyncio.Task[_Outcome]] = []
+    try:
+        for turn in range(1, max_turns + 1):
+            record = StepRecord(turn=turn, request_sent_ns=time.perf_counter_ns() - origin)
+            steps.append(record)
+            ledger: dict[tuple[str, str], list[asyncio.Task[_Outcome]]] = {}
+            request = ModelRequest(
+                model=agent.model,
+                history=history,
+                new_from=new_from,
+                previous_response_id=previous_id,
+                instructions=agent.instructions,
+                tools=agent.definitions,
+                settings=agent.settings,
+            )
+            stream, calls = await _stream_turn(
+                agent, client, request, turn, record, ledger, emit, origin
+            )
+            for entries in ledger.values():
+                tasks.extend(entries)
+            response = stream.final_response
+            if response is None:
+                raise ModelError("the stream ended without a response")
+            if response.status == "failed":
+                error = response.error or {}
+                raise ModelError(
+                    f"the model failed: {error.get('message', 'no message')}",
+                    code=error.get("code"),
+                )
+            record.response_done_ns = time.perf_counter_ns() - origin
+            record.response_id = response.id
+            record.usage = response.usage
+            usage = _add(usage, response.usage)
+            history.extend(response.output)
+            function_calls = [item for item in response.output if isinstance(item, FunctionCall)]
+            if not agent.eager:
+                for call in function_calls:
+                    calls.submit(call)
+            if emit is not None:
+                emit(ModelTurnFinished(turn, response.id, response.usage, len(function_calls)))
+            if not function_calls:
+                return RunResult(
+                    final_output=stream.text,
+                    items=tuple(history),
+                    usage=usage,
+                    steps=tuple(steps),
+                    last_response_id=response.id,
+                    wall_ns=time.perf_counter_ns() - origin,
+                )
+            outputs = await calls.results()
+            record.tools_done_ns = time.perf_counter_ns() - origin
+            new_from = len(history)
+            history.extend(outputs)
+            previous_id = response.id
+        raise MaxTurnsExceeded(max_turns, history)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+
+
+async def _stream_turn(
+    agent: Agent,
+    client: Transport,
+    request: ModelRequest,
+    turn: int,
+    record: StepRecord,
+    ledger: dict[tuple[str, str], list[asyncio.Task[_Outcome]]],
+    emit: Emit | None,
+    origin: int,
+) -> tuple[ResponseStream, _TurnCalls]:
+    """Stream one turn, dispatching calls eagerly; re-send it after replay-safe failures."""
+    attempt = 0
+    while True:
+        attempt += 1
+        record.attempts = attempt
+        stream = ResponseStream()
+        calls = _TurnCalls(agent, turn, ledger, record, emit, origin)
+        record.tools.clear()
+        try:
+            async for event in client.stream(request):
+                if record.first_event_ns is None:
+                    record.first_event_ns = time.perf_counter_ns() - origin
+                for report in stream.receive(event):
+                    if isinstance(report, TextDelta):
+                        if record.first_token_ns is None:
+                            record.first_token_ns = time.perf_counter_ns() - origin
+                        if emit is not None:
+                            emit(TextDeltaEvent(turn, report.delta))
+                    elif isinstance(report, FunctionCallReady):
+                        if record.first_token_ns is None:
+                            record.first_token_ns = time.perf_counter_ns() - origin
+                        if agent.eager:
+                            calls.submit(report.call)
+                    elif isinstance(report, StreamError):
+                        raise ModelError(
+                            f"the server ended the turn with an error: {report.message}",
+                            code=report.code,
+                        )
+            return stream, calls
+        except TransportError as exc:
+            if not exc.replay_safe or attempt >= agent.max_attempts:
+                raise

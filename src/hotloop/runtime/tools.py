@@ -1,0 +1,331 @@
+"""Typed tools: a Python function becomes a tool the model can call.
+
+::
+
+    @tool(reads=["file:{path}"])
+    async def read_file(path: str) -> str:
+        \"\"\"Read a file of the repository.
+
+        Args:
+            path: Path relative to the repository root.
+        \"\"\"
+
+The JSON schema comes from the type hints (through pydantic) and the docstring (its first
+paragraph describes the tool; a Google-style ``Args:`` section describes the parameters).
+Arguments are parsed and validated once per call, straight from the JSON string the model
+streamed (``model_validate_json``), before the function runs.
+
+Effects tell the scheduler what may overlap: ``reads`` / ``writes`` are resource keys, as
+templates filled from the validated arguments (``"file:{path}"``) or callables of them;
+``pure=True`` touches nothing shared. A tool that declares none of these is **exclusive**: it
+runs alone, which is always safe. ``idempotent=True`` says running it twice is harmless.
+``timeout`` bounds one call (seconds). Synchronous functions run in a worker thread so they
+never block the event loop; a timed-out thread cannot be killed and finishes in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias, get_type_hints, overload
+
+import pydantic
+import pydantic_core
+
+from hotloop.errors import HotloopError
+
+__all__ = ["Effects", "ResourceSpec", "Tool", "ToolArgumentsError", "ToolDefinitionError", "tool"]
+
+#: A resource key template (``"file:{path}"``) or a function of the validated arguments.
+ResourceSpec: TypeAlias = str | Callable[[Mapping[str, Any]], Iterable[str]]
+
+
+class ToolDefinitionError(HotloopError):
+    """A function cannot be turned into a tool (e.g. ``*args``, an unknown template field)."""
+
+
+class ToolArgumentsError(HotloopError):
+    """The model's arguments are not valid JSON or do not match the tool's schema."""
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What a tool touches. ``exclusive`` tools conflict with every other call."""
+
+    reads: tuple[ResourceSpec, ...] = ()
+    writes: tuple[ResourceSpec, ...] = ()
+    pure: bool = False
+    idempotent: bool = False
+    exclusive: bool = True
+
+
+def _expand(specs: tuple[ResourceSpec, ...], args: Mapping[str, Any]) -> frozenset[str]:
+    keys: set[str] = set()
+    for spec in specs:
+        if isinstance(spec, str):
+            keys.add(spec.format_map(args) if "{" in spec else spec)
+        else:
+            keys.update(spec(args))
+    return frozenset(keys)
+
+
+_ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
+_ARG_LINE = re.compile(r"^\s+(\*{0,2}\w+)(?:\s*\(.*\))?:\s*(.*)$")
+
+
+def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
+    """The description paragraph and the ``Args:`` descriptions of a Google-style docstring."""
+    if not doc:
+        return "", {}
+    lines = inspect.cleandoc(doc).splitlines()
+    description: list[str] = []
+    params: dict[str, str] = {}
+    current: str | None = None
+    in_args = False
+    for line in lines:
+        if _ARGS_HEADER.match(line):
+            in_args = True
+            continue
+        if in_args:
+            if line and not line[0].isspace():
+                in_args = False  # the next section (Returns:, Raises:, ...)
+                continue
+            match = _ARG_LINE.match(line)
+            if match:
+                current = match.group(1).lstrip("*")
+                params[current] = match.group(2).strip()
+            elif current and line.strip():
+                params[current] += " " + line.strip()
+            continue
+        if not description and not line.strip():
+            continue
+        if description and not line.strip():
+            break
+        description.append(line.strip())
+    return " ".join(description), params
+
+
+def _strip_titles(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {key: _strip_titles(value) for key, value in schema.items() if key != "title"}
+    if isinstance(schema, list):
+        return [_strip_titles(value) for value in schema]
+    return schema
+
+
+class Tool:
+    """A callable the model can use; build one with :func:`tool`."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        effects: Effects,
+        timeout: float | None = 60.0,
+    ) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.effects = effects
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        doc_description, doc_params = _parse_docstring(fn.__doc__)
+        self.description = description if description is not None else doc_description
+        self._model: type[pydantic.BaseModel] | None = self._build_model(fn, doc_params)
+        schema = _strip_titles(self._model.model_json_schema())
+        schema["additionalProperties"] = False
+        self.parameters: dict[str, Any] = schema
+        self._check_templates()
+
+    @classmethod
+    def from_schema(
+        cls,
+        name: str,
+        parameters: Mapping[str, Any],
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        description: str = "",
+        effects: Effects,
+        timeout: float | None = 60.0,
+    ) -> Tool:
+        """A tool described by a JSON schema instead of type hints (e.g. a scenario's tools).
+
+        Arguments are checked against the schema's common subset (required keys, no unknown
+        keys when ``additionalProperties`` is false, JSON types) and passed as keywords.
+        """
+        self = cls.__new__(cls)
+        self.fn = fn
+        self.name = name
+        self.effects = effects
+        self.timeout = timeout
+        self.is_async = True
+        self.description = description
+        self.parameters = dict(parameters)
+        self._model = None
+        return self
+
+    def _build_model(
+        self, fn: Callable[..., Any], docs: Mapping[str, str]
+    ) -> type[pydantic.BaseModel]:
+        try:
+            hints = get_type_hints(fn, include_extras=True)
+        except Exception as exc:
+            raise ToolDefinitionError(f"tool {self.name!r}: cannot read type hints: {exc}") from exc
+        fields: dict[str, Any] = {}
+        for param in inspect.signature(fn).parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise ToolDefinitionError(
+                    f"tool {self.name!r}: *args and **kwargs cannot be described to a model"
+                )
+            annotation = hints.get(param.name, Any)
+            default = ... if param.default is param.empty else param.default
+            fields[param.name] = (
+                annotation,
+                pydantic.Field(default, description=docs.get(param.name)),
+            )
+        config = pydantic.ConfigDict(extra="forbid")
+        model: type[pydantic.BaseModel] = pydantic.create_model(
+            f"{self.name}_arguments", __config__=config, **fields
+        )
+        return model
+
+    def _check_templates(self) -> None:
+        names = set(self._model.model_fields) if self._model is not None else set()
+        for spec in (*self.effects.reads, *self.effects.writes):
+            if isinstance(spec, str):
+                for field in re.findall(r"{(\w+)", spec):
+                    if field not in names:
+                        raise ToolDefinitionError(
+                            f"tool {self.name!r}: resource {spec!r} names unknown argument "
+                            f"{field!r}"
+                        )
+
+    def definition(self) -> dict[str, Any]:
+        """The tool as a Responses API ``tools`` entry."""
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+            "strict": False,
+        }
+
+    def parse(self, arguments: str) -> dict[str, Any]:
+        """Validate the model's JSON arguments; raises :class:`ToolArgumentsError`."""
+        if self._model is None:
+            return _check_schema(self.name, self.parameters, arguments)
+        try:
+            model = self._model.model_validate_json(arguments or "{}")
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or '(arguments)'}: {error['msg']}"
+                for error in exc.errors(include_url=False)
+            )
+            raise ToolArgumentsError(f"invalid arguments for {self.name}: {problems}") from exc
+        return dict(model)
+
+    def resources(self, args: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+        """The resource keys this call reads and writes."""
+        return _expand(self.effects.reads, args), _expand(self.effects.writes, args)
+
+    async def invoke(self, args: Mapping[str, Any]) -> str:
+        """Run the tool with validated ``args``; its result as the text sent to the model."""
+        if self.is_async:
+            result = await self.fn(**args)
+        else:
+            result = await asyncio.to_thread(self.fn, **args)
+        if isinstance(result, str):
+            return result
+        return pydantic_core.to_json(result).decode()
+
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r})"
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+
+def _check_schema(name: str, schema: Mapping[str, Any], arguments: str) -> dict[str, Any]:
+    try:
+        args = pydantic_core.from_json(arguments or "{}")
+    except ValueError as exc:
+        raise ToolArgumentsError(f"invalid arguments for {name}: not JSON ({exc})") from exc
+    if not isinstance(args, dict):
+        raise ToolArgumentsError(f"invalid arguments for {name}: expected a JSON object")
+    properties = schema.get("properties") or {}
+    missing = [key for key in schema.get("required") or () if key not in args]
+    if missing:
+        raise ToolArgumentsError(f"invalid arguments for {name}: missing {', '.join(missing)}")
+    if schema.get("additionalProperties") is False:
+        unknown = sorted(set(args) - set(properties))
+        if unknown:
+            raise ToolArgumentsError(
+                f"invalid arguments for {name}: unexpected {', '.join(unknown)}"
+            )
+    for key, value in args.items():
+        kind = (properties.get(key) or {}).get("type")
+        if isinstance(kind, str) and kind in _JSON_TYPES:
+            allowed = _JSON_TYPES[kind]
+            if not isinstance(value, allowed) or (kind in ("integer", "number") and value is True):
+                raise ToolArgumentsError(f"invalid arguments for {name}: {key} must be {kind}")
+    return args
+
+
+_Fn: TypeAlias = Callable[..., Awaitable[Any]] | Callable[..., Any]
+
+
+@overload
+def tool(fn: _Fn, /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    reads: Sequence[ResourceSpec] | None = None,
+    writes: Sequence[ResourceSpec] | None = None,
+    pure: bool = False,
+    idempotent: bool = False,
+    timeout: float | None = 60.0,
+) -> Callable[[_Fn], Tool]: ...
+
+
+def tool(
+    fn: _Fn | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    reads: Sequence[ResourceSpec] | None = None,
+    writes: Sequence[ResourceSpec] | None = None,
+    pure: bool = False,
+    idempotent: bool = False,
+    timeout: float | None = 60.0,
+) -> Tool | Callable[[_Fn], Tool]:
+    """Turn a function into a :class:`Tool`; see the module docstring for the effects."""
+    declared = pure or reads is not None or writes is not None
+    effects = Effects(
+        reads=tuple(reads or ()),
+        writes=tuple(writes or ()),
+        pure=pure,
+        idempotent=idempotent or pure,
+        exclusive=not declared,
+    )
+
+    def wrap(function: _Fn) -> Tool:
+        return Tool(function, name=name, description=description, effects=effects, timeout=timeout)
+
+    return wrap(fn) if fn is not None else wrap

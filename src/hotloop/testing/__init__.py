@@ -1,0 +1,95 @@
+"""Public helpers for testing and benchmarking agents on the embedded simulated model.
+
+:func:`scenario_tools` turns a scenario's tool descriptions into runtime tools that behave as
+the scenario says (latency, output size, declared effects) and records every execution, so a
+test can check, for example, that each write ran exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hotloop.runtime.tools import Effects, Tool
+from hotloop.sim.scenario import Scenario, ToolSpec
+from hotloop.sim.tools import run_tool
+from hotloop.wire import codec
+
+__all__ = ["Execution", "ExecutionLog", "scenario_tools"]
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One tool execution: which tool, with which arguments, when (perf_counter_ns)."""
+
+    name: str
+    arguments: str
+    started_ns: int
+    finished_ns: int
+
+
+@dataclass
+class ExecutionLog:
+    """Every execution of the tools built by :func:`scenario_tools`, in start order."""
+
+    executions: list[Execution] = field(default_factory=list)
+
+    def count(self, name: str | None = None) -> int:
+        return sum(1 for e in self.executions if name is None or e.name == name)
+
+    def by_arguments(self) -> dict[tuple[str, str], int]:
+        """How many times each (tool, arguments) ran."""
+        counts: dict[tuple[str, str], int] = {}
+        for execution in self.executions:
+            key = (execution.name, execution.arguments)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def _effects(spec: ToolSpec) -> Effects:
+    declared = spec.effects.pure or bool(spec.effects.reads) or bool(spec.effects.writes)
+    return Effects(
+        reads=spec.effects.reads,
+        writes=spec.effects.writes,
+        pure=spec.effects.pure,
+        idempotent=spec.effects.idempotent,
+        exclusive=not declared,
+    )
+
+
+def scenario_tools(
+    scenario: Scenario,
+    *,
+    time_scale: float = 1.0,
+    log: ExecutionLog | None = None,
+    names: Sequence[str] | None = None,
+) -> list[Tool]:
+    """Runtime tools playing ``scenario``'s tools; ``time_scale`` scales their latency."""
+    tools: list[Tool] = []
+    for spec in scenario.tools.values():
+        if names is not None and spec.name not in names:
+            continue
+
+        async def run(_spec: ToolSpec = spec, **args: Any) -> str:
+            started = time.perf_counter_ns()
+            # Canonical arguments: the scenario's own encoding, whatever the model's spacing.
+            arguments = codec.dumps(args).decode()
+            output = await run_tool(_spec, arguments, time_scale=time_scale)
+            if log is not None:
+                log.executions.append(
+                    Execution(_spec.name, arguments, started, time.perf_counter_ns())
+                )
+            return output
+
+        tools.append(
+            Tool.from_schema(
+                spec.name,
+                spec.parameters,
+                run,
+                description=spec.description,
+                effects=_effects(spec),
+            )
+        )
+    return tools

@@ -1,0 +1,94 @@
+"""What every client transport does: turn a :class:`ModelRequest` into a Responses event stream.
+
+The runtime always keeps the full conversation (``ModelRequest.history``) and says which of its
+items are new since the last response (``new_from``) and what that response's id was. A
+transport decides how much to send: a WebSocket on which that response lives sends only the new
+items plus ``previous_response_id``; anything else (a new socket after a drop, a cache miss, a
+stateless HTTP loop, a Chat Completions server) sends the whole history. That choice is the
+transport's alone, so recovery is transparent to the runtime.
+
+Errors: a transport raises :class:`TransportError`. ``replay_safe`` says whether the request
+may be sent again as it is (nothing of the turn was committed); the runner retries those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from hotloop.errors import HotloopError
+from hotloop.wire.events import Event
+from hotloop.wire.items import Item
+
+__all__ = ["ModelRequest", "Transport", "TransportError", "TransportStats"]
+
+
+class TransportError(HotloopError):
+    """The model request failed on the way: connection lost, HTTP error, error event.
+
+    ``code`` is the server's error code when there was one. ``replay_safe`` is true when the
+    request can be sent again unchanged (the runner then retries it, up to a limit).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        replay_safe: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.replay_safe = replay_safe
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """One model turn to request.
+
+    ``history`` is the whole conversation, oldest first; ``history[new_from:]`` are the items
+    added since the response ``previous_response_id`` (``None`` on a first turn).
+    ``tools`` are Responses ``tools`` entries; ``settings`` holds any other request field
+    (``tool_choice``, ``parallel_tool_calls``, ``max_output_tokens``, ``store``, ...).
+    """
+
+    model: str
+    history: Sequence[Item]
+    new_from: int = 0
+    previous_response_id: str | None = None
+    instructions: str | None = None
+    tools: Sequence[Mapping[str, Any]] = ()
+    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def new_items(self) -> Sequence[Item]:
+        return self.history[self.new_from :]
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Deterministic counters of what a transport did (tests and benchmarks read them)."""
+
+    connections_opened: int = 0
+    requests: int = 0
+    full_resends: int = 0
+    incremental_requests: int = 0
+    bytes_sent: int = 0
+    reconnects: int = 0
+    cache_misses: int = 0
+
+
+class Transport(Protocol):
+    """A client connection to a model server, reused across turns and runs."""
+
+    stats: TransportStats
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+        """The events of one response; raises :class:`TransportError` on failure."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,164 @@
+"""HTTP transports: Responses over SSE, and Chat Completions, each on a warm keep-alive pool.
+
+:class:`HTTPTransport` speaks ``POST /v1/responses`` with ``stream: true``. Stateless by
+default (the whole history every turn, ``store: false``); with ``incremental=True`` it sends
+only the new items plus ``previous_response_id`` and ``store: true``, because over HTTP the
+server can only continue a response it persisted (``protocol.md`` §2.5); a
+``previous_response_not_found`` answer makes it re-send the whole history.
+
+:class:`ChatTransport` speaks ``POST /v1/chat/completions`` for servers that only know Chat
+Completions (vLLM, llama.cpp, Ollama): the history is translated to messages every turn and the
+chunk stream is translated back into Responses events, so the runtime sees one event model.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+
+from hotloop.errors import HotloopError
+from hotloop.protocol.chat import responses_to_chat_request
+from hotloop.protocol.chat_stream import ChatStreamDecoder
+from hotloop.protocol.sse import ResponsesSSEDecoder, SSEDecoder
+from hotloop.transport.base import ModelRequest, TransportError, TransportStats
+from hotloop.transport.websocket import request_body
+from hotloop.wire import codec
+from hotloop.wire.events import Event
+
+__all__ = ["ChatTransport", "HTTPTransport"]
+
+
+def _client(base_url: str, api_key: str | None, max_connections: int) -> httpx.AsyncClient:
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers=headers,
+        timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=60.0),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+    )
+
+
+async def _http_error(response: httpx.Response) -> TransportError:
+    body = await response.aread()
+    code: str | None = None
+    message = body.decode(errors="replace")[:500]
+    try:
+        error = codec.loads(body).get("error") or {}
+        code, message = error.get("code"), str(error.get("message", message))
+    except (HotloopError, AttributeError):
+        pass
+    status = response.status_code
+    return TransportError(
+        f"HTTP {status}: {message}",
+        code=code,
+        status=status,
+        replay_safe=status in (408, 409, 429) or status >= 500,
+    )
+
+
+class HTTPTransport:
+    """Responses API over HTTP + SSE with a warm connection pool."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        incremental: bool = False,
+        max_connections: int = 16,
+    ) -> None:
+        self.incremental = incremental
+        self.stats = TransportStats()
+        self._client = _client(base_url, api_key, max_connections)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+        incremental = self.incremental and request.previous_response_id is not None
+        while True:
+            body = request_body(request, incremental=incremental, store=self.incremental)
+            body["stream"] = True
+            payload = codec.dumps(body)
+            self.stats.requests += 1
+            self.stats.bytes_sent += len(payload)
+            if incremental:
+                self.stats.incremental_requests += 1
+            else:
+                self.stats.full_resends += 1
+            try:
+                async with self._client.stream("POST", "/responses", content=payload) as reply:
+                    if reply.status_code != 200:
+                        error = await _http_error(reply)
+                        if incremental and error.code == "previous_response_not_found":
+                            self.stats.cache_misses += 1
+                            incremental = False
+                            continue
+                        raise error
+                    decoder = ResponsesSSEDecoder()
+                    async for chunk in reply.aiter_bytes():
+                        for event in decoder.feed(chunk):
+                            yield event
+                    for event in decoder.close():
+                        yield event
+                    return
+            except httpx.HTTPError as exc:
+                raise TransportError(
+                    f"HTTP request failed: {exc!r}", code="connection_lost", replay_safe=True
+                ) from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class ChatTransport:
+    """Chat Completions with tool calls, translated to and from Responses events."""
+
+    def __init__(
+        self, base_url: str, api_key: str | None = None, *, max_connections: int = 16
+    ) -> None:
+        self.stats = TransportStats()
+        self._client = _client(base_url, api_key, max_connections)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+        settings = dict(request.settings)
+        body = responses_to_chat_request(
+            request.model,
+            request.history,
+            request.instructions,
+            request.tools,
+            settings.pop("tool_choice", None),
+            parallel_tool_calls=settings.pop("parallel_tool_calls", None),
+            max_output_tokens=settings.pop("max_output_tokens", None),
+            stream=True,
+            include_usage=True,
+        )
+        payload = codec.dumps(body)
+        self.stats.requests += 1
+        self.stats.full_resends += 1
+        self.stats.bytes_sent += len(payload)
+        decoder = ChatStreamDecoder(f"chat_{uuid.uuid4().hex}", request.model, int(time.time()))
+        try:
+            async with self._client.stream("POST", "/chat/completions", content=payload) as reply:
+                if reply.status_code != 200:
+                    raise await _http_error(reply)
+                sse = SSEDecoder()
+                async for chunk in reply.aiter_bytes():
+                    for message in sse.feed(chunk):
+                        if message.data == "[DONE]":
+                            continue
+                        for event in decoder.feed(codec.decode_object(message.data)):
+                            yield event
+                for event in decoder.close():
+                    yield event
+        except httpx.HTTPError as exc:
+            raise TransportError(
+                f"HTTP request failed: {exc!r}", code="connection_lost", replay_safe=True
+            ) from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
