@@ -21,8 +21,8 @@ demo: setup
 test: setup lint typecheck layers pytest
 
 lint:
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck:
 	$(BIN)/mypy

@@ -85,9 +85,10 @@ def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
     params: dict[str, str] = {}
     current: str | None = None
     in_args = False
+    description_done = False
     for line in lines:
         if _ARGS_HEADER.match(line):
-            in_args = True
+            in_args = description_done = True
             continue
         if in_args:
             if line and not line[0].isspace():
@@ -100,10 +101,12 @@ def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
             elif current and line.strip():
                 params[current] += " " + line.strip()
             continue
-        if not description and not line.strip():
+        if description_done or (not description and not line.strip()):
             continue
-        if description and not line.strip():
-            break
+        if not line.strip():
+            # The description is the first paragraph only; keep reading for ``Args:``.
+            description_done = True
+            continue
         description.append(line.strip())
     return " ".join(description), params
 

@@ -1,0 +1,28 @@
+"""The examples run, as a user would run them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_coding_agent_example_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "coding_agent.py")],
+        env={**os.environ, "HOTLOOP_PROFILE": "zero"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "15 model turns, 25 tool calls" in out
+    assert "over 1 connection(s)" in out
+    assert out.count("▶ apply_patch") == 4
+    assert "✓ run_tests" in out
+    assert "(error" not in out and ", error:" not in out
