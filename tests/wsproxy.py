@@ -25,6 +25,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -36,6 +37,15 @@ TERMINAL = frozenset({"response.completed", "response.incomplete", "response.fai
 #: The close code of a drop: 1011 "internal error" (RFC 6455 §7.4.1), which a client must not
 #: take for a clean close.
 DROP_CODE = 1011
+#: No flow control on either side (``max_queue=None``): once the proxy stops reading a muted
+#: connection, a bounded queue would pause the socket's reads, the peer's close frame would
+#: never be read, and closing would wait for the 10 s close timeout.
+_OPTIONS: dict[str, Any] = {
+    "max_size": None,
+    "max_queue": None,
+    "compression": None,
+    "ping_interval": None,
+}
 
 
 @dataclass
@@ -66,7 +76,7 @@ class _Link:
     #: The proxy-wide number of the last response.create forwarded on this connection.
     turn: int = 0
     #: Events of that turn forwarded so far.
-    turn_events: int = 0
+    forwarded: int = 0
     muted: bool = False
 
 
@@ -76,8 +86,8 @@ class WebSocketProxy:
 
     upstream_url: str
     connections: list[ConnectionStats] = field(default_factory=list)
-    #: Event types forwarded to the client, per proxy-wide turn (index 0 is turn 1).
-    turn_events: list[list[str]] = field(default_factory=list)
+    #: The events forwarded to the client (decoded), per proxy-wide turn (index 0 is turn 1).
+    turn_events: list[list[dict[str, Any]]] = field(default_factory=list)
     _server: Server | None = None
     _drop: _Drop | None = None
     _swap_turns: set[int] = field(default_factory=set)
@@ -85,9 +95,7 @@ class WebSocketProxy:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> WebSocketProxy:
-        self._server = await serve(
-            self._handle, "127.0.0.1", 0, max_size=None, compression=None, ping_interval=None
-        )
+        self._server = await serve(self._handle, "127.0.0.1", 0, **_OPTIONS)
         return self
 
     async def __aexit__(
@@ -128,9 +136,7 @@ class WebSocketProxy:
     # -- forwarding ---------------------------------------------------------------------
 
     async def _open_upstream(self, link: _Link) -> None:
-        link.upstream = await connect(
-            self.upstream_url, max_size=None, compression=None, ping_interval=None
-        )
+        link.upstream = await connect(self.upstream_url, **_OPTIONS)
         link.stats.upstreams_opened += 1
         link.pump = asyncio.create_task(self._pump_down(link, link.upstream))
 
@@ -153,7 +159,7 @@ class WebSocketProxy:
             async for message in client:
                 if link.muted:
                     continue
-                if _event_type(message) == "response.create":
+                if _decode(message).get("type") == "response.create":
                     turn = len(self.turn_events) + 1
                     if turn in self._swap_turns:
                         self._swap_turns.discard(turn)
@@ -161,7 +167,7 @@ class WebSocketProxy:
                         await self._open_upstream(link)
                     self.turn_events.append([])
                     link.stats.creates += 1
-                    link.turn, link.turn_events = turn, 0
+                    link.turn, link.forwarded = turn, 0
                     assert link.upstream is not None
                     await link.upstream.send(message)
                     if self._should_drop(link):
@@ -181,11 +187,11 @@ class WebSocketProxy:
                     return
                 await link.client.send(message)
                 link.stats.events += 1
-                link.turn_events += 1
-                kind = _event_type(message)
+                link.forwarded += 1
+                event = _decode(message)
                 if link.turn:
-                    self.turn_events[link.turn - 1].append(kind)
-                if kind in TERMINAL:
+                    self.turn_events[link.turn - 1].append(event)
+                if event.get("type") in TERMINAL:
                     link.stats.terminals += 1
                 if self._should_drop(link):
                     await self._drop_client(link)
@@ -194,14 +200,14 @@ class WebSocketProxy:
             pass
         if not link.muted:
             # The gateway closed the connection (idle timeout, lifetime): pass it on.
-            code = upstream.close_code if upstream.close_code is not None else 1011
+            code = upstream.close_code
+            if code is None or code in (1005, 1006, 1015):  # reserved: never sent in a frame
+                code = DROP_CODE
             await link.client.close(code, upstream.close_reason or "")
 
     def _should_drop(self, link: _Link) -> bool:
         drop = self._drop
-        return (
-            drop is not None and link.turn == drop.on_turn and link.turn_events >= drop.n_events
-        )
+        return drop is not None and link.turn == drop.on_turn and link.forwarded >= drop.n_events
 
     async def _drop_client(self, link: _Link) -> None:
         self._drop = None
@@ -212,10 +218,9 @@ class WebSocketProxy:
             await link.upstream.close()
 
 
-def _event_type(message: str | bytes) -> str:
+def _decode(message: str | bytes) -> dict[str, Any]:
     try:
         data = json.loads(message)
     except ValueError:
-        return ""
-    kind = data.get("type") if isinstance(data, dict) else None
-    return kind if isinstance(kind, str) else ""
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -365,8 +365,7 @@ def test_from_schema_definition_and_resources() -> None:
 
 def test_from_schema_accepts_valid_arguments() -> None:
     arguments = (
-        '{"path": "a", "count": 2, "ratio": 1, "force": true, "tags": [], "meta": {},'
-        ' "note": null}'
+        '{"path": "a", "count": 2, "ratio": 1, "force": true, "tags": [], "meta": {}, "note": null}'
     )
     assert SCHEMA_TOOL.parse(arguments)["ratio"] == 1
     assert SCHEMA_TOOL.parse('{"path": "a", "ratio": 0.5}') == {"path": "a", "ratio": 0.5}

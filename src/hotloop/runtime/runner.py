@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,7 @@ class _TurnCalls:
         self.futures: list[asyncio.Future[_Outcome]] = []
         self._pending: list[tuple[Tool, dict[str, Any]] | None] = []
         self._claimed: dict[tuple[str, str], int] = {}
+        self._stopped = False
 
     def _now(self) -> int:
         return time.perf_counter_ns() - self.origin_ns
@@ -122,10 +123,14 @@ class _TurnCalls:
         earlier = self.ledger.get(key, [])
         if claimed < len(earlier):
             # Started in an attempt of this turn that failed on the way: reuse, never re-run.
+            # It keeps its effects, so a later conflicting call still waits for it to finish.
             tool_record.reused = True
             self.futures.append(earlier[claimed])
             self._pending.append(None)
-            self.admission.submit(NOTHING)
+            tool = self.agent.tool(call.name)
+            assert tool is not None  # it ran, so it exists and its arguments parsed
+            reads, writes = tool.resources(tool.parse(call.arguments))
+            self.admission.submit(CallEffects(reads, writes, tool.effects.exclusive))
             self._pump()
             return
         future: asyncio.Future[_Outcome] = loop.create_future()
@@ -158,6 +163,8 @@ class _TurnCalls:
         future.set_result(_Outcome(output, error, now, now))
 
     def _pump(self) -> None:
+        if self._stopped:
+            return  # the run is being cancelled: no waiting call may start now
         for index in self.admission.ready():
             pending = self._pending[index]
             future = self.futures[index]
@@ -183,6 +190,10 @@ class _TurnCalls:
     def _settle(
         self, future: asyncio.Future[_Outcome], index: int, task: asyncio.Task[_Outcome]
     ) -> None:
+        if task.cancelled() or task.cancelling():
+            # Only the run cancels a tool's task (a timeout is handled inside it and leaves
+            # no pending cancellation): the run is over, so start nothing more.
+            self._stopped = True
         if not future.done():
             if task.cancelled():
                 future.cancel()
@@ -278,7 +289,7 @@ class Runner:
         client: Transport,
         previous: RunResult | None = None,
         max_turns: int | None = None,
-    ) -> AsyncIterator[RunEvent]:
+    ) -> AsyncGenerator[RunEvent, None]:
         """Run ``agent`` and yield its events; the last one is :class:`RunFinished`.
 
         Leaving the iteration early cancels the run and its tools.
@@ -341,11 +352,12 @@ async def _run(
     steps: list[StepRecord] = []
     usage = Usage()
     tasks: list[asyncio.Task[_Outcome]] = []
+    ledger: dict[tuple[str, str], list[asyncio.Task[_Outcome]]] = {}
     try:
         for turn in range(1, max_turns + 1):
             record = StepRecord(turn=turn, request_sent_ns=time.perf_counter_ns() - origin)
             steps.append(record)
-            ledger: dict[tuple[str, str], list[asyncio.Task[_Outcome]]] = {}
+            ledger = {}
             request = ModelRequest(
                 model=agent.model,
                 history=history,
@@ -396,7 +408,8 @@ async def _run(
             previous_id = response.id
         raise MaxTurnsExceeded(max_turns, history)
     finally:
-        for task in tasks:
+        # The current turn's ledger too: its tools may have started eagerly while it streamed.
+        for task in (*tasks, *(task for entries in ledger.values() for task in entries)):
             if not task.done():
                 task.cancel()
 
@@ -441,5 +454,8 @@ async def _stream_turn(
                         )
             return stream, calls
         except TransportError as exc:
+            # This attempt is over: its running calls are reused by the next one, but calls it
+            # had not started yet must not start from it (the next attempt submits them again).
+            calls._stopped = True
             if not exc.replay_safe or attempt >= agent.max_attempts:
                 raise

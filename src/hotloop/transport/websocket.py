@@ -271,11 +271,17 @@ class WebSocketTransport:
                             await self.drop()
                             retry, incremental = True, False
                             break
+                        status = getattr(event, "status", None)
+                        # As over HTTP: only a transient refusal is worth sending again; a
+                        # request error (model_not_found, invalid input) would fail the same way.
+                        transient = status is not None and (
+                            status in (408, 409, 429) or status >= 500
+                        )
                         raise TransportError(
                             f"the server answered an error: {event.message}",
                             code=code,
-                            status=getattr(event, "status", None),
-                            replay_safe=not delivered,
+                            status=status,
+                            replay_safe=not delivered and transient,
                         )
                     delivered = True
                     yield event
