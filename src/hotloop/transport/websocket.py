@@ -23,13 +23,20 @@ named lanes ``stream_id`` = ``hl-1`` … ``hl-N``; one reader task routes events
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from picows import (
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSInvalidStatusError,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
 
 from hotloop.errors import HotloopError
 from hotloop.transport.base import ModelRequest, TransportError, TransportStats
@@ -48,6 +55,8 @@ __all__ = ["WebSocketTransport", "request_body"]
 _CLOSED = object()
 _MAX_LIVE_IDS = 4096
 _CONNECT_ATTEMPTS = 3
+#: Incoming messages have no practical size limit (the SDKs use ``max_size=None``, §7).
+_MAX_FRAME_BYTES = 1 << 30
 
 
 def request_body(request: ModelRequest, *, incremental: bool, store: bool | None) -> dict[str, Any]:
@@ -70,11 +79,65 @@ def request_body(request: ModelRequest, *, incremental: bool, store: bool | None
 
 
 class _Waiter:
-    __slots__ = ("generation", "queue")
+    """The inbox of one in-flight turn: the reader appends, the turn's stream takes.
+
+    A deque and one wake-up future per empty wait: measurably cheaper per event than an
+    ``asyncio.Queue``, which matters at one event per streamed token.
+    """
+
+    __slots__ = ("_items", "_wakeup", "generation")
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._items: deque[Any] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+        return self._items.popleft()
+
+
+class _Listener(WSListener):
+    """picows callbacks of one socket: reassemble messages, hand them to the transport.
+
+    Frames are handled in the protocol callback itself, with no reader task in between: one
+    task switch less per streamed token.
+    """
+
+    def __init__(self, owner: WebSocketTransport, generation: int) -> None:
+        self.owner = owner
+        self.generation = generation
+        self.fragments: list[bytes] | None = None
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+            if frame.fin:
+                self.owner._deliver(frame.get_payload_as_bytes(), self.generation)
+            else:
+                self.fragments = [frame.get_payload_as_bytes()]
+        elif kind is WSMsgType.CONTINUATION and self.fragments is not None:
+            self.fragments.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                payload, self.fragments = b"".join(self.fragments), None
+                self.owner._deliver(payload, self.generation)
+        elif kind is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.owner._disconnected(transport, self.generation)
 
 
 class WebSocketTransport:
@@ -99,8 +162,7 @@ class WebSocketTransport:
         self.stats = TransportStats()
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._open_timeout = open_timeout
-        self._socket: ClientConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._socket: WSTransport | None = None
         self._generation = 0
         self._connect_lock = asyncio.Lock()
         self._live: OrderedDict[str, int] = OrderedDict()
@@ -115,7 +177,7 @@ class WebSocketTransport:
         """Open the socket now (otherwise the first turn opens it): a warm start."""
         await self._ensure_socket()
 
-    async def _ensure_socket(self) -> ClientConnection:
+    async def _ensure_socket(self) -> WSTransport:
         socket = self._socket
         if socket is not None:
             return socket
@@ -124,72 +186,74 @@ class WebSocketTransport:
                 return self._socket
             if self._closed:
                 raise TransportError("the transport is closed", code="closed")
+            generation = self._generation + 1
             last: BaseException | None = None
             for attempt in range(_CONNECT_ATTEMPTS):
                 try:
-                    socket = await connect(
+                    socket, _ = await ws_connect(
+                        lambda: _Listener(self, generation),
                         self.url,
-                        additional_headers=self._headers,
-                        max_size=None,
-                        compression=None,
-                        open_timeout=self._open_timeout,
+                        extra_headers=self._headers,
+                        websocket_handshake_timeout=self._open_timeout,
+                        max_frame_size=_MAX_FRAME_BYTES,
+                        # Keepalive as the SDKs do it: a ping after 20 s of silence, 20 s to
+                        # answer (protocol.md §7).
+                        enable_auto_ping=True,
+                        auto_ping_idle_timeout=20,
+                        auto_ping_reply_timeout=20,
                     )
                     break
-                except InvalidStatus as exc:
-                    status = exc.response.status_code
+                except WSInvalidStatusError as exc:
+                    status = int(exc.response.status) if exc.response is not None else None
+                    body = exc.raw_body or b""
                     raise TransportError(
-                        f"the server refused the WebSocket upgrade with HTTP {status}: "
-                        f"{exc.response.body!r}",
-                        code=_error_code(bytes(exc.response.body)),
+                        f"the server refused the WebSocket upgrade with HTTP {status}: {body!r}",
+                        code=_error_code(body),
                         status=status,
                     ) from exc
-                except (OSError, WebSocketException, TimeoutError) as exc:
+                except (OSError, WSError, TimeoutError) as exc:
                     last = exc
                     await asyncio.sleep(0.05 * 2**attempt)
             else:
                 raise TransportError(
                     f"cannot connect to {self.url}: {last!r}", code="connect_failed"
                 ) from last
-            self._generation += 1
+            self._generation = generation
             if self.stats.connections_opened:
                 self.stats.reconnects += 1
             self.stats.connections_opened += 1
             self._socket = socket
-            self._reader = asyncio.create_task(self._read(socket, self._generation))
             return socket
 
-    async def _read(self, socket: ClientConnection, generation: int) -> None:
+    def _deliver(self, payload: bytes, generation: int) -> None:
+        """A whole message arrived: route its event to the turn waiting on its lane."""
         try:
-            async for message in socket:
-                try:
-                    event = codec.decode_event(message)
-                except HotloopError:
-                    continue  # a frame we cannot read cannot belong to a waiting turn
-                waiter = self._waiters.get(event.stream_id)
-                if waiter is not None and waiter.generation == generation:
-                    waiter.queue.put_nowait(event)
-        except ConnectionClosed:
-            pass
-        finally:
-            if self._socket is socket:
-                self._socket = None
-            for waiter in list(self._waiters.values()):
-                if waiter.generation == generation:
-                    waiter.queue.put_nowait(_CLOSED)
+            event = codec.decode_event(payload)
+        except HotloopError:
+            return  # a frame we cannot read cannot belong to a waiting turn
+        waiter = self._waiters.get(event.stream_id)
+        if waiter is not None and waiter.generation == generation:
+            waiter.put(event)
+
+    def _disconnected(self, socket: WSTransport, generation: int) -> None:
+        if self._socket is socket:
+            self._socket = None
+        for waiter in list(self._waiters.values()):
+            if waiter.generation == generation:
+                waiter.put(_CLOSED)
 
     async def drop(self) -> None:
         """Close the current socket; the next turn reconnects and re-sends the history."""
         socket = self._socket
         self._socket = None
         if socket is not None:
-            await socket.close()
+            socket.send_close(WSCloseCode.OK)
+            socket.disconnect()
+            await socket.wait_disconnected()
 
     async def aclose(self) -> None:
         self._closed = True
         await self.drop()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
 
     # -- lanes -----------------------------------------------------------------------------
 
@@ -212,88 +276,89 @@ class WebSocketTransport:
             self._live.popitem(last=False)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+        # One generator from socket to runner: every streamed token passes through it.
         lane = await self._acquire_lane()
         try:
-            async for event in self._stream_on_lane(request, lane):
-                yield event
+            previous = request.previous_response_id
+            incremental = previous is not None and self._live.get(previous) == self._generation
+            attempts = 0
+            while True:
+                attempts += 1
+                socket = await self._ensure_socket()
+                if incremental and self._live.get(previous or "") != self._generation:
+                    incremental = False  # the socket changed under us
+                body = request_body(request, incremental=incremental, store=self.store)
+                body["type"] = "response.create"
+                if lane is not None:
+                    body["stream_id"] = lane
+                frame = codec.dumps(body)
+                waiter = _Waiter(self._generation)
+                self._waiters[lane] = waiter
+                try:
+                    if socket.is_disconnected:
+                        waiter.put(_CLOSED)
+                    else:
+                        socket.send(WSMsgType.TEXT, frame)
+                    self.stats.requests += 1
+                    self.stats.bytes_sent += len(frame)
+                    if incremental:
+                        self.stats.incremental_requests += 1
+                    else:
+                        self.stats.full_resends += 1
+                    delivered = False
+                    retry = False
+                    while True:
+                        event = await waiter.get()
+                        if event is _CLOSED:
+                            if delivered or attempts >= _CONNECT_ATTEMPTS:
+                                raise TransportError(
+                                    "the WebSocket closed during the turn",
+                                    code="connection_lost",
+                                    replay_safe=True,
+                                )
+                            retry, incremental = True, False
+                            break
+                        if isinstance(event, (WebSocketError, ErrorEvent)):
+                            code = event.code
+                            if (
+                                not delivered
+                                and code == "previous_response_not_found"
+                                and incremental
+                            ):
+                                self.stats.cache_misses += 1
+                                retry, incremental = True, False
+                                break
+                            if not delivered and code == "websocket_connection_limit_reached":
+                                await self.drop()
+                                retry, incremental = True, False
+                                break
+                            status = getattr(event, "status", None)
+                            # As over HTTP: only a transient refusal is worth sending again;
+                            # a request error (model_not_found, bad input) would fail the same way.
+                            transient = status is not None and (
+                                status in (408, 409, 429) or status >= 500
+                            )
+                            raise TransportError(
+                                f"the server answered an error: {event.message}",
+                                code=code,
+                                status=status,
+                                replay_safe=not delivered and transient,
+                            )
+                        delivered = True
+                        yield event
+                        if isinstance(
+                            event, ResponseCompleted | ResponseIncomplete | ResponseFailed
+                        ):
+                            if isinstance(event, ResponseCompleted | ResponseIncomplete):
+                                self._remember(event.response.id)
+                            return
+                finally:
+                    if self._waiters.get(lane) is waiter:
+                        del self._waiters[lane]
+                if not retry:
+                    return
         finally:
             await self._release_lane(lane)
-
-    async def _stream_on_lane(
-        self, request: ModelRequest, lane: str | None
-    ) -> AsyncIterator[Event]:
-        previous = request.previous_response_id
-        incremental = previous is not None and self._live.get(previous) == self._generation
-        attempts = 0
-        while True:
-            attempts += 1
-            socket = await self._ensure_socket()
-            if incremental and self._live.get(previous or "") != self._generation:
-                incremental = False  # the socket changed under us
-            body = request_body(request, incremental=incremental, store=self.store)
-            body["type"] = "response.create"
-            if lane is not None:
-                body["stream_id"] = lane
-            frame = codec.dumps(body)
-            waiter = _Waiter(self._generation)
-            self._waiters[lane] = waiter
-            try:
-                try:
-                    await socket.send(frame.decode())
-                except ConnectionClosed:
-                    waiter.queue.put_nowait(_CLOSED)
-                self.stats.requests += 1
-                self.stats.bytes_sent += len(frame)
-                if incremental:
-                    self.stats.incremental_requests += 1
-                else:
-                    self.stats.full_resends += 1
-                delivered = False
-                retry = False
-                while True:
-                    event = await waiter.queue.get()
-                    if event is _CLOSED:
-                        if delivered or attempts >= _CONNECT_ATTEMPTS:
-                            raise TransportError(
-                                "the WebSocket closed during the turn",
-                                code="connection_lost",
-                                replay_safe=True,
-                            )
-                        retry, incremental = True, False
-                        break
-                    if isinstance(event, (WebSocketError, ErrorEvent)):
-                        code = event.code
-                        if not delivered and code == "previous_response_not_found" and incremental:
-                            self.stats.cache_misses += 1
-                            retry, incremental = True, False
-                            break
-                        if not delivered and code == "websocket_connection_limit_reached":
-                            await self.drop()
-                            retry, incremental = True, False
-                            break
-                        status = getattr(event, "status", None)
-                        # As over HTTP: only a transient refusal is worth sending again; a
-                        # request error (model_not_found, invalid input) would fail the same way.
-                        transient = status is not None and (
-                            status in (408, 409, 429) or status >= 500
-                        )
-                        raise TransportError(
-                            f"the server answered an error: {event.message}",
-                            code=code,
-                            status=status,
-                            replay_safe=not delivered and transient,
-                        )
-                    delivered = True
-                    yield event
-                    if isinstance(event, ResponseCompleted | ResponseIncomplete | ResponseFailed):
-                        if isinstance(event, ResponseCompleted | ResponseIncomplete):
-                            self._remember(event.response.id)
-                        return
-            finally:
-                if self._waiters.get(lane) is waiter:
-                    del self._waiters[lane]
-            if not retry:
-                return
 
 
 def _error_code(body: bytes | None) -> str | None:

@@ -355,7 +355,37 @@ def _part_event(cls: type[ContentPartAdded] | type[ContentPartDone]) -> Callable
     return decode
 
 
+# Deltas are most of a stream (one per token), so they get a fast path: exact type checks
+# in one expression, the field-by-field path with precise errors only when one fails.
+
+
 def _text_delta(data: Mapping[str, Any]) -> Event:
+    item_id, index = data.get("item_id"), data.get("output_index")
+    part, delta = data.get("content_index"), data.get("delta")
+    seq, sid = data.get("sequence_number", 0), data.get("stream_id")
+    logprobs = data.get("logprobs")
+    if (
+        type(item_id) is str
+        and type(index) is int
+        and type(part) is int
+        and type(delta) is str
+        and type(seq) is int
+        and (sid is None or type(sid) is str)
+        and not logprobs
+        and (logprobs is None or type(logprobs) is list)
+    ):
+        return OutputTextDelta(
+            item_id=item_id,
+            output_index=index,
+            content_index=part,
+            delta=delta,
+            sequence_number=seq,
+            stream_id=sid,
+        )
+    return _text_delta_checked(data)
+
+
+def _text_delta_checked(data: Mapping[str, Any]) -> Event:
     return OutputTextDelta(
         item_id=_str(data, "item_id"),
         output_index=_int(data, "output_index"),
@@ -378,6 +408,22 @@ def _text_done(data: Mapping[str, Any]) -> Event:
 
 
 def _args_delta(data: Mapping[str, Any]) -> Event:
+    item_id, index, delta = data.get("item_id"), data.get("output_index"), data.get("delta")
+    seq, sid = data.get("sequence_number", 0), data.get("stream_id")
+    if (
+        type(item_id) is str
+        and type(index) is int
+        and type(delta) is str
+        and type(seq) is int
+        and (sid is None or type(sid) is str)
+    ):
+        return FunctionCallArgumentsDelta(
+            item_id=item_id, output_index=index, delta=delta, sequence_number=seq, stream_id=sid
+        )
+    return _args_delta_checked(data)
+
+
+def _args_delta_checked(data: Mapping[str, Any]) -> Event:
     return FunctionCallArgumentsDelta(
         item_id=_str(data, "item_id"),
         output_index=_int(data, "output_index"),
