@@ -75,6 +75,8 @@ class Prepared:
     context: Conversation
     received_ns: int
     transport: str
+    #: When a worker took the request (WebSocket lanes queue requests; HTTP does not).
+    dequeued_ns: int = 0
     lane: str | None = None
     #: False when the parent lives only in a connection cache (``store: false``): storing
     #: this response must then write its whole context, not a segment chained to a parent
@@ -86,6 +88,9 @@ class Prepared:
 class _Timings:
     pre_ns: int = 0
     post_ns: int = 0
+    generation_start: int = 0
+    first_output: int = 0
+    last_output: int = 0
 
 
 @dataclass(slots=True)
@@ -172,6 +177,7 @@ class Gateway:
         transport: str,
         lane: str | None = None,
         parent_stored: bool = True,
+        dequeued_ns: int | None = None,
     ) -> Prepared:
         """Check the new input and extend the parent snapshot with it."""
         self.check_model(request.model)
@@ -185,6 +191,7 @@ class Gateway:
             transport=transport,
             lane=lane,
             parent_stored=parent_stored,
+            dequeued_ns=dequeued_ns if dequeued_ns is not None else received_ns,
         )
 
     def run(self, prepared: Prepared, commit: Commit | None = None) -> ResponseRun:
@@ -259,6 +266,8 @@ class ResponseRun:
             output: list[Item] = []
             usage = Usage(input_tokens=prepared.context.tokens)
             incomplete: str | None = None
+            timings = self.timings
+            timings.generation_start = time.perf_counter_ns()
             if request.generate:
                 try:
                     async for event in self._generate(output):
@@ -289,12 +298,7 @@ class ResponseRun:
             metrics.processing.labels(prepared.transport).observe(own_ns / 1e9)
             final = final.with_status(
                 final.status,
-                extra={
-                    "hotloop": {
-                        "gateway_pre_ns": self.timings.pre_ns,
-                        "gateway_post_ns": self.timings.post_ns,
-                    }
-                },
+                extra={"hotloop": self._timing_report()},
             )
             self.response = final
             metrics.responses.labels(prepared.transport, final.status).inc()
@@ -305,6 +309,28 @@ class ResponseRun:
             self._log(final, started)
         finally:
             metrics.active_responses.dec()
+
+    def _timing_report(self) -> dict[str, int]:
+        """The gateway's own timings of this response, sent in the terminal response.
+
+        Clients (the runtime's traces) use them to split network time from server time:
+        ``queue_ns`` waiting for the lane, ``gateway_pre_ns`` from receipt to generation
+        start (decode, validation of the new input, resolution; includes the queue),
+        ``first_output_ns`` from generation start to the first output delta (the backend's
+        service time, time to first token, prefill), ``decode_ns`` from the first to the last
+        delta, ``gateway_post_ns`` committing (cache, store).
+        """
+        timings = self.timings
+        prepared = self.prepared
+        first = timings.first_output or timings.generation_start
+        last = timings.last_output or first
+        return {
+            "queue_ns": max(0, prepared.dequeued_ns - prepared.received_ns),
+            "gateway_pre_ns": timings.pre_ns,
+            "first_output_ns": first - timings.generation_start,
+            "decode_ns": last - first,
+            "gateway_post_ns": timings.post_ns,
+        }
 
     def _failed(self, exc: BaseException, output: list[Item]) -> ResponseObject:
         if isinstance(exc, APIError):
@@ -348,6 +374,10 @@ class ResponseRun:
         try:
             async for out in stream:
                 if isinstance(out, Delta):
+                    now = time.perf_counter_ns()
+                    if not self.timings.first_output:
+                        self.timings.first_output = now
+                    self.timings.last_output = now
                     if current is None:
                         raise RuntimeError("backend sent a delta outside an item")
                     current.chunks.append(out.text)

@@ -237,6 +237,7 @@ class Connection:
 
     async def _create(self, frame: dict[str, Any], received_ns: int, stream_id: str | None) -> None:
         gateway = self.gateway
+        dequeued_ns = time.perf_counter_ns()
         parent_id: str | None = None
         parent_entry: CachedResponse | None = None
         try:
@@ -257,6 +258,7 @@ class Connection:
                 transport="websocket",
                 lane=stream_id,
                 parent_stored=parent_entry.stored if parent_entry is not None else True,
+                dequeued_ns=dequeued_ns,
             )
         except APIError as exc:
             self._evict_failed_parent(parent_entry, stream_id)

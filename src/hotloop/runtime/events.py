@@ -54,6 +54,10 @@ class StepRecord:
     attempts: int = 1
     usage: Usage | None = None
     tools: list[ToolRecord] = field(default_factory=list)
+    #: The server's own timings of the response, when it reports them (the hotloop gateway
+    #: does, in ``response.hotloop``): ``queue_ns``, ``gateway_pre_ns``, ``first_output_ns``,
+    #: ``decode_ns``, ``gateway_post_ns``. They split network time from server time.
+    server: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

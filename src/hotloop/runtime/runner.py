@@ -384,6 +384,11 @@ async def _run(
             record.response_done_ns = time.perf_counter_ns() - origin
             record.response_id = response.id
             record.usage = response.usage
+            reported = response.extra.get("hotloop") if response.extra else None
+            if isinstance(reported, dict):
+                record.server = {
+                    key: value for key, value in reported.items() if isinstance(value, int)
+                }
             usage = _add(usage, response.usage)
             history.extend(response.output)
             function_calls = [item for item in response.output if isinstance(item, FunctionCall)]
