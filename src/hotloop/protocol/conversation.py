@@ -26,7 +26,7 @@ from hotloop.wire.items import (
     UnknownItem,
 )
 
-__all__ = ["Conversation", "item_fingerprint", "item_text"]
+__all__ = ["Conversation", "estimate_item_tokens", "item_fingerprint", "item_text"]
 
 _ROOT_KEY = 0x9E3779B97F4A7C15
 
@@ -64,7 +64,8 @@ def item_fingerprint(item: Item) -> int:
     return hash((item.type, item_text(item)))
 
 
-def _estimate_tokens(text: str) -> int:
+def estimate_item_tokens(text: str) -> int:
+    """Tokens an item of ``text`` adds to a prompt (the estimate every snapshot uses)."""
     # ~4 bytes per token (OpenAI's rule of thumb), plus a few tokens of message framing.
     return (len(text) + 3) // 4 + 4
 
@@ -115,7 +116,7 @@ class Conversation:
         for item in items:
             key = hash((key, item_fingerprint(item)))
             text = item_text(item)
-            tokens += _estimate_tokens(text)
+            tokens += estimate_item_tokens(text)
             nbytes += len(text) + 64
             if isinstance(item, FunctionCallOutput):
                 results += 1
