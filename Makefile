@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test check lint typecheck layers pytest bench-gateway format clean
+.PHONY: setup browser demo test check lint typecheck layers pytest bench-gateway format clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/hotloop demo
 
-test: setup lint typecheck layers pytest
+test: setup browser lint typecheck layers pytest
+
+# The report test opens the demo's HTML report in headless Chromium: Debian's package, driven by
+# the playwright package (which never downloads a browser of its own here). Installed once.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium; }
 
 lint:
 	$(BIN)/ruff check src tests bench examples

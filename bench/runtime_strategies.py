@@ -46,6 +46,7 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -347,6 +348,25 @@ async def warm_cpu_per_turn(
 # -- the benchmark ------------------------------------------------------------------------
 
 
+def _source_version() -> dict[str, Any]:
+    """The commit the benchmark ran on, and whether the tree had uncommitted changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
 def say(text: str) -> None:
     """Progress, on stderr."""
     print(text, file=sys.stderr, flush=True)
@@ -455,6 +475,7 @@ def _report(
         "tool_time_scale": time_scale,
         "runs": args.runs,
         "gateway": "in-process" if args.in_process else "subprocess",
+        "source": args.source,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -477,11 +498,14 @@ def _fmt(value: float | None, spec: str) -> str:
 def _print_tables(report: dict[str, Any]) -> None:
     summary = report["strategies"]
     in_process = report["gateway"] == "in-process"
+    source = report["source"]
+    commit = (source["commit"] or "?")[:10] + (" (dirty)" if source["dirty"] else "")
     print(
         f"\n{report['scenario']} scenario ({report['scenario_turns']} turns, "
         f"{report['scenario_tool_calls']} tool calls), profile {report['profile']}, tool time "
         f"scale {report['tool_time_scale']:g}; {report['runs']} interleaved runs per strategy; "
-        f"gateway {report['gateway']}"
+        f"gateway {report['gateway']}; {report['machine']['cpus']} CPUs, commit "
+        f"{commit}"
     )
     cpu_label = "cpu s*" if in_process else "client cpu s"
     print(
@@ -556,6 +580,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.runs < 5:
         parser.error("--runs must be at least 5 (medians of at least 5 repetitions)")
+    args.source = _source_version()
     report = asyncio.run(main(args))
     if args.json:
         with open(args.json, "wb") as handle:

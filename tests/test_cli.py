@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
+import pytest
 from openai import AsyncOpenAI
+from rich.console import Console
 
+import hotloop.demo
 from hotloop.cli import main
-from hotloop.demo import run_demo
+from hotloop.demo import check_run, run_demo
+from hotloop.runtime.events import RunResult, StepRecord, ToolRecord
+from hotloop.sim.scenario import load_scenario
+from hotloop.testing import ExecutionLog
+from hotloop.trace.timeline import timeline_from_result
+from hotloop.transport import Transport
+from hotloop.wire.responses import Usage
+
+CODING = load_scenario("coding")
 
 
 def _free_port() -> int:
@@ -77,16 +91,91 @@ def test_cli_reports_bad_arguments_clearly(capsys: object) -> None:
     assert main(["demo", "--profile", "zero", "--latency", "ttft_s"]) == 2
 
 
-async def test_demo_plays_the_coding_scenario_both_ways() -> None:
-    lines: list[str] = []
-    websocket, http = await run_demo("coding", "zero", say=lines.append, tool_time_scale=0)
-    for session in (websocket, http):
-        assert session.turns == 15
-        assert session.tool_calls == 25
-        assert session.final_text.startswith("Fixed.")
-        assert len(session.gateway_ns) == 15
-    assert websocket.final_text == http.final_text
-    # Only new items travel over the socket; the stateless loop re-sends the history.
-    assert websocket.bytes_sent * 3 < http.bytes_sent
-    assert any("→ call run_tests" in line for line in lines)
-    assert lines[-1].strip().startswith("WebSocket mode took")
+async def test_demo_plays_the_scenario_naive_and_with_hotloop(tmp_path: Path) -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    report = tmp_path / "reports" / "demo.html"
+    demo = await run_demo("coding", "zero", tool_time_scale=0, report_path=report, console=console)
+    assert demo.ok and demo.report_path == report
+    for run in demo.runs:
+        assert run.result is not None and run.stats is not None and run.problems == ()
+        assert run.result.turns == len(CODING.turns) == 15
+        assert run.result.tool_calls == CODING.total_calls == 25
+        assert run.result.final_output == CODING.turns[-1].text
+    naive, fast = demo.naive, demo.hotloop
+    assert naive.stats is not None and fast.stats is not None
+    # The naive loop re-sends the history every turn; hotloop sends only the new items.
+    assert naive.stats.full_resends == 15 and fast.stats.incremental_requests == 14
+    assert fast.stats.bytes_sent * 3 < naive.stats.bytes_sent
+    # The naive loop holds each call until the turn is over; hotloop starts them in the stream.
+    assert naive.result is not None and fast.result is not None
+    assert all(
+        tool.args_complete_ns >= (step.response_done_ns or 0)
+        for step in naive.result.steps
+        for tool in step.tools
+    )
+    assert any(
+        tool.args_complete_ns < (step.response_done_ns or 0)
+        for step in fast.result.steps
+        for tool in step.tools
+    )
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert "naive loop vs hotloop" in shown
+    assert "✓ turn 15" in shown and "final answer" in shown
+    assert "FAILED" not in shown
+    # The report holds both waterfalls, every phase of every turn and call as a bar.
+    page = report.read_text(encoding="utf-8")
+    charts = dict(re.findall(r'<svg class="waterfall" data-run="(\w+)"(.*?)</svg>', page, re.S))
+    assert list(charts) == ["naive", "hotloop"]
+    for run in demo.runs:
+        assert run.result is not None
+        chart = charts[run.name]
+        kinds = re.findall(r'<rect class="bar" data-kind="([\w.]+)"', chart)
+        assert f'data-bars="{len(kinds)}"' in chart
+        assert len(kinds) == len(timeline_from_result(run.result))
+        assert kinds.count("tool.run") == 25
+        assert kinds.count("model.wait") == kinds.count("model.generation") == 15
+
+
+def test_demo_command_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "demo.html"
+    argv = ["demo", "--profile", "zero", "--tool-time-scale", "0", "--no-live"]
+    assert main([*argv, "--scenario", "support", "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "naive loop vs hotloop" in printed and str(report) in printed
+    assert report.read_text(encoding="utf-8").count('<svg class="waterfall"') == 2
+
+
+def test_a_failed_run_is_reported_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    connect = hotloop.demo._connect
+
+    def refuse_hotloop(strategy: hotloop.demo._Strategy, base_url: str) -> Transport:
+        if strategy is hotloop.demo.HOTLOOP:
+            return hotloop.connect("http://127.0.0.1:9/v1")  # nothing listens on port 9
+        return connect(strategy, base_url)
+
+    monkeypatch.setattr(hotloop.demo, "_connect", refuse_hotloop)
+    report = tmp_path / "demo.html"
+    argv = ["demo", "--profile", "zero", "--tool-time-scale", "0", "--report", str(report)]
+    assert main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "FAILED: hotloop did not complete the scenario" in printed
+    assert "the run raised" in printed and "hotloop: FAILED" in printed
+    page = report.read_text(encoding="utf-8")
+    assert "1 of 2 runs FAILED" in page and page.count('<svg class="waterfall"') == 1
+
+
+def test_check_run_names_every_difference_from_the_scenario() -> None:
+    step = StepRecord(turn=1, request_sent_ns=0)
+    step.tools.append(ToolRecord("c1", "grep", "{}", 0, 0, 1, error="ValueError: boom"))
+    result = RunResult("not it", (), Usage(), (step,), None, 1)
+    problems = check_run(CODING, result, ExecutionLog())
+    assert problems == (
+        "1 model turns, the scenario has 15",
+        "1 tool calls, the scenario has 25",
+        "0 tool executions, the scenario has 25",
+        "the final answer differs from the scenario's final text",
+        "1 tool call(s) failed; the first: ValueError: boom",
+    )

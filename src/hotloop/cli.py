@@ -1,4 +1,4 @@
-"""The ``hotloop`` command: ``hotloop gateway …`` and ``hotloop demo …``."""
+"""The ``hotloop`` command: ``hotloop gateway …``, ``hotloop demo …``, ``hotloop trace show …``."""
 
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--max-message-mib", type=int, default=64)
     gateway.add_argument("--log-level", default="info")
 
-    demo = commands.add_parser("demo", help="run the gateway and a scripted session against it")
+    demo = commands.add_parser(
+        "demo", help="play a scenario the naive way and with hotloop; compare; write a report"
+    )
     demo.add_argument("--scenario", default="coding")
     demo.add_argument("--profile", choices=sorted(PROFILES), default="fast")
     demo.add_argument("--latency", action="append", default=[], metavar="KEY=VALUE")
@@ -76,6 +78,22 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="multiply the scenario's tool latencies (0 = instant tools)",
     )
+    demo.add_argument(
+        "--report",
+        type=Path,
+        default=Path("reports/demo.html"),
+        metavar="PATH",
+        help="where to write the HTML report (default: reports/demo.html)",
+    )
+    demo.add_argument(
+        "--no-live", action="store_true", help="no live view or progress bar (plain output)"
+    )
+
+    trace = commands.add_parser("trace", help="look at saved traces (JSONL files of a Tracer)")
+    trace_commands = trace.add_subparsers(dest="trace_command", required=True)
+    show = trace_commands.add_parser("show", help="draw a waterfall of each run in a trace file")
+    show.add_argument("file", type=Path, help="a JSONL trace file (hotloop.trace.JSONLSink)")
+    show.add_argument("--width", type=int, default=None, help="columns (default: the terminal's)")
     return parser
 
 
@@ -102,6 +120,22 @@ async def _serve(args: argparse.Namespace) -> None:
     await server.serve_forever()
 
 
+def _show_trace(path: Path, width: int | None) -> None:
+    from rich.console import Console
+
+    from hotloop.trace import group_traces, read_spans, render_trace
+
+    try:
+        traces = group_traces(read_spans(path))
+    except OSError as exc:
+        raise HotloopError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not traces:
+        raise HotloopError(f"{path} holds no spans")
+    console = Console(width=width) if width else Console()
+    for spans in traces.values():
+        console.print(render_trace(spans, console.width))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -111,7 +145,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hotloop.demo import run_demo
 
             profile = get_profile(args.profile, _latency_overrides(args.latency))
-            asyncio.run(run_demo(args.scenario, profile, tool_time_scale=args.tool_time_scale))
+            outcome = asyncio.run(
+                run_demo(
+                    args.scenario,
+                    profile,
+                    tool_time_scale=args.tool_time_scale,
+                    report_path=args.report,
+                    live=not args.no_live,
+                )
+            )
+            if not outcome.ok:
+                return 1
+        elif args.command == "trace":
+            _show_trace(args.file, args.width)
     except HotloopError as exc:
         print(f"hotloop: error: {exc}", file=sys.stderr)
         return 2

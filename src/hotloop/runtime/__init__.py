@@ -12,7 +12,7 @@ from hotloop.runtime.events import (
     ToolCallStarted,
     ToolRecord,
 )
-from hotloop.runtime.runner import MaxTurnsExceeded, ModelError, Runner
+from hotloop.runtime.runner import MaxTurnsExceeded, ModelError, RunHook, Runner
 from hotloop.runtime.scheduler import Admission, CallEffects
 from hotloop.runtime.tools import Effects, Tool, ToolArgumentsError, ToolDefinitionError, tool
 
@@ -26,6 +26,7 @@ __all__ = [
     "ModelTurnFinished",
     "RunEvent",
     "RunFinished",
+    "RunHook",
     "RunResult",
     "Runner",
     "StepRecord",

@@ -42,7 +42,16 @@ class ToolRecord:
 
 @dataclass(slots=True)
 class StepRecord:
-    """One model turn and the tools it called."""
+    """One model turn and the tools it called.
+
+    ``request_sent_ns`` is when the runner handed the turn's request to the transport;
+    ``connect_start_ns``/``connect_end_ns`` (only when the request had to open a connection),
+    ``request_encoded_ns`` and ``request_written_ns`` (the body written to the socket or the
+    HTTP client) are the transport's, for the attempt that succeeded; ``request_bytes`` is
+    that attempt's body size and ``incremental`` whether it carried only the new items.
+    "Tool results → next request sent" is ``tools_done_ns`` of turn *k* to
+    ``request_written_ns`` of turn *k + 1*.
+    """
 
     turn: int
     request_sent_ns: int
@@ -58,6 +67,12 @@ class StepRecord:
     #: does, in ``response.hotloop``): ``queue_ns``, ``gateway_pre_ns``, ``first_output_ns``,
     #: ``decode_ns``, ``gateway_post_ns``. They split network time from server time.
     server: dict[str, int] | None = None
+    connect_start_ns: int | None = None
+    connect_end_ns: int | None = None
+    request_encoded_ns: int | None = None
+    request_written_ns: int | None = None
+    request_bytes: int = 0
+    incremental: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +81,7 @@ class RunResult:
 
     ``items`` is the whole conversation (earlier runs' items, this run's input, every model
     output and tool result); pass the result as ``previous=`` to continue the conversation.
+    ``started_ns`` is the ``time.perf_counter_ns()`` value the run's relative times count from.
     """
 
     final_output: str
@@ -74,6 +90,7 @@ class RunResult:
     steps: tuple[StepRecord, ...]
     last_response_id: str | None
     wall_ns: int
+    started_ns: int = 0
 
     @property
     def turns(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -40,14 +41,17 @@ from hotloop.runtime.events import TextDelta as TextDeltaEvent
 from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
 from hotloop.runtime.tools import Tool, ToolArgumentsError
 from hotloop.transport import Transport, TransportError, connect
-from hotloop.transport.base import ModelRequest
+from hotloop.transport.base import ModelRequest, RequestTimings
 from hotloop.wire import codec
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, items_from_input
 from hotloop.wire.responses import Usage
 
-__all__ = ["MaxTurnsExceeded", "ModelError", "Runner"]
+__all__ = ["MaxTurnsExceeded", "ModelError", "RunHook", "Runner"]
 
 Emit = Callable[[RunEvent], None]
+#: Called once with the result when a run finishes (``hotloop.trace.Tracer`` is one): the
+#: runtime knows nothing of spans or sinks, so tracing costs the loop one call per run.
+RunHook = Callable[[RunResult], None]
 _DONE = object()
 
 
@@ -272,14 +276,16 @@ class Runner:
         client: Transport,
         previous: RunResult | None = None,
         max_turns: int | None = None,
+        trace: RunHook | None = None,
     ) -> RunResult:
         """Run ``agent`` on ``input`` until it answers without calling tools.
 
-        ``previous`` continues an earlier run's conversation. Raises
-        :class:`MaxTurnsExceeded`, :class:`ModelError` or
+        ``previous`` continues an earlier run's conversation. ``trace`` is called once with
+        the result when the run finishes (for example a :class:`hotloop.trace.Tracer`; it
+        must not block). Raises :class:`MaxTurnsExceeded`, :class:`ModelError` or
         :class:`~hotloop.transport.TransportError`.
         """
-        return await _run(agent, input, client, previous, max_turns or agent.max_turns, None)
+        return await _run(agent, input, client, previous, max_turns or agent.max_turns, None, trace)
 
     @staticmethod
     async def run_stream(
@@ -289,14 +295,24 @@ class Runner:
         client: Transport,
         previous: RunResult | None = None,
         max_turns: int | None = None,
+        trace: RunHook | None = None,
     ) -> AsyncGenerator[RunEvent, None]:
         """Run ``agent`` and yield its events; the last one is :class:`RunFinished`.
 
-        Leaving the iteration early cancels the run and its tools.
+        Leaving the iteration early cancels the run and its tools. ``trace`` as in
+        :meth:`run`.
         """
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(
-            _run(agent, input, client, previous, max_turns or agent.max_turns, queue.put_nowait)
+            _run(
+                agent,
+                input,
+                client,
+                previous,
+                max_turns or agent.max_turns,
+                queue.put_nowait,
+                trace,
+            )
         )
         task.add_done_callback(lambda _: queue.put_nowait(_DONE))
         try:
@@ -321,6 +337,7 @@ class Runner:
         api_key: str | None = None,
         previous: RunResult | None = None,
         max_turns: int | None = None,
+        trace: RunHook | None = None,
     ) -> RunResult:
         """:meth:`run` for synchronous code: opens a connection for this run and closes it."""
 
@@ -328,7 +345,12 @@ class Runner:
             client = connect(base_url, api_key)
             try:
                 return await Runner.run(
-                    agent, input, client=client, previous=previous, max_turns=max_turns
+                    agent,
+                    input,
+                    client=client,
+                    previous=previous,
+                    max_turns=max_turns,
+                    trace=trace,
                 )
             finally:
                 await client.aclose()
@@ -343,6 +365,7 @@ async def _run(
     previous: RunResult | None,
     max_turns: int,
     emit: Emit | None,
+    trace: RunHook | None = None,
 ) -> RunResult:
     origin = time.perf_counter_ns()
     history: list[Item] = list(previous.items) if previous is not None else []
@@ -366,6 +389,7 @@ async def _run(
                 instructions=agent.instructions,
                 tools=agent.definitions,
                 settings=agent.settings,
+                timings=RequestTimings(),
             )
             stream, calls = await _stream_turn(
                 agent, client, request, turn, record, ledger, emit, origin
@@ -398,14 +422,18 @@ async def _run(
             if emit is not None:
                 emit(ModelTurnFinished(turn, response.id, response.usage, len(function_calls)))
             if not function_calls:
-                return RunResult(
+                result = RunResult(
                     final_output=stream.text,
                     items=tuple(history),
                     usage=usage,
                     steps=tuple(steps),
                     last_response_id=response.id,
                     wall_ns=time.perf_counter_ns() - origin,
+                    started_ns=origin,
                 )
+                if trace is not None:
+                    trace(result)
+                return result
             outputs = await calls.results()
             record.tools_done_ns = time.perf_counter_ns() - origin
             new_from = len(history)
@@ -417,6 +445,19 @@ async def _run(
         for task in (*tasks, *(task for entries in ledger.values() for task in entries)):
             if not task.done():
                 task.cancel()
+
+
+def _relative(value: int | None, origin: int) -> int | None:
+    return None if value is None else value - origin
+
+
+def _record_timings(record: StepRecord, timings: RequestTimings, origin: int) -> None:
+    record.connect_start_ns = _relative(timings.connect_start_ns, origin)
+    record.connect_end_ns = _relative(timings.connect_end_ns, origin)
+    record.request_encoded_ns = _relative(timings.encoded_ns, origin)
+    record.request_written_ns = _relative(timings.sent_ns, origin)
+    record.request_bytes = timings.body_bytes
+    record.incremental = timings.incremental
 
 
 async def _stream_turn(
@@ -434,6 +475,8 @@ async def _stream_turn(
     while True:
         attempt += 1
         record.attempts = attempt
+        if attempt > 1 and request.timings is not None:
+            request = dataclasses.replace(request, timings=RequestTimings())
         stream = ResponseStream()
         calls = _TurnCalls(agent, turn, ledger, record, emit, origin)
         record.tools.clear()
@@ -457,6 +500,8 @@ async def _stream_turn(
                             f"the server ended the turn with an error: {report.message}",
                             code=report.code,
                         )
+            if request.timings is not None:
+                _record_timings(record, request.timings, origin)
             return stream, calls
         except TransportError as exc:
             # This attempt is over: its running calls are reused by the next one, but calls it

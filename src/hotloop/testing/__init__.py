@@ -17,7 +17,7 @@ from hotloop.sim.scenario import Scenario, ToolSpec
 from hotloop.sim.tools import run_tool
 from hotloop.wire import codec
 
-__all__ = ["Execution", "ExecutionLog", "scenario_tools"]
+__all__ = ["Execution", "ExecutionLog", "scenario_tools", "session_task"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +93,13 @@ def scenario_tools(
             )
         )
     return tools
+
+
+def session_task(scenario: Scenario, session: str) -> str:
+    """The scenario's task message, tagged with ``session``.
+
+    The simulated engine's prefix cache is shared by every request, as a real engine's is.
+    Runs that compare strategies must not reuse each other's cached prompts, so each one
+    starts its conversation with a different first message: every prefix key then differs.
+    """
+    return f"{scenario.task}\n\n(session {session})"

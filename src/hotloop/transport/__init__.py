@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from hotloop.transport.base import ModelRequest, Transport, TransportError, TransportStats
+from hotloop.transport.base import (
+    ModelRequest,
+    RequestTimings,
+    Transport,
+    TransportError,
+    TransportStats,
+)
 from hotloop.transport.http import ChatTransport, HTTPTransport
 from hotloop.transport.websocket import WebSocketTransport
 
@@ -20,6 +26,7 @@ __all__ = [
     "ChatTransport",
     "HTTPTransport",
     "ModelRequest",
+    "RequestTimings",
     "Transport",
     "TransportError",
     "TransportStats",

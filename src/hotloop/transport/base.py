@@ -22,7 +22,7 @@ from hotloop.errors import HotloopError
 from hotloop.wire.events import Event
 from hotloop.wire.items import Item
 
-__all__ = ["ModelRequest", "Transport", "TransportError", "TransportStats"]
+__all__ = ["ModelRequest", "RequestTimings", "Transport", "TransportError", "TransportStats"]
 
 
 class TransportError(HotloopError):
@@ -46,6 +46,28 @@ class TransportError(HotloopError):
         self.replay_safe = replay_safe
 
 
+@dataclass(slots=True)
+class RequestTimings:
+    """When the client side of one request attempt happened, filled in by the transport.
+
+    Times are absolute ``time.perf_counter_ns()`` values (the transport does not know when the
+    run started; the runner makes them relative). ``connect_start_ns``/``connect_end_ns`` are
+    set only when this request had to open a connection (the first turn, a reconnect, a new
+    pooled HTTP connection). ``encoded_ns``: the body is encoded; ``sent_ns``: it was written
+    to the socket (WebSocket) or the HTTP client finished sending it. ``body_bytes`` and
+    ``incremental`` say how much was sent: only the new items, or the whole history. When a
+    transport sends the request again on its own (a cache miss, a reconnect), the fields
+    describe the last send.
+    """
+
+    connect_start_ns: int | None = None
+    connect_end_ns: int | None = None
+    encoded_ns: int | None = None
+    sent_ns: int | None = None
+    body_bytes: int = 0
+    incremental: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRequest:
     """One model turn to request.
@@ -54,6 +76,8 @@ class ModelRequest:
     added since the response ``previous_response_id`` (``None`` on a first turn).
     ``tools`` are Responses ``tools`` entries; ``settings`` holds any other request field
     (``tool_choice``, ``parallel_tool_calls``, ``max_output_tokens``, ``store``, ...).
+    ``timings``, when given, is filled in by the transport as the request goes out (one record
+    per attempt: the runner passes a fresh one each time it sends the turn).
     """
 
     model: str
@@ -63,6 +87,7 @@ class ModelRequest:
     instructions: str | None = None
     tools: Sequence[Mapping[str, Any]] = ()
     settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    timings: RequestTimings | None = field(default=None, compare=False)
 
     @property
     def new_items(self) -> Sequence[Item]:

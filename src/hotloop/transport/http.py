@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -23,7 +24,7 @@ from hotloop.errors import HotloopError
 from hotloop.protocol.chat import responses_to_chat_request
 from hotloop.protocol.chat_stream import ChatStreamDecoder
 from hotloop.protocol.sse import ResponsesSSEDecoder, SSEDecoder
-from hotloop.transport.base import ModelRequest, TransportError, TransportStats
+from hotloop.transport.base import ModelRequest, RequestTimings, TransportError, TransportStats
 from hotloop.transport.websocket import request_body
 from hotloop.wire import codec
 from hotloop.wire.events import Event
@@ -63,6 +64,47 @@ async def _http_error(response: httpx.Response) -> TransportError:
     )
 
 
+class _Timer:
+    """httpx's ``trace`` extension for one request: when a connection opened, when it was sent.
+
+    httpcore reports ``connection.connect_tcp`` (and ``start_tls``) only when the pool had to
+    open a connection, and ``http11.send_request_body`` (or ``http2.…``) around the write.
+    """
+
+    __slots__ = ("timings",)
+
+    def __init__(self, timings: RequestTimings) -> None:
+        self.timings = timings
+        timings.connect_start_ns = timings.connect_end_ns = timings.sent_ns = None
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        if name == "connection.connect_tcp.started":
+            self.timings.connect_start_ns = time.perf_counter_ns()
+        elif name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.timings.connect_end_ns = time.perf_counter_ns()
+        elif name.endswith("send_request_body.complete"):
+            self.timings.sent_ns = time.perf_counter_ns()
+
+    def extensions(self) -> dict[str, Any]:
+        return {"trace": self}
+
+    def handed_over(self, handed_ns: int, body_bytes: int, incremental: bool) -> None:
+        """The response started: fill what the trace did not report (a mocked transport)."""
+        timings = self.timings
+        if timings.sent_ns is None:
+            timings.sent_ns = handed_ns
+        timings.body_bytes = body_bytes
+        timings.incremental = incremental
+
+
+def _timer(request: ModelRequest, encoded_ns: int) -> _Timer | None:
+    timings = request.timings
+    if timings is None:
+        return None
+    timings.encoded_ns = encoded_ns
+    return _Timer(timings)
+
+
 class HTTPTransport:
     """Responses API over HTTP + SSE with a warm connection pool."""
 
@@ -84,6 +126,8 @@ class HTTPTransport:
             body = request_body(request, incremental=incremental, store=self.incremental)
             body["stream"] = True
             payload = codec.dumps(body)
+            handed = time.perf_counter_ns()
+            timer = _timer(request, handed)
             self.stats.requests += 1
             self.stats.bytes_sent += len(payload)
             if incremental:
@@ -91,7 +135,14 @@ class HTTPTransport:
             else:
                 self.stats.full_resends += 1
             try:
-                async with self._client.stream("POST", "/responses", content=payload) as reply:
+                async with self._client.stream(
+                    "POST",
+                    "/responses",
+                    content=payload,
+                    extensions=timer.extensions() if timer is not None else None,
+                ) as reply:
+                    if timer is not None:
+                        timer.handed_over(handed, len(payload), incremental)
                     if reply.status_code != 200:
                         error = await _http_error(reply)
                         if incremental and error.code == "previous_response_not_found":
@@ -138,12 +189,21 @@ class ChatTransport:
             include_usage=True,
         )
         payload = codec.dumps(body)
+        handed = time.perf_counter_ns()
+        timer = _timer(request, handed)
         self.stats.requests += 1
         self.stats.full_resends += 1
         self.stats.bytes_sent += len(payload)
         decoder = ChatStreamDecoder(f"chat_{uuid.uuid4().hex}", request.model, int(time.time()))
         try:
-            async with self._client.stream("POST", "/chat/completions", content=payload) as reply:
+            async with self._client.stream(
+                "POST",
+                "/chat/completions",
+                content=payload,
+                extensions=timer.extensions() if timer is not None else None,
+            ) as reply:
+                if timer is not None:
+                    timer.handed_over(handed, len(payload), False)
                 if reply.status_code != 200:
                     raise await _http_error(reply)
                 sse = SSEDecoder()

@@ -23,6 +23,7 @@ named lanes ``stream_id`` = ``hl-1`` … ``hl-N``; one reader task routes events
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -281,10 +282,16 @@ class WebSocketTransport:
         try:
             previous = request.previous_response_id
             incremental = previous is not None and self._live.get(previous) == self._generation
+            timings = request.timings
             attempts = 0
             while True:
                 attempts += 1
-                socket = await self._ensure_socket()
+                if timings is not None and self._socket is None:
+                    timings.connect_start_ns = time.perf_counter_ns()
+                    socket = await self._ensure_socket()
+                    timings.connect_end_ns = time.perf_counter_ns()
+                else:
+                    socket = await self._ensure_socket()
                 if incremental and self._live.get(previous or "") != self._generation:
                     incremental = False  # the socket changed under us
                 body = request_body(request, incremental=incremental, store=self.store)
@@ -292,6 +299,8 @@ class WebSocketTransport:
                 if lane is not None:
                     body["stream_id"] = lane
                 frame = codec.dumps(body)
+                if timings is not None:
+                    timings.encoded_ns = time.perf_counter_ns()
                 waiter = _Waiter(self._generation)
                 self._waiters[lane] = waiter
                 try:
@@ -299,6 +308,10 @@ class WebSocketTransport:
                         waiter.put(_CLOSED)
                     else:
                         socket.send(WSMsgType.TEXT, frame)
+                    if timings is not None:
+                        timings.sent_ns = time.perf_counter_ns()
+                        timings.body_bytes = len(frame)
+                        timings.incremental = incremental
                     self.stats.requests += 1
                     self.stats.bytes_sent += len(frame)
                     if incremental:

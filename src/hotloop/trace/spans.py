@@ -1,0 +1,410 @@
+"""A finished run as a trace: one span per phase, nested as the phases are.
+
+:func:`spans_from_result` turns a :class:`~hotloop.runtime.RunResult` into one trace::
+
+    run
+    └─ turn                                   request k sent → request k + 1 sent (last: done)
+       ├─ model.request                       request sent → response complete
+       │  ├─ model.connect                    only when the request opened a connection
+       │  ├─ model.encode                     body encoded
+       │  ├─ model.send                       body written to the socket / HTTP client
+       │  ├─ model.first_event                written → first event back
+       │  ├─ model.first_token                first event → first token (text or call)
+       │  └─ model.generation                 first token → response complete
+       ├─ tool.call                           arguments complete → tool finished
+       │  ├─ tool.wait                        arguments complete → started (scheduler)
+       │  └─ tool.run                         started → finished
+       └─ loop.next_request                   tool results → next request sent
+
+Times are absolute ``time.perf_counter_ns()`` values: the ``run`` span starts at the run's
+origin (:attr:`RunResult.started_ns`), so spans of several runs share one time axis. The
+gateway's own timings of each response (``hotloop.server.*``) sit on ``model.request`` and
+``model.generation`` with ``hotloop.network_ns``: the client's wait minus the server's time.
+
+:func:`steps_from_spans` reads a trace back into step records, and :func:`timeline_from_spans`
+into the :mod:`~hotloop.trace.timeline` bars every waterfall is drawn from.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from hotloop.errors import HotloopError
+from hotloop.runtime.events import RunResult, StepRecord, ToolRecord
+from hotloop.trace.timeline import Bar, timeline_from_steps
+
+__all__ = [
+    "AttributeValue",
+    "Span",
+    "group_traces",
+    "span_from_dict",
+    "span_to_dict",
+    "spans_from_result",
+    "steps_from_spans",
+    "timeline_from_spans",
+]
+
+AttributeValue: TypeAlias = str | int | float | bool
+
+#: The gateway's timings of a response, as reported in ``response.hotloop``; their sum minus
+#: ``queue_ns`` (already part of ``gateway_pre_ns``) is the server's time.
+_SERVER_PARTS = ("gateway_pre_ns", "first_output_ns", "decode_ns", "gateway_post_ns")
+
+# Ids need to be unique, not secret: a PRNG seeded from urandom is fast and enough.
+_ids = random.Random()
+_SPAN_ID_MASK = (1 << 64) - 1
+
+
+def _trace_id() -> str:
+    return f"{_ids.getrandbits(128) or 1:032x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One phase of a run: a named interval in a trace, under its parent (``None``: the root).
+
+    ``trace_id`` (32 hex digits) and ``span_id`` (16) have the sizes OpenTelemetry uses.
+    """
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    start_ns: int
+    end_ns: int
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+class _Builder:
+    """Collects one trace's spans, parents before children."""
+
+    def __init__(self, trace_id: str, origin: int) -> None:
+        self.trace_id = trace_id
+        self.origin = origin
+        self.spans: list[Span] = []
+        # Span ids: one random start per trace, then consecutive (unique within the trace).
+        self._next_id = _ids.getrandbits(64)
+
+    def span_id(self) -> str:
+        self._next_id = (self._next_id + 1) & _SPAN_ID_MASK or 1
+        return f"{self._next_id:016x}"
+
+    def add(
+        self,
+        name: str,
+        parent: str | None,
+        start: int,
+        end: int,
+        attributes: dict[str, AttributeValue] | None = None,
+        *,
+        span_id: str | None = None,
+    ) -> str:
+        span_id = span_id or self.span_id()
+        self.spans.append(
+            Span(
+                name,
+                self.trace_id,
+                span_id,
+                parent,
+                self.origin + start,
+                self.origin + max(start, end),
+                attributes or {},
+            )
+        )
+        return span_id
+
+
+def _server_attributes(step: StepRecord) -> dict[str, AttributeValue]:
+    """The server's timings and the network time they leave: client wait - server time."""
+    server = step.server
+    if not server:
+        return {}
+    attributes: dict[str, AttributeValue] = {
+        f"hotloop.server.{key}": value for key, value in server.items()
+    }
+    server_ns = sum(server.get(part, 0) for part in _SERVER_PARTS)
+    attributes["hotloop.server_ns"] = server_ns
+    if step.response_done_ns is not None:
+        written = step.request_written_ns
+        wait_ns = step.response_done_ns - (written if written is not None else step.request_sent_ns)
+        attributes["hotloop.client_wait_ns"] = wait_ns
+        # Clamped: the two clocks' boundaries differ by a few microseconds.
+        attributes["hotloop.network_ns"] = max(0, wait_ns - server_ns)
+    return attributes
+
+
+def _model_spans(trace: _Builder, step: StepRecord, parent: str) -> None:
+    sent = step.request_sent_ns
+    done = step.response_done_ns
+    first_event = step.first_event_ns
+    first_token = step.first_token_ns if step.first_token_ns is not None else first_event
+    end = done if done is not None else (first_token if first_token is not None else sent)
+    server = _server_attributes(step)
+    attributes: dict[str, AttributeValue] = {
+        "hotloop.turn": step.turn,
+        "hotloop.attempts": step.attempts,
+        "hotloop.request.bytes": step.request_bytes,
+        "hotloop.request.incremental": step.incremental,
+        **server,
+    }
+    if step.response_id is not None:
+        attributes["gen_ai.response.id"] = step.response_id
+    if step.usage is not None:
+        attributes["gen_ai.usage.input_tokens"] = step.usage.input_tokens
+        attributes["gen_ai.usage.output_tokens"] = step.usage.output_tokens
+        attributes["hotloop.usage.cached_tokens"] = step.usage.cached_tokens
+    request = trace.add("model.request", parent, sent, end, attributes)
+    connected = step.connect_end_ns
+    if step.connect_start_ns is not None and connected is not None:
+        trace.add("model.connect", request, step.connect_start_ns, connected)
+    written = step.request_written_ns
+    encoded = step.request_encoded_ns
+    if encoded is not None:
+        # WebSocket: connect, then encode. HTTP: encode, then connect inside the send.
+        encode_from = connected if connected is not None and connected <= encoded else sent
+        trace.add("model.encode", request, encode_from, encoded)
+        if written is not None:
+            trace.add(
+                "model.send", request, encoded, written, {"hotloop.bytes": step.request_bytes}
+            )
+    waiting_from = written if written is not None else sent
+    if first_event is not None:
+        trace.add(
+            "model.first_event",
+            request,
+            waiting_from,
+            first_event,
+            {"hotloop.ttfe_ns": first_event - sent},
+        )
+    if first_token is not None:
+        trace.add(
+            "model.first_token",
+            request,
+            first_event if first_event is not None else waiting_from,
+            first_token,
+            {"hotloop.ttft_ns": first_token - sent},
+        )
+        if done is not None:
+            trace.add("model.generation", request, first_token, done, dict(server))
+
+
+def _tool_spans(trace: _Builder, step: StepRecord, tool: ToolRecord, parent: str) -> int | None:
+    if tool.started_ns is None or tool.finished_ns is None:
+        return None  # never ran (the run ended first): no interval to show
+    attributes: dict[str, AttributeValue] = {
+        "hotloop.turn": step.turn,
+        "gen_ai.tool.name": tool.name,
+        "gen_ai.tool.call.id": tool.call_id,
+        "hotloop.tool.reused": tool.reused,
+    }
+    if tool.error is not None:
+        attributes["hotloop.tool.error"] = tool.error
+    call = trace.add("tool.call", parent, tool.args_complete_ns, tool.finished_ns, attributes)
+    trace.add("tool.wait", call, tool.args_complete_ns, tool.started_ns)
+    trace.add("tool.run", call, tool.started_ns, tool.finished_ns)
+    return tool.finished_ns
+
+
+def spans_from_result(
+    result: RunResult,
+    *,
+    run_name: str = "run",
+    trace_id: str | None = None,
+    epoch_offset_ns: int | None = None,
+) -> list[Span]:
+    """The trace of a finished run: its spans, parents before children.
+
+    ``epoch_offset_ns`` (``time.time_ns() - time.perf_counter_ns()``, taken once) adds the
+    run's wall-clock start to the root span as ``hotloop.run.start_unix_ns``.
+    """
+    trace = _Builder(trace_id or _trace_id(), result.started_ns)
+    root_attributes: dict[str, AttributeValue] = {
+        "hotloop.run.name": run_name,
+        "hotloop.run.turns": result.turns,
+        "hotloop.run.tool_calls": result.tool_calls,
+        "gen_ai.usage.input_tokens": result.usage.input_tokens,
+        "gen_ai.usage.output_tokens": result.usage.output_tokens,
+    }
+    if epoch_offset_ns is not None:
+        root_attributes["hotloop.run.start_unix_ns"] = result.started_ns + epoch_offset_ns
+    root = trace.add("run", None, 0, result.wall_ns, root_attributes)
+    steps = result.steps
+    for index, step in enumerate(steps):
+        later = steps[index + 1] if index + 1 < len(steps) else None
+        turn_index = len(trace.spans)
+        turn = trace.span_id()
+        trace.spans.append(Span("turn", trace.trace_id, turn, root, 0, 0))  # filled in below
+        _model_spans(trace, step, turn)
+        end = step.response_done_ns or step.request_sent_ns
+        for tool in step.tools:
+            finished = _tool_spans(trace, step, tool, turn)
+            if finished is not None:
+                end = max(end, finished)
+        if later is not None and step.tools_done_ns is not None:
+            written = later.request_written_ns
+            trace.add(
+                "loop.next_request",
+                turn,
+                step.tools_done_ns,
+                later.request_sent_ns,
+                {
+                    "hotloop.results_to_sent_ns": (
+                        (written if written is not None else later.request_sent_ns)
+                        - step.tools_done_ns
+                    )
+                },
+            )
+            end = max(end, later.request_sent_ns)
+        attributes: dict[str, AttributeValue] = {
+            "hotloop.turn": step.turn,
+            "hotloop.tool_calls": len(step.tools),
+        }
+        trace.spans[turn_index] = Span(
+            "turn",
+            trace.trace_id,
+            turn,
+            root,
+            result.started_ns + step.request_sent_ns,
+            result.started_ns + max(end, step.request_sent_ns),
+            attributes,
+        )
+    return trace.spans
+
+
+# -- reading traces back ------------------------------------------------------------------
+
+
+def span_to_dict(span: Span) -> dict[str, Any]:
+    """The JSON object of a span (one line of a JSONL trace file)."""
+    return {
+        "name": span.name,
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "parent_id": span.parent_id,
+        "start_ns": span.start_ns,
+        "end_ns": span.end_ns,
+        "attributes": dict(span.attributes),
+    }
+
+
+def span_from_dict(data: Mapping[str, Any]) -> Span:
+    """A span from its JSON object; raises :class:`~hotloop.errors.HotloopError` if malformed."""
+    try:
+        parent = data.get("parent_id")
+        attributes = data.get("attributes") or {}
+        if not isinstance(attributes, dict):
+            raise TypeError("attributes is not an object")
+        return Span(
+            name=str(data["name"]),
+            trace_id=str(data["trace_id"]),
+            span_id=str(data["span_id"]),
+            parent_id=None if parent is None else str(parent),
+            start_ns=int(data["start_ns"]),
+            end_ns=int(data["end_ns"]),
+            attributes=attributes,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HotloopError(f"not a span: {exc}") from exc
+
+
+def group_traces(spans: Iterable[Span]) -> dict[str, list[Span]]:
+    """Spans by trace id, in the order each trace first appears."""
+    traces: dict[str, list[Span]] = {}
+    for span in spans:
+        traces.setdefault(span.trace_id, []).append(span)
+    return traces
+
+
+def _int(attributes: Mapping[str, AttributeValue], key: str, default: int = 0) -> int:
+    value = attributes.get(key, default)
+    return int(value) if isinstance(value, int | float) else default
+
+
+def steps_from_spans(spans: Sequence[Span]) -> list[StepRecord]:
+    """The step records of one trace (times relative to its ``run`` span), in turn order.
+
+    What a trace does not keep (tool arguments, usage details) stays empty.
+    """
+    root = next((span for span in spans if span.parent_id is None), None)
+    if root is None:
+        raise HotloopError("the trace has no root span")
+    origin = root.start_ns
+    children: dict[str, list[Span]] = {}
+    for span in spans:
+        if span.parent_id is not None:
+            children.setdefault(span.parent_id, []).append(span)
+    steps: list[StepRecord] = []
+    for turn in (s for s in children.get(root.span_id, []) if s.name == "turn"):
+        step = StepRecord(turn=_int(turn.attributes, "hotloop.turn"), request_sent_ns=0)
+        for child in children.get(turn.span_id, []):
+            if child.name == "model.request":
+                _read_model(step, child, children.get(child.span_id, []), origin)
+            elif child.name == "tool.call":
+                step.tools.append(_read_tool(child, children.get(child.span_id, []), origin))
+            elif child.name == "loop.next_request":
+                step.tools_done_ns = child.start_ns - origin
+        steps.append(step)
+    steps.sort(key=lambda step: step.request_sent_ns)
+    return steps
+
+
+def _read_model(step: StepRecord, request: Span, phases: Sequence[Span], origin: int) -> None:
+    attributes = request.attributes
+    step.request_sent_ns = request.start_ns - origin
+    step.response_done_ns = request.end_ns - origin
+    step.attempts = _int(attributes, "hotloop.attempts", 1)
+    step.request_bytes = _int(attributes, "hotloop.request.bytes")
+    step.incremental = bool(attributes.get("hotloop.request.incremental", False))
+    response_id = attributes.get("gen_ai.response.id")
+    step.response_id = response_id if isinstance(response_id, str) else None
+    server = {
+        key.removeprefix("hotloop.server."): int(value)
+        for key, value in attributes.items()
+        if key.startswith("hotloop.server.") and isinstance(value, int)
+    }
+    step.server = server or None
+    for phase in phases:
+        start, end = phase.start_ns - origin, phase.end_ns - origin
+        if phase.name == "model.connect":
+            step.connect_start_ns, step.connect_end_ns = start, end
+        elif phase.name == "model.encode":
+            step.request_encoded_ns = end
+        elif phase.name == "model.send":
+            step.request_written_ns = end
+        elif phase.name == "model.first_event":
+            step.first_event_ns = end
+        elif phase.name == "model.first_token":
+            step.first_token_ns = end
+
+
+def _read_tool(call: Span, phases: Sequence[Span], origin: int) -> ToolRecord:
+    attributes = call.attributes
+    error = attributes.get("hotloop.tool.error")
+    record = ToolRecord(
+        call_id=str(attributes.get("gen_ai.tool.call.id", "")),
+        name=str(attributes.get("gen_ai.tool.name", "tool")),
+        arguments="",
+        args_complete_ns=call.start_ns - origin,
+        finished_ns=call.end_ns - origin,
+        error=error if isinstance(error, str) else None,
+        reused=bool(attributes.get("hotloop.tool.reused", False)),
+    )
+    for phase in phases:
+        if phase.name == "tool.run":
+            record.started_ns = phase.start_ns - origin
+            record.finished_ns = phase.end_ns - origin
+    if record.started_ns is None:
+        record.started_ns = record.args_complete_ns
+    return record
+
+
+def timeline_from_spans(spans: Sequence[Span]) -> list[Bar]:
+    """The waterfall bars of one trace: the same bars as the run's own timeline."""
+    return timeline_from_steps(steps_from_spans(spans))
