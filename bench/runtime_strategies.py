@@ -19,7 +19,9 @@ scenario's tools from :func:`hotloop.testing.scenario_tools` at their real laten
 runs). Runs are interleaved: each repetition runs every strategy once, in an order rotated
 by one each repetition, after one uncounted warm-up run per strategy. Every run is checked
 (turn count, tool-call count, executions and final text equal the scenario's); a failed run is
-reported in the table and in the JSON, never dropped.
+reported in the table and in the JSON, never dropped. Each run's task message carries its own
+session tag (``hotloop.testing.session_task``), so no run finds another run's prompt in the
+simulated engine's prefix cache: every run prefills its own tool results, as a real one would.
 
 The gateway runs in a subprocess (``python -m hotloop.cli gateway``) so that the client CPU
 (``time.process_time`` of this process) is the client's alone; ``--in-process`` runs it in
@@ -58,12 +60,14 @@ import httpx
 import hotloop
 from hotloop.backends.sim import DEFAULT_MODEL
 from hotloop.runtime import Agent, Runner, RunResult, StepRecord
-from hotloop.sim.latency import PROFILES, get_profile
+from hotloop.sim.latency import PROFILES, LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario, load_scenario
-from hotloop.testing import ExecutionLog, scenario_tools
+from hotloop.testing import ExecutionLog, scenario_tools, session_task
 from hotloop.wire import codec
 
 RUN_TIMEOUT_S = 900.0
+#: Tags this invocation's sessions (see ``session_task``): no two runs share a prompt.
+_STAMP = f"{os.getpid()}-{time.time_ns()}"
 
 
 @dataclass(frozen=True)
@@ -276,13 +280,17 @@ async def run_once(
     record = RunRecord(strategy.name, repetition, position)
     log = ExecutionLog()
     agent = _agent(strategy, scenario, time_scale, log)  # built outside the measured span
+    # Every run starts its own conversation: the engine's prefix cache is shared by every
+    # request (as a real engine's is), and identical runs would find each other's prompts,
+    # tool results included, already cached.
+    task = session_task(scenario, f"{_STAMP}-{repetition}-{strategy.name}")
     client = _connect(strategy, gateway.base_url)
     gateway_cpu = gateway.cpu_s()
     cpu = time.process_time()
     wall = time.perf_counter()
     try:
         async with asyncio.timeout(RUN_TIMEOUT_S):
-            result = await Runner.run(agent, scenario.task, client=client)
+            result = await Runner.run(agent, task, client=client)
     except Exception as exc:  # a failed run is reported, never dropped
         record.wall_s = time.perf_counter() - wall
         record.client_cpu_s = time.process_time() - cpu
@@ -326,8 +334,9 @@ async def warm_cpu_per_turn(
         for index in range(runs + 1):
             log = ExecutionLog()
             agent = _agent(strategy, scenario, time_scale, log)
+            task = session_task(scenario, f"{_STAMP}-warm-{index}")
             cpu = time.process_time()
-            result = await Runner.run(agent, scenario.task, client=client)
+            result = await Runner.run(agent, task, client=client)
             spent = time.process_time() - cpu
             problem = _check(scenario, result, log)
             if problem:
@@ -409,7 +418,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if profile.is_zero and args.warm_runs > 0:
             say(f"  hotloop on one warm client, {args.warm_runs} runs…")
             warm = await warm_cpu_per_turn(scenario, gateway, args.warm_runs, time_scale)
-    return _report(args, scenario, profile.name, time_scale, records, warm)
+    bound = _lower_bound_s(scenario, profile) if time_scale == 1.0 else None
+    return _report(args, scenario, profile.name, time_scale, records, warm, bound)
+
+
+def _lower_bound_s(scenario: Scenario, profile: LatencyProfile) -> float | None:
+    """The scenario's critical-path lower bound under ``profile`` (tools at real latency)."""
+    try:
+        from hotloop.bench.lower_bound import lower_bound
+    except ImportError:  # an older tree
+        return None
+    return lower_bound(scenario, profile).total_s
 
 
 def _status(record: RunRecord) -> str:
@@ -427,6 +446,7 @@ def _report(
     time_scale: float,
     records: list[RunRecord],
     warm: dict[str, Any] | None,
+    bound: float | None,
 ) -> dict[str, Any]:
     measured = [r for r in records if r.repetition > 0]
     summary: dict[str, dict[str, Any]] = {}
@@ -464,6 +484,7 @@ def _report(
     for entry in summary.values():
         wall = entry["median_wall_s"]
         entry["ratio_to_naive"] = wall / naive if wall is not None and naive else None
+        entry["ratio_to_lower_bound"] = wall / bound if wall is not None and bound else None
     completed = {k: v["median_wall_s"] for k, v in summary.items() if v["median_wall_s"]}
     fastest = min(completed, key=lambda k: completed[k]) if completed else None
     report: dict[str, Any] = {
@@ -474,6 +495,7 @@ def _report(
         "profile": profile,
         "tool_time_scale": time_scale,
         "runs": args.runs,
+        "lower_bound_s": bound,
         "gateway": "in-process" if args.in_process else "subprocess",
         "source": args.source,
         "machine": {
@@ -510,6 +532,7 @@ def _print_tables(report: dict[str, Any]) -> None:
     cpu_label = "cpu s*" if in_process else "client cpu s"
     print(
         f"{'strategy':16}{'ok':>6}{'median s':>10}{'min s':>9}{'max s':>9}{'/naive':>8}"
+        f"{'/bound':>8}"
         f"{'requests':>10}{'bytes sent':>12}{cpu_label:>14}{'gw cpu s':>10}"
     )
     for name, entry in summary.items():
@@ -517,9 +540,15 @@ def _print_tables(report: dict[str, Any]) -> None:
             f"{name:16}{entry['completed']:>3}/{entry['runs']:<2}"
             f"{_fmt(entry['median_wall_s'], '.3f'):>10}{_fmt(entry['min_wall_s'], '.3f'):>9}"
             f"{_fmt(entry['max_wall_s'], '.3f'):>9}{_fmt(entry['ratio_to_naive'], '.3f'):>8}"
+            f"{_fmt(entry['ratio_to_lower_bound'], '.3f'):>8}"
             f"{_fmt(entry['requests'], '.0f'):>10}{_fmt(entry['bytes_sent'], ',.0f'):>12}"
             f"{_fmt(entry['median_client_cpu_s'], '.3f'):>14}"
             f"{_fmt(entry['median_gateway_cpu_s'], '.2f'):>10}"
+        )
+    if report["lower_bound_s"] is not None:
+        print(
+            f"/bound: median over the critical-path lower bound, {report['lower_bound_s']:.3f} s "
+            "(hotloop.bench.lower_bound)"
         )
     if in_process:
         print("* the gateway runs in this process: the CPU column includes its work")

@@ -1,4 +1,4 @@
-"""The ``hotloop`` command: ``hotloop gateway …``, ``hotloop demo …``, ``hotloop trace show …``."""
+"""The ``hotloop`` command: ``hotloop gateway …``, ``demo …``, ``bench …``, ``trace show …``."""
 
 from __future__ import annotations
 
@@ -89,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-live", action="store_true", help="no live view or progress bar (plain output)"
     )
 
+    bench = commands.add_parser(
+        "bench", help="run the agent-loop strategies side by side, interleaved; report figures"
+    )
+    from hotloop.bench.command import add_arguments
+
+    add_arguments(bench)
+
     trace = commands.add_parser("trace", help="look at saved traces (JSONL files of a Tracer)")
     trace_commands = trace.add_subparsers(dest="trace_command", required=True)
     show = trace_commands.add_parser("show", help="draw a waterfall of each run in a trace file")
@@ -156,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if not outcome.ok:
                 return 1
+        elif args.command == "bench":
+            from hotloop.bench.command import run_command
+
+            return run_command(args)
         elif args.command == "trace":
             _show_trace(args.file, args.width)
     except HotloopError as exc:

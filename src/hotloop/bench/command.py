@@ -1,0 +1,180 @@
+"""``hotloop bench``: the strategies side by side on the embedded model, with a live progress bar.
+
+    hotloop bench --scenario coding --profile fast --runs 5 [--rtt-ms 40]
+
+Prints the table on stdout, progress on stderr, and writes the report as JSON and Markdown
+(default ``reports/bench-<scenario>-<profile>-rtt<ms>.{json,md}``). Exits 1 when a run did not
+complete the scenario (the run is in the table and the files), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+
+from hotloop.bench.report import default_report_stem, render_table, summarize, write_reports
+from hotloop.bench.runner import BenchConfig, Progress, run_bench
+from hotloop.bench.strategies import STRATEGIES, RunRecord, strategy_named
+from hotloop.errors import HotloopError
+from hotloop.sim.latency import PROFILES, LatencyProfile, get_profile
+from hotloop.sim.scenario import bundled_scenarios, load_scenario
+
+__all__ = ["add_arguments", "run_command"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``bench`` subcommand's options."""
+    parser.add_argument(
+        "--scenario",
+        default="coding",
+        help=f"bundled scenario ({', '.join(bundled_scenarios())}) or a path to a JSON file",
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="fast")
+    parser.add_argument("--runs", type=int, default=5, help="repetitions per strategy")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="uncounted warm-up repetitions (default 0)"
+    )
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        help="route client-gateway traffic through a delay proxy with this round-trip time",
+    )
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        default=[s.name for s in STRATEGIES],
+        metavar="NAME",
+        help=f"which strategies to run (default all: {', '.join(s.name for s in STRATEGIES)})",
+    )
+    parser.add_argument("--latency", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--tool-time-scale",
+        type=float,
+        default=1.0,
+        help="multiply the scenario's tool latencies (0 = instant tools)",
+    )
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH")
+    parser.add_argument("--markdown", type=Path, default=None, metavar="PATH")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_line(record: RunRecord) -> str:
+    status = "[green]ok[/]" if record.ok else f"[bold red]FAILED[/] {record.error}"
+    label = "warm-up" if record.repetition == 0 else f"rep {record.repetition}"
+    return (
+        f"{label:>7} {record.strategy:15} {record.wall_s:8.3f} s  "
+        f"cpu {record.client_cpu_s:6.3f} s  {status}"
+    )
+
+
+class _RunLines(Progress):
+    """No bar: one line per finished run on stderr (``--no-progress``, logs)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def run_finished(self, record: RunRecord) -> None:
+        self.console.print(_run_line(record), highlight=False)
+
+
+class _ProgressView(Progress):
+    """A rich progress bar on stderr: repetition, strategy, turn; a line per finished run."""
+
+    def __init__(self, console: Console, total_runs: int, runs: int) -> None:
+        self.console = console
+        self.runs = runs
+        self.bar = RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("· {task.fields[strategy]} · turn {task.fields[turn]}/{task.fields[turns]}"),
+            TimeElapsedColumn(),
+            console=console,
+            auto_refresh=False,  # redrawn at turn boundaries only: no CPU taken from the runs
+            transient=True,
+        )
+        self.task = self.bar.add_task("runs", total=total_runs, strategy="", turn=0, turns=0)
+
+    def run_started(self, repetition: int, strategy: str, turns: int) -> None:
+        label = "warm-up" if repetition == 0 else f"rep {repetition}/{self.runs}"
+        self.bar.update(self.task, description=label, strategy=strategy, turn=0, turns=turns)
+        self.bar.refresh()
+
+    def turn_finished(self, turn: int) -> None:
+        self.bar.update(self.task, turn=turn)
+        self.bar.refresh()
+
+    def run_finished(self, record: RunRecord) -> None:
+        self.bar.update(self.task, advance=1)
+        self.bar.console.print(_run_line(record), highlight=False)
+        self.bar.refresh()
+
+
+def _profile(args: argparse.Namespace) -> LatencyProfile:
+    overrides: dict[str, str] = {}
+    for pair in args.latency:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise HotloopError(f"--latency takes key=value, got {pair!r}")
+        overrides[key.strip()] = value
+    return get_profile(args.profile, overrides)
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    if args.runs < 1:
+        raise HotloopError("--runs must be at least 1")
+    if args.rtt_ms < 0 or args.tool_time_scale < 0 or args.warmup < 0:
+        raise HotloopError("--rtt-ms, --tool-time-scale and --warmup must be non-negative")
+    try:
+        strategies = tuple(strategy_named(name) for name in args.strategies)
+    except KeyError as exc:
+        raise HotloopError(str(exc.args[0])) from None
+    return BenchConfig(
+        scenario=load_scenario(args.scenario),
+        profile=_profile(args),
+        strategies=strategies,
+        runs=args.runs,
+        rtt_ms=args.rtt_ms,
+        tool_time_scale=args.tool_time_scale,
+        warmup=args.warmup,
+        latency=tuple(args.latency),
+        scenario_ref=args.scenario,
+    )
+
+
+def run_command(args: argparse.Namespace, console: Console | None = None) -> int:
+    """Run ``hotloop bench`` from parsed arguments; returns the exit status."""
+    config = _config(args)  # raises HotloopError (exit 2) before anything starts
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=max(console.width, 110))
+    errors = Console(stderr=True)
+    view: _ProgressView | None = None
+    if not args.no_progress:
+        total = (config.runs + config.warmup) * len(config.strategies)
+        view = _ProgressView(errors, total, config.runs)
+    errors.print(
+        f"hotloop bench: {config.scenario.name} · {config.profile.name} · RTT {config.rtt_ms:g} ms"
+        f" · {len(config.strategies)} strategies x {config.runs} runs (gateway in a subprocess)",
+        highlight=False,
+    )
+    if view is not None:
+        with view.bar:
+            records = asyncio.run(run_bench(config, view))
+    else:
+        records = asyncio.run(run_bench(config, _RunLines(errors)))
+    report = summarize(config, records)
+    render_table(report, console)
+    stem = default_report_stem(config.scenario.name, config.profile.name, config.rtt_ms)
+    written = write_reports(
+        report, args.json or stem.with_suffix(".json"), args.markdown or stem.with_suffix(".md")
+    )
+    console.print("report: " + ", ".join(str(path) for path in written), highlight=False)
+    return 1 if any(entry["failures"] for entry in report["strategies"].values()) else 0

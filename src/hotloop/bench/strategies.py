@@ -1,0 +1,197 @@
+"""The agent-loop strategies ``hotloop bench`` compares, and one checked, measured run of each.
+
+The strategies differ only in transport and tool scheduling; the agent, its tools (the
+scenario's, from :func:`hotloop.testing.scenario_tools`) and the model are the same. Every run
+gets a fresh client (connection set-up is part of the run), a task tagged with its own session
+id (the simulated engine's prefix cache is shared across requests, like a real engine's: runs
+must not reuse each other's cached prompts), and is checked against the scenario afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import hotloop
+from hotloop.backends.sim import DEFAULT_MODEL
+from hotloop.runtime import Agent, ModelTurnFinished, RunFinished, Runner, RunResult, StepRecord
+from hotloop.sim.scenario import Scenario
+from hotloop.testing import ExecutionLog, scenario_tools, session_task
+from hotloop.transport import Transport
+
+__all__ = [
+    "STRATEGIES",
+    "RunRecord",
+    "Strategy",
+    "check_run",
+    "phases",
+    "run_once",
+    "strategy_named",
+]
+
+#: A run that takes longer than this is stopped and reported as failed.
+RUN_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class Strategy:
+    """One way of playing the agent loop: transport, input mode and tool scheduling."""
+
+    name: str
+    transport: Literal["websocket", "http"]
+    incremental: bool
+    eager: bool
+    max_concurrency: int
+    description: str
+
+
+STRATEGIES: tuple[Strategy, ...] = (
+    Strategy("naive", "http", False, False, 1, "stateless HTTP, full history, one tool at a time"),
+    Strategy("http-prev-id", "http", True, False, 1, "HTTP keep-alive + previous_response_id"),
+    Strategy("ws-incremental", "websocket", True, False, 1, "WebSocket, new items only"),
+    Strategy(
+        "ws-concurrent", "websocket", True, False, 8, "WebSocket + concurrent tools after the turn"
+    ),
+    Strategy("hotloop", "websocket", True, True, 8, "WebSocket + eager + concurrent tools"),
+)
+
+
+def strategy_named(name: str) -> Strategy:
+    """The strategy called ``name``; raises ``KeyError`` listing the known ones."""
+    for strategy in STRATEGIES:
+        if strategy.name == name:
+            return strategy
+    raise KeyError(f"unknown strategy {name!r}; known: {', '.join(s.name for s in STRATEGIES)}")
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One run of one strategy: what it measured and whether it completed the scenario."""
+
+    strategy: str
+    repetition: int  # 0 = uncounted warm-up
+    position: int  # place in this repetition's order
+    ok: bool = False
+    error: str | None = None
+    wall_s: float = 0.0
+    client_cpu_s: float = 0.0
+    turns: int = 0
+    tool_calls: int = 0
+    executions: int = 0
+    requests: int = 0
+    bytes_sent: int = 0
+    connections_opened: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def phases(steps: Sequence[StepRecord], wall_ns: int) -> dict[str, float]:
+    """Where a run's wall time went, from its per-step timing records (seconds).
+
+    ``model``: request sent → terminal event, summed over turns; ``tool_wait``: terminal event
+    → last tool result of the turn (tools the loop waited on after the model finished);
+    ``loop``: the rest; ``tool_hidden``: tool time that ran while the model was streaming.
+    """
+    model = tool_wait = hidden = 0
+    for step in steps:
+        done = step.response_done_ns or step.request_sent_ns
+        model += done - step.request_sent_ns
+        if step.tools_done_ns is not None:
+            tool_wait += max(0, step.tools_done_ns - done)
+        for tool in step.tools:
+            if tool.started_ns is not None and tool.finished_ns is not None:
+                hidden += max(0, min(tool.finished_ns, done) - tool.started_ns)
+    return {
+        "model_s": model / 1e9,
+        "tool_wait_s": tool_wait / 1e9,
+        "loop_s": (wall_ns - model - tool_wait) / 1e9,
+        "tool_hidden_s": hidden / 1e9,
+    }
+
+
+def check_run(scenario: Scenario, result: RunResult, log: ExecutionLog) -> tuple[str, ...]:
+    """What differs between a run and its scenario (empty when the run completed it)."""
+    problems: list[str] = []
+    if result.turns != len(scenario.turns):
+        problems.append(f"{result.turns} model turns, the scenario has {len(scenario.turns)}")
+    if result.tool_calls != scenario.total_calls:
+        problems.append(f"{result.tool_calls} tool calls, the scenario has {scenario.total_calls}")
+    if log.count() != scenario.total_calls:
+        problems.append(f"{log.count()} tool executions, the scenario has {scenario.total_calls}")
+    if result.final_output != (scenario.turns[-1].text or ""):
+        problems.append("the final answer differs from the scenario's final text")
+    errors = [tool.error for step in result.steps for tool in step.tools if tool.error]
+    if errors:
+        problems.append(f"{len(errors)} tool call(s) failed; the first: {errors[0]}")
+    return tuple(problems)
+
+
+def _agent(strategy: Strategy, scenario: Scenario, time_scale: float, log: ExecutionLog) -> Agent:
+    return Agent(
+        f"{DEFAULT_MODEL}:{scenario.name}",
+        scenario.instructions,
+        scenario_tools(scenario, time_scale=time_scale, log=log),
+        name=strategy.name,
+        max_turns=len(scenario.turns) + 5,
+        eager=strategy.eager,
+        max_concurrency=strategy.max_concurrency,
+    )
+
+
+def _connect(strategy: Strategy, base_url: str) -> Transport:
+    return hotloop.connect(base_url, transport=strategy.transport, incremental=strategy.incremental)
+
+
+async def run_once(
+    strategy: Strategy,
+    scenario: Scenario,
+    base_url: str,
+    *,
+    time_scale: float,
+    repetition: int,
+    position: int,
+    session: str,
+    on_turn: Callable[[int], None] | None = None,
+) -> RunRecord:
+    """Play ``scenario`` once with ``strategy``; a failure is in the record, never raised.
+
+    ``on_turn`` is called with the number of model turns finished so far (progress display).
+    """
+    record = RunRecord(strategy.name, repetition, position)
+    log = ExecutionLog()
+    agent = _agent(strategy, scenario, time_scale, log)  # built outside the measured span
+    message = session_task(scenario, session)
+    client = _connect(strategy, base_url)
+    result: RunResult | None = None
+    cpu = time.process_time()
+    wall = time.perf_counter()
+    try:
+        async with asyncio.timeout(RUN_TIMEOUT_S):
+            async for event in Runner.run_stream(agent, message, client=client):
+                if isinstance(event, ModelTurnFinished) and on_turn is not None:
+                    on_turn(event.turn)
+                elif isinstance(event, RunFinished):
+                    result = event.result
+    except Exception as exc:  # a failed run is reported, never dropped
+        record.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        record.wall_s = time.perf_counter() - wall
+        record.client_cpu_s = time.process_time() - cpu
+        record.executions = log.count()
+        stats = client.stats
+        record.requests = stats.requests
+        record.bytes_sent = stats.bytes_sent
+        record.connections_opened = stats.connections_opened
+        await client.aclose()
+    if result is not None:
+        record.turns = result.turns
+        record.tool_calls = result.tool_calls
+        record.phases = phases(result.steps, result.wall_ns)
+        problems = check_run(scenario, result, log)
+        record.error = "; ".join(problems) or None
+        record.ok = not problems
+    elif record.error is None:  # pragma: no cover - run_stream ends with RunFinished or raises
+        record.error = "the run ended without a result"
+    return record
