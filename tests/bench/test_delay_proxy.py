@@ -10,9 +10,11 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from hotloop.bench import delay_proxy
 from hotloop.bench.delay_proxy import DelayProxy
 
 RTT_MS = 60.0
@@ -167,3 +169,27 @@ async def test_stopping_the_proxy_ends_open_connections(echo_port: int) -> None:
 def test_a_negative_rtt_is_refused() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         DelayProxy("127.0.0.1", 1, rtt_ms=-1)
+
+
+async def test_the_proxy_process_entry_point_prints_its_port(
+    echo_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serving = asyncio.create_task(delay_proxy._serve(echo_port, 5))
+    while not (printed := capsys.readouterr().out):
+        await asyncio.sleep(0.01)
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(printed))
+    writer.write(b"hello")
+    assert await reader.readexactly(5) == b"hello"
+    writer.close()
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+
+
+def test_main_stops_quietly_on_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(coroutine: Any) -> None:
+        coroutine.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(asyncio, "run", interrupted)
+    delay_proxy.main(["1", "40"])  # returns instead of raising

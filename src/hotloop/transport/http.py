@@ -97,10 +97,9 @@ class _Timer:
         timings.incremental = incremental
 
 
-def _timer(request: ModelRequest, encoded_ns: int) -> _Timer | None:
-    timings = request.timings
-    if timings is None:
-        return None
+def _timer(request: ModelRequest, encoded_ns: int) -> _Timer:
+    # Always traced: the trace also tells when the pool opened a connection (stats).
+    timings = request.timings if request.timings is not None else RequestTimings()
     timings.encoded_ns = encoded_ns
     return _Timer(timings)
 
@@ -139,10 +138,11 @@ class HTTPTransport:
                     "POST",
                     "/responses",
                     content=payload,
-                    extensions=timer.extensions() if timer is not None else None,
+                    extensions=timer.extensions(),
                 ) as reply:
-                    if timer is not None:
-                        timer.handed_over(handed, len(payload), incremental)
+                    timer.handed_over(handed, len(payload), incremental)
+                    if timer.timings.connect_start_ns is not None:
+                        self.stats.connections_opened += 1
                     if reply.status_code != 200:
                         error = await _http_error(reply)
                         if incremental and error.code == "previous_response_not_found":
@@ -200,10 +200,11 @@ class ChatTransport:
                 "POST",
                 "/chat/completions",
                 content=payload,
-                extensions=timer.extensions() if timer is not None else None,
+                extensions=timer.extensions(),
             ) as reply:
-                if timer is not None:
-                    timer.handed_over(handed, len(payload), False)
+                timer.handed_over(handed, len(payload), False)
+                if timer.timings.connect_start_ns is not None:
+                    self.stats.connections_opened += 1
                 if reply.status_code != 200:
                     raise await _http_error(reply)
                 sse = SSEDecoder()
