@@ -47,7 +47,7 @@ from hotloop.runtime import (
 )
 from hotloop.sim.latency import LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario, load_scenario
-from hotloop.testing import ExecutionLog, scenario_tools, session_task
+from hotloop.testing import ExecutionLog, check_run, scenario_tools, session_task
 from hotloop.transport import Transport
 
 __all__ = ["DEFAULT_REPORT", "DemoResult", "check_run", "run_demo"]
@@ -107,23 +107,6 @@ class DemoResult:
     @property
     def ok(self) -> bool:
         return self.naive.ok and self.hotloop.ok
-
-
-def check_run(scenario: Scenario, result: RunResult, log: ExecutionLog) -> tuple[str, ...]:
-    """What differs between a run and its scenario (empty when the run completed it)."""
-    problems: list[str] = []
-    if result.turns != len(scenario.turns):
-        problems.append(f"{result.turns} model turns, the scenario has {len(scenario.turns)}")
-    if result.tool_calls != scenario.total_calls:
-        problems.append(f"{result.tool_calls} tool calls, the scenario has {scenario.total_calls}")
-    if log.count() != scenario.total_calls:
-        problems.append(f"{log.count()} tool executions, the scenario has {scenario.total_calls}")
-    if result.final_output != (scenario.turns[-1].text or ""):
-        problems.append("the final answer differs from the scenario's final text")
-    errors = [tool.error for step in result.steps for tool in step.tools if tool.error]
-    if errors:
-        problems.append(f"{len(errors)} tool call(s) failed; the first: {errors[0]}")
-    return tuple(problems)
 
 
 # -- the live view of the hotloop run --------------------------------------------------------

@@ -19,7 +19,7 @@ import hotloop
 from hotloop.backends.sim import DEFAULT_MODEL
 from hotloop.runtime import Agent, ModelTurnFinished, RunFinished, Runner, RunResult, StepRecord
 from hotloop.sim.scenario import Scenario
-from hotloop.testing import ExecutionLog, scenario_tools, session_task
+from hotloop.testing import ExecutionLog, check_run, scenario_tools, session_task
 from hotloop.transport import Transport
 
 __all__ = [
@@ -109,23 +109,6 @@ def phases(steps: Sequence[StepRecord], wall_ns: int) -> dict[str, float]:
         "loop_s": (wall_ns - model - tool_wait) / 1e9,
         "tool_hidden_s": hidden / 1e9,
     }
-
-
-def check_run(scenario: Scenario, result: RunResult, log: ExecutionLog) -> tuple[str, ...]:
-    """What differs between a run and its scenario (empty when the run completed it)."""
-    problems: list[str] = []
-    if result.turns != len(scenario.turns):
-        problems.append(f"{result.turns} model turns, the scenario has {len(scenario.turns)}")
-    if result.tool_calls != scenario.total_calls:
-        problems.append(f"{result.tool_calls} tool calls, the scenario has {scenario.total_calls}")
-    if log.count() != scenario.total_calls:
-        problems.append(f"{log.count()} tool executions, the scenario has {scenario.total_calls}")
-    if result.final_output != (scenario.turns[-1].text or ""):
-        problems.append("the final answer differs from the scenario's final text")
-    errors = [tool.error for step in result.steps for tool in step.tools if tool.error]
-    if errors:
-        problems.append(f"{len(errors)} tool call(s) failed; the first: {errors[0]}")
-    return tuple(problems)
 
 
 def _agent(strategy: Strategy, scenario: Scenario, time_scale: float, log: ExecutionLog) -> Agent:

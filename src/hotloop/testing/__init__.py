@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hotloop.runtime.events import RunResult
 from hotloop.runtime.tools import Effects, Tool
 from hotloop.sim.scenario import Scenario, ToolSpec
 from hotloop.sim.tools import run_tool
 from hotloop.wire import codec
 
-__all__ = ["Execution", "ExecutionLog", "scenario_tools", "session_task"]
+__all__ = ["Execution", "ExecutionLog", "check_run", "scenario_tools", "session_task"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +104,20 @@ def session_task(scenario: Scenario, session: str) -> str:
     starts its conversation with a different first message: every prefix key then differs.
     """
     return f"{scenario.task}\n\n(session {session})"
+
+
+def check_run(scenario: Scenario, result: RunResult, log: ExecutionLog) -> tuple[str, ...]:
+    """What differs between a run and its scenario (empty when the run completed it)."""
+    problems: list[str] = []
+    if result.turns != len(scenario.turns):
+        problems.append(f"{result.turns} model turns, the scenario has {len(scenario.turns)}")
+    if result.tool_calls != scenario.total_calls:
+        problems.append(f"{result.tool_calls} tool calls, the scenario has {scenario.total_calls}")
+    if log.count() != scenario.total_calls:
+        problems.append(f"{log.count()} tool executions, the scenario has {scenario.total_calls}")
+    if result.final_output != (scenario.turns[-1].text or ""):
+        problems.append("the final answer differs from the scenario's final text")
+    errors = [tool.error for step in result.steps for tool in step.tools if tool.error]
+    if errors:
+        problems.append(f"{len(errors)} tool call(s) failed; the first: {errors[0]}")
+    return tuple(problems)
