@@ -62,7 +62,7 @@ from hotloop.backends.sim import DEFAULT_MODEL
 from hotloop.runtime import Agent, Runner, RunResult, StepRecord
 from hotloop.sim.latency import PROFILES, LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario, load_scenario
-from hotloop.testing import ExecutionLog, scenario_tools, session_task
+from hotloop.testing import ExecutionLog, check_run, scenario_tools, session_task
 from hotloop.wire import codec
 
 RUN_TIMEOUT_S = 900.0
@@ -238,19 +238,7 @@ def _phases(steps: Sequence[StepRecord], wall_ns: int) -> dict[str, float]:
 
 
 def _check(scenario: Scenario, result: RunResult, log: ExecutionLog) -> str | None:
-    problems = []
-    if result.turns != len(scenario.turns):
-        problems.append(f"{result.turns} turns, expected {len(scenario.turns)}")
-    if result.tool_calls != scenario.total_calls:
-        problems.append(f"{result.tool_calls} tool calls, expected {scenario.total_calls}")
-    if log.count() != scenario.total_calls:
-        problems.append(f"{log.count()} tool executions, expected {scenario.total_calls}")
-    if result.final_output != (scenario.turns[-1].text or ""):
-        problems.append("the final output differs from the scenario's final text")
-    errors = [t.error for step in result.steps for t in step.tools if t.error]
-    if errors:
-        problems.append(f"{len(errors)} tool errors, first: {errors[0]}")
-    return "; ".join(problems) or None
+    return "; ".join(check_run(scenario, result, log)) or None
 
 
 def _agent(strategy: Strategy, scenario: Scenario, time_scale: float, log: ExecutionLog) -> Agent:
