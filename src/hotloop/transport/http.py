@@ -13,6 +13,7 @@ chunk stream is translated back into Responses events, so the runtime sees one e
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -104,6 +105,38 @@ def _timer(request: ModelRequest, encoded_ns: int) -> _Timer:
     return _Timer(timings)
 
 
+@contextlib.asynccontextmanager
+async def _post(
+    client: httpx.AsyncClient,
+    stats: TransportStats,
+    path: str,
+    payload: bytes,
+    request: ModelRequest,
+    incremental: bool,
+) -> AsyncIterator[httpx.Response]:
+    """POST ``payload`` as a stream: timings, stats, and httpx errors as TransportError."""
+    handed = time.perf_counter_ns()
+    timer = _timer(request, handed)
+    stats.requests += 1
+    stats.bytes_sent += len(payload)
+    if incremental:
+        stats.incremental_requests += 1
+    else:
+        stats.full_resends += 1
+    try:
+        async with client.stream(
+            "POST", path, content=payload, extensions=timer.extensions()
+        ) as reply:
+            timer.handed_over(handed, len(payload), incremental)
+            if timer.timings.connect_start_ns is not None:
+                stats.connections_opened += 1
+            yield reply
+    except httpx.HTTPError as exc:
+        raise TransportError(
+            f"HTTP request failed: {exc!r}", code="connection_lost", replay_safe=True
+        ) from exc
+
+
 class HTTPTransport:
     """Responses API over HTTP + SSE with a warm connection pool."""
 
@@ -125,42 +158,23 @@ class HTTPTransport:
             body = request_body(request, incremental=incremental, store=self.incremental)
             body["stream"] = True
             payload = codec.dumps(body)
-            handed = time.perf_counter_ns()
-            timer = _timer(request, handed)
-            self.stats.requests += 1
-            self.stats.bytes_sent += len(payload)
-            if incremental:
-                self.stats.incremental_requests += 1
-            else:
-                self.stats.full_resends += 1
-            try:
-                async with self._client.stream(
-                    "POST",
-                    "/responses",
-                    content=payload,
-                    extensions=timer.extensions(),
-                ) as reply:
-                    timer.handed_over(handed, len(payload), incremental)
-                    if timer.timings.connect_start_ns is not None:
-                        self.stats.connections_opened += 1
-                    if reply.status_code != 200:
-                        error = await _http_error(reply)
-                        if incremental and error.code == "previous_response_not_found":
-                            self.stats.cache_misses += 1
-                            incremental = False
-                            continue
-                        raise error
-                    decoder = ResponsesSSEDecoder()
-                    async for chunk in reply.aiter_bytes():
-                        for event in decoder.feed(chunk):
-                            yield event
-                    for event in decoder.close():
+            async with _post(
+                self._client, self.stats, "/responses", payload, request, incremental
+            ) as reply:
+                if reply.status_code != 200:
+                    error = await _http_error(reply)
+                    if incremental and error.code == "previous_response_not_found":
+                        self.stats.cache_misses += 1
+                        incremental = False
+                        continue
+                    raise error
+                decoder = ResponsesSSEDecoder()
+                async for chunk in reply.aiter_bytes():
+                    for event in decoder.feed(chunk):
                         yield event
-                    return
-            except httpx.HTTPError as exc:
-                raise TransportError(
-                    f"HTTP request failed: {exc!r}", code="connection_lost", replay_safe=True
-                ) from exc
+                for event in decoder.close():
+                    yield event
+                return
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -189,37 +203,21 @@ class ChatTransport:
             include_usage=True,
         )
         payload = codec.dumps(body)
-        handed = time.perf_counter_ns()
-        timer = _timer(request, handed)
-        self.stats.requests += 1
-        self.stats.full_resends += 1
-        self.stats.bytes_sent += len(payload)
         decoder = ChatStreamDecoder(f"chat_{uuid.uuid4().hex}", request.model, int(time.time()))
-        try:
-            async with self._client.stream(
-                "POST",
-                "/chat/completions",
-                content=payload,
-                extensions=timer.extensions(),
-            ) as reply:
-                timer.handed_over(handed, len(payload), False)
-                if timer.timings.connect_start_ns is not None:
-                    self.stats.connections_opened += 1
-                if reply.status_code != 200:
-                    raise await _http_error(reply)
-                sse = SSEDecoder()
-                async for chunk in reply.aiter_bytes():
-                    for message in sse.feed(chunk):
-                        if message.data == "[DONE]":
-                            continue
-                        for event in decoder.feed(codec.decode_object(message.data)):
-                            yield event
-                for event in decoder.close():
-                    yield event
-        except httpx.HTTPError as exc:
-            raise TransportError(
-                f"HTTP request failed: {exc!r}", code="connection_lost", replay_safe=True
-            ) from exc
+        async with _post(
+            self._client, self.stats, "/chat/completions", payload, request, False
+        ) as reply:
+            if reply.status_code != 200:
+                raise await _http_error(reply)
+            sse = SSEDecoder()
+            async for chunk in reply.aiter_bytes():
+                for message in sse.feed(chunk):
+                    if message.data == "[DONE]":
+                        continue
+                    for event in decoder.feed(codec.decode_object(message.data)):
+                        yield event
+            for event in decoder.close():
+                yield event
 
     async def aclose(self) -> None:
         await self._client.aclose()
