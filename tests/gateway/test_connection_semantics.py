@@ -17,9 +17,13 @@ import httpx
 import openai
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.uri import parse_uri
 
+from hotloop.bench.runner import gateway_subprocess
 from hotloop.sim.latency import get_profile
-from hotloop.sim.scenario import Scenario, Turn
+from hotloop.sim.scenario import Scenario, Turn, load_scenario
 from support import WEATHER_TOOL
 
 MODEL = "hotloop-sim"
@@ -430,3 +434,80 @@ async def test_stored_child_of_an_unstored_parent_keeps_its_whole_history(gatewa
         # Either the whole context is served from the store, or the continuation is refused;
         # never a silently truncated history.
         assert there["usage"]["input_tokens"] == here["usage"]["input_tokens"]
+
+
+# -- frames of a burst share reads ----------------------------------------------------------
+
+
+class CountingClient(asyncio.Protocol):
+    """A WebSocket client on a bare asyncio protocol that counts the socket reads it gets."""
+
+    def __init__(self, url: str) -> None:
+        self.ws = ClientProtocol(parse_uri(url), max_size=None)
+        self.ws.send_request(self.ws.connect())
+        self.transport: asyncio.Transport | None = None
+        self.reads = 0
+        self.events: list[dict[str, Any]] = []
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.flush()
+
+    def flush(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"".join(self.ws.data_to_send()))
+
+    def data_received(self, data: bytes) -> None:
+        self.reads += 1
+        self.ws.receive_data(data)
+        for frame in self.ws.events_received():
+            if getattr(frame, "opcode", None) is Opcode.TEXT:
+                event = json.loads(frame.data)
+                self.events.append(event)
+                if event["type"] in TERMINAL and not self.done.done():
+                    self.done.set_result(None)
+
+    def send(self, payload: dict[str, Any]) -> None:
+        self.ws.send_text(json.dumps(payload).encode())
+        self.flush()
+
+
+async def test_events_produced_together_reach_the_client_in_few_reads() -> None:
+    """The zero profile produces a turn's deltas in bursts (up to 64 per loop iteration): the
+    gateway writes each burst with one send, so a client wakes per burst, not per event. The
+    gateway runs in its own process, as in production: in this test's event loop the client
+    would read bursts whatever the gateway did."""
+    coding = load_scenario("coding")
+    tools = [spec.to_responses_tool() for spec in coding.tools.values()]
+    async with gateway_subprocess("coding", "zero") as base_url:
+        host, port = base_url.removeprefix("http://").split("/")[0].split(":")
+        url = f"ws://{host}:{port}/v1/responses"
+        reads: list[int] = []
+        for attempt in range(3):
+            loop = asyncio.get_running_loop()
+            transport, client = await loop.create_connection(
+                lambda: CountingClient(url), host, int(port)
+            )
+            try:
+                while client.reads == 0:
+                    await asyncio.sleep(0.001)  # the 101 answer
+                before = client.reads
+                client.send(
+                    {
+                        "type": "response.create",
+                        "model": "hotloop-sim:coding",
+                        "input": f"{coding.task} (attempt {attempt})",
+                        "tools": tools,
+                    }
+                )
+                await asyncio.wait_for(client.done, RECV_TIMEOUT)
+                reads.append(client.reads - before)
+            finally:
+                transport.close()
+    events = len(client.events)
+    assert client.events[-1]["type"] == "response.completed"
+    assert events > 40, events
+    # Without coalescing most events arrive in a read of their own.
+    assert max(reads) <= events // 4, (reads, events)

@@ -1,5 +1,5 @@
 """Unit tests of the gateway's parts: the connection cache, the response store, request
-parsing and the batched request log."""
+parsing, the batched request log and the coalescing socket writer."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from hotloop.errors import APIError
+from hotloop.gateway.app import CoalescingTransport
 from hotloop.gateway.cache import CachedResponse, ResponseCache
 from hotloop.gateway.requests import parse_create
 from hotloop.gateway.store import RequestLog, RequestRecord, ResponseStore
@@ -520,3 +521,53 @@ async def test_a_full_request_log_never_slows_the_gateway(gateway_factory: Any) 
             metrics = (await http.get(f"http://{server.host}:{server.port}/metrics")).text
         assert server.gateway.log.dropped == 3
         assert "hotloop_request_log_dropped 3.0" in metrics
+
+
+# -- CoalescingTransport ------------------------------------------------------------------------
+
+
+class RecordingSocket:
+    """The asyncio transport under the coalescing writer: records what reaches the socket."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing, "written after close"
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+
+async def test_writes_of_one_iteration_leave_in_one_send() -> None:
+    socket = RecordingSocket()
+    writer = CoalescingTransport(socket)  # type: ignore[arg-type]
+    writer.write(b"a")
+    writer.write(b"b")
+    writer.write(b"c")
+    assert socket.writes == []  # nothing yet: the iteration that wrote is still running
+    await asyncio.sleep(0)
+    assert socket.writes == [b"abc"]
+    writer.write(b"d")  # a later iteration: its own send
+    await asyncio.sleep(0)
+    assert socket.writes == [b"abc", b"d"]
+
+
+async def test_close_flushes_first_and_later_writes_are_dropped() -> None:
+    socket = RecordingSocket()
+    writer = CoalescingTransport(socket)  # type: ignore[arg-type]
+    writer.write(b"close frame")
+    writer.close()
+    assert socket.writes == [b"close frame"] and socket.closing
+    writer.write(b"too late")
+    await asyncio.sleep(0)  # the scheduled flush finds the socket closing: nothing is written
+    assert socket.writes == [b"close frame"]
+    assert writer.get_extra_info("peername") == ("127.0.0.1", 1)  # everything else delegates

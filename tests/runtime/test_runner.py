@@ -35,7 +35,7 @@ from hotloop.runtime import (
 )
 from hotloop.sim.latency import get_profile
 from hotloop.sim.scenario import Scenario, ScriptedCall, Turn
-from hotloop.transport import ModelRequest, Transport, TransportStats, connect
+from hotloop.transport import ModelRequest, OnEvent, Transport, TransportStats, connect
 from hotloop.wire.events import Event
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Message
 from support import CITIES
@@ -86,11 +86,21 @@ class Recording:
         self.extra_tools = tuple(extra_tools)
         self.label = label
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+    def _prepare(self, request: ModelRequest) -> ModelRequest:
         if self.extra_tools:
             request = replace(request, tools=(*request.tools, *self.extra_tools))
         self.requests.append(request)
-        async for event in self.inner.stream(request):
+        return request
+
+    async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
+        def logged(event: Event) -> None:
+            self.log.append(self.label + event.type)
+            on_event(event)
+
+        await self.inner.stream_to(self._prepare(request), logged)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+        async for event in self.inner.stream(self._prepare(request)):
             self.log.append(self.label + event.type)
             yield event
 

@@ -297,3 +297,70 @@ def test_encode_event_rejects_unencodable_text_with_our_error() -> None:
 def test_garbage_bytes_raise_decode_or_invalid(raw: bytes) -> None:
     with contextlib.suppress(DecodeError, InvalidMessage):
         codec.decode_event(raw)
+
+
+# -- the delta fast path (msgspec straight into the record) -------------------------------
+
+_DELTAS = [ev.OutputTextDelta, ev.FunctionCallArgumentsDelta]
+
+
+@pytest.mark.parametrize("cls", _DELTAS, ids=lambda cls: cls.__name__)
+def test_delta_fast_path_agrees_with_the_ordinary_path(cls: type) -> None:
+    @settings(max_examples=60, database=None)
+    @given(EVENT_STRATEGIES[cls], st.none() | text)
+    def agree(event: ev.Event, obfuscation: str | None) -> None:
+        wire = codec.loads(codec.encode_event(event))
+        if obfuscation is not None:
+            wire["obfuscation"] = obfuscation  # an extra field, as the OpenAI service adds
+        data = codec.dumps(wire)
+        assert data.startswith(b'{"type":')  # the shape the fast path takes
+        fast = codec.decode_event(data)
+        ordinary = ev.event_from_dict(codec.loads(data))
+        assert type(fast) is type(ordinary) is cls
+        assert fast == ordinary == event
+
+    agree()
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (
+            b'{"type":"response.function_call_arguments.delta","item_id":"fc","output_index":"0",'
+            b'"delta":"{"}',
+            "output_index",
+        ),
+        (
+            b'{"type":"response.function_call_arguments.delta","output_index":0,"delta":"{"}',
+            "item_id",
+        ),
+        (
+            b'{"type":"response.output_text.delta","item_id":"m","output_index":0,'
+            b'"content_index":true,"delta":"x"}',
+            "content_index",
+        ),
+        (
+            b'{"type":"response.output_text.delta","item_id":"m","output_index":0,'
+            b'"content_index":0,"delta":"x","logprobs":"no"}',
+            "logprobs",
+        ),
+    ],
+)
+def test_malformed_deltas_get_the_precise_error(raw: bytes, param: str) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        codec.decode_event(raw)
+    assert caught.value.param == param
+
+
+def test_delta_with_invalid_json_after_the_prefix_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError):
+        codec.decode_event(b'{"type":"response.output_text.delta","delta":"\\ud800"}')
+
+
+def test_delta_not_starting_with_its_type_still_decodes() -> None:
+    raw = (
+        b'{"item_id":"fc","type":"response.function_call_arguments.delta",'
+        b'"output_index":2,"delta":"a"}'
+    )
+    event = codec.decode_event(raw)
+    assert event == ev.FunctionCallArgumentsDelta(item_id="fc", output_index=2, delta="a")

@@ -43,6 +43,7 @@ from hotloop.runtime.tools import Tool, ToolArgumentsError
 from hotloop.transport import Transport, TransportError, connect
 from hotloop.transport.base import ModelRequest, RequestTimings
 from hotloop.wire import codec
+from hotloop.wire.events import Event
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, items_from_input
 from hotloop.wire.responses import Usage
 
@@ -460,6 +461,45 @@ def _record_timings(record: StepRecord, timings: RequestTimings, origin: int) ->
     record.incremental = timings.incremental
 
 
+def _turn_handler(
+    agent: Agent,
+    stream: ResponseStream,
+    calls: _TurnCalls,
+    record: StepRecord,
+    emit: Emit | None,
+    turn: int,
+    origin: int,
+) -> Callable[[Event], None]:
+    """The per-event work of one turn attempt, run as each event arrives.
+
+    Over a WebSocket this runs inside the socket's protocol callback: a tool call is submitted
+    (and, once admitted, started) in the same callback that completed its arguments.
+    """
+    eager = agent.eager
+
+    def on_event(event: Event) -> None:
+        if record.first_event_ns is None:
+            record.first_event_ns = time.perf_counter_ns() - origin
+        for report in stream.receive(event):
+            if isinstance(report, TextDelta):
+                if record.first_token_ns is None:
+                    record.first_token_ns = time.perf_counter_ns() - origin
+                if emit is not None:
+                    emit(TextDeltaEvent(turn, report.delta))
+            elif isinstance(report, FunctionCallReady):
+                if record.first_token_ns is None:
+                    record.first_token_ns = time.perf_counter_ns() - origin
+                if eager:
+                    calls.submit(report.call)
+            elif isinstance(report, StreamError):
+                raise ModelError(
+                    f"the server ended the turn with an error: {report.message}",
+                    code=report.code,
+                )
+
+    return on_event
+
+
 async def _stream_turn(
     agent: Agent,
     client: Transport,
@@ -480,26 +520,9 @@ async def _stream_turn(
         stream = ResponseStream()
         calls = _TurnCalls(agent, turn, ledger, record, emit, origin)
         record.tools.clear()
+        on_event = _turn_handler(agent, stream, calls, record, emit, turn, origin)
         try:
-            async for event in client.stream(request):
-                if record.first_event_ns is None:
-                    record.first_event_ns = time.perf_counter_ns() - origin
-                for report in stream.receive(event):
-                    if isinstance(report, TextDelta):
-                        if record.first_token_ns is None:
-                            record.first_token_ns = time.perf_counter_ns() - origin
-                        if emit is not None:
-                            emit(TextDeltaEvent(turn, report.delta))
-                    elif isinstance(report, FunctionCallReady):
-                        if record.first_token_ns is None:
-                            record.first_token_ns = time.perf_counter_ns() - origin
-                        if agent.eager:
-                            calls.submit(report.call)
-                    elif isinstance(report, StreamError):
-                        raise ModelError(
-                            f"the server ended the turn with an error: {report.message}",
-                            code=report.code,
-                        )
+            await client.stream_to(request, on_event)
             if request.timings is not None:
                 _record_timings(record, request.timings, origin)
             return stream, calls

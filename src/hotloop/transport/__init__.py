@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Literal
 
 from hotloop.transport.base import (
+    IteratingTransport,
     ModelRequest,
+    OnEvent,
     RequestTimings,
     Transport,
     TransportError,
@@ -25,7 +27,9 @@ from hotloop.transport.websocket import WebSocketTransport
 __all__ = [
     "ChatTransport",
     "HTTPTransport",
+    "IteratingTransport",
     "ModelRequest",
+    "OnEvent",
     "RequestTimings",
     "Transport",
     "TransportError",

@@ -7,13 +7,19 @@ items plus ``previous_response_id``; anything else (a new socket after a drop, a
 stateless HTTP loop, a Chat Completions server) sends the whole history. That choice is the
 transport's alone, so recovery is transparent to the runtime.
 
+A transport serves a turn two ways: :meth:`Transport.stream_to` *pushes* each event into a
+callback as it arrives (what the runner uses: over a WebSocket the callback runs in the socket's
+own protocol callback, so a streamed token costs no task switch), and :meth:`Transport.stream`
+is the same turn as an async iterator, for code that would rather pull.
+
 Errors: a transport raises :class:`TransportError`. ``replay_safe`` says whether the request
 may be sent again as it is (nothing of the turn was committed); the runner retries those.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -22,7 +28,18 @@ from hotloop.errors import HotloopError
 from hotloop.wire.events import Event
 from hotloop.wire.items import Item
 
-__all__ = ["ModelRequest", "RequestTimings", "Transport", "TransportError", "TransportStats"]
+__all__ = [
+    "IteratingTransport",
+    "ModelRequest",
+    "OnEvent",
+    "RequestTimings",
+    "Transport",
+    "TransportError",
+    "TransportStats",
+]
+
+#: Called with each event of a turn, in order, as it arrives (see :meth:`Transport.stream_to`).
+OnEvent = Callable[[Event], None]
 
 
 class TransportError(HotloopError):
@@ -112,8 +129,31 @@ class Transport(Protocol):
 
     stats: TransportStats
 
+    async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
+        """Send one turn and call ``on_event`` with each of its events as it arrives.
+
+        Returns after the terminal event (``response.completed`` / ``incomplete`` /
+        ``failed``) was handed over; raises :class:`TransportError` on failure. An exception
+        raised by ``on_event`` ends the turn: no further event is handed over and
+        ``stream_to`` raises it. ``on_event`` must not block (it may run inside the socket's
+        protocol callback).
+        """
+        ...
+
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
-        """The events of one response; raises :class:`TransportError` on failure."""
+        """The events of one turn as an async iterator; raises :class:`TransportError`."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+class IteratingTransport:
+    """For transports whose natural form is :meth:`stream`: ``stream_to`` on top of it."""
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+        raise NotImplementedError
+
+    async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
+        async with contextlib.aclosing(self.stream(request)) as events:  # type: ignore[type-var]
+            async for event in events:
+                on_event(event)

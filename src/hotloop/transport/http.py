@@ -25,7 +25,13 @@ from hotloop.errors import HotloopError
 from hotloop.protocol.chat import responses_to_chat_request
 from hotloop.protocol.chat_stream import ChatStreamDecoder
 from hotloop.protocol.sse import ResponsesSSEDecoder, SSEDecoder
-from hotloop.transport.base import ModelRequest, RequestTimings, TransportError, TransportStats
+from hotloop.transport.base import (
+    IteratingTransport,
+    ModelRequest,
+    RequestTimings,
+    TransportError,
+    TransportStats,
+)
 from hotloop.transport.websocket import request_body
 from hotloop.wire import codec
 from hotloop.wire.events import Event
@@ -137,7 +143,7 @@ async def _post(
         ) from exc
 
 
-class HTTPTransport:
+class HTTPTransport(IteratingTransport):
     """Responses API over HTTP + SSE with a warm connection pool."""
 
     def __init__(
@@ -180,7 +186,7 @@ class HTTPTransport:
         await self._client.aclose()
 
 
-class ChatTransport:
+class ChatTransport(IteratingTransport):
     """Chat Completions with tool calls, translated to and from Responses events."""
 
     def __init__(

@@ -16,13 +16,15 @@ A drop after events were delivered raises :class:`TransportError` with ``replay_
 the runner decides (it may have started tools from that partial turn already).
 
 Concurrent turns (several runs over one transport) use lanes: the default lane first, then
-named lanes ``stream_id`` = ``hl-1`` … ``hl-N``; one reader task routes events by
-``stream_id``.
+named lanes ``stream_id`` = ``hl-1`` … ``hl-N``. There is no reader task: the socket's protocol
+callback decodes each message and hands the event, by ``stream_id``, straight to the turn's
+``on_event`` (:meth:`WebSocketTransport.stream_to`), so a streamed token wakes no task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
@@ -40,7 +42,7 @@ from picows import (
 )
 
 from hotloop.errors import HotloopError
-from hotloop.transport.base import ModelRequest, TransportError, TransportStats
+from hotloop.transport.base import ModelRequest, OnEvent, TransportError, TransportStats
 from hotloop.wire import codec
 from hotloop.wire.events import (
     ErrorEvent,
@@ -54,6 +56,7 @@ from hotloop.wire.events import (
 __all__ = ["WebSocketTransport", "request_body"]
 
 _CLOSED = object()
+_END: Any = object()
 _MAX_LIVE_IDS = 4096
 _CONNECT_ATTEMPTS = 3
 #: Incoming messages have no practical size limit (the SDKs use ``max_size=None``, §7).
@@ -79,34 +82,52 @@ def request_body(request: ModelRequest, *, incremental: bool, store: bool | None
     return body
 
 
-class _Waiter:
-    """The inbox of one in-flight turn: the reader appends, the turn's stream takes.
+class _Turn:
+    """One in-flight turn on a lane: the protocol callback hands it each event of the turn.
 
-    A deque and one wake-up future per empty wait: measurably cheaper per event than an
-    ``asyncio.Queue``, which matters at one event per streamed token.
+    Ordinary events go straight to the caller's ``on_event``, inside the callback: no queue and
+    no task switch per streamed token. The turn's task waits on one future, settled by the
+    first of: a terminal event, an error event, the socket closing, or ``on_event`` raising.
     """
 
-    __slots__ = ("_items", "_wakeup", "generation")
+    __slots__ = ("delivered", "future", "generation", "on_event")
 
-    def __init__(self, generation: int) -> None:
+    def __init__(self, generation: int, on_event: OnEvent) -> None:
         self.generation = generation
-        self._items: deque[Any] = deque()
-        self._wakeup: asyncio.Future[None] | None = None
+        self.on_event = on_event
+        self.delivered = False
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-    def put(self, item: Any) -> None:
-        self._items.append(item)
-        wakeup = self._wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
-
-    async def get(self) -> Any:
-        while not self._items:
-            self._wakeup = asyncio.get_running_loop().create_future()
+    def receive(self, event: Event) -> None:
+        future = self.future
+        if future.done():
+            return  # settled: whatever still arrives for this turn is not its caller's
+        if type(event) in _ENDS:
+            if type(event) in _ERRORS:
+                future.set_result(event)  # stream_to decides: retry, or raise
+                return
+            self.delivered = True
             try:
-                await self._wakeup
-            finally:
-                self._wakeup = None
-        return self._items.popleft()
+                self.on_event(event)
+            except Exception as exc:
+                future.set_exception(exc)
+                return
+            future.set_result(event)
+            return
+        self.delivered = True
+        try:
+            self.on_event(event)
+        except Exception as exc:
+            future.set_exception(exc)
+
+    def closed(self) -> None:
+        if not self.future.done():
+            self.future.set_result(_CLOSED)
+
+
+_ERRORS = frozenset({WebSocketError, ErrorEvent})
+_TERMINALS = frozenset({ResponseCompleted, ResponseIncomplete, ResponseFailed})
+_ENDS = _ERRORS | _TERMINALS
 
 
 class _Listener(WSListener):
@@ -167,9 +188,9 @@ class WebSocketTransport:
         self._generation = 0
         self._connect_lock = asyncio.Lock()
         self._live: OrderedDict[str, int] = OrderedDict()
-        self._waiters: dict[str | None, _Waiter] = {}
+        self._turns: dict[str | None, _Turn] = {}
         self._free_lanes: list[str | None] = [None, *(f"hl-{i}" for i in range(max_lanes, 0, -1))]
-        self._lane_available = asyncio.Condition()
+        self._lane_waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
 
     # -- connection ------------------------------------------------------------------------
@@ -232,16 +253,16 @@ class WebSocketTransport:
             event = codec.decode_event(payload)
         except HotloopError:
             return  # a frame we cannot read cannot belong to a waiting turn
-        waiter = self._waiters.get(event.stream_id)
-        if waiter is not None and waiter.generation == generation:
-            waiter.put(event)
+        turn = self._turns.get(event.stream_id)
+        if turn is not None and turn.generation == generation:
+            turn.receive(event)
 
     def _disconnected(self, socket: WSTransport, generation: int) -> None:
         if self._socket is socket:
             self._socket = None
-        for waiter in list(self._waiters.values()):
-            if waiter.generation == generation:
-                waiter.put(_CLOSED)
+        for turn in list(self._turns.values()):
+            if turn.generation == generation:
+                turn.closed()
 
     async def drop(self) -> None:
         """Close the current socket; the next turn reconnects and re-sends the history."""
@@ -259,15 +280,30 @@ class WebSocketTransport:
     # -- lanes -----------------------------------------------------------------------------
 
     async def _acquire_lane(self) -> str | None:
-        async with self._lane_available:
-            while not self._free_lanes:
-                await self._lane_available.wait()
-            return self._free_lanes.pop()
+        while not self._free_lanes:
+            waiter = asyncio.get_running_loop().create_future()
+            self._lane_waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_lane_waiter()  # woken, then cancelled: pass the lane on
+                raise
+            finally:
+                if waiter in self._lane_waiters:
+                    self._lane_waiters.remove(waiter)
+        return self._free_lanes.pop()
 
-    async def _release_lane(self, lane: str | None) -> None:
-        async with self._lane_available:
-            self._free_lanes.append(lane)
-            self._lane_available.notify()
+    def _release_lane(self, lane: str | None) -> None:
+        self._free_lanes.append(lane)
+        self._wake_lane_waiter()
+
+    def _wake_lane_waiter(self) -> None:
+        while self._lane_waiters:
+            waiter = self._lane_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     # -- one turn --------------------------------------------------------------------------
 
@@ -276,8 +312,7 @@ class WebSocketTransport:
         if len(self._live) > _MAX_LIVE_IDS:
             self._live.popitem(last=False)
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
-        # One generator from socket to runner: every streamed token passes through it.
+    async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
         lane = await self._acquire_lane()
         try:
             previous = request.previous_response_id
@@ -301,11 +336,11 @@ class WebSocketTransport:
                 frame = codec.dumps(body)
                 if timings is not None:
                     timings.encoded_ns = time.perf_counter_ns()
-                waiter = _Waiter(self._generation)
-                self._waiters[lane] = waiter
+                turn = _Turn(self._generation, on_event)
+                self._turns[lane] = turn
                 try:
                     if socket.is_disconnected:
-                        waiter.put(_CLOSED)
+                        turn.closed()
                     else:
                         socket.send(WSMsgType.TEXT, frame)
                     if timings is not None:
@@ -318,60 +353,72 @@ class WebSocketTransport:
                         self.stats.incremental_requests += 1
                     else:
                         self.stats.full_resends += 1
-                    delivered = False
-                    retry = False
-                    while True:
-                        event = await waiter.get()
-                        if event is _CLOSED:
-                            if delivered or attempts >= _CONNECT_ATTEMPTS:
-                                raise TransportError(
-                                    "the WebSocket closed during the turn",
-                                    code="connection_lost",
-                                    replay_safe=True,
-                                )
-                            retry, incremental = True, False
-                            break
-                        if isinstance(event, (WebSocketError, ErrorEvent)):
-                            code = event.code
-                            if (
-                                not delivered
-                                and code == "previous_response_not_found"
-                                and incremental
-                            ):
-                                self.stats.cache_misses += 1
-                                retry, incremental = True, False
-                                break
-                            if not delivered and code == "websocket_connection_limit_reached":
-                                await self.drop()
-                                retry, incremental = True, False
-                                break
-                            status = getattr(event, "status", None)
-                            # As over HTTP: only a transient refusal is worth sending again;
-                            # a request error (model_not_found, bad input) would fail the same way.
-                            transient = status is not None and (
-                                status in (408, 409, 429) or status >= 500
-                            )
-                            raise TransportError(
-                                f"the server answered an error: {event.message}",
-                                code=code,
-                                status=status,
-                                replay_safe=not delivered and transient,
-                            )
-                        delivered = True
-                        yield event
-                        if isinstance(
-                            event, ResponseCompleted | ResponseIncomplete | ResponseFailed
-                        ):
-                            if isinstance(event, ResponseCompleted | ResponseIncomplete):
-                                self._remember(event.response.id)
-                            return
+                    end = await turn.future
                 finally:
-                    if self._waiters.get(lane) is waiter:
-                        del self._waiters[lane]
-                if not retry:
-                    return
+                    if self._turns.get(lane) is turn:
+                        del self._turns[lane]
+                if end is _CLOSED:
+                    if turn.delivered or attempts >= _CONNECT_ATTEMPTS:
+                        raise TransportError(
+                            "the WebSocket closed during the turn",
+                            code="connection_lost",
+                            replay_safe=True,
+                        )
+                    incremental = False
+                    continue
+                if isinstance(end, (WebSocketError, ErrorEvent)):
+                    code = end.code
+                    if not turn.delivered and code == "previous_response_not_found" and incremental:
+                        self.stats.cache_misses += 1
+                        incremental = False
+                        continue
+                    if not turn.delivered and code == "websocket_connection_limit_reached":
+                        await self.drop()
+                        incremental = False
+                        continue
+                    status = getattr(end, "status", None)
+                    # As over HTTP: only a transient refusal is worth sending again; a request
+                    # error (model_not_found, bad input) would fail the same way.
+                    transient = status is not None and (status in (408, 409, 429) or status >= 500)
+                    raise TransportError(
+                        f"the server answered an error: {end.message}",
+                        code=code,
+                        status=status,
+                        replay_safe=not turn.delivered and transient,
+                    )
+                if isinstance(end, ResponseCompleted | ResponseIncomplete):
+                    self._remember(end.response.id)
+                return
         finally:
-            await self._release_lane(lane)
+            self._release_lane(lane)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+        """:meth:`stream_to` as an async iterator (the runner uses ``stream_to`` itself)."""
+        inbox: deque[Event] = deque()
+        wakeup: list[asyncio.Future[None]] = []
+
+        def put(event: Event) -> None:
+            inbox.append(event)
+            if wakeup and not wakeup[0].done():
+                wakeup[0].set_result(None)
+
+        task = asyncio.create_task(self.stream_to(request, put))
+        task.add_done_callback(lambda _: put(_END))
+        try:
+            while True:
+                while not inbox:
+                    wakeup[:] = [asyncio.get_running_loop().create_future()]
+                    await wakeup[0]
+                event = inbox.popleft()
+                if event is _END:
+                    task.result()  # raises what the turn raised
+                    return
+                yield event
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def _error_code(body: bytes | None) -> str | None:

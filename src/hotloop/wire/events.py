@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, final
 
 from hotloop.errors import InvalidMessage
 from hotloop.wire.items import ContentPart, Item, JSONDict, item_from_dict
@@ -130,6 +130,7 @@ class ContentPartDone(_Base):
     part: ContentPart
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutputTextDelta(_Base):
     type: ClassVar[str] = "response.output_text.delta"
@@ -150,6 +151,7 @@ class OutputTextDone(_Base):
     logprobs: tuple[Any, ...] = ()
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionCallArgumentsDelta(_Base):
     type: ClassVar[str] = "response.function_call_arguments.delta"
