@@ -14,7 +14,7 @@ event that broke them rather than as a confusing result later.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TypeAlias, cast
+from typing import TypeAlias
 
 from hotloop.errors import ProtocolError
 from hotloop.wire.events import (
@@ -198,17 +198,18 @@ class ResponseStream:
         """Take the next event; return the reports it produced (often none)."""
         # Deltas are most of a stream (one per token): exact type checks (both classes are
         # final) before the isinstance chain for everything else.
-        kind = type(event)
-        if kind is FunctionCallArgumentsDelta or kind is OutputTextDelta:
+        if type(event) is FunctionCallArgumentsDelta:
             if self._final is not None or self._error is not None:
                 raise StreamOrderError(f"{event.type!r} received after the response ended")
             self._count += 1
-            if kind is OutputTextDelta:
-                text = cast(OutputTextDelta, event)
-                self._part(text.output_index, text.content_index, text.type).append(text.delta)
-                return (TextDelta(text.output_index, text.delta),)
-            self._call_slot(cast(FunctionCallArgumentsDelta, event).output_index, event.type)
+            self._call_slot(event.output_index, event.type)
             return _NO_REPORTS
+        if type(event) is OutputTextDelta:
+            if self._final is not None or self._error is not None:
+                raise StreamOrderError(f"{event.type!r} received after the response ended")
+            self._count += 1
+            self._part(event.output_index, event.content_index, event.type).append(event.delta)
+            return (TextDelta(event.output_index, event.delta),)
         if isinstance(event, _SESSION_EVENTS):
             self._count += 1
             return _NO_REPORTS
