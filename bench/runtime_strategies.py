@@ -338,6 +338,9 @@ async def warm_cpu_per_turn(
         "failures": failures,
         "cpu_per_turn_ms": [s * 1000 for s in samples],
         "median_cpu_per_turn_ms": statistics.median(samples) * 1000 if samples else None,
+        "quartiles_cpu_per_turn_ms": (
+            [q * 1000 for q in statistics.quantiles(samples, n=4)] if len(samples) > 1 else None
+        ),
         "connections_opened": client.stats.connections_opened,
     }
 
@@ -572,6 +575,13 @@ def _print_tables(report: dict[str, Any]) -> None:
             print(
                 f"  hotloop, one warm client over {warm['runs']} runs: "
                 f"{_fmt(warm['median_cpu_per_turn_ms'], '.3f')} ms per turn (target ≤ 1 ms)"
+                + (
+                    " [quartiles "
+                    + " / ".join(f"{q:.3f}" for q in warm["quartiles_cpu_per_turn_ms"])
+                    + "]"
+                    if warm.get("quartiles_cpu_per_turn_ms")
+                    else ""
+                )
                 + (f"; FAILED runs: {warm['failures']}" if warm["failures"] else "")
             )
         if in_process:
@@ -590,7 +600,7 @@ if __name__ == "__main__":
         help="multiply the tools' latencies (default 1, or 0 with --profile zero)",
     )
     parser.add_argument(
-        "--warm-runs", type=int, default=20, help="zero profile: runs on one warm client"
+        "--warm-runs", type=int, default=40, help="zero profile: runs on one warm client"
     )
     parser.add_argument("--in-process", action="store_true", help="run the gateway in this process")
     parser.add_argument("--json", help="also write the report to this JSON file")

@@ -102,23 +102,18 @@ class _Turn:
         future = self.future
         if future.done():
             return  # settled: whatever still arrives for this turn is not its caller's
-        if type(event) in _ENDS:
-            if type(event) in _ERRORS:
-                future.set_result(event)  # stream_to decides: retry, or raise
-                return
-            self.delivered = True
-            try:
-                self.on_event(event)
-            except Exception as exc:
-                future.set_exception(exc)
-                return
-            future.set_result(event)
+        kind = type(event)
+        if kind in _ERRORS:
+            future.set_result(event)  # stream_to decides: retry, or raise
             return
         self.delivered = True
         try:
             self.on_event(event)
         except Exception as exc:
             future.set_exception(exc)
+            return
+        if kind in _TERMINALS:
+            future.set_result(event)
 
     def closed(self) -> None:
         if not self.future.done():
@@ -127,7 +122,6 @@ class _Turn:
 
 _ERRORS = frozenset({WebSocketError, ErrorEvent})
 _TERMINALS = frozenset({ResponseCompleted, ResponseIncomplete, ResponseFailed})
-_ENDS = _ERRORS | _TERMINALS
 
 
 class _Listener(WSListener):
