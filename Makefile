@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser demo test check lint typecheck layers pytest bench-gateway format clean
+.PHONY: setup browser demo test check lint typecheck layers pytest bench-gateway bench-cpu format clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,9 @@ pytest:
 
 bench-gateway: setup
 	$(BIN)/python bench/gateway_turns.py
+
+bench-cpu: setup
+	$(BIN)/python bench/runtime_cpu.py
 
 format: setup
 	$(BIN)/ruff format src tests bench

@@ -202,7 +202,9 @@ class ResponseStream:
             if self._final is not None or self._error is not None:
                 raise StreamOrderError(f"{event.type!r} received after the response ended")
             self._count += 1
-            self._call_slot(event.output_index, event.type)
+            slot = self._slots.get(event.output_index)
+            if slot is None or not isinstance(slot.added, FunctionCall):
+                self._call_slot(event.output_index, event.type)  # raises the precise error
             return _NO_REPORTS
         if type(event) is OutputTextDelta:
             if self._final is not None or self._error is not None:

@@ -1,0 +1,29 @@
+"""The benchmark scripts in ``bench/`` run end to end (never gated on time: only on working)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
+
+
+def test_runtime_cpu_measures_every_mode(tmp_path: Path) -> None:
+    report_path = tmp_path / "cpu.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "runtime_cpu.py"), "--runs", "2", "--json", str(report_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["failures"] == []
+    assert report["turns"] == 15 and report["events_per_turn"] > 100
+    for mode, entry in report["modes"].items():
+        assert len(entry["samples_ms"]) == 2, mode
+        assert all(sample > 0 for sample in entry["samples_ms"]), mode
+    assert "end to end above the socket floor" in done.stdout
