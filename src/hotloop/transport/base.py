@@ -18,6 +18,7 @@ may be sent again as it is (nothing of the turn was committed); the runner retri
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,11 +148,17 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-class IteratingTransport:
+class IteratingTransport(abc.ABC):
     """For transports whose natural form is :meth:`stream`: ``stream_to`` on top of it."""
 
+    stats: TransportStats
+
+    @abc.abstractmethod
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
-        raise NotImplementedError
+        """The events of one turn as an async iterator; raises :class:`TransportError`."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
 
     async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
         async with contextlib.aclosing(self.stream(request)) as events:  # type: ignore[type-var]
