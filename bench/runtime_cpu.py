@@ -41,11 +41,11 @@ from typing import Any
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 import hotloop
-from hotloop.backends.sim import DEFAULT_MODEL
 from hotloop.bench.runner import gateway_subprocess
+from hotloop.bench.strategies import strategy_agent, strategy_named
 from hotloop.runtime import Agent, Runner
 from hotloop.sim.scenario import Scenario, load_scenario
-from hotloop.testing import ExecutionLog, check_run, scenario_tools, session_task
+from hotloop.testing import ExecutionLog, check_run, session_task
 from hotloop.transport import (
     IteratingTransport,
     ModelRequest,
@@ -63,12 +63,8 @@ _STAMP = f"{os.getpid()}-{time.time_ns()}"
 
 
 def _agent(scenario: Scenario, log: ExecutionLog) -> Agent:
-    return Agent(
-        f"{DEFAULT_MODEL}:{scenario.name}",
-        scenario.instructions,
-        scenario_tools(scenario, time_scale=0.0, log=log),
-        max_turns=len(scenario.turns) + 5,
-    )
+    """Full hotloop (eager, concurrent tools), tools at time scale 0."""
+    return strategy_agent(strategy_named("hotloop"), scenario, 0.0, log)
 
 
 class Capture(IteratingTransport):

@@ -53,16 +53,20 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
-import hotloop
-from hotloop.backends.sim import DEFAULT_MODEL
-from hotloop.runtime import Agent, Runner, RunResult, StepRecord
+from hotloop.bench.strategies import (
+    Strategy,
+    strategy_agent,
+    strategy_client,
+    strategy_named,
+)
+from hotloop.runtime import Runner, RunResult, StepRecord
 from hotloop.sim.latency import PROFILES, LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario, load_scenario
-from hotloop.testing import ExecutionLog, check_run, scenario_tools, session_task
+from hotloop.testing import ExecutionLog, check_run, session_task
 from hotloop.wire import codec
 
 RUN_TIMEOUT_S = 900.0
@@ -70,21 +74,9 @@ RUN_TIMEOUT_S = 900.0
 _STAMP = f"{os.getpid()}-{time.time_ns()}"
 
 
-@dataclass(frozen=True)
-class Strategy:
-    name: str
-    transport: Literal["websocket", "http"]
-    incremental: bool
-    eager: bool
-    max_concurrency: int
-    summary: str
-
-
-STRATEGIES: tuple[Strategy, ...] = (
-    Strategy("naive", "http", False, False, 1, "stateless HTTP, full history, tools after turn"),
-    Strategy("http-prev-id", "http", True, False, 1, "HTTP + previous_response_id, same tools"),
-    Strategy("ws-incremental", "websocket", True, False, 1, "WebSocket incremental, same tools"),
-    Strategy("hotloop", "websocket", True, True, 8, "WebSocket + eager + concurrent tools"),
+#: The four strategies issue 3 names (``hotloop bench`` adds ``ws-concurrent``).
+STRATEGIES: tuple[Strategy, ...] = tuple(
+    strategy_named(name) for name in ("naive", "http-prev-id", "ws-incremental", "hotloop")
 )
 
 
@@ -241,22 +233,6 @@ def _check(scenario: Scenario, result: RunResult, log: ExecutionLog) -> str | No
     return "; ".join(check_run(scenario, result, log)) or None
 
 
-def _agent(strategy: Strategy, scenario: Scenario, time_scale: float, log: ExecutionLog) -> Agent:
-    return Agent(
-        f"{DEFAULT_MODEL}:{scenario.name}",
-        scenario.instructions,
-        scenario_tools(scenario, time_scale=time_scale, log=log),
-        name=strategy.name,
-        max_turns=len(scenario.turns) + 5,
-        eager=strategy.eager,
-        max_concurrency=strategy.max_concurrency,
-    )
-
-
-def _connect(strategy: Strategy, base_url: str) -> Any:
-    return hotloop.connect(base_url, transport=strategy.transport, incremental=strategy.incremental)
-
-
 async def run_once(
     strategy: Strategy,
     scenario: Scenario,
@@ -267,12 +243,12 @@ async def run_once(
 ) -> RunRecord:
     record = RunRecord(strategy.name, repetition, position)
     log = ExecutionLog()
-    agent = _agent(strategy, scenario, time_scale, log)  # built outside the measured span
+    agent = strategy_agent(strategy, scenario, time_scale, log)  # built outside the measured span
     # Every run starts its own conversation: the engine's prefix cache is shared by every
     # request (as a real engine's is), and identical runs would find each other's prompts,
     # tool results included, already cached.
     task = session_task(scenario, f"{_STAMP}-{repetition}-{strategy.name}")
-    client = _connect(strategy, gateway.base_url)
+    client = strategy_client(strategy, gateway.base_url)
     gateway_cpu = gateway.cpu_s()
     cpu = time.process_time()
     wall = time.perf_counter()
@@ -315,13 +291,13 @@ async def warm_cpu_per_turn(
 ) -> dict[str, Any]:
     """Steady-state CPU per turn of the hotloop strategy on one warm, reused client."""
     strategy = STRATEGIES[-1]
-    client = _connect(strategy, gateway.base_url)
+    client = strategy_client(strategy, gateway.base_url)
     samples: list[float] = []
     failures: list[str] = []
     try:
         for index in range(runs + 1):
             log = ExecutionLog()
-            agent = _agent(strategy, scenario, time_scale, log)
+            agent = strategy_agent(strategy, scenario, time_scale, log)
             task = session_task(scenario, f"{_STAMP}-warm-{index}")
             cpu = time.process_time()
             result = await Runner.run(agent, task, client=client)
@@ -447,7 +423,7 @@ def _report(
         walls = [r.wall_s for r in good]
         gateway_cpu = [r.gateway_cpu_s for r in good if r.gateway_cpu_s is not None]
         summary[strategy.name] = {
-            "description": strategy.summary,
+            "description": strategy.description,
             "transport": strategy.transport,
             "incremental": strategy.incremental,
             "eager": strategy.eager,

@@ -29,6 +29,8 @@ __all__ = [
     "check_run",
     "phases",
     "run_once",
+    "strategy_agent",
+    "strategy_client",
     "strategy_named",
 ]
 
@@ -111,7 +113,10 @@ def phases(steps: Sequence[StepRecord], wall_ns: int) -> dict[str, float]:
     }
 
 
-def _agent(strategy: Strategy, scenario: Scenario, time_scale: float, log: ExecutionLog) -> Agent:
+def strategy_agent(
+    strategy: Strategy, scenario: Scenario, time_scale: float, log: ExecutionLog
+) -> Agent:
+    """The scenario's agent, scheduled as ``strategy`` says; tools log into ``log``."""
     return Agent(
         f"{DEFAULT_MODEL}:{scenario.name}",
         scenario.instructions,
@@ -123,7 +128,8 @@ def _agent(strategy: Strategy, scenario: Scenario, time_scale: float, log: Execu
     )
 
 
-def _connect(strategy: Strategy, base_url: str) -> Transport:
+def strategy_client(strategy: Strategy, base_url: str) -> Transport:
+    """A fresh client to ``base_url`` with ``strategy``'s transport and input mode."""
     return hotloop.connect(base_url, transport=strategy.transport, incremental=strategy.incremental)
 
 
@@ -144,9 +150,9 @@ async def run_once(
     """
     record = RunRecord(strategy.name, repetition, position)
     log = ExecutionLog()
-    agent = _agent(strategy, scenario, time_scale, log)  # built outside the measured span
+    agent = strategy_agent(strategy, scenario, time_scale, log)  # built outside the measured span
     message = session_task(scenario, session)
-    client = _connect(strategy, base_url)
+    client = strategy_client(strategy, base_url)
     result: RunResult | None = None
     cpu = time.process_time()
     wall = time.perf_counter()
