@@ -76,7 +76,9 @@ class Capture(IteratingTransport):
         self.requests: list[ModelRequest] = []
         self.turns: list[list[bytes]] = []
 
-    async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+    ) -> None:
         frames: list[bytes] = []
         self.requests.append(request)
         self.turns.append(frames)
@@ -85,7 +87,7 @@ class Capture(IteratingTransport):
             frames.append(codec.encode_event(event))
             on_event(event)
 
-        await self.inner.stream_to(request, record)
+        await self.inner.stream_to(request, record, argument_deltas=True)  # the whole wire
 
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         return self.inner.stream(request)
@@ -96,7 +98,8 @@ class Capture(IteratingTransport):
 
 class Replay(IteratingTransport):
     """Serves captured turns in order: encodes each request as the WebSocket transport does,
-    then decodes and hands over each captured frame."""
+    then decodes and hands over each captured frame (argument deltas dropped unread when the
+    caller has no use for them, as :class:`~hotloop.transport.WebSocketTransport` does)."""
 
     def __init__(self, turns: list[list[bytes]], gap_s: float = 0.0) -> None:
         self.turns = turns
@@ -104,7 +107,9 @@ class Replay(IteratingTransport):
         self.index = 0
         self.stats = TransportStats()
 
-    async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+    ) -> None:
         incremental = request.previous_response_id is not None
         body = request_body(request, incremental=incremental, store=False)
         body["type"] = "response.create"
@@ -113,7 +118,10 @@ class Replay(IteratingTransport):
         self.index += 1
         if self.gap_s:
             await asyncio.sleep(self.gap_s)
+        skip = b"" if argument_deltas else codec.ARGUMENTS_DELTA_PREFIX
         for payload in frames:
+            if skip and payload.startswith(skip):
+                continue  # as the WebSocket transport does: dropped unread
             on_event(codec.decode_event(payload))
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:

@@ -92,12 +92,15 @@ class Recording:
         self.requests.append(request)
         return request
 
-    async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+    ) -> None:
         def logged(event: Event) -> None:
             self.log.append(self.label + event.type)
             on_event(event)
 
-        await self.inner.stream_to(self._prepare(request), logged)
+        # The log sees every event of the wire, argument deltas included.
+        await self.inner.stream_to(self._prepare(request), logged, argument_deltas=True)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         async for event in self.inner.stream(self._prepare(request)):

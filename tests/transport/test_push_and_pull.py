@@ -57,6 +57,34 @@ async def test_push_and_pull_deliver_the_same_events(gateway: GatewayServer, kin
     assert any(isinstance(event, FunctionCallArgumentsDelta) for event in push)
 
 
+async def test_argument_deltas_are_dropped_unread_when_no_turn_wants_them(
+    gateway: GatewayServer,
+) -> None:
+    client = WebSocketTransport(gateway.websocket_url)
+    try:
+        everything = await pushed(client, first_turn())
+        lean: list[Event] = []
+        await client.stream_to(first_turn(), lean.append, argument_deltas=False)
+        # Two turns at once on two lanes: while one wants argument deltas, it gets them.
+        wanting: list[Event] = []
+        not_wanting: list[Event] = []
+        await asyncio.gather(
+            client.stream_to(first_turn(), wanting.append),
+            client.stream_to(first_turn(), not_wanting.append, argument_deltas=False),
+        )
+        again: list[Event] = []
+        await client.stream_to(first_turn(), again.append, argument_deltas=False)
+    finally:
+        await client.aclose()
+    deltas = [e for e in everything if isinstance(e, FunctionCallArgumentsDelta)]
+    assert deltas
+    # Nothing else is lost: the same events, in the same order, less the argument deltas.
+    assert shape(lean) == [s for s in shape(everything) if s[0] != deltas[0].type]
+    assert shape(wanting) == shape(everything)
+    assert shape(again) == shape(lean)
+    assert client.stats.connections_opened == 1
+
+
 async def test_on_event_that_raises_ends_only_its_turn(gateway: GatewayServer) -> None:
     client = WebSocketTransport(gateway.websocket_url, max_lanes=0)  # one lane: it must be freed
     seen: list[str] = []

@@ -522,7 +522,9 @@ async def _stream_turn(
         record.tools.clear()
         on_event = _turn_handler(agent, stream, calls, record, emit, turn, origin)
         try:
-            await client.stream_to(request, on_event)
+            # Argument deltas carry nothing the runner uses (``arguments.done`` has it all):
+            # a transport may drop them unread, most of a tool-calling stream.
+            await client.stream_to(request, on_event, argument_deltas=False)
             if request.timings is not None:
                 _record_timings(record, request.timings, origin)
             return stream, calls

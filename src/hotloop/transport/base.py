@@ -130,7 +130,9 @@ class Transport(Protocol):
 
     stats: TransportStats
 
-    async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+    ) -> None:
         """Send one turn and call ``on_event`` with each of its events as it arrives.
 
         Returns after the terminal event (``response.completed`` / ``incomplete`` /
@@ -138,6 +140,11 @@ class Transport(Protocol):
         raised by ``on_event`` ends the turn: no further event is handed over and
         ``stream_to`` raises it. ``on_event`` must not block (it may run inside the socket's
         protocol callback).
+
+        ``argument_deltas=False`` says the caller has no use for
+        ``response.function_call_arguments.delta`` events (``.done`` carries the whole
+        arguments): the transport may then drop them unread. It is a hint, not a filter: a
+        transport may still hand them over.
         """
         ...
 
@@ -160,7 +167,10 @@ class IteratingTransport(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None: ...
 
-    async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+    ) -> None:
+        # ``argument_deltas`` is a hint; an iterated stream is already decoded, so all pass.
         async with contextlib.aclosing(self.stream(request)) as events:  # type: ignore[type-var]
             async for event in events:
                 on_event(event)

@@ -18,7 +18,9 @@ the runner decides (it may have started tools from that partial turn already).
 Concurrent turns (several runs over one transport) use lanes: the default lane first, then
 named lanes ``stream_id`` = ``hl-1`` … ``hl-N``. There is no reader task: the socket's protocol
 callback decodes each message and hands the event, by ``stream_id``, straight to the turn's
-``on_event`` (:meth:`WebSocketTransport.stream_to`), so a streamed token wakes no task.
+``on_event`` (:meth:`WebSocketTransport.stream_to`), so a streamed token wakes no task. When no
+live turn asked for function-call argument deltas (the runner never does: the ``.done`` event
+carries the whole arguments), they are recognised by their first bytes and dropped unread.
 """
 
 from __future__ import annotations
@@ -185,6 +187,9 @@ class WebSocketTransport:
         self._turns: dict[str | None, _Turn] = {}
         self._free_lanes: list[str | None] = [None, *(f"hl-{i}" for i in range(max_lanes, 0, -1))]
         self._lane_waiters: deque[asyncio.Future[None]] = deque()
+        # Live turns whose caller wants function-call argument deltas; while there are none,
+        # argument deltas are dropped unread (most of a tool-calling stream).
+        self._argument_delta_turns = 0
         self._closed = False
 
     # -- connection ------------------------------------------------------------------------
@@ -243,6 +248,8 @@ class WebSocketTransport:
 
     def _deliver(self, payload: bytes, generation: int) -> None:
         """A whole message arrived: route its event to the turn waiting on its lane."""
+        if not self._argument_delta_turns and payload.startswith(codec.ARGUMENTS_DELTA_PREFIX):
+            return  # no live turn wants it: not even decoded
         try:
             event = codec.decode_event(payload)
         except HotloopError:
@@ -306,8 +313,12 @@ class WebSocketTransport:
         if len(self._live) > _MAX_LIVE_IDS:
             self._live.popitem(last=False)
 
-    async def stream_to(self, request: ModelRequest, on_event: OnEvent) -> None:
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+    ) -> None:
         lane = await self._acquire_lane()
+        if argument_deltas:
+            self._argument_delta_turns += 1
         try:
             previous = request.previous_response_id
             incremental = previous is not None and self._live.get(previous) == self._generation
@@ -384,6 +395,8 @@ class WebSocketTransport:
                     self._remember(end.response.id)
                 return
         finally:
+            if argument_deltas:
+                self._argument_delta_turns -= 1
             self._release_lane(lane)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:

@@ -29,7 +29,14 @@ from hotloop.wire.events import (
 )
 from hotloop.wire.items import JSONDict
 
-__all__ = ["decode_event", "decode_object", "dumps", "encode_event", "loads"]
+__all__ = [
+    "ARGUMENTS_DELTA_PREFIX",
+    "decode_event",
+    "decode_object",
+    "dumps",
+    "encode_event",
+    "loads",
+]
 
 
 def dumps(value: Any) -> bytes:
@@ -64,6 +71,11 @@ def encode_event(event: Event, stream_id: str | None = None) -> bytes:
     # Through dumps() so an unencodable value (a lone surrogate) is our error, not TypeError.
     return dumps(data)
 
+
+#: How every ``response.function_call_arguments.delta`` message begins when its ``"type"`` comes
+#: first (the OpenAI service and the gateway write it first): a transport whose caller has no use
+#: for argument deltas recognises them by this prefix and drops them without decoding.
+ARGUMENTS_DELTA_PREFIX = f'{{"type":"{FunctionCallArgumentsDelta.type}"'.encode()
 
 _FAST_EVENTS: tuple[tuple[bytes, msgspec.json.Decoder[Any]], ...] = tuple(
     (f'{{"type":"{cls.type}"'.encode(), msgspec.json.Decoder(cls))
