@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
@@ -77,7 +77,7 @@ class Capture(IteratingTransport):
         self.turns: list[list[bytes]] = []
 
     async def stream_to(
-        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
     ) -> None:
         frames: list[bytes] = []
         self.requests.append(request)
@@ -87,7 +87,7 @@ class Capture(IteratingTransport):
             frames.append(codec.encode_event(event))
             on_event(event)
 
-        await self.inner.stream_to(request, record, argument_deltas=True)  # the whole wire
+        await self.inner.stream_to(request, record)  # the whole wire, nothing skipped
 
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         return self.inner.stream(request)
@@ -98,8 +98,8 @@ class Capture(IteratingTransport):
 
 class Replay(IteratingTransport):
     """Serves captured turns in order: encodes each request as the WebSocket transport does,
-    then decodes and hands over each captured frame (argument deltas dropped unread when the
-    caller has no use for them, as :class:`~hotloop.transport.WebSocketTransport` does)."""
+    then decodes and hands over each captured frame (those of the types the caller skips are
+    dropped unread, as :class:`~hotloop.transport.WebSocketTransport` does)."""
 
     def __init__(self, turns: list[list[bytes]], gap_s: float = 0.0) -> None:
         self.turns = turns
@@ -108,7 +108,7 @@ class Replay(IteratingTransport):
         self.stats = TransportStats()
 
     async def stream_to(
-        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
     ) -> None:
         incremental = request.previous_response_id is not None
         body = request_body(request, incremental=incremental, store=False)
@@ -118,9 +118,9 @@ class Replay(IteratingTransport):
         self.index += 1
         if self.gap_s:
             await asyncio.sleep(self.gap_s)
-        skip = b"" if argument_deltas else codec.ARGUMENTS_DELTA_PREFIX
+        drop = tuple(codec.type_prefix(kind) for kind in skip)
         for payload in frames:
-            if skip and payload.startswith(skip):
+            if drop and payload.startswith(drop):
                 continue  # as the WebSocket transport does: dropped unread
             on_event(codec.decode_event(payload))
 

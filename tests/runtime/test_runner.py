@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from typing import Any, Literal
@@ -93,14 +93,14 @@ class Recording:
         return request
 
     async def stream_to(
-        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
     ) -> None:
         def logged(event: Event) -> None:
             self.log.append(self.label + event.type)
             on_event(event)
 
-        # The log sees every event of the wire, argument deltas included.
-        await self.inner.stream_to(self._prepare(request), logged, argument_deltas=True)
+        # The log sees every event of the wire, the ones the runner skips included.
+        await self.inner.stream_to(self._prepare(request), logged)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         async for event in self.inner.stream(self._prepare(request)):

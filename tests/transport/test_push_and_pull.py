@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from hotloop.gateway import GatewayServer
+from hotloop.runtime.runner import REDUNDANT_EVENTS
 from hotloop.transport import ModelRequest, Transport, WebSocketTransport, connect
 from hotloop.wire.events import Event, FunctionCallArgumentsDelta
 from hotloop.wire.items import items_from_input
@@ -57,31 +58,38 @@ async def test_push_and_pull_deliver_the_same_events(gateway: GatewayServer, kin
     assert any(isinstance(event, FunctionCallArgumentsDelta) for event in push)
 
 
-async def test_argument_deltas_are_dropped_unread_when_no_turn_wants_them(
+async def test_skipped_event_types_are_dropped_unread_while_no_turn_wants_them(
     gateway: GatewayServer,
 ) -> None:
     client = WebSocketTransport(gateway.websocket_url)
     try:
         everything = await pushed(client, first_turn())
         lean: list[Event] = []
-        await client.stream_to(first_turn(), lean.append, argument_deltas=False)
-        # Two turns at once on two lanes: while one wants argument deltas, it gets them.
+        await client.stream_to(first_turn(), lean.append, skip=REDUNDANT_EVENTS)
+        # Two turns at once on two lanes: while one wants every event, it gets every event.
         wanting: list[Event] = []
         not_wanting: list[Event] = []
         await asyncio.gather(
             client.stream_to(first_turn(), wanting.append),
-            client.stream_to(first_turn(), not_wanting.append, argument_deltas=False),
+            client.stream_to(first_turn(), not_wanting.append, skip=REDUNDANT_EVENTS),
         )
         again: list[Event] = []
-        await client.stream_to(first_turn(), again.append, argument_deltas=False)
+        await client.stream_to(first_turn(), again.append, skip=REDUNDANT_EVENTS)
+        # A turn's end is never skipped, whatever the caller asks: the turn still ends.
+        stubborn: list[Event] = []
+        await client.stream_to(
+            first_turn(), stubborn.append, skip={"response.completed", "response.created"}
+        )
     finally:
         await client.aclose()
-    deltas = [e for e in everything if isinstance(e, FunctionCallArgumentsDelta)]
-    assert deltas
-    # Nothing else is lost: the same events, in the same order, less the argument deltas.
-    assert shape(lean) == [s for s in shape(everything) if s[0] != deltas[0].type]
+    kinds = {event.type for event in everything}
+    assert kinds >= REDUNDANT_EVENTS
+    # Nothing else is lost: the same events, in the same order, less the skipped types.
+    assert shape(lean) == [s for s in shape(everything) if s[0] not in REDUNDANT_EVENTS]
     assert shape(wanting) == shape(everything)
     assert shape(again) == shape(lean)
+    assert stubborn[-1].type == "response.completed"
+    assert "response.created" not in {event.type for event in stubborn}
     assert client.stats.connections_opened == 1
 
 

@@ -43,17 +43,38 @@ from hotloop.runtime.tools import Tool, ToolArgumentsError
 from hotloop.transport import Transport, TransportError, connect
 from hotloop.transport.base import ModelRequest, RequestTimings
 from hotloop.wire import codec
-from hotloop.wire.events import Event
+from hotloop.wire.events import (
+    ContentPartDone,
+    Event,
+    FunctionCallArgumentsDelta,
+    OutputTextDone,
+    ResponseInProgress,
+)
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, items_from_input
 from hotloop.wire.responses import Usage
 
-__all__ = ["MaxTurnsExceeded", "ModelError", "RunHook", "Runner"]
+__all__ = ["REDUNDANT_EVENTS", "MaxTurnsExceeded", "ModelError", "RunHook", "Runner"]
 
 Emit = Callable[[RunEvent], None]
 #: Called once with the result when a run finishes (``hotloop.trace.Tracer`` is one): the
 #: runtime knows nothing of spans or sinks, so tracing costs the loop one call per run.
 RunHook = Callable[[RunResult], None]
 _DONE = object()
+
+#: Events whose content reaches the runner another way, so a transport may drop them unread
+#: (``skip`` of :meth:`~hotloop.transport.Transport.stream_to`): argument deltas (the runner
+#: reports no argument progress, and ``arguments.done`` carries the whole arguments),
+#: ``in_progress`` (``created`` already named the response) and the text and content part
+#: ``.done`` events (``output_item.done`` carries the finished message). Argument deltas are
+#: most of a tool-calling stream.
+REDUNDANT_EVENTS = frozenset(
+    {
+        FunctionCallArgumentsDelta.type,
+        ResponseInProgress.type,
+        OutputTextDone.type,
+        ContentPartDone.type,
+    }
+)
 
 
 class ModelError(HotloopError):
@@ -522,9 +543,7 @@ async def _stream_turn(
         record.tools.clear()
         on_event = _turn_handler(agent, stream, calls, record, emit, turn, origin)
         try:
-            # Argument deltas carry nothing the runner uses (``arguments.done`` has it all):
-            # a transport may drop them unread, most of a tool-calling stream.
-            await client.stream_to(request, on_event, argument_deltas=False)
+            await client.stream_to(request, on_event, skip=REDUNDANT_EVENTS)
             if request.timings is not None:
                 _record_timings(record, request.timings, origin)
             return stream, calls

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -131,7 +131,7 @@ class Transport(Protocol):
     stats: TransportStats
 
     async def stream_to(
-        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
     ) -> None:
         """Send one turn and call ``on_event`` with each of its events as it arrives.
 
@@ -141,10 +141,10 @@ class Transport(Protocol):
         ``stream_to`` raises it. ``on_event`` must not block (it may run inside the socket's
         protocol callback).
 
-        ``argument_deltas=False`` says the caller has no use for
-        ``response.function_call_arguments.delta`` events (``.done`` carries the whole
-        arguments): the transport may then drop them unread. It is a hint, not a filter: a
-        transport may still hand them over.
+        ``skip`` names event types the caller has no use for (the runner's are
+        :data:`~hotloop.runtime.runner.REDUNDANT_EVENTS`): the transport may drop them unread.
+        It is a hint, not a filter: a transport may still hand them over. Terminal and error
+        events are never skipped.
         """
         ...
 
@@ -168,9 +168,9 @@ class IteratingTransport(abc.ABC):
     async def aclose(self) -> None: ...
 
     async def stream_to(
-        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
     ) -> None:
-        # ``argument_deltas`` is a hint; an iterated stream is already decoded, so all pass.
+        # ``skip`` is a hint; an iterated stream is already decoded, so every event passes.
         async with contextlib.aclosing(self.stream(request)) as events:  # type: ignore[type-var]
             async for event in events:
                 on_event(event)

@@ -19,17 +19,19 @@ Concurrent turns (several runs over one transport) use lanes: the default lane f
 named lanes ``stream_id`` = ``hl-1`` … ``hl-N``. There is no reader task: the socket's protocol
 callback decodes each message and hands the event, by ``stream_id``, straight to the turn's
 ``on_event`` (:meth:`WebSocketTransport.stream_to`), so a streamed token wakes no task. When no
-live turn asked for function-call argument deltas (the runner never does: the ``.done`` event
-carries the whole arguments), they are recognised by their first bytes and dropped unread.
+live turn wants events of some type (``skip``: the runner has no use for argument deltas, for
+instance, since ``arguments.done`` carries the whole arguments), they are recognised by their
+first bytes and dropped unread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from picows import (
@@ -187,9 +189,10 @@ class WebSocketTransport:
         self._turns: dict[str | None, _Turn] = {}
         self._free_lanes: list[str | None] = [None, *(f"hl-{i}" for i in range(max_lanes, 0, -1))]
         self._lane_waiters: deque[asyncio.Future[None]] = deque()
-        # Live turns whose caller wants function-call argument deltas; while there are none,
-        # argument deltas are dropped unread (most of a tool-calling stream).
-        self._argument_delta_turns = 0
+        # What each live turn's caller said it has no use for (``skip``); a message of a type
+        # that no live turn wants is dropped unread, recognised by its first bytes.
+        self._skips: dict[object, frozenset[str]] = {}
+        self._drop: tuple[bytes, ...] = ()
         self._closed = False
 
     # -- connection ------------------------------------------------------------------------
@@ -248,7 +251,8 @@ class WebSocketTransport:
 
     def _deliver(self, payload: bytes, generation: int) -> None:
         """A whole message arrived: route its event to the turn waiting on its lane."""
-        if not self._argument_delta_turns and payload.startswith(codec.ARGUMENTS_DELTA_PREFIX):
+        drop = self._drop
+        if drop and payload.startswith(drop):
             return  # no live turn wants it: not even decoded
         try:
             event = codec.decode_event(payload)
@@ -313,12 +317,20 @@ class WebSocketTransport:
         if len(self._live) > _MAX_LIVE_IDS:
             self._live.popitem(last=False)
 
+    def _skipping(self, token: object, skip: frozenset[str] | None) -> None:
+        if skip is None:
+            del self._skips[token]
+        else:
+            self._skips[token] = skip
+        common = frozenset.intersection(*self._skips.values()) if self._skips else frozenset()
+        self._drop = _drop_prefixes(common)
+
     async def stream_to(
-        self, request: ModelRequest, on_event: OnEvent, *, argument_deltas: bool = True
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
     ) -> None:
         lane = await self._acquire_lane()
-        if argument_deltas:
-            self._argument_delta_turns += 1
+        token = object()
+        self._skipping(token, frozenset(skip))
         try:
             previous = request.previous_response_id
             incremental = previous is not None and self._live.get(previous) == self._generation
@@ -395,8 +407,7 @@ class WebSocketTransport:
                     self._remember(end.response.id)
                 return
         finally:
-            if argument_deltas:
-                self._argument_delta_turns -= 1
+            self._skipping(token, None)
             self._release_lane(lane)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
@@ -426,6 +437,17 @@ class WebSocketTransport:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+@functools.cache
+def _drop_prefixes(skip: frozenset[str]) -> tuple[bytes, ...]:
+    """The first bytes of the messages to drop unread; the turn's end is never dropped."""
+    return tuple(codec.type_prefix(kind) for kind in sorted(skip - _NEVER_SKIPPED))
+
+
+_NEVER_SKIPPED = frozenset(
+    {ResponseCompleted.type, ResponseIncomplete.type, ResponseFailed.type, ErrorEvent.type}
+)
 
 
 def _error_code(body: bytes | None) -> str | None:

@@ -30,12 +30,12 @@ from hotloop.wire.events import (
 from hotloop.wire.items import JSONDict
 
 __all__ = [
-    "ARGUMENTS_DELTA_PREFIX",
     "decode_event",
     "decode_object",
     "dumps",
     "encode_event",
     "loads",
+    "type_prefix",
 ]
 
 
@@ -72,13 +72,14 @@ def encode_event(event: Event, stream_id: str | None = None) -> bytes:
     return dumps(data)
 
 
-#: How every ``response.function_call_arguments.delta`` message begins when its ``"type"`` comes
-#: first (the OpenAI service and the gateway write it first): a transport whose caller has no use
-#: for argument deltas recognises them by this prefix and drops them without decoding.
-ARGUMENTS_DELTA_PREFIX = f'{{"type":"{FunctionCallArgumentsDelta.type}"'.encode()
+def type_prefix(event_type: str) -> bytes:
+    """How a message of ``event_type`` begins when its ``"type"`` comes first, as the OpenAI
+    service and the gateway write it: a transport can recognise (and drop) it unread."""
+    return f'{{"type":"{event_type}"'.encode()
+
 
 _FAST_EVENTS: tuple[tuple[bytes, msgspec.json.Decoder[Any]], ...] = tuple(
-    (f'{{"type":"{cls.type}"'.encode(), msgspec.json.Decoder(cls))
+    (type_prefix(cls.type), msgspec.json.Decoder(cls))
     for cls in (FunctionCallArgumentsDelta, OutputTextDelta)
 )
 
