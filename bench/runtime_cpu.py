@@ -6,8 +6,9 @@ measurements, interleaved run by run in a rotating order so that they share the 
 good and bad moments, each reported as the median (and quartiles) of CPU per model turn:
 
 * **end to end** — ``Runner.run`` on one warm WebSocket client: this process's CPU
-  (``time.process_time``) over the run, divided by its turns. This is the figure the target is
-  about.
+  (``time.process_time``) over the run, less the CPU of the tools' own bodies (the
+  application's work, measured inside each tool: ``hotloop.testing.Execution.cpu_ns``), divided
+  by its turns. This is the figure the target is about.
 * **socket floor** — the same requests (the bodies the runtime sent, re-chained by response id)
   over a bare picows socket that decodes nothing: it only finds each turn's terminal frame. The
   event loop, the syscalls and picows's framing: what any Python client of this server pays.
@@ -168,6 +169,7 @@ async def floor_run(
 async def measure(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     scenario = load_scenario(args.scenario)
     samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    tool_cpu: list[float] = []
     failures: list[str] = []
     async with gateway_subprocess(scenario.name, "zero") as base_url:
         client = hotloop.connect(base_url)
@@ -205,7 +207,11 @@ async def measure(args: argparse.Namespace, say: Callable[[str], None]) -> dict[
                     return
             spent = time.process_time() - cpu
             if repetition > 0:
-                samples[mode].append(spent / turns * 1000)
+                # The tools' own bodies are the application's work, not the runtime's.
+                tools = log.cpu_ns() / 1e9
+                samples[mode].append((spent - tools) / turns * 1000)
+                if mode != "socket floor":
+                    tool_cpu.append(tools / turns * 1000)
 
         try:
             for repetition in range(args.runs + 1):  # repetition 0 warms every path up
@@ -225,6 +231,7 @@ async def measure(args: argparse.Namespace, say: Callable[[str], None]) -> dict[
         "events_per_turn": events,
         "runs": args.runs,
         "gap_ms": args.gap_ms,
+        "tools_own_cpu_ms_per_turn": statistics.median(tool_cpu) if tool_cpu else None,
         "failures": failures,
         "modes": {
             mode: {
@@ -266,6 +273,11 @@ def print_report(report: dict[str, Any]) -> None:
         cells = [entry["median_ms"], quartiles[0], quartiles[2]]
         row = "".join(f"{c:8.3f}" if c is not None else f"{'—':>8}" for c in cells)
         print(f"  {label:26}{row}")
+    if report["tools_own_cpu_ms_per_turn"] is not None:
+        print(
+            f"(the tools' own bodies, {report['tools_own_cpu_ms_per_turn']:.3f} ms per turn, "
+            "are the application's work: subtracted from the rows that run them)"
+        )
     end, floor = report["modes"]["end to end"], report["modes"]["socket floor"]
     if end["median_ms"] is not None and floor["median_ms"] is not None:
         print(

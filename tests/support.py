@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec, Turn
 from hotloop.wire import codec
+from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
 
 WEATHER_TOOL = ToolSpec(
     name="get_weather",
@@ -40,3 +44,18 @@ def ten_turn_scenario(turns: int = 10) -> Scenario:
         instructions="You check the weather.",
         task="Check the weather in ten cities.",
     )
+
+
+def normalized(items: Sequence[Item]) -> list[tuple[Any, ...]]:
+    """The history without ids, call ids or response ids: what the conversation says."""
+    out: list[tuple[Any, ...]] = []
+    for item in items:
+        if isinstance(item, Message):
+            out.append(("message", item.role, item.text))
+        elif isinstance(item, FunctionCall):
+            out.append(("function_call", item.name, item.arguments))
+        elif isinstance(item, FunctionCallOutput):
+            out.append(("function_call_output", item.text))
+        else:
+            out.append((item.type,))
+    return out

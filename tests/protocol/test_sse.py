@@ -266,6 +266,20 @@ def test_responses_decoder_is_chunking_invariant(data: st.DataObject) -> None:
     assert decoder.done
 
 
+def test_responses_decoder_drops_skipped_types_unread_but_never_the_end() -> None:
+    events = canonical_events()
+    kinds = {e.type for e in events}
+    skip = {"response.output_text.delta", "response.completed", "error"}
+    assert skip - {"error"} <= kinds
+    decoder = ResponsesSSEDecoder(skip=skip)
+    # A skipped message is not even decoded: garbage behind its type is never looked at.
+    garbage = b'data: {"type":"response.output_text.delta" not json\n\n'
+    kept = decoder.feed(garbage + encoded(events)) + decoder.close()
+    assert kept == [e for e in events if e.type != "response.output_text.delta"]
+    # The end of a response is never skipped.
+    assert "response.completed" in {e.type for e in kept}
+
+
 def test_done_ends_the_stream() -> None:
     decoder = ResponsesSSEDecoder()
     assert decoder.feed(b"data: [DONE]\n\n: comment\n\n") == []

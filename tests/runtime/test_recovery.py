@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -25,7 +25,8 @@ from hotloop.sim.scenario import Scenario, ScriptedCall, Turn, load_scenario
 from hotloop.testing import Execution, ExecutionLog, scenario_tools
 from hotloop.transport import TransportError, WebSocketTransport
 from hotloop.wire import codec
-from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
+from hotloop.wire.items import FunctionCallOutput
+from support import normalized
 from wsproxy import WebSocketProxy
 
 GatewayFactory = Callable[..., AbstractAsyncContextManager[GatewayServer]]
@@ -54,21 +55,6 @@ async def run_coding(url: str) -> tuple[RunResult, ExecutionLog, WebSocketTransp
     finally:
         await transport.aclose()
     return result, log, transport
-
-
-def normalized(items: Sequence[Item]) -> list[tuple[Any, ...]]:
-    """The history without ids, call ids or response ids: what the conversation says."""
-    out: list[tuple[Any, ...]] = []
-    for item in items:
-        if isinstance(item, Message):
-            out.append(("message", item.role, item.text))
-        elif isinstance(item, FunctionCall):
-            out.append(("function_call", item.name, item.arguments))
-        elif isinstance(item, FunctionCallOutput):
-            out.append(("function_call_output", item.text))
-        else:
-            out.append((item.type,))
-    return out
 
 
 def assert_same_run(result: RunResult, baseline: RunResult) -> None:

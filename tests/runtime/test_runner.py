@@ -33,12 +33,13 @@ from hotloop.runtime import (
     ToolCallStarted,
     tool,
 )
+from hotloop.runtime.runner import REDUNDANT_EVENTS, STREAMED_TEXT_EVENTS
 from hotloop.sim.latency import get_profile
 from hotloop.sim.scenario import Scenario, ScriptedCall, Turn
 from hotloop.transport import ModelRequest, OnEvent, Transport, TransportStats, connect
 from hotloop.wire.events import Event
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Message
-from support import CITIES
+from support import CITIES, normalized
 
 GatewayFactory = Callable[..., AbstractAsyncContextManager[GatewayServer]]
 
@@ -67,9 +68,10 @@ def script(*turns: Turn) -> Scenario:
 class Recording:
     """A transport that records, in one shared log, the type of each event it yields.
 
-    It also keeps every request it was asked to stream (what the model was sent), and can
-    offer the model extra tool definitions the agent does not have (a model that calls a tool
-    the client does not know).
+    It also keeps every request it was asked to stream (what the model was sent) and the event
+    types the runner said it would skip, and can offer the model extra tool definitions the
+    agent does not have (a model that calls a tool the client does not know). The runner's
+    ``skip`` reaches the inner transport unless ``whole_wire`` asks to log every event.
     """
 
     def __init__(
@@ -78,8 +80,12 @@ class Recording:
         log: list[str] | None = None,
         extra_tools: Sequence[Mapping[str, Any]] = (),
         label: str = "",
+        *,
+        whole_wire: bool = False,
     ) -> None:
         self.inner = inner
+        self.whole_wire = whole_wire
+        self.skips: list[frozenset[str]] = []
         self.stats: TransportStats = inner.stats  # the same counters, not a copy
         self.log: list[str] = log if log is not None else []
         self.requests: list[ModelRequest] = []
@@ -99,8 +105,9 @@ class Recording:
             self.log.append(self.label + event.type)
             on_event(event)
 
-        # The log sees every event of the wire, the ones the runner skips included.
-        await self.inner.stream_to(self._prepare(request), logged)
+        self.skips.append(frozenset(skip))
+        forwarded = () if self.whole_wire else skip
+        await self.inner.stream_to(self._prepare(request), logged, skip=forwarded)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         async for event in self.inner.stream(self._prepare(request)):
@@ -183,7 +190,7 @@ async def test_eager_dispatch_starts_the_first_tool_before_the_terminal_event(
     )
     log: list[str] = []
     async with serve(scenario, profile=SLOW, transport=transport) as inner:
-        client = Recording(inner, log)
+        client = Recording(inner, log, whole_wire=True)
         result = await Runner.run(Agent(MODEL, tools=gated_tools(log)), "go", client=client)
 
     assert result.final_output == FINAL
@@ -198,7 +205,7 @@ async def test_eager_dispatch_over_chat_completions(serve: Any) -> None:
     scenario = script(Turn(calls=(call("look", path="a.py"), call("look", path="b" * 40))))
     log: list[str] = []
     async with serve(scenario, profile=SLOW, transport="chat") as inner:
-        client = Recording(inner, log)
+        client = Recording(inner, log, whole_wire=True)
         result = await Runner.run(Agent(MODEL, tools=gated_tools(log)), "go", client=client)
 
     assert result.final_output == FINAL
@@ -636,6 +643,42 @@ async def test_multi_turn_items_hold_the_whole_history(gateway: GatewayServer) -
 
 
 # -- streaming and sync -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["websocket", "http"])
+async def test_run_skips_streamed_text_and_loses_nothing(serve: Any, transport: str) -> None:
+    # Text before a call, then a plain answer: every kind of item, on a paced profile.
+    scenario = script(Turn(text="Let me look at that.", calls=(call("look", path="a.py"),)))
+    log: list[str] = []
+    async with serve(scenario, profile=SLOW, transport=transport) as client:
+        ran = await Runner.run(Agent(MODEL, tools=gated_tools(log)), "go", client=client)
+        run_skips = set(client.skips)
+        client.skips.clear()
+        streamed = [
+            event
+            async for event in Runner.run_stream(
+                Agent(MODEL, tools=gated_tools(log)), "go", client=client
+            )
+        ]
+        stream_skips = set(client.skips)
+    assert run_skips == {REDUNDANT_EVENTS | STREAMED_TEXT_EVENTS}
+    assert stream_skips == {REDUNDANT_EVENTS}  # text deltas are streamed to the caller
+    final = streamed[-1]
+    assert isinstance(final, RunFinished)
+    assert "".join(e.delta for e in streamed if isinstance(e, TextDelta) and e.turn == 1) == (
+        "Let me look at that."
+    )
+    # The same answer and the same history, with or without the skipped events.
+    assert ran.final_output == final.result.final_output == FINAL
+    assert normalized(ran.items) == normalized(final.result.items)
+    for result in (ran, final.result):
+        for step in result.steps:
+            # The first token is the first output item's: after the response began, never
+            # after the response ended, and before any call of the turn was ready.
+            assert step.first_event_ns is not None and step.first_token_ns is not None
+            assert step.response_done_ns is not None
+            assert step.first_event_ns <= step.first_token_ns <= step.response_done_ns
+            assert all(step.first_token_ns <= tool.args_complete_ns for tool in step.tools)
 
 
 async def test_run_stream_yields_events_in_order(gateway: GatewayServer) -> None:

@@ -389,6 +389,23 @@ async def test_latency_adds_up_on_a_fake_clock() -> None:
     assert sum(clock.sleeps) == pytest.approx(first_token + (tokens - 1) / 50)
 
 
+async def test_each_item_begins_with_its_first_token_on_a_fake_clock() -> None:
+    """As with a real model, an item is announced when its first token exists (only a token
+    says whether it is text or a call): never before the first token's time."""
+    clock = FakeClock()
+    sim = engine(PROFILE, clock=clock, sleep=clock.sleep)
+    start = clock.now
+    timeline = [(out, clock.now) async for out in sim.generate(request(context_with_results(3)))]
+    starts = [
+        index for index, (out, _) in enumerate(timeline) if isinstance(out, StartText | StartCall)
+    ]
+    assert len(starts) == 3
+    for index in starts:
+        following, at = timeline[index + 1]
+        assert isinstance(following, Delta) and at == timeline[index][1]  # with its first token
+    assert timeline[starts[0]][1] - start == pytest.approx(clock.sleeps[0])  # after TTFT
+
+
 async def test_zero_profile_never_sleeps() -> None:
     clock = FakeClock()
     sim = engine(get_profile("zero"), clock=clock, sleep=clock.sleep)

@@ -93,6 +93,21 @@ async def test_skipped_event_types_are_dropped_unread_while_no_turn_wants_them(
     assert client.stats.connections_opened == 1
 
 
+@pytest.mark.parametrize("kind", ["websocket", "http"])
+async def test_a_turn_that_skips_gets_everything_else_in_order(
+    gateway: GatewayServer, kind: str
+) -> None:
+    client = connect(gateway.base_url, transport=kind)  # type: ignore[arg-type]
+    try:
+        everything = await pushed(client, first_turn())
+        lean: list[Event] = []
+        await client.stream_to(first_turn(), lean.append, skip=REDUNDANT_EVENTS)
+    finally:
+        await client.aclose()
+    assert {event.type for event in everything} >= REDUNDANT_EVENTS
+    assert shape(lean) == [s for s in shape(everything) if s[0] not in REDUNDANT_EVENTS]
+
+
 async def test_on_event_that_raises_ends_only_its_turn(gateway: GatewayServer) -> None:
     client = WebSocketTransport(gateway.websocket_url, max_lanes=0)  # one lane: it must be freed
     seen: list[str] = []

@@ -18,6 +18,7 @@ waits in the partial line until the rest arrives.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from hotloop.errors import DecodeError, ProtocolError
@@ -229,13 +230,18 @@ class ResponsesSSEDecoder:
 
     The ``event:`` line is ignored and the JSON ``type`` decides, as the SDK does (§1.4).
     A ``data: [DONE]`` message ends the stream (§2.4 tolerates it) and sets :attr:`done`;
-    anything but comments after it is a :class:`~hotloop.errors.ProtocolError`.
+    anything but comments after it is a :class:`~hotloop.errors.ProtocolError`. Messages of
+    the event types in ``skip`` (but those that end a response) are dropped unread when their
+    JSON starts with the type.
     """
 
-    __slots__ = ("_sse", "done")
+    __slots__ = ("_drop", "_sse", "done")
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, skip: Collection[str] = ()
+    ) -> None:
         self._sse = SSEDecoder(max_message_bytes)
+        self._drop = tuple(p.decode() for p in codec.skipped_prefixes(frozenset(skip)))
         #: True once ``data: [DONE]`` was received.
         self.done = False
 
@@ -259,6 +265,8 @@ class ResponsesSSEDecoder:
                 raise ProtocolError("SSE event received after data: [DONE]")
             if message.data == _DONE:
                 self.done = True
+                continue
+            if self._drop and message.data.startswith(self._drop):
                 continue
             events.append(codec.decode_event(message.data))
         return events

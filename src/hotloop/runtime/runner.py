@@ -44,16 +44,26 @@ from hotloop.transport import Transport, TransportError, connect
 from hotloop.transport.base import ModelRequest, RequestTimings
 from hotloop.wire import codec
 from hotloop.wire.events import (
+    ContentPartAdded,
     ContentPartDone,
     Event,
     FunctionCallArgumentsDelta,
+    OutputItemAdded,
+    OutputTextDelta,
     OutputTextDone,
     ResponseInProgress,
 )
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, items_from_input
 from hotloop.wire.responses import Usage
 
-__all__ = ["REDUNDANT_EVENTS", "MaxTurnsExceeded", "ModelError", "RunHook", "Runner"]
+__all__ = [
+    "REDUNDANT_EVENTS",
+    "STREAMED_TEXT_EVENTS",
+    "MaxTurnsExceeded",
+    "ModelError",
+    "RunHook",
+    "Runner",
+]
 
 Emit = Callable[[RunEvent], None]
 #: Called once with the result when a run finishes (``hotloop.trace.Tracer`` is one): the
@@ -65,8 +75,8 @@ _DONE = object()
 #: (``skip`` of :meth:`~hotloop.transport.Transport.stream_to`): argument deltas (the runner
 #: reports no argument progress, and ``arguments.done`` carries the whole arguments),
 #: ``in_progress`` (``created`` already named the response) and the text and content part
-#: ``.done`` events (``output_item.done`` carries the finished message). Argument deltas are
-#: most of a tool-calling stream.
+#: ``.done`` events (``output_item.done`` carries the finished message, ``protocol.md`` §9
+#: rule 17). Argument deltas are most of a tool-calling stream.
 REDUNDANT_EVENTS = frozenset(
     {
         FunctionCallArgumentsDelta.type,
@@ -75,6 +85,11 @@ REDUNDANT_EVENTS = frozenset(
         ContentPartDone.type,
     }
 )
+#: Skipped as well when nothing streams text (:meth:`Runner.run`, as opposed to
+#: :meth:`Runner.run_stream`): the text arrives whole in ``output_item.done``, and the first
+#: token's time is that of the first ``output_item.added``.
+STREAMED_TEXT_EVENTS = frozenset({OutputTextDelta.type, ContentPartAdded.type})
+_NOT_STREAMING = REDUNDANT_EVENTS | STREAMED_TEXT_EVENTS
 
 
 class ModelError(HotloopError):
@@ -499,8 +514,14 @@ def _turn_handler(
     eager = agent.eager
 
     def on_event(event: Event) -> None:
-        if record.first_event_ns is None:
-            record.first_event_ns = time.perf_counter_ns() - origin
+        if record.first_token_ns is None:
+            now = time.perf_counter_ns() - origin
+            if record.first_event_ns is None:
+                record.first_event_ns = now
+            if type(event) is OutputItemAdded:
+                # The first output item begins with the model's first token (the first text
+                # delta or completed call stands in if a server sends no output_item.added).
+                record.first_token_ns = now
         for report in stream.receive(event):
             if isinstance(report, TextDelta):
                 if record.first_token_ns is None:
@@ -532,6 +553,7 @@ async def _stream_turn(
     origin: int,
 ) -> tuple[ResponseStream, _TurnCalls]:
     """Stream one turn, dispatching calls eagerly; re-send it after replay-safe failures."""
+    skip = REDUNDANT_EVENTS if emit is not None else _NOT_STREAMING
     attempt = 0
     while True:
         attempt += 1
@@ -543,7 +565,7 @@ async def _stream_turn(
         record.tools.clear()
         on_event = _turn_handler(agent, stream, calls, record, emit, turn, origin)
         try:
-            await client.stream_to(request, on_event, skip=REDUNDANT_EVENTS)
+            await client.stream_to(request, on_event, skip=skip)
             if request.timings is not None:
                 _record_timings(record, request.timings, origin)
             return stream, calls

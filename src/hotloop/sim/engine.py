@@ -197,7 +197,8 @@ class SimEngine:
         truncated = False
         produced: list[Item] = []
         for planned in items:
-            yield StartCall(planned.name) if planned.name is not None else StartText()
+            start_item = StartCall(planned.name) if planned.name is not None else StartText()
+            item_started = False
             emitted: list[str] = []
             text = planned.text
             for start in range(0, len(text), CHARS_PER_TOKEN):
@@ -209,11 +210,18 @@ class SimEngine:
                     deadline += interval
                 elif deltas % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
+                if not item_started:
+                    # An item begins with its first token, as a real model's does: only a
+                    # generated token says whether the item is text or a call.
+                    yield start_item
+                    item_started = True
                 chunk = text[start : start + CHARS_PER_TOKEN]
                 emitted.append(chunk)
                 output_tokens += 1
                 deltas += 1
                 yield Delta(chunk)
+            if not item_started:
+                yield start_item
             yield EndItem()
             body = "".join(emitted)
             produced.append(

@@ -13,7 +13,7 @@ import hashlib
 
 from hotloop.sim.scenario import ToolSpec
 
-__all__ = ["run_tool", "tool_output"]
+__all__ = ["run_tool", "tool_latency", "tool_output"]
 
 _FILLER = (
     "def handler(event, context):\n    total = sum(line.amount for line in event.lines)\n"
@@ -30,8 +30,13 @@ def tool_output(spec: ToolSpec, arguments: str) -> str:
     return head + body
 
 
-async def run_tool(spec: ToolSpec, arguments: str, *, time_scale: float = 1.0) -> str:
-    """Sleep for the tool's latency (times ``time_scale``; 0 = instant), return its output."""
+async def tool_latency(spec: ToolSpec, *, time_scale: float = 1.0) -> None:
+    """Sleep for the tool's latency times ``time_scale`` (0 = no sleep at all)."""
     if spec.latency_ms > 0 and time_scale > 0:
         await asyncio.sleep(spec.latency_ms / 1000 * time_scale)
+
+
+async def run_tool(spec: ToolSpec, arguments: str, *, time_scale: float = 1.0) -> str:
+    """Sleep for the tool's latency (times ``time_scale``; 0 = instant), return its output."""
+    await tool_latency(spec, time_scale=time_scale)
     return tool_output(spec, arguments)

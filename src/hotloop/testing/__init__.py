@@ -15,7 +15,7 @@ from typing import Any
 from hotloop.runtime.events import RunResult
 from hotloop.runtime.tools import Effects, Tool
 from hotloop.sim.scenario import Scenario, ToolSpec
-from hotloop.sim.tools import run_tool
+from hotloop.sim.tools import tool_latency, tool_output
 from hotloop.wire import codec
 
 __all__ = ["Execution", "ExecutionLog", "check_run", "scenario_tools", "session_task"]
@@ -23,12 +23,18 @@ __all__ = ["Execution", "ExecutionLog", "check_run", "scenario_tools", "session_
 
 @dataclass(frozen=True, slots=True)
 class Execution:
-    """One tool execution: which tool, with which arguments, when (perf_counter_ns)."""
+    """One tool execution: which tool, with which arguments, when (perf_counter_ns).
+
+    ``cpu_ns`` is the CPU time the tool's own body used (thread CPU time around its work, its
+    simulated latency excluded): the application's work, which a benchmark of the runtime's
+    own CPU subtracts.
+    """
 
     name: str
     arguments: str
     started_ns: int
     finished_ns: int
+    cpu_ns: int = 0
 
 
 @dataclass
@@ -39,6 +45,10 @@ class ExecutionLog:
 
     def count(self, name: str | None = None) -> int:
         return sum(1 for e in self.executions if name is None or e.name == name)
+
+    def cpu_ns(self) -> int:
+        """The CPU time all the logged executions' bodies used."""
+        return sum(execution.cpu_ns for execution in self.executions)
 
     def by_arguments(self) -> dict[tuple[str, str], int]:
         """How many times each (tool, arguments) ran."""
@@ -75,12 +85,20 @@ def scenario_tools(
 
         async def run(_spec: ToolSpec = spec, **args: Any) -> str:
             started = time.perf_counter_ns()
+            await tool_latency(_spec, time_scale=time_scale)
+            cpu = time.thread_time_ns()
             # Canonical arguments: the scenario's own encoding, whatever the model's spacing.
             arguments = codec.dumps(args).decode()
-            output = await run_tool(_spec, arguments, time_scale=time_scale)
+            output = tool_output(_spec, arguments)
             if log is not None:
                 log.executions.append(
-                    Execution(_spec.name, arguments, started, time.perf_counter_ns())
+                    Execution(
+                        _spec.name,
+                        arguments,
+                        started,
+                        time.perf_counter_ns(),
+                        time.thread_time_ns() - cpu,
+                    )
                 )
             return output
 

@@ -9,7 +9,7 @@
        │  ├─ model.encode                     body encoded
        │  ├─ model.send                       body written to the socket / HTTP client
        │  ├─ model.first_event                written → first event back
-       │  ├─ model.first_token                first event → first token (text or call)
+       │  ├─ model.first_token                first event → first token (first output item)
        │  └─ model.generation                 first token → response complete
        ├─ tool.call                           arguments complete → tool finished
        │  ├─ tool.wait                        arguments complete → started (scheduler)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from typing import Any
 
 import httpx
@@ -28,6 +28,7 @@ from hotloop.protocol.sse import ResponsesSSEDecoder, SSEDecoder
 from hotloop.transport.base import (
     IteratingTransport,
     ModelRequest,
+    OnEvent,
     RequestTimings,
     TransportError,
     TransportStats,
@@ -158,7 +159,20 @@ class HTTPTransport(IteratingTransport):
         self.stats = TransportStats()
         self._client = _client(base_url, api_key, max_connections)
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+    def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+        return self._events(request, ())
+
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
+    ) -> None:
+        # The event types the caller skips are dropped before their JSON is decoded.
+        async with contextlib.aclosing(self._events(request, skip)) as events:
+            async for event in events:
+                on_event(event)
+
+    async def _events(
+        self, request: ModelRequest, skip: Collection[str]
+    ) -> AsyncGenerator[Event, None]:
         incremental = self.incremental and request.previous_response_id is not None
         while True:
             body = request_body(request, incremental=incremental, store=self.incremental)
@@ -174,7 +188,7 @@ class HTTPTransport(IteratingTransport):
                         incremental = False
                         continue
                     raise error
-                decoder = ResponsesSSEDecoder()
+                decoder = ResponsesSSEDecoder(skip=skip)
                 async for chunk in reply.aiter_bytes():
                     for event in decoder.feed(chunk):
                         yield event

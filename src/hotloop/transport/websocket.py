@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Collection
@@ -323,7 +322,7 @@ class WebSocketTransport:
         else:
             self._skips[token] = skip
         common = frozenset.intersection(*self._skips.values()) if self._skips else frozenset()
-        self._drop = _drop_prefixes(common)
+        self._drop = codec.skipped_prefixes(common)
 
     async def stream_to(
         self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
@@ -437,17 +436,6 @@ class WebSocketTransport:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-
-@functools.cache
-def _drop_prefixes(skip: frozenset[str]) -> tuple[bytes, ...]:
-    """The first bytes of the messages to drop unread; the turn's end is never dropped."""
-    return tuple(codec.type_prefix(kind) for kind in sorted(skip - _NEVER_SKIPPED))
-
-
-_NEVER_SKIPPED = frozenset(
-    {ResponseCompleted.type, ResponseIncomplete.type, ResponseFailed.type, ErrorEvent.type}
-)
 
 
 def _error_code(body: bytes | None) -> str | None:

@@ -14,6 +14,7 @@ the precise error.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
@@ -21,9 +22,13 @@ import orjson
 
 from hotloop.errors import DecodeError, InvalidMessage
 from hotloop.wire.events import (
+    ErrorEvent,
     Event,
     FunctionCallArgumentsDelta,
     OutputTextDelta,
+    ResponseCompleted,
+    ResponseFailed,
+    ResponseIncomplete,
     event_from_dict,
     event_to_dict,
 )
@@ -35,6 +40,7 @@ __all__ = [
     "dumps",
     "encode_event",
     "loads",
+    "skipped_prefixes",
     "type_prefix",
 ]
 
@@ -76,6 +82,18 @@ def type_prefix(event_type: str) -> bytes:
     """How a message of ``event_type`` begins when its ``"type"`` comes first, as the OpenAI
     service and the gateway write it: a transport can recognise (and drop) it unread."""
     return f'{{"type":"{event_type}"'.encode()
+
+
+#: The events that end a turn: a transport never drops them, whatever its caller skips.
+_TURN_ENDS = frozenset(
+    {ResponseCompleted.type, ResponseIncomplete.type, ResponseFailed.type, ErrorEvent.type}
+)
+
+
+@functools.cache
+def skipped_prefixes(skip: frozenset[str]) -> tuple[bytes, ...]:
+    """The :func:`type_prefix` of each event type in ``skip`` but those that end a turn."""
+    return tuple(type_prefix(kind) for kind in sorted(skip - _TURN_ENDS))
 
 
 _FAST_EVENTS: tuple[tuple[bytes, msgspec.json.Decoder[Any]], ...] = tuple(
