@@ -570,6 +570,24 @@ class ChatTurn:
     usage: dict[str, Any]
 
 
+def completion_turn(completion: Any) -> ChatTurn:
+    """A whole ``ChatCompletion`` (the SDK's own or accumulated) as a :class:`ChatTurn`."""
+    choice = completion.choices[0]
+    message = choice.message
+    tool_calls = [
+        {"id": call.id, "name": call.function.name, "arguments": call.function.arguments}
+        for call in message.tool_calls or []
+    ]
+    assert completion.usage is not None
+    return ChatTurn(
+        completion.id,
+        message.content or "",
+        tool_calls,
+        choice.finish_reason,
+        as_dict(completion.usage),
+    )
+
+
 def check_chat_chunks(chunks: list[dict[str, Any]], *, include_usage: bool) -> ChatTurn:
     """Check one streamed completion against §4.2 (checklist 47-51) and accumulate it."""
     assert chunks
@@ -722,23 +740,13 @@ async def test_chat_stream_helper(client: AsyncOpenAI) -> None:
                     arguments_done.append((event.name, event.arguments))
             completion = await stream.get_final_completion()
         assert kinds[-1] == "chunk"
-        choice = completion.choices[0]
-        message = choice.message
-        tool_calls = [
-            {"id": call.id, "name": call.function.name, "arguments": call.function.arguments}
-            for call in message.tool_calls or []
-        ]
+        accumulated = completion_turn(completion)
         # No id/name was repeated: the accumulator would have concatenated it (P7).
-        assert all(call["name"] == "get_weather" for call in tool_calls)
-        assert arguments_done == [(call["name"], call["arguments"]) for call in tool_calls]
-        assert completion.usage is not None
-        return ChatTurn(
-            completion.id,
-            message.content or "",
-            tool_calls,
-            choice.finish_reason,
-            as_dict(completion.usage),
-        )
+        assert all(call["name"] == "get_weather" for call in accumulated.tool_calls)
+        assert arguments_done == [
+            (call["name"], call["arguments"]) for call in accumulated.tool_calls
+        ]
+        return accumulated
 
     check_chat_transcript(await run_chat(turn))
 
@@ -751,20 +759,7 @@ async def test_chat_non_streaming(client: AsyncOpenAI) -> None:
             tools=CHAT_TOOLS,  # type: ignore[arg-type]
         )
         assert completion.object == "chat.completion"
-        choice = completion.choices[0]
-        message = choice.message
-        assert message.role == "assistant"
-        tool_calls = [
-            {"id": call.id, "name": call.function.name, "arguments": call.function.arguments}
-            for call in message.tool_calls or []
-        ]
-        assert completion.usage is not None
-        return ChatTurn(
-            completion.id,
-            message.content or "",
-            tool_calls,
-            choice.finish_reason,
-            as_dict(completion.usage),
-        )
+        assert completion.choices[0].message.role == "assistant"
+        return completion_turn(completion)
 
     check_chat_transcript(await run_chat(turn))
