@@ -429,11 +429,7 @@ def _report(
         walls = [r.wall_s for r in good]
         gateway_cpu = [r.gateway_cpu_s for r in good if r.gateway_cpu_s is not None]
         summary[strategy.name] = {
-            "description": strategy.description,
-            "transport": strategy.transport,
-            "incremental": strategy.incremental,
-            "eager": strategy.eager,
-            "max_concurrency": strategy.max_concurrency,
+            **strategy.describe(),
             "runs": len(runs),
             "completed": len(good),
             "failures": [{"repetition": r.repetition, "error": r.error} for r in runs if not r.ok],

@@ -31,12 +31,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-import hotloop
-from hotloop.backends.sim import DEFAULT_MODEL, SimBackend
+from hotloop.backends.sim import SimBackend
+from hotloop.bench.strategies import Strategy, strategy_agent, strategy_client, strategy_named
 from hotloop.gateway.app import GatewayServer
 from hotloop.report import ReportRun, connections_opened, write_report
 from hotloop.runtime import (
-    Agent,
     ModelTurnFinished,
     RunFinished,
     Runner,
@@ -47,7 +46,7 @@ from hotloop.runtime import (
 )
 from hotloop.sim.latency import LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario, load_scenario
-from hotloop.testing import ExecutionLog, check_run, scenario_tools, session_task
+from hotloop.testing import ExecutionLog, check_run, session_task
 from hotloop.transport import Transport
 
 __all__ = ["DEFAULT_REPORT", "DemoResult", "check_run", "run_demo"]
@@ -60,34 +59,31 @@ _REFRESH_S = 0.1
 
 @dataclass(frozen=True, slots=True)
 class _Strategy:
-    name: str
+    """How the demo shows one of the benchmark's strategies (``plays``)."""
+
+    plays: Strategy
     title: str
     description: str
-    transport: str
-    eager: bool
-    max_concurrency: int
     #: Shown live (text, tools, a line per turn) rather than as a progress bar.
     shown_live: bool
 
+    @property
+    def name(self) -> str:
+        return self.plays.name
+
 
 NAIVE = _Strategy(
-    "naive",
+    strategy_named("naive"),
     "naive loop",
     "Stateless HTTP + SSE re-sending the whole history every turn; each tool starts after "
     "the model's turn is complete, one at a time.",
-    "http",
-    eager=False,
-    max_concurrency=1,
     shown_live=False,
 )
 HOTLOOP = _Strategy(
-    "hotloop",
+    strategy_named("hotloop"),
     "hotloop",
     "One warm WebSocket sending only new items; each tool starts the moment its arguments "
     "are complete in the stream, up to 8 at once as their declared effects allow.",
-    "websocket",
-    eager=True,
-    max_concurrency=8,
     shown_live=True,
 )
 
@@ -208,26 +204,8 @@ async def _refreshing(refresh: Live | Progress | None) -> AsyncIterator[None]:
             refresh.refresh()
 
 
-def _agent(
-    strategy: _Strategy, scenario: Scenario, tool_time_scale: float
-) -> tuple[Agent, ExecutionLog]:
-    log = ExecutionLog()
-    agent = Agent(
-        f"{DEFAULT_MODEL}:{scenario.name}",
-        scenario.instructions,
-        scenario_tools(scenario, time_scale=tool_time_scale, log=log),
-        name=strategy.name,
-        max_turns=len(scenario.turns) + 5,
-        eager=strategy.eager,
-        max_concurrency=strategy.max_concurrency,
-    )
-    return agent, log
-
-
 def _connect(strategy: _Strategy, base_url: str) -> Transport:
-    if strategy.transport == "http":
-        return hotloop.connect(base_url, transport="http", incremental=False)
-    return hotloop.connect(base_url, transport="websocket")
+    return strategy_client(strategy.plays, base_url)
 
 
 def _turn_line(turn: int, seconds: float, tools: list[_ToolLine]) -> Text:
@@ -251,7 +229,8 @@ async def _play(
     live: bool,
 ) -> ReportRun:
     """Run the scenario once with ``strategy``; the returned run says whether it completed it."""
-    agent, log = _agent(strategy, scenario, tool_time_scale)
+    log = ExecutionLog()
+    agent = strategy_agent(strategy.plays, scenario, tool_time_scale, log)
     client = _connect(strategy, base_url)
     state = _LiveState(scenario)
     progress: Progress | None = None
@@ -429,22 +408,19 @@ async def run_demo(
         )
         console.print(Text(f"task: {script.task}", style="dim"))
         console.print()
-        with _section(console, f"1/2 {NAIVE.title}", NAIVE.description):
-            naive = await _play(NAIVE, script, server.base_url, tool_time_scale, console, live)
-            if naive.result is None:
-                console.print(f"[bold red]{NAIVE.title}: FAILED[/] (see below)")
-            else:
-                console.print(
-                    f"{NAIVE.title}: done in {naive.result.wall_ns / 1e9:.2f} s", highlight=False
-                )
-        with _section(console, f"2/2 {HOTLOOP.title}", HOTLOOP.description):
-            fast = await _play(HOTLOOP, script, server.base_url, tool_time_scale, console, live)
-            if fast.result is None:
-                console.print(f"[bold red]{HOTLOOP.title}: FAILED[/] (see below)")
-            else:
-                console.print(
-                    f"{HOTLOOP.title}: done in {fast.result.wall_ns / 1e9:.2f} s", highlight=False
-                )
+        runs: list[ReportRun] = []
+        for index, strategy in enumerate((NAIVE, HOTLOOP), 1):
+            with _section(console, f"{index}/2 {strategy.title}", strategy.description):
+                run = await _play(strategy, script, server.base_url, tool_time_scale, console, live)
+                runs.append(run)
+                if run.result is None:
+                    console.print(f"[bold red]{strategy.title}: FAILED[/] (see below)")
+                else:
+                    console.print(
+                        f"{strategy.title}: done in {run.result.wall_ns / 1e9:.2f} s",
+                        highlight=False,
+                    )
+        naive, fast = runs
     console.print(_comparison(naive, fast))
     if naive.result is not None and fast.result is not None:
         speedup = naive.result.wall_ns / max(1, fast.result.wall_ns)

@@ -48,11 +48,7 @@ def summarize(config: BenchConfig, records: Sequence[RunRecord]) -> dict[str, An
         good = [r for r in runs if r.ok]
         walls = [r.wall_s for r in good]
         strategies[strategy.name] = {
-            "description": strategy.description,
-            "transport": strategy.transport,
-            "incremental": strategy.incremental,
-            "eager": strategy.eager,
-            "max_concurrency": strategy.max_concurrency,
+            **strategy.describe(),
             "runs": len(runs),
             "completed": len(good),
             "failed": len(runs) - len(good),

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import hotloop
 from hotloop.backends.sim import DEFAULT_MODEL
@@ -48,6 +48,16 @@ class Strategy:
     eager: bool
     max_concurrency: int
     description: str
+
+    def describe(self) -> dict[str, Any]:
+        """The strategy as report data: what it is, and how it plays the loop."""
+        return {
+            "description": self.description,
+            "transport": self.transport,
+            "incremental": self.incremental,
+            "eager": self.eager,
+            "max_concurrency": self.max_concurrency,
+        }
 
 
 STRATEGIES: tuple[Strategy, ...] = (
