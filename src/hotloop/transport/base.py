@@ -167,10 +167,18 @@ class IteratingTransport(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None: ...
 
+    def stream_skipping(self, request: ModelRequest, skip: Collection[str]) -> AsyncIterator[Event]:
+        """:meth:`stream`, for a caller with no use for the event types in ``skip``.
+
+        ``skip`` is a hint: this default hands every event over. A transport that can drop
+        them before decoding overrides it (:class:`~hotloop.transport.HTTPTransport` does).
+        """
+        return self.stream(request)
+
     async def stream_to(
         self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
     ) -> None:
-        # ``skip`` is a hint; an iterated stream is already decoded, so every event passes.
-        async with contextlib.aclosing(self.stream(request)) as events:  # type: ignore[type-var]
-            async for event in events:
+        events = self.stream_skipping(request, skip)
+        async with contextlib.aclosing(events) as iterator:  # type: ignore[type-var]
+            async for event in iterator:
                 on_event(event)

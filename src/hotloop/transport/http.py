@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import httpx
@@ -28,7 +28,6 @@ from hotloop.protocol.sse import ResponsesSSEDecoder, SSEDecoder
 from hotloop.transport.base import (
     IteratingTransport,
     ModelRequest,
-    OnEvent,
     RequestTimings,
     TransportError,
     TransportStats,
@@ -160,19 +159,12 @@ class HTTPTransport(IteratingTransport):
         self._client = _client(base_url, api_key, max_connections)
 
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
-        return self._events(request, ())
+        return self.stream_skipping(request, ())
 
-    async def stream_to(
-        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
-    ) -> None:
-        # The event types the caller skips are dropped before their JSON is decoded.
-        async with contextlib.aclosing(self._events(request, skip)) as events:
-            async for event in events:
-                on_event(event)
-
-    async def _events(
+    async def stream_skipping(
         self, request: ModelRequest, skip: Collection[str]
-    ) -> AsyncGenerator[Event, None]:
+    ) -> AsyncIterator[Event]:
+        # The event types the caller skips are dropped before their JSON is decoded.
         incremental = self.incremental and request.previous_response_id is not None
         while True:
             body = request_body(request, incremental=incremental, store=self.incremental)
