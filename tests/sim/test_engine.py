@@ -4,25 +4,20 @@ streams and paces it (scripted turns, tool choice, prefix cache, truncation, lat
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import (
-    Delta,
-    EndItem,
-    Finish,
-    GenerationRequest,
-    Output,
-    StartCall,
-    StartText,
-    ToolDef,
-)
+from hotloop.protocol.generation import GenerationRequest, ToolDef
 from hotloop.sim.engine import PlannedItem, SimEngine
 from hotloop.sim.latency import LatencyProfile, get_profile
+from hotloop.wire import events as ev
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
+from hotloop.wire.responses import ResponseObject, Usage
 from support import CITIES, WEATHER_TOOL, ten_turn_scenario
 
 MODEL = "ten"
@@ -89,8 +84,69 @@ def weather(city: str) -> PlannedItem:
     return PlannedItem(json.dumps({"city": city}, separators=(",", ":")), "get_weather")
 
 
+# What the engine writes to its builder, read back as one record per model step: an item
+# starts, a token, the item ends, the turn finishes (with the usage recorded on the builder).
+
+
+@dataclass(frozen=True)
+class StartText:
+    pass
+
+
+@dataclass(frozen=True)
+class StartCall:
+    name: str
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class EndItem:
+    pass
+
+
+@dataclass(frozen=True)
+class Finish:
+    usage: Usage
+    incomplete_reason: str | None = None
+
+
+Output = StartText | StartCall | Delta | EndItem | Finish
+
+
+def step(event: ev.Event) -> Output | None:
+    if isinstance(event, ev.OutputItemAdded):
+        item = event.item
+        return StartCall(item.name) if isinstance(item, FunctionCall) else StartText()
+    if isinstance(event, ev.OutputTextDelta | ev.FunctionCallArgumentsDelta):
+        return Delta(event.delta)
+    if isinstance(event, ev.OutputItemDone):
+        return EndItem()
+    return None
+
+
+def builder() -> ResponseBuilder:
+    out = ResponseBuilder(ResponseObject(id="resp_t", created_at=0, model=MODEL, status=""))
+    out.start()
+    return out
+
+
+async def steps(sim: SimEngine, req: GenerationRequest) -> AsyncIterator[Output]:
+    out = builder()
+    async for events in sim.generate(req, out):
+        for event in events:
+            record = step(event)
+            if record is not None:
+                yield record
+    assert out.usage is not None
+    yield Finish(out.usage, out.incomplete_reason)
+
+
 async def generate(sim: SimEngine, req: GenerationRequest) -> list[Output]:
-    return [out async for out in sim.generate(req)]
+    return [out async for out in steps(sim, req)]
 
 
 def output_items(outputs: Sequence[Output]) -> list[Item]:
@@ -395,7 +451,7 @@ async def test_each_item_begins_with_its_first_token_on_a_fake_clock() -> None:
     clock = FakeClock()
     sim = engine(PROFILE, clock=clock, sleep=clock.sleep)
     start = clock.now
-    timeline = [(out, clock.now) async for out in sim.generate(request(context_with_results(3)))]
+    timeline = [(out, clock.now) async for out in steps(sim, request(context_with_results(3)))]
     starts = [
         index for index, (out, _) in enumerate(timeline) if isinstance(out, StartText | StartCall)
     ]

@@ -1,26 +1,46 @@
-"""The seam between the gateway and a model: the :class:`Backend` protocol."""
+"""The seam between the gateway and a model: :class:`Backend` and its :class:`BackendSession`.
+
+A backend serves the gateway as a whole (the models it lists, shared pools and engines); a
+session serves one client connection (a WebSocket, or one HTTP request) and holds what belongs
+to it: an upstream socket, a pinned engine slot, the rendering of its conversations. The
+gateway opens a session when a connection arrives and closes it when the connection goes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
-from hotloop.protocol.generation import GenerationRequest, Output
+from hotloop.protocol.builder import ResponseBuilder
+from hotloop.protocol.generation import Generation, GenerationRequest
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "BackendSession"]
+
+
+class BackendSession(Protocol):
+    """One client connection's use of a backend.
+
+    ``generate`` answers one model turn: it writes the turn to ``out`` and yields the events
+    each builder call returns, as they happen, and records usage with ``out.set_usage``. It
+    does not end the response: the gateway commits the turn and sends the terminal event. It
+    is cancelled (``aclose`` of the generator, or task cancellation) when the client goes
+    away, and must stop the model's work when that happens. An error it raises becomes a
+    ``response.failed``; :class:`~hotloop.errors.APIError` keeps its code and message.
+    """
+
+    def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Backend(Protocol):
     """A model backend the gateway serves.
 
     ``models()`` lists the model ids ``GET /v1/models`` shows and requests may name.
-    ``generate`` streams one turn as :data:`~hotloop.protocol.generation.Output` records and
-    must end with ``Finish``; it is cancelled (``aclose``/task cancellation) when the client
-    goes away, and must release everything it holds when that happens.
     """
 
     def models(self) -> Sequence[str]: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Output]: ...
+    def open_session(self) -> BackendSession: ...
 
     async def aclose(self) -> None: ...

@@ -6,9 +6,10 @@ the bundled (or given) scenario ``<name>``, so one gateway can serve every scena
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from hotloop.protocol.generation import GenerationRequest, Output
+from hotloop.protocol.builder import ResponseBuilder
+from hotloop.protocol.generation import Generation, GenerationRequest
 from hotloop.sim.engine import SimEngine
 from hotloop.sim.latency import LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario, bundled_scenarios, load_scenario
@@ -19,7 +20,10 @@ DEFAULT_MODEL = "hotloop-sim"
 
 
 class SimBackend:
-    """A :class:`~hotloop.backends.base.Backend` over :class:`~hotloop.sim.engine.SimEngine`."""
+    """A :class:`~hotloop.backends.base.Backend` over :class:`~hotloop.sim.engine.SimEngine`.
+
+    It is its own session: :meth:`open_session` returns the backend itself.
+    """
 
     def __init__(
         self,
@@ -44,8 +48,13 @@ class SimBackend:
     def models(self) -> Sequence[str]:
         return list(self.engine.scenarios)
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Output]:
-        return self.engine.generate(request)
+    def open_session(self) -> SimBackend:
+        # The engine is shared by every connection (one prefix cache, as one engine has),
+        # so a session holds nothing of its own.
+        return self
+
+    def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
+        return self.engine.generate(request, out)
 
     async def aclose(self) -> None:
         return None

@@ -11,45 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from hotloop.backends.base import Backend
+from hotloop.backends.base import Backend, BackendSession
 from hotloop.errors import APIError
 from hotloop.gateway.config import GatewayConfig
 from hotloop.gateway.metrics import GatewayMetrics
 from hotloop.gateway.requests import CreateRequest
 from hotloop.gateway.store import RequestLog, RequestRecord, ResponseStore
+from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import (
-    Delta,
-    EndItem,
-    Finish,
-    GenerationRequest,
-    StartCall,
-    StartText,
-)
+from hotloop.protocol.generation import GenerationRequest
 from hotloop.wire import codec
-from hotloop.wire.events import (
-    ContentPartAdded,
-    ContentPartDone,
-    Event,
-    FunctionCallArgumentsDelta,
-    FunctionCallArgumentsDone,
-    OutputItemAdded,
-    OutputItemDone,
-    OutputTextDelta,
-    OutputTextDone,
-    ResponseCompleted,
-    ResponseCreated,
-    ResponseFailed,
-    ResponseIncomplete,
-    ResponseInProgress,
-)
-from hotloop.wire.items import ContentPart, FunctionCall, Item, ItemReference, Message
+from hotloop.wire.events import Event
+from hotloop.wire.items import Item, ItemReference
 from hotloop.wire.responses import ResponseObject, Usage
 
 __all__ = ["Commit", "Gateway", "Prepared", "ResponseRun", "new_id"]
@@ -58,7 +38,7 @@ __all__ = ["Commit", "Gateway", "Prepared", "ResponseRun", "new_id"]
 #: terminal event is sent; the transport caches it and the gateway stores it if asked.
 Commit = Callable[[ResponseObject, Conversation], Awaitable[None]]
 
-_TEXT_PART_EXTRA: dict[str, list[object]] = {"annotations": []}
+logger = logging.getLogger("hotloop.gateway")
 
 
 def new_id(prefix: str) -> str:
@@ -91,14 +71,6 @@ class _Timings:
     generation_start: int = 0
     first_output: int = 0
     last_output: int = 0
-
-
-@dataclass(slots=True)
-class _OpenItem:
-    output_index: int
-    item_id: str
-    call: FunctionCall | None
-    chunks: list[str] = field(default_factory=list)
 
 
 class Gateway:
@@ -194,8 +166,15 @@ class Gateway:
             dequeued_ns=dequeued_ns if dequeued_ns is not None else received_ns,
         )
 
-    def run(self, prepared: Prepared, commit: Commit | None = None) -> ResponseRun:
-        return ResponseRun(self, prepared, commit)
+    def run(
+        self,
+        prepared: Prepared,
+        commit: Commit | None = None,
+        session: BackendSession | None = None,
+    ) -> ResponseRun:
+        """The run of one prepared request; ``session`` is the connection's backend session
+        (without one, the run opens a session of its own and closes it at the end)."""
+        return ResponseRun(self, prepared, commit, session)
 
     async def persist(self, response: ResponseObject, prepared: Prepared) -> None:
         """Store ``response`` (``store: true``): its segment is the new input plus output.
@@ -222,32 +201,45 @@ def previous_not_found(response_id: str) -> APIError:
 
 
 class ResponseRun:
-    """One response being generated; iterate :meth:`events` to drive it."""
+    """One response being generated; iterate :meth:`events` to drive it.
 
-    def __init__(self, gateway: Gateway, prepared: Prepared, commit: Commit | None) -> None:
+    The backend writes the turn to a :class:`~hotloop.protocol.builder.ResponseBuilder`;
+    the run adds what only the gateway knows (timings, commit before the terminal event) and
+    turns any failure into ``response.failed``.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        prepared: Prepared,
+        commit: Commit | None,
+        session: BackendSession | None,
+    ) -> None:
         self.gateway = gateway
         self.prepared = prepared
         self._commit = commit
+        self._session = session
         request = prepared.request
-        self.response = ResponseObject(
-            id=new_id("resp"),
-            created_at=int(time.time()),
-            model=request.model,
-            status="in_progress",
-            previous_response_id=request.previous_response_id,
-            settings=request.settings,
+        self.builder = ResponseBuilder(
+            ResponseObject(
+                id=new_id("resp"),
+                created_at=int(time.time()),
+                model=request.model,
+                status="in_progress",
+                previous_response_id=request.previous_response_id,
+                settings=request.settings,
+            )
         )
         self.timings = _Timings()
-        self._sequence = 0
+
+    @property
+    def response(self) -> ResponseObject:
+        """The response as last sent: in progress, then completed, incomplete or failed."""
+        return self.builder.response
 
     @property
     def response_id(self) -> str:
-        return self.response.id
-
-    def _seq(self) -> int:
-        value = self._sequence
-        self._sequence += 1
-        return value
+        return self.builder.response.id
 
     async def events(self) -> AsyncIterator[Event]:
         """The canonical event sequence of this response, terminal event last."""
@@ -255,60 +247,84 @@ class ResponseRun:
         metrics = gateway.metrics
         prepared = self.prepared
         request = prepared.request
+        builder = self.builder
         started = time.monotonic()
         # The gateway's own time before generation: receive, decode, validate the new input,
         # resolve the parent, extend the snapshot. Events sent after this are transport work.
         self.timings.pre_ns = time.perf_counter_ns() - prepared.received_ns
         metrics.active_responses.inc()
         try:
-            yield ResponseCreated(response=self.response, sequence_number=self._seq())
-            yield ResponseInProgress(response=self.response, sequence_number=self._seq())
-            output: list[Item] = []
-            usage = Usage(input_tokens=prepared.context.tokens)
-            incomplete: str | None = None
+            for event in builder.start():
+                yield event
             timings = self.timings
             timings.generation_start = time.perf_counter_ns()
             if request.generate:
                 try:
-                    async for event in self._generate(output):
-                        if isinstance(event, Finish):
-                            usage, incomplete = event.usage, event.incomplete_reason
-                        else:
+                    async for events in self._generate():
+                        for event in events:
                             yield event
                 except Exception as exc:
-                    failed = self._failed(exc, output)
-                    metrics.responses.labels(prepared.transport, "failed").inc()
-                    yield ResponseFailed(response=failed, sequence_number=self._seq())
-                    self._log(failed, started)
+                    for event in self._fail(exc):
+                        yield event
                     return
+            if builder.usage is None:
+                builder.set_usage(Usage(input_tokens=prepared.context.tokens))
             post_started = time.perf_counter_ns()
-            final = self.response.with_status(
-                "incomplete" if incomplete else "completed",
-                output=tuple(output),
-                usage=usage,
-                incomplete_details={"reason": incomplete} if incomplete else None,
-            )
-            conversation = prepared.context.extend(output)
+            # The terminal event goes out only after the commit: a client that continues the
+            # moment it sees it must find the response in the cache (and the store).
+            *closing, terminal = builder.finish()
+            final = builder.response
+            conversation = prepared.context.extend(final.output)
             if request.store:
                 await gateway.persist(final, prepared)
             if self._commit is not None:
                 await self._commit(final, conversation)
-            self.timings.post_ns = time.perf_counter_ns() - post_started
-            own_ns = self.timings.pre_ns + self.timings.post_ns
-            metrics.processing.labels(prepared.transport).observe(own_ns / 1e9)
-            final = final.with_status(
-                final.status,
-                extra={"hotloop": self._timing_report()},
+            timings.post_ns = time.perf_counter_ns() - post_started
+            metrics.processing.labels(prepared.transport).observe(
+                (timings.pre_ns + timings.post_ns) / 1e9
             )
-            self.response = final
+            for event in closing:
+                yield event
+            terminal = builder.annotate(terminal, {"hotloop": self._timing_report()})
             metrics.responses.labels(prepared.transport, final.status).inc()
-            if incomplete:
-                yield ResponseIncomplete(response=final, sequence_number=self._seq())
-            else:
-                yield ResponseCompleted(response=final, sequence_number=self._seq())
-            self._log(final, started)
+            self._log(started)
+            yield terminal
         finally:
             metrics.active_responses.dec()
+
+    async def _generate(self) -> AsyncIterator[Sequence[Event]]:
+        prepared = self.prepared
+        request = prepared.request
+        generation = GenerationRequest(
+            model=request.model,
+            context=prepared.context,
+            processed_tokens=prepared.context.tokens - prepared.parent.tokens,
+            instructions=request.instructions,
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            forced_function=request.forced_function,
+            parallel_tool_calls=request.parallel_tool_calls,
+            max_output_tokens=request.max_output_tokens,
+            settings=request.settings,
+        )
+        own_session = self._session is None
+        session = self.gateway.backend.open_session() if own_session else self._session
+        assert session is not None
+        timings = self.timings
+        stream = session.generate(generation, self.builder)
+        try:
+            async for events in stream:
+                now = time.perf_counter_ns()
+                if not timings.first_output:
+                    timings.first_output = now
+                timings.last_output = now
+                yield events
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+            if own_session:
+                with contextlib.suppress(Exception):
+                    await session.aclose()
 
     def _timing_report(self) -> dict[str, int]:
         """The gateway's own timings of this response, sent in the terminal response.
@@ -316,9 +332,9 @@ class ResponseRun:
         Clients (the runtime's traces) use them to split network time from server time:
         ``queue_ns`` waiting for the lane, ``gateway_pre_ns`` from receipt to generation
         start (decode, validation of the new input, resolution; includes the queue),
-        ``first_output_ns`` from generation start to the first output delta (the backend's
+        ``first_output_ns`` from generation start to the first output event (the backend's
         service time, time to first token, prefill), ``decode_ns`` from the first to the last
-        delta, ``gateway_post_ns`` committing (cache, store).
+        output event, ``gateway_post_ns`` committing (cache, store).
         """
         timings = self.timings
         prepared = self.prepared
@@ -332,15 +348,20 @@ class ResponseRun:
             "gateway_post_ns": timings.post_ns,
         }
 
-    def _failed(self, exc: BaseException, output: list[Item]) -> ResponseObject:
+    def _fail(self, exc: BaseException) -> Sequence[Event]:
         if isinstance(exc, APIError):
-            error: dict[str, Any] = {"code": exc.code or "server_error", "message": exc.message}
+            code, message = exc.code or "server_error", exc.message
         else:
-            error = {"code": "server_error", "message": f"The model failed: {exc!r}"}
-        self.response = self.response.with_status("failed", output=tuple(output), error=error)
-        return self.response
+            # Never the exception's text: it is ours, not the client's to read.
+            code, message = "server_error", "The model failed to generate a response."
+            logger.error("response %s failed in the backend", self.response_id, exc_info=exc)
+        events = self.builder.fail(code, message)
+        self.gateway.metrics.responses.labels(self.prepared.transport, "failed").inc()
+        self._log(None)
+        return events
 
-    def _log(self, response: ResponseObject, started: float) -> None:
+    def _log(self, started: float | None) -> None:
+        response = self.builder.response
         usage = response.usage or Usage()
         self.gateway.log.record(
             RequestRecord(
@@ -351,152 +372,9 @@ class ResponseRun:
                 input_tokens=usage.input_tokens,
                 cached_tokens=usage.cached_tokens,
                 output_tokens=usage.output_tokens,
-                duration_ms=(time.monotonic() - started) * 1000,
+                duration_ms=(time.monotonic() - started) * 1000 if started is not None else 0.0,
             )
         )
-
-    async def _generate(self, output: list[Item]) -> AsyncIterator[Event | Finish]:
-        prepared = self.prepared
-        request = prepared.request
-        generation = GenerationRequest(
-            model=request.model,
-            context=prepared.context,
-            processed_tokens=prepared.context.tokens - prepared.parent.tokens,
-            instructions=request.instructions,
-            tools=request.tools,
-            tool_choice=request.tool_choice,
-            forced_function=request.forced_function,
-            parallel_tool_calls=request.parallel_tool_calls,
-            max_output_tokens=request.max_output_tokens,
-        )
-        stream = self.gateway.backend.generate(generation)
-        current: _OpenItem | None = None
-        try:
-            async for out in stream:
-                if isinstance(out, Delta):
-                    now = time.perf_counter_ns()
-                    if not self.timings.first_output:
-                        self.timings.first_output = now
-                    self.timings.last_output = now
-                    if current is None:
-                        raise RuntimeError("backend sent a delta outside an item")
-                    current.chunks.append(out.text)
-                    if current.call is None:
-                        yield OutputTextDelta(
-                            item_id=current.item_id,
-                            output_index=current.output_index,
-                            content_index=0,
-                            delta=out.text,
-                            sequence_number=self._seq(),
-                        )
-                    else:
-                        yield FunctionCallArgumentsDelta(
-                            item_id=current.item_id,
-                            output_index=current.output_index,
-                            delta=out.text,
-                            sequence_number=self._seq(),
-                        )
-                elif isinstance(out, StartText):
-                    current = _OpenItem(len(output), new_id("msg"), None)
-                    yield OutputItemAdded(
-                        output_index=current.output_index,
-                        item=Message(
-                            role="assistant", content=(), id=current.item_id, status="in_progress"
-                        ),
-                        sequence_number=self._seq(),
-                    )
-                    yield ContentPartAdded(
-                        item_id=current.item_id,
-                        output_index=current.output_index,
-                        content_index=0,
-                        part=ContentPart("output_text", "", _TEXT_PART_EXTRA),
-                        sequence_number=self._seq(),
-                    )
-                elif isinstance(out, StartCall):
-                    call = FunctionCall(
-                        call_id=new_id("call"),
-                        name=out.name,
-                        arguments="",
-                        id=new_id("fc"),
-                        status="in_progress",
-                    )
-                    current = _OpenItem(len(output), call.id or "", call)
-                    yield OutputItemAdded(
-                        output_index=current.output_index,
-                        item=call,
-                        sequence_number=self._seq(),
-                    )
-                elif isinstance(out, EndItem):
-                    if current is None:
-                        raise RuntimeError("backend ended an item it never started")
-                    final = _final_item(current)
-                    for event in self._finish_item(current, final):
-                        yield event
-                    output.append(final)
-                    current = None
-                elif isinstance(out, Finish):
-                    yield out
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()  # type: ignore[attr-defined]
-
-    def _finish_item(self, current: _OpenItem, final: Item) -> list[Event]:
-        text = "".join(current.chunks)
-        if current.call is None:
-            part = ContentPart("output_text", text, _TEXT_PART_EXTRA)
-            return [
-                OutputTextDone(
-                    item_id=current.item_id,
-                    output_index=current.output_index,
-                    content_index=0,
-                    text=text,
-                    sequence_number=self._seq(),
-                ),
-                ContentPartDone(
-                    item_id=current.item_id,
-                    output_index=current.output_index,
-                    content_index=0,
-                    part=part,
-                    sequence_number=self._seq(),
-                ),
-                OutputItemDone(
-                    output_index=current.output_index,
-                    item=final,
-                    sequence_number=self._seq(),
-                ),
-            ]
-        return [
-            FunctionCallArgumentsDone(
-                item_id=current.item_id,
-                output_index=current.output_index,
-                arguments=text,
-                name=current.call.name,
-                sequence_number=self._seq(),
-            ),
-            OutputItemDone(
-                output_index=current.output_index,
-                item=final,
-                sequence_number=self._seq(),
-            ),
-        ]
-
-
-def _final_item(current: _OpenItem) -> Item:
-    text = "".join(current.chunks)
-    if current.call is None:
-        return Message(
-            role="assistant",
-            content=(ContentPart("output_text", text, {"annotations": [], "logprobs": []}),),
-            id=current.item_id,
-            status="completed",
-        )
-    return FunctionCall(
-        call_id=current.call.call_id,
-        name=current.call.name,
-        arguments=text,
-        id=current.item_id,
-        status="completed",
-    )
 
 
 async def cancel_quietly(task: asyncio.Task[Any]) -> None:

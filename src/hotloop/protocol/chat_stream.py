@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hotloop.errors import InvalidMessage, ProtocolError
+from hotloop.errors import HotloopError, InvalidMessage, ProtocolError
+from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.chat import SYSTEM_FINGERPRINT, invalid_field
 from hotloop.wire.events import (
-    ContentPartAdded,
-    ContentPartDone,
     ErrorEvent,
     Event,
     FunctionCallArgumentsDelta,
@@ -25,14 +24,11 @@ from hotloop.wire.events import (
     OutputTextDelta,
     OutputTextDone,
     ResponseCompleted,
-    ResponseCreated,
     ResponseFailed,
     ResponseIncomplete,
-    ResponseInProgress,
     WebSocketError,
 )
 from hotloop.wire.items import (
-    ContentPart,
     FunctionCall,
     Item,
     JSONDict,
@@ -40,7 +36,13 @@ from hotloop.wire.items import (
 )
 from hotloop.wire.responses import ResponseObject, Usage
 
-__all__ = ["ChatChunkEncoder", "ChatStreamDecoder", "chat_completion_from_response"]
+__all__ = [
+    "ChatChunkDecoder",
+    "ChatChunkEncoder",
+    "ChatStreamDecoder",
+    "ChatStreamError",
+    "chat_completion_from_response",
+]
 
 
 def _chat_usage(usage: Usage | None) -> JSONDict:
@@ -272,97 +274,59 @@ class ChatChunkEncoder:
 # -- responses: chat -> Responses --------------------------------------------------------
 
 
-class _OpenCall:
-    __slots__ = ("call", "closed", "output_index", "parts")
+class ChatStreamError(HotloopError):
+    """A chat stream carried an ``{"error": ...}`` chunk: the server gave up mid-stream."""
 
-    def __init__(self, output_index: int, call: FunctionCall) -> None:
-        self.output_index = output_index
-        self.call = call
-        self.parts: list[str] = []
-        self.closed = False
+    def __init__(self, message: str, code: str | None, param: str | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
 
 
-class ChatStreamDecoder:
-    """Turn ``chat.completion.chunk`` dicts into the Responses events of one response.
+class ChatChunkDecoder:
+    """Write the items of a ``chat.completion.chunk`` stream into a :class:`ResponseBuilder`.
 
-    For a client of a chat-only server: feed each decoded chunk, then call :meth:`close`
-    at ``data: [DONE]`` or end of body. The events follow the canonical order of §2.4, so a
-    :class:`~hotloop.protocol.assembler.ResponseStream` accepts them. A call is closed as
-    soon as the next one starts (chat servers stream calls one after another), so the
-    assembler can report it before the model finishes the turn.
+    Feed each decoded chunk; each call returns the builder's events for it. Text opens an
+    assistant message, ``reasoning_content`` (vLLM, llama.cpp, DeepSeek) a reasoning item,
+    ``refusal`` a refusal part, each tool call a function call that keeps the server's
+    ``call_id``. Chat servers stream calls one after another, so a call is closed the moment
+    the next one starts (or the turn finishes): its ``function_call_arguments.done`` goes out
+    then, and a client can start the tool while the model is still writing the next call.
+    Usage (with the cached prompt tokens: ``prompt_tokens_details.cached_tokens``, or
+    llama.cpp's ``timings.cache_n``) is recorded on the builder. :meth:`close` at the end of
+    the stream closes what is open. The lifecycle events are the builder owner's business.
     """
 
-    __slots__ = (
-        "_calls",
-        "_created_at",
-        "_done",
-        "_finish",
-        "_id",
-        "_items",
-        "_message",
-        "_model",
-        "_next_index",
-        "_prefix",
-        "_seq",
-        "_usage",
-    )
+    __slots__ = ("_calls", "_finish", "_kind", "_out")
 
-    def __init__(self, response_id: str, model: str, created_at: int = 0) -> None:
-        self._id = response_id
-        self._model = model
-        self._created_at = created_at
-        self._prefix = response_id.removeprefix("resp_")
-        self._seq = -1
-        self._next_index = 0
-        self._items: dict[int, Item] = {}
-        self._message: tuple[int, list[str]] | None = None  # (output_index, text fragments)
-        self._calls: dict[int, _OpenCall] = {}  # chat tool index -> call
+    def __init__(self, out: ResponseBuilder) -> None:
+        self._out = out
+        self._kind: str | None = None  # what the open item streams: text, reasoning, refusal
+        self._calls: dict[int, bool] = {}  # chat tool index -> still open
         self._finish: str | None = None
-        self._usage: Usage | None = None
-        self._done = False
 
     @property
-    def done(self) -> bool:
-        """True once the terminal event was produced."""
-        return self._done
+    def finish_reason(self) -> str | None:
+        return self._finish
 
-    def _next(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def _response(self, status: str, **fields: Any) -> ResponseObject:
-        return ResponseObject(
-            id=self._id, created_at=self._created_at, model=self._model, status=status, **fields
-        )
-
-    def feed(self, chunk: Mapping[str, Any]) -> list[Event]:
-        """Take one decoded chunk; return the Responses events it implies."""
-        if self._done:
-            raise ProtocolError("chat chunk received after the response ended")
+    def feed(self, chunk: Any) -> list[Event]:
+        """Take one decoded chunk; return the events it implies (often one)."""
         if not isinstance(chunk, Mapping):
             raise InvalidMessage("a chat chunk must be a JSON object")
-        out: list[Event] = []
-        if self._seq < 0:
-            response = self._response("in_progress")
-            out.append(ResponseCreated(response=response, sequence_number=self._next()))
-            out.append(ResponseInProgress(response=response, sequence_number=self._next()))
         error = chunk.get("error")
         if error is not None:
             error = error if isinstance(error, Mapping) else {"message": str(error)}
             code, param = error.get("code"), error.get("param")
-            self._done = True
-            out.append(
-                ErrorEvent(
-                    message=str(error.get("message") or ""),
-                    code=code if isinstance(code, str) else None,
-                    param=param if isinstance(param, str) else None,
-                    sequence_number=self._next(),
-                )
+            raise ChatStreamError(
+                str(error.get("message") or "the server reported an error"),
+                code if isinstance(code, str) else None,
+                param if isinstance(param, str) else None,
             )
-            return out
+        out: list[Event] = []
         choices = chunk.get("choices")
         if choices is None:
-            choices = []  # the usage chunk may omit them, though §4.2 rule 5 sends []
+            choices = []  # a usage chunk may omit them (OpenAI sends an empty list)
         elif not isinstance(choices, list):
             raise invalid_field("must be a list", "choices")
         for i, choice in enumerate(choices):
@@ -370,37 +334,46 @@ class ChatStreamDecoder:
                 raise invalid_field("must be an object for choice index 0", f"choices[{i}]")
             self._choice(choice, f"choices[{i}]", out)
         usage = chunk.get("usage")
+        timings = chunk.get("timings")
         if usage is not None:
             # The last usage wins: servers with continuous usage stats send it on every
-            # chunk, OpenAI once in a final chunk after the finish chunk (§4.2 rule 5).
-            self._usage = _usage_from_chat(usage)
+            # chunk, OpenAI once in a final chunk after the finish chunk.
+            self._out.set_usage(_usage_from_chat(usage, timings))
         return out
 
     def close(self) -> list[Event]:
-        """End of stream (``data: [DONE]`` or end of body): return the terminal event.
+        """End of stream (``data: [DONE]`` or end of body): close what is still open.
 
-        The terminal event waits for the end because the usage chunk, when requested, comes
-        after the finish chunk (§4.2 rule 5).
+        Usage comes after the finish chunk when it was asked for, so only the end of the
+        stream says the turn is over.
         """
-        if self._done:
-            return []
         if self._finish is None:
             raise ProtocolError("chat stream ended before a finish_reason")
-        return self._terminal()
+        out: list[Event] = []
+        self._close_open(out)
+        if self._finish in ("length", "content_filter"):
+            self._out.set_incomplete(
+                "max_output_tokens" if self._finish == "length" else "content_filter"
+            )
+        return out
 
     def _choice(self, choice: Mapping[str, Any], where: str, out: list[Event]) -> None:
         delta = choice.get("delta") or {}
         if not isinstance(delta, dict):
             raise invalid_field("must be an object", f"{where}.delta")
         if self._finish is not None and (
-            delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason")
+            delta.get("content")
+            or delta.get("tool_calls")
+            or delta.get("reasoning_content")
+            or choice.get("finish_reason")
         ):
             raise ProtocolError(f"{where}: content after finish_reason")
-        content = delta.get("content")
-        if content is not None and not isinstance(content, str):
-            raise invalid_field("must be a string", f"{where}.delta.content")
-        if content:
-            self._text(content, out)
+        for key, kind in _STREAMED_KINDS:
+            fragment = delta.get(key)
+            if fragment is not None and not isinstance(fragment, str):
+                raise invalid_field("must be a string", f"{where}.delta.{key}")
+            if fragment:
+                self._stream(kind, fragment, out)
         tool_calls = delta.get("tool_calls")
         if tool_calls is not None:
             if not isinstance(tool_calls, list):
@@ -411,52 +384,34 @@ class ChatStreamDecoder:
         if finish is not None:
             if not isinstance(finish, str):
                 raise invalid_field("must be a string", f"{where}.finish_reason")
-            self._close_message(out)
-            self._close_calls(out)
+            self._close_open(out)
             self._finish = finish
 
-    def _text(self, content: str, out: list[Event]) -> None:
-        if self._message is None:
-            index = self._take_index()
-            self._message = (index, [])
-            item_id = self._item_id("msg", index)
-            item = Message(role="assistant", content=(), id=item_id, status="in_progress")
-            part = ContentPart("output_text", "", {"annotations": []})
-            out.append(OutputItemAdded(output_index=index, item=item, sequence_number=self._next()))
-            out.append(
-                ContentPartAdded(
-                    item_id=item_id,
-                    output_index=index,
-                    content_index=0,
-                    part=part,
-                    sequence_number=self._next(),
-                )
-            )
-        index, fragments = self._message
-        fragments.append(content)
-        out.append(
-            OutputTextDelta(
-                item_id=self._item_id("msg", index),
-                output_index=index,
-                content_index=0,
-                delta=content,
-                sequence_number=self._next(),
-            )
-        )
-
-    def _take_index(self) -> int:
-        self._next_index += 1
-        return self._next_index - 1
-
-    def _item_id(self, kind: str, output_index: int) -> str:
-        return f"{kind}_{self._prefix}_{output_index}"
+    def _stream(self, kind: str, fragment: str, out: list[Event]) -> None:
+        builder = self._out
+        if self._kind != kind:
+            if kind == "refusal" and self._kind == "text":
+                # A refusal after text is a second part of the same message.
+                out.extend(builder.open_part("refusal"))
+            else:
+                self._close_open(out)
+                if kind == "reasoning":
+                    out.extend(builder.open_reasoning())
+                    out.extend(builder.open_part("reasoning_text"))
+                elif kind == "text":
+                    out.extend(builder.open_text())
+                else:
+                    out.extend(builder.open_message())
+                    out.extend(builder.open_part("refusal"))
+            self._kind = kind
+        out.extend(builder.delta(fragment))
 
     def _tool_delta(self, tool: Any, where: str, out: list[Event]) -> None:
         if not isinstance(tool, dict):
             raise invalid_field("must be an object", where)
         index = tool.get("index")
         if not isinstance(index, int) or isinstance(index, bool):
-            # §4.2 rule 3: index is mandatory in every tool_call delta.
+            # Every tool_call delta names its call by index.
             raise invalid_field("must be an integer", f"{where}.index")
         function = tool.get("function") or {}
         if not isinstance(function, dict):
@@ -474,110 +429,87 @@ class ChatStreamDecoder:
                     "must be a string in a call's first delta", f"{where}.function.name"
                 )
             # Calls stream one after another: a new one means the previous ones are complete.
-            self._close_message(out)
-            self._close_calls(out)
-            output_index = self._take_index()
-            call = FunctionCall(
-                call_id=call_id,
-                name=name,
-                arguments="",
-                id=self._item_id("fc", output_index),
-                status="in_progress",
-            )
-            state = self._calls[index] = _OpenCall(output_index, call)
-            out.append(
-                OutputItemAdded(output_index=output_index, item=call, sequence_number=self._next())
-            )
-        elif state.closed:
+            self._close_open(out)
+            out.extend(self._out.open_call(name, call_id=call_id))
+            self._calls[index] = True
+            self._kind = "call"
+        elif not state:
             raise ProtocolError(f"tool call {index} received arguments after a later call began")
         if fragment:
-            state.parts.append(fragment)
-            out.append(
-                FunctionCallArgumentsDelta(
-                    item_id=state.call.id or "",
-                    output_index=state.output_index,
-                    delta=fragment,
-                    sequence_number=self._next(),
-                )
-            )
+            out.extend(self._out.delta(fragment))
 
-    def _close_message(self, out: list[Event]) -> None:
-        if self._message is None:
+    def _close_open(self, out: list[Event]) -> None:
+        if self._kind is None:
             return
-        index, fragments = self._message
-        self._message = None
-        text = "".join(fragments)
-        item_id = self._item_id("msg", index)
-        part = ContentPart("output_text", text, {"annotations": []})
-        item = Message(role="assistant", content=(part,), id=item_id, status="completed")
-        self._items[index] = item
-        seq = self._next
-        out.append(
-            OutputTextDone(
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                text=text,
-                sequence_number=seq(),
-            )
-        )
-        out.append(
-            ContentPartDone(
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                part=part,
-                sequence_number=seq(),
-            )
-        )
-        out.append(OutputItemDone(output_index=index, item=item, sequence_number=self._next()))
+        if self._kind == "call":
+            for index, is_open in self._calls.items():
+                if is_open:
+                    self._calls[index] = False
+        self._kind = None
+        out.extend(self._out.close_item())
 
-    def _close_calls(self, out: list[Event]) -> None:
-        for state in self._calls.values():
-            if state.closed:
-                continue
-            state.closed = True
-            arguments = "".join(state.parts)
-            call = FunctionCall(
-                call_id=state.call.call_id,
-                name=state.call.name,
-                arguments=arguments,
-                id=state.call.id,
-                status="completed",
-            )
-            self._items[state.output_index] = call
+
+#: Chat delta fields that stream text, and what each streams into.
+_STREAMED_KINDS = (("reasoning_content", "reasoning"), ("content", "text"), ("refusal", "refusal"))
+
+
+class ChatStreamDecoder:
+    """Turn ``chat.completion.chunk`` dicts into the Responses events of one whole response.
+
+    For a client of a chat-only server: feed each decoded chunk, then call :meth:`close` at
+    ``data: [DONE]`` or end of body. The first chunk brings ``response.created`` and
+    ``response.in_progress``; an error chunk ends the stream with an ``error`` event; the
+    close brings the terminal event. The events follow the canonical order, so a
+    :class:`~hotloop.protocol.assembler.ResponseStream` accepts them.
+    """
+
+    __slots__ = ("_done", "_items", "_out", "_started")
+
+    def __init__(self, response_id: str, model: str, created_at: int = 0) -> None:
+        self._out = ResponseBuilder(
+            ResponseObject(id=response_id, created_at=created_at, model=model, status="in_progress")
+        )
+        self._items = ChatChunkDecoder(self._out)
+        self._started = False
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """True once the terminal event was produced."""
+        return self._done
+
+    def feed(self, chunk: Any) -> list[Event]:
+        """Take one decoded chunk; return the Responses events it implies."""
+        if self._done:
+            raise ProtocolError("chat chunk received after the response ended")
+        out: list[Event] = []
+        if not self._started:
+            self._started = True
+            out.extend(self._out.start())
+        try:
+            out.extend(self._items.feed(chunk))
+        except ChatStreamError as exc:
+            self._done = True
             out.append(
-                FunctionCallArgumentsDone(
-                    item_id=call.id or "",
-                    output_index=state.output_index,
-                    arguments=arguments,
-                    sequence_number=self._next(),
+                ErrorEvent(
+                    message=exc.message,
+                    code=exc.code,
+                    param=exc.param,
+                    sequence_number=len(out),
                 )
             )
-            out.append(
-                OutputItemDone(
-                    output_index=state.output_index, item=call, sequence_number=self._next()
-                )
-            )
+        return out
 
-    def _terminal(self) -> list[Event]:
+    def close(self) -> list[Event]:
+        """End of stream: return the closing events and the terminal event."""
+        if self._done:
+            return []
+        events = self._items.close()
         self._done = True
-        output = tuple(item for _, item in sorted(self._items.items()))
-        seq = self._next()
-        if self._finish in ("length", "content_filter"):
-            reason = "max_output_tokens" if self._finish == "length" else "content_filter"
-            response = self._response(
-                "incomplete",
-                output=output,
-                usage=self._usage,
-                incomplete_details={"reason": reason},
-            )
-            return [ResponseIncomplete(response=response, sequence_number=seq)]
-        response = self._response("completed", output=output, usage=self._usage)
-        return [ResponseCompleted(response=response, sequence_number=seq)]
+        return [*events, *self._out.finish()]
 
 
-def _usage_from_chat(raw: Any) -> Usage:
+def _usage_from_chat(raw: Any, timings: Any = None) -> Usage:
     if not isinstance(raw, dict):
         raise invalid_field("must be an object", "usage")
 
@@ -589,9 +521,13 @@ def _usage_from_chat(raw: Any) -> Usage:
             raise invalid_field("must be an integer", f"{where}{key}")
         return value
 
+    cached = count(raw.get("prompt_tokens_details"), "cached_tokens", "usage.")
+    if not cached and isinstance(timings, dict):
+        # llama.cpp reports the prompt tokens it reused from its cache as timings.cache_n.
+        cached = count(timings, "cache_n", "timings.")
     return Usage(
         input_tokens=count(raw, "prompt_tokens", "usage."),
-        cached_tokens=count(raw.get("prompt_tokens_details"), "cached_tokens", "usage."),
+        cached_tokens=cached,
         output_tokens=count(raw, "completion_tokens", "usage."),
         reasoning_tokens=count(raw.get("completion_tokens_details"), "reasoning_tokens", "usage."),
     )

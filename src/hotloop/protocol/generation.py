@@ -1,33 +1,25 @@
-"""What the gateway asks of a model backend, and what a backend streams back.
+"""What the gateway asks of a model backend: one :class:`GenerationRequest` per model turn.
 
-A backend receives a :class:`GenerationRequest` (the resolved context, the request settings
-and how much input the gateway had to process) and yields :data:`Output` records: an item
-starts, its text or arguments grow by deltas, it ends; finally :class:`Finish` carries usage.
-The gateway's execution core turns these into Responses stream events, so every backend
-(embedded sim, Chat Completions upstream, Responses upstream) gets the whole wire protocol —
-HTTP JSON, SSE, WebSocket mode, Chat Completions — for free (``protocol.md`` §8.1).
+A backend answers a request by writing to the turn's
+:class:`~hotloop.protocol.builder.ResponseBuilder` and yielding the events each call returns,
+as they happen: an item opens, its text or arguments grow, it closes; items the backend has
+whole (an upstream's reasoning item, say) are added unchanged; the turn's usage is recorded
+on the builder. The gateway's execution core frames those events for every transport (HTTP
+JSON, SSE, WebSocket mode, Chat Completions), so every backend (embedded sim, Chat
+Completions upstream, Responses upstream) gets the whole wire protocol for free.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
 from hotloop.protocol.conversation import Conversation
-from hotloop.wire.responses import Usage
+from hotloop.wire.events import Event
 
-__all__ = [
-    "Delta",
-    "EndItem",
-    "Finish",
-    "GenerationRequest",
-    "Output",
-    "StartCall",
-    "StartText",
-    "ToolDef",
-]
+__all__ = ["Generation", "GenerationRequest", "ToolDef"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,38 +51,10 @@ class GenerationRequest:
     forced_function: str | None = None
     parallel_tool_calls: bool = True
     max_output_tokens: int | None = None
+    #: The request's other settings as the client sent them (``temperature``, ``top_p``,
+    #: ``text``, ``reasoning``, ...): an upstream passes on what its API understands.
+    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
-@dataclass(frozen=True, slots=True)
-class StartText:
-    """An assistant message starts."""
-
-
-@dataclass(frozen=True, slots=True)
-class StartCall:
-    """A function call to ``name`` starts; its arguments follow as deltas."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """More text (or argument JSON) of the current item."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class EndItem:
-    """The current item is complete."""
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """The turn is over. ``incomplete_reason`` set means it stopped early (e.g. length)."""
-
-    usage: Usage
-    incomplete_reason: str | None = None
-
-
-Output: TypeAlias = StartText | StartCall | Delta | EndItem | Finish
+#: What a backend yields: the events one builder call returned (often exactly one).
+Generation: TypeAlias = AsyncIterator[Sequence[Event]]

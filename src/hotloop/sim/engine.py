@@ -16,24 +16,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import (
-    Delta,
-    EndItem,
-    Finish,
-    GenerationRequest,
-    Output,
-    StartCall,
-    StartText,
-    ToolDef,
-)
+from hotloop.protocol.generation import Generation, GenerationRequest, ToolDef
 from hotloop.sim.latency import LatencyProfile, estimate_tokens
 from hotloop.sim.scenario import Scenario, ScriptedCall
 from hotloop.sim.synth import synthesize
 from hotloop.wire import codec
+from hotloop.wire.events import Event
 from hotloop.wire.items import FunctionCall, Item, Message
 from hotloop.wire.responses import Usage
 
@@ -175,8 +168,8 @@ class SimEngine:
 
     # -- how long it takes -----------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Output]:
-        """Stream the planned turn with the profile's timing; ends with :class:`Finish`."""
+    async def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
+        """Stream the planned turn into ``out`` with the profile's timing; records usage."""
         profile = self.profile
         started = self._clock()
         items = self.plan(request)
@@ -197,7 +190,6 @@ class SimEngine:
         truncated = False
         produced: list[Item] = []
         for planned in items:
-            start_item = StartCall(planned.name) if planned.name is not None else StartText()
             item_started = False
             emitted: list[str] = []
             text = planned.text
@@ -213,16 +205,16 @@ class SimEngine:
                 if not item_started:
                     # An item begins with its first token, as a real model's does: only a
                     # generated token says whether the item is text or a call.
-                    yield start_item
+                    yield _open(out, planned)
                     item_started = True
                 chunk = text[start : start + CHARS_PER_TOKEN]
                 emitted.append(chunk)
                 output_tokens += 1
                 deltas += 1
-                yield Delta(chunk)
+                yield out.delta(chunk)
             if not item_started:
-                yield start_item
-            yield EndItem()
+                yield _open(out, planned)
+            yield out.close_item()
             body = "".join(emitted)
             produced.append(
                 FunctionCall(call_id="", name=planned.name, arguments=body)
@@ -235,16 +227,17 @@ class SimEngine:
         self.prefix_cache.add(context.prefix_key, context.tokens)
         after = context.extend(produced)
         self.prefix_cache.add(after.prefix_key, after.tokens)
-        yield Finish(
-            usage=Usage(
-                input_tokens=prompt_tokens,
-                cached_tokens=cached,
-                output_tokens=output_tokens,
-            ),
-            incomplete_reason="max_output_tokens" if truncated else None,
+        out.set_usage(
+            Usage(input_tokens=prompt_tokens, cached_tokens=cached, output_tokens=output_tokens)
         )
+        if truncated:
+            out.set_incomplete("max_output_tokens")
 
     async def _sleep_until(self, deadline: float) -> None:
         delay = deadline - self._clock()
         if delay > 0:
             await self._sleep(delay)
+
+
+def _open(out: ResponseBuilder, planned: PlannedItem) -> Sequence[Event]:
+    return out.open_call(planned.name) if planned.name is not None else out.open_text()
