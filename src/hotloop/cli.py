@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hotloop.backends.base import Backend
 from hotloop.backends.sim import SimBackend
 from hotloop.errors import HotloopError
 from hotloop.gateway.app import GatewayServer
@@ -38,7 +39,50 @@ def _parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser(
         "gateway", help="serve the OpenAI Responses API (HTTP/SSE + WebSocket mode)"
     )
-    gateway.add_argument("--backend", choices=["sim"], default="sim")
+    gateway.add_argument(
+        "--backend",
+        choices=["sim", "upstream"],
+        default=None,
+        help="the embedded simulated model (default), or the upstream(s) of --upstream/--config",
+    )
+    gateway.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a model server's base URL, e.g. http://127.0.0.1:8080/v1 (repeat for replicas)",
+    )
+    gateway.add_argument(
+        "--api",
+        choices=["chat", "responses"],
+        default="chat",
+        help="what --upstream speaks: Chat Completions (default) or the Responses API",
+    )
+    gateway.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME[=UPSTREAM_NAME]",
+        help="serve the upstream's model UPSTREAM_NAME as NAME (default: the upstream's list)",
+    )
+    gateway.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="the environment variable holding the upstream's key, e.g. OPENAI_API_KEY",
+    )
+    gateway.add_argument(
+        "--chain",
+        action="store_true",
+        help="--api responses: continue by the upstream's previous_response_id (the upstream "
+        "must store responses) instead of sending the whole context each turn",
+    )
+    gateway.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a TOML file of [[upstream]] tables (several upstreams and models)",
+    )
     gateway.add_argument(
         "--scenario",
         default="coding",
@@ -104,27 +148,68 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _upstream_backend(args: argparse.Namespace) -> Backend | None:
+    """The upstream backend the options ask for, or None for the simulated model."""
+    from hotloop.backends.routing import RoutedBackend, build_backend, load_upstreams
+    from hotloop.backends.upstream import UpstreamConfig
+
+    if args.config is not None and args.upstream:
+        raise HotloopError("give upstreams either with --upstream or in --config, not both")
+    if args.config is not None:
+        configs = load_upstreams(args.config)
+    elif args.upstream:
+        models: dict[str, str] = {}
+        for entry in args.model:
+            name, _, upstream_name = entry.partition("=")
+            models[name] = upstream_name or name
+        configs = [
+            UpstreamConfig(
+                urls=tuple(url.rstrip("/") for url in args.upstream),
+                api=args.api,
+                models=models,
+                api_key_env=args.api_key_env,
+                chain=args.chain,
+            )
+        ]
+    elif args.backend == "upstream":
+        raise HotloopError("--backend upstream needs --upstream URL or --config FILE")
+    else:
+        return None
+    if args.backend == "sim":
+        raise HotloopError("--backend sim serves the simulated model: drop --upstream/--config")
+    backends = [build_backend(config) for config in configs]
+    return backends[0] if len(backends) == 1 else RoutedBackend(backends)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     profile = get_profile(args.profile, _latency_overrides(args.latency))
+    upstream = _upstream_backend(args)
     config = GatewayConfig(
         api_keys=frozenset(args.api_key) if args.api_key else None,
         store_path=args.store,
         max_message_bytes=args.max_message_mib * 1024 * 1024,
     )
     server = GatewayServer(
-        SimBackend(args.scenario, profile),
+        upstream if upstream is not None else SimBackend(args.scenario, profile),
         config,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
     )
-    print(
-        f"hotloop gateway: {server.base_url} (WebSocket {server.websocket_url}); "
-        f"scenario {args.scenario!r}, profile {profile.name!r}; models: "
-        f"{', '.join(server.gateway.models())}",
-        flush=True,
+    what = (
+        f"upstream {', '.join(args.upstream) or args.config}"
+        if upstream is not None
+        else f"scenario {args.scenario!r}, profile {profile.name!r}"
     )
-    await server.serve_forever()
+
+    def ready() -> None:
+        print(
+            f"hotloop gateway: {server.base_url} (WebSocket {server.websocket_url}); "
+            f"{what}; models: {', '.join(server.gateway.models())}",
+            flush=True,
+        )
+
+    await server.serve_forever(on_ready=ready)
 
 
 def _show_trace(path: Path, width: int | None) -> None:

@@ -1,5 +1,6 @@
-"""Unit tests of the gateway's parts: the connection cache, the response store, request
-parsing, the batched request log and the coalescing socket writer."""
+"""Unit tests of the gateway's parts: the connection cache, the response stores (SQLite and
+memory, through one set of tests), request parsing, the batched request log and the coalescing
+socket writer."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import pytest
 
 from hotloop.errors import APIError
 from hotloop.gateway.app import CoalescingTransport
-from hotloop.gateway.cache import CachedResponse, ResponseCache
 from hotloop.gateway.requests import parse_create
-from hotloop.gateway.store import RequestLog, RequestRecord, ResponseStore
+from hotloop.gateway.store import MemoryStore, RequestLog, RequestRecord, SQLiteStore, Store
+from hotloop.protocol.cache import CachedResponse, ResponseCache
 from hotloop.protocol.conversation import Conversation
 from hotloop.wire import codec
 from hotloop.wire.items import (
@@ -110,7 +111,7 @@ def test_evict_drops_an_entry_and_its_lane_protection() -> None:
     assert "x" in cache
 
 
-# -- ResponseStore ----------------------------------------------------------------------------
+# -- Store: SQLiteStore and MemoryStore ----------------------------------------------------
 
 
 def dicts(items: Sequence[Item]) -> list[dict[str, Any]]:
@@ -143,16 +144,22 @@ SEGMENT_3: list[Item] = [
 ]
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ResponseStore]:
-    response_store = ResponseStore(tmp_path / "store.sqlite")
+AnyStore = SQLiteStore | MemoryStore
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AnyStore]:
+    """Each store test runs against both implementations."""
+    response_store: AnyStore = (
+        SQLiteStore(tmp_path / "store.sqlite") if request.param == "sqlite" else MemoryStore()
+    )
     await response_store.open()
     yield response_store
     await response_store.close()
 
 
 async def test_store_saves_and_loads_a_chain_through_its_parents(
-    store: ResponseStore, tmp_path: Path
+    store: AnyStore, tmp_path: Path
 ) -> None:
     await store.save("resp_1", None, SEGMENT_1, codec.dumps({"id": "resp_1"}))
     await store.save("resp_2", "resp_1", SEGMENT_2, codec.dumps({"id": "resp_2"}))
@@ -178,26 +185,94 @@ async def test_store_saves_and_loads_a_chain_through_its_parents(
     assert dicts(fork.conversation.all_items()) == dicts(SEGMENT_1 + SEGMENT_3)
 
     assert await store.load("resp_unknown") is None
-    assert await store.load_response("resp_2") == {"id": "resp_2"}
+    assert codec.loads(await store.load_response("resp_2") or b"") == {"id": "resp_2"}
     assert await store.load_response("resp_unknown") is None
 
-    # It is on disk: a second store on the same file sees the chain.
-    assert (tmp_path / "store.sqlite").is_file()
-    reopened = ResponseStore(tmp_path / "store.sqlite")
-    await reopened.open()
-    try:
-        again = await reopened.load("resp_3")
-        assert again is not None
-        assert dicts(again.conversation.all_items()) == dicts(SEGMENT_1 + SEGMENT_2 + SEGMENT_3)
-    finally:
-        await reopened.close()
+    # Saving an id again replaces it.
+    await store.save("resp_2b", "resp_1", SEGMENT_2, codec.dumps({"id": "resp_2b", "v": 2}))
+    again = await store.load("resp_2b")
+    assert again is not None
+    assert dicts(again.conversation.all_items()) == dicts(SEGMENT_1 + SEGMENT_2)
+    assert codec.loads(await store.load_response("resp_2b") or b"") == {"id": "resp_2b", "v": 2}
+
+    if isinstance(store, SQLiteStore):
+        # It is on disk: a second store on the same file sees the chain.
+        assert (tmp_path / "store.sqlite").is_file()
+        reopened = SQLiteStore(tmp_path / "store.sqlite")
+        await reopened.open()
+        try:
+            again = await reopened.load("resp_3")
+            assert again is not None
+            assert dicts(again.conversation.all_items()) == dicts(SEGMENT_1 + SEGMENT_2 + SEGMENT_3)
+        finally:
+            await reopened.close()
 
 
-async def test_store_with_a_missing_parent_loads_what_it_has(store: ResponseStore) -> None:
+async def test_store_with_a_missing_parent_loads_what_it_has(store: AnyStore) -> None:
     await store.save("resp_orphan", "resp_gone", SEGMENT_2, codec.dumps({}))
     loaded = await store.load("resp_orphan")
     assert loaded is not None
     assert dicts(loaded.conversation.all_items()) == dicts(SEGMENT_2)
+
+
+async def test_store_writes_the_request_log_in_batches(store: AnyStore) -> None:
+    assert await store.count_log() == 0
+    await store.write_log([record(index) for index in range(3)])
+    await store.write_log([record(3)])
+    assert await store.count_log() == 4
+
+
+def test_both_stores_satisfy_the_store_protocol() -> None:
+    # Checked by mypy through this annotation; at run time each has every protocol method.
+    stores: list[Store] = [SQLiteStore(None), MemoryStore()]
+    methods = ("open", "close", "save", "load", "load_response", "write_log")
+    for each in stores:
+        assert all(inspect.iscoroutinefunction(getattr(each, name)) for name in methods)
+
+
+async def test_memory_store_is_bounded_by_count_and_bytes() -> None:
+    by_count = MemoryStore(max_responses=2)
+    for name in ("r1", "r2", "r3"):
+        await by_count.save(name, None, SEGMENT_1, b"{}")
+    assert len(by_count) == 2 and by_count.evictions == 1
+    assert await by_count.load("r1") is None
+    assert await by_count.load("r2") is not None  # r2 is now the most recently used
+    await by_count.save("r4", "r3", SEGMENT_2, b"{}")
+    assert await by_count.load("r3") is None and await by_count.load("r2") is not None
+    # A child keeps the history it was saved with when its parent is dropped.
+    r4 = await by_count.load("r4")
+    assert r4 is not None and dicts(r4.conversation.all_items()) == dicts(SEGMENT_1 + SEGMENT_2)
+
+    one = Conversation.start(SEGMENT_1).nbytes + 2
+    by_bytes = MemoryStore(max_bytes=2 * one)
+    for name in ("r1", "r2", "r3"):
+        await by_bytes.save(name, None, SEGMENT_1, b"{}")
+    assert len(by_bytes) == 2 and by_bytes.nbytes == 2 * one
+    # The response just saved is kept even when it alone is over the bound.
+    tiny = MemoryStore(max_bytes=1)
+    await tiny.save("big", None, SEGMENT_1, b"{}")
+    await tiny.save("bigger", "big", SEGMENT_2, b"{}")
+    assert len(tiny) == 1 and await tiny.load("bigger") is not None
+    await tiny.close()
+    assert len(tiny) == 0 and tiny.nbytes == 0
+
+    log = MemoryStore(max_log_records=3)
+    await log.write_log([record(index) for index in range(5)])
+    assert [r.response_id for r in log.log_records()] == ["resp_2", "resp_3", "resp_4"]
+
+
+async def test_gateway_takes_a_store_or_picks_one_from_its_config(tmp_path: Path) -> None:
+    from hotloop.backends.sim import SimBackend
+    from hotloop.gateway import Gateway, GatewayConfig
+
+    assert isinstance(Gateway(SimBackend("coding", "zero")).store, MemoryStore)
+    on_disk = GatewayConfig(store_path=tmp_path / "store.sqlite")
+    assert isinstance(Gateway(SimBackend("coding", "zero"), on_disk).store, SQLiteStore)
+    mine = MemoryStore(max_responses=5)
+    gateway = Gateway(SimBackend("coding", "zero"), on_disk, store=mine)
+    assert gateway.store is mine
+    await gateway.start()
+    await gateway.close()
 
 
 # -- parse_create ------------------------------------------------------------------------------
@@ -444,15 +519,16 @@ def record(index: int) -> RequestRecord:
     )
 
 
-@pytest.fixture
-async def memory_store() -> AsyncIterator[ResponseStore]:
-    response_store = ResponseStore(None)
+@pytest.fixture(params=["sqlite", "memory"])
+async def memory_store(request: pytest.FixtureRequest) -> AsyncIterator[AnyStore]:
+    """An in-memory store of each kind: SQLite without a file, and :class:`MemoryStore`."""
+    response_store: AnyStore = SQLiteStore(None) if request.param == "sqlite" else MemoryStore()
     await response_store.open()
     yield response_store
     await response_store.close()
 
 
-def count_batches(store: ResponseStore) -> list[int]:
+def count_batches(store: AnyStore) -> list[int]:
     """Record the size of every batch the store is asked to write."""
     batches: list[int] = []
     write_log = store.write_log
@@ -465,7 +541,7 @@ def count_batches(store: ResponseStore) -> list[int]:
     return batches
 
 
-async def test_request_log_writes_records_in_one_batch(memory_store: ResponseStore) -> None:
+async def test_request_log_writes_records_in_one_batch(memory_store: AnyStore) -> None:
     batches = count_batches(memory_store)
     log = RequestLog(memory_store, flush_interval=3600, max_queue=100)
     for index in range(5):
@@ -479,7 +555,7 @@ async def test_request_log_writes_records_in_one_batch(memory_store: ResponseSto
     assert batches == [5]
 
 
-async def test_request_log_full_queue_drops_and_counts(memory_store: ResponseStore) -> None:
+async def test_request_log_full_queue_drops_and_counts(memory_store: AnyStore) -> None:
     log = RequestLog(memory_store, flush_interval=3600, max_queue=3)
     assert not inspect.iscoroutinefunction(log.record)  # record() cannot wait
     for index in range(5):
@@ -492,7 +568,7 @@ async def test_request_log_full_queue_drops_and_counts(memory_store: ResponseSto
 
 
 async def test_request_log_background_task_flushes_and_close_drains(
-    memory_store: ResponseStore,
+    memory_store: AnyStore,
 ) -> None:
     batches = count_batches(memory_store)
     log = RequestLog(memory_store, flush_interval=0.01, max_queue=100)

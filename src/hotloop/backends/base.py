@@ -8,13 +8,13 @@ gateway opens a session when a connection arrives and closes it when the connect
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.generation import Generation, GenerationRequest
 
-__all__ = ["Backend", "BackendSession"]
+__all__ = ["Backend", "BackendSession", "StatelessSession"]
 
 
 class BackendSession(Protocol):
@@ -36,11 +36,30 @@ class BackendSession(Protocol):
 class Backend(Protocol):
     """A model backend the gateway serves.
 
-    ``models()`` lists the model ids ``GET /v1/models`` shows and requests may name.
+    ``models()`` lists the model ids ``GET /v1/models`` shows and requests may name (after
+    ``start()``); ``open_session()`` is called for each client connection.
     """
+
+    async def start(self) -> None:
+        """Called once before the gateway serves (learn the upstream's models, say)."""
 
     def models(self) -> Sequence[str]: ...
 
     def open_session(self) -> BackendSession: ...
 
     async def aclose(self) -> None: ...
+
+
+class StatelessSession:
+    """The session of a backend that keeps nothing per connection: ``generate`` delegates
+    to the backend, and closing it closes nothing."""
+
+    __slots__ = ("generate",)
+
+    def __init__(
+        self, generate: Callable[[GenerationRequest, ResponseBuilder], Generation]
+    ) -> None:
+        self.generate = generate
+
+    async def aclose(self) -> None:
+        return None

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from hotloop.protocol.builder import ResponseBuilder
-from hotloop.protocol.generation import Generation, GenerationRequest
+from hotloop.backends.base import StatelessSession
 from hotloop.sim.engine import SimEngine
 from hotloop.sim.latency import LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario, bundled_scenarios, load_scenario
@@ -22,7 +21,7 @@ DEFAULT_MODEL = "hotloop-sim"
 class SimBackend:
     """A :class:`~hotloop.backends.base.Backend` over :class:`~hotloop.sim.engine.SimEngine`.
 
-    It is its own session: :meth:`open_session` returns the backend itself.
+    Its sessions are stateless: every connection shares the one engine.
     """
 
     def __init__(
@@ -48,13 +47,13 @@ class SimBackend:
     def models(self) -> Sequence[str]:
         return list(self.engine.scenarios)
 
-    def open_session(self) -> SimBackend:
+    async def start(self) -> None:
+        return None
+
+    def open_session(self) -> StatelessSession:
         # The engine is shared by every connection (one prefix cache, as one engine has),
         # so a session holds nothing of its own.
-        return self
-
-    def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
-        return self.engine.generate(request, out)
+        return StatelessSession(self.engine.generate)
 
     async def aclose(self) -> None:
         return None

@@ -2,9 +2,10 @@
 connection-scoped cache, in front of any :class:`~hotloop.backends.Backend`."""
 
 from hotloop.gateway.app import GatewayServer, build_app
-from hotloop.gateway.cache import CachedResponse, ResponseCache
 from hotloop.gateway.config import GatewayConfig, InputGuard
 from hotloop.gateway.core import Gateway, ResponseRun
+from hotloop.gateway.store import MemoryStore, SQLiteStore, Store
+from hotloop.protocol.cache import CachedResponse, ResponseCache
 
 __all__ = [
     "CachedResponse",
@@ -12,7 +13,10 @@ __all__ = [
     "GatewayConfig",
     "GatewayServer",
     "InputGuard",
+    "MemoryStore",
     "ResponseCache",
     "ResponseRun",
+    "SQLiteStore",
+    "Store",
     "build_app",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
@@ -25,10 +25,11 @@ from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from hotloop.backends.base import Backend
-from hotloop.errors import APIError
+from hotloop.errors import APIError, HotloopError
 from hotloop.gateway.config import GatewayConfig
 from hotloop.gateway.core import Gateway
 from hotloop.gateway.http import HTTPEndpoints, error_response
+from hotloop.gateway.store import Store
 from hotloop.gateway.websocket import serve_websocket
 
 __all__ = ["GatewayServer", "build_app"]
@@ -62,7 +63,12 @@ def build_app(gateway: Gateway) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gateway.start()
+        try:
+            await gateway.start()
+        except Exception as exc:
+            # uvicorn would log this and exit quietly; keep it for whoever started the server.
+            app.state.startup_error = exc
+            raise
         try:
             yield
         finally:
@@ -129,6 +135,7 @@ class GatewayServer:
     """Runs a gateway under uvicorn, in the current event loop.
 
     ``port=0`` picks a free ephemeral port; :attr:`base_url` is what an OpenAI client takes.
+    ``store`` is handed to the :class:`Gateway` (default: from ``config``).
     """
 
     def __init__(
@@ -136,11 +143,12 @@ class GatewayServer:
         backend: Backend,
         config: GatewayConfig | None = None,
         *,
+        store: Store | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         log_level: str = "warning",
     ) -> None:
-        self.gateway = Gateway(backend, config)
+        self.gateway = Gateway(backend, config, store=store)
         self.host = host
         # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets whose proto is
         # TCP, and accepted sockets inherit it. With proto 0, Nagle's algorithm meets delayed
@@ -150,8 +158,9 @@ class GatewayServer:
         self._socket.bind((host, port))
         self.port: int = self._socket.getsockname()[1]
         max_bytes = self.gateway.config.max_message_bytes
+        self._app = build_app(self.gateway)
         self._config = uvicorn.Config(
-            build_app(self.gateway),
+            self._app,
             log_level=log_level,
             # Frames up to twice our own limit reach the gateway, which answers an oversized
             # frame with a message_too_large error and keeps the socket (uvicorn would close
@@ -183,7 +192,13 @@ class GatewayServer:
         while not self._server.started:
             if self._task.done():
                 await self._task
-                raise RuntimeError("the gateway server stopped during start-up")
+                error = getattr(self._app.state, "startup_error", None)
+                if isinstance(error, HotloopError):
+                    raise error
+                raise HotloopError(
+                    "the gateway stopped during start-up"
+                    + (f": {error}" if error is not None else "")
+                ) from error
             await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
@@ -192,8 +207,13 @@ class GatewayServer:
             await self._task
             self._task = None
 
-    async def serve_forever(self) -> None:
-        await self._server.serve(sockets=[self._socket])
+    async def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until stopped; ``on_ready`` is called once the gateway accepts requests."""
+        await self.start()
+        if on_ready is not None:
+            on_ready()
+        assert self._task is not None
+        await self._task
 
     async def __aenter__(self) -> GatewayServer:
         await self.start()

@@ -23,10 +23,11 @@ from hotloop.errors import APIError
 from hotloop.gateway.config import GatewayConfig
 from hotloop.gateway.metrics import GatewayMetrics
 from hotloop.gateway.requests import CreateRequest
-from hotloop.gateway.store import RequestLog, RequestRecord, ResponseStore
+from hotloop.gateway.store import RequestLog, RequestRecord, Store, open_store
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
 from hotloop.protocol.generation import GenerationRequest
+from hotloop.protocol.server_session import CacheHit, ParentLookup, StoreLookup
 from hotloop.wire import codec
 from hotloop.wire.events import Event
 from hotloop.wire.items import Item, ItemReference
@@ -74,13 +75,20 @@ class _Timings:
 
 
 class Gateway:
-    """Owns a backend, the store, the request log and the metrics; serves every transport."""
+    """Owns a backend, the store, the request log and the metrics; serves every transport.
 
-    def __init__(self, backend: Backend, config: GatewayConfig | None = None) -> None:
+    ``store`` holds ``store: true`` responses and the request log; without one, SQLite in
+    ``config.store_path`` when set, else a bounded in-memory store. The gateway opens it in
+    :meth:`start` and closes it in :meth:`close`.
+    """
+
+    def __init__(
+        self, backend: Backend, config: GatewayConfig | None = None, *, store: Store | None = None
+    ) -> None:
         self.backend = backend
         self.config = config or GatewayConfig()
         self.metrics = GatewayMetrics()
-        self.store = ResponseStore(self.config.store_path)
+        self.store: Store = store if store is not None else open_store(self.config.store_path)
         self.log = RequestLog(
             self.store,
             flush_interval=self.config.usage_flush_interval,
@@ -90,6 +98,9 @@ class Gateway:
         self.started_at = time.time()
 
     async def start(self) -> None:
+        # An upstream backend may learn its models only now (GET /models of the upstream).
+        await self.backend.start()
+        self._models = frozenset(self.backend.models())
         await self.store.open()
         self.log.start()
 
@@ -139,6 +150,19 @@ class Gateway:
             raise previous_not_found(response_id)
         self.metrics.cache_lookups.labels("store").inc()
         return stored.conversation
+
+    async def resolve_parent(self, lookup: ParentLookup) -> tuple[Conversation, bool]:
+        """The parent conversation ``lookup`` names, and whether the store holds it.
+
+        ``lookup`` comes from :func:`~hotloop.protocol.server_session.lookup_parent` (a
+        connection's cache first, for WebSocket mode); only a miss there reaches the store.
+        """
+        if isinstance(lookup, CacheHit):
+            self.metrics.cache_lookups.labels("hit").inc()
+            return lookup.entry.conversation, lookup.entry.stored
+        if isinstance(lookup, StoreLookup):
+            return await self.resolve_stored(lookup.response_id), True
+        return Conversation.start(), True
 
     def prepare(
         self,
@@ -231,6 +255,9 @@ class ResponseRun:
             )
         )
         self.timings = _Timings()
+        #: Why the response failed, with the HTTP status a JSON reply carries (None: it did
+        #: not fail).
+        self.error: APIError | None = None
 
     @property
     def response(self) -> ResponseObject:
@@ -350,12 +377,18 @@ class ResponseRun:
 
     def _fail(self, exc: BaseException) -> Sequence[Event]:
         if isinstance(exc, APIError):
-            code, message = exc.code or "server_error", exc.message
+            error = exc
         else:
             # Never the exception's text: it is ours, not the client's to read.
-            code, message = "server_error", "The model failed to generate a response."
+            error = APIError(
+                "The model failed to generate a response.",
+                status=500,
+                type="server_error",
+                code="server_error",
+            )
             logger.error("response %s failed in the backend", self.response_id, exc_info=exc)
-        events = self.builder.fail(code, message)
+        self.error = error
+        events = self.builder.fail(error.code or "server_error", error.message)
         self.gateway.metrics.responses.labels(self.prepared.transport, "failed").inc()
         self._log(None)
         return events

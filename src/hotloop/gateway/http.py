@@ -23,6 +23,7 @@ from hotloop.gateway.requests import parse_create
 from hotloop.protocol.chat import chat_request_to_responses
 from hotloop.protocol.chat_stream import ChatChunkEncoder, chat_completion_from_response
 from hotloop.protocol.conversation import Conversation
+from hotloop.protocol.server_session import lookup_parent
 from hotloop.protocol.sse import encode_sse
 from hotloop.wire import codec
 from hotloop.wire.events import ResponseFailed
@@ -96,11 +97,17 @@ class HTTPEndpoints:
         try:
             body = await self._read_body(request)
             create = parse_create(body)
-            parent = Conversation.start()
-            if create.previous_response_id is not None:
-                parent = await gateway.resolve_stored(create.previous_response_id)
+            # The same resolution as WebSocket mode, with no connection cache: the store.
+            lookup = lookup_parent(create.previous_response_id, None)
+            parent, parent_stored = await gateway.resolve_parent(lookup)
             transport = "sse" if create.stream else "http"
-            prepared = gateway.prepare(create, parent, received_ns=received_ns, transport=transport)
+            prepared = gateway.prepare(
+                create,
+                parent,
+                received_ns=received_ns,
+                transport=transport,
+                parent_stored=parent_stored,
+            )
         except APIError as exc:
             return self._fail(exc, "http")
         run = gateway.run(prepared)
@@ -109,17 +116,8 @@ class HTTPEndpoints:
                 _sse(run), media_type="text/event-stream", headers=_SSE_HEADERS
             )
         async for event in run.events():
-            if isinstance(event, ResponseFailed):
-                error = event.response.error or {}
-                return self._fail(
-                    APIError(
-                        str(error.get("message", "The response failed.")),
-                        status=500,
-                        type="server_error",
-                        code=str(error.get("code", "server_error")),
-                    ),
-                    "http",
-                )
+            if isinstance(event, ResponseFailed) and run.error is not None:
+                return self._fail(run.error, "http")
         return json_response(run.response.to_dict())
 
     async def retrieve_response(self, request: Request) -> Response:
@@ -138,7 +136,7 @@ class HTTPEndpoints:
                 ),
                 "http",
             )
-        return json_response(stored)
+        return Response(stored, media_type="application/json")
 
     async def chat_completions(self, request: Request) -> Response:
         received_ns = time.perf_counter_ns()
@@ -180,10 +178,8 @@ class HTTPEndpoints:
                 _chat_sse(run, encoder), media_type="text/event-stream", headers=_SSE_HEADERS
             )
         async for event in run.events():
-            if isinstance(event, ResponseFailed):
-                return self._fail(
-                    APIError("The model failed.", status=500, type="server_error"), "chat"
-                )
+            if isinstance(event, ResponseFailed) and run.error is not None:
+                return self._fail(run.error, "chat")
         return json_response(chat_completion_from_response(run.response, completion_id, created))
 
     async def models(self, request: Request) -> Response:

@@ -7,20 +7,17 @@ offending ``param`` (``protocol.md`` §1.3); unknown fields are accepted and ign
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from hotloop.errors import APIError, InvalidMessage
 from hotloop.protocol.generation import ToolDef
+from hotloop.protocol.server_session import STREAM_ID_PATTERN
 from hotloop.wire.items import Item, items_from_input
 from hotloop.wire.responses import ECHOED_SETTINGS
 
-__all__ = ["STREAM_ID_PATTERN", "CreateRequest", "parse_create"]
-
-#: ``stream_id``: 1-256 characters of ``[A-Za-z0-9_.-]`` (``protocol.md`` §3.2, §7).
-STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
+__all__ = ["CreateRequest", "parse_create"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,20 @@
 """Persistence for ``store: true`` responses, and the batched request log.
 
-:class:`ResponseStore` keeps each stored response as one row: its parent id and its *segment*
-(the request's new input items plus the response's output items), so storing a continuation
-writes only what is new, and loading a conversation follows the parent chain with one
-recursive query. SQLite runs on one dedicated worker thread, so the event loop never blocks on
-disk; ``store: false`` responses never reach this module.
+:class:`Store` is what the gateway needs from storage, and nothing more: save one response
+(its parent id and its *segment*: the request's new input items plus the response's output
+items), load a response's whole conversation, load the response object, and write batches of
+usage records. Every method is a coroutine, so a store shared by several gateway replicas
+(over the network) fits the same protocol. Two implementations:
+
+* :class:`SQLiteStore` keeps each response as one row, so storing a continuation writes only
+  what is new and loading follows the parent chain with one recursive query. SQLite runs on
+  one dedicated worker thread, so the event loop never blocks on disk. A file persists across
+  restarts; without one it is an in-memory database.
+* :class:`MemoryStore` keeps everything in this process, bounded by a response count and by
+  bytes (oldest first out), for tests and single-process gateways. Each response keeps its
+  conversation snapshot, which shares its history with its parent's, so a load costs nothing.
+
+``store: false`` responses never reach this module.
 
 :class:`RequestLog` takes usage and request records off the critical path: ``record`` only
 appends to a bounded queue, and a background task writes batches. When the queue is full the
@@ -17,17 +27,26 @@ import asyncio
 import contextlib
 import sqlite3
 import time
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hotloop.protocol.conversation import Conversation
 from hotloop.wire import codec
 from hotloop.wire.items import Item, item_from_dict
 
-__all__ = ["RequestLog", "RequestRecord", "ResponseStore", "StoredResponse"]
+__all__ = [
+    "MemoryStore",
+    "RequestLog",
+    "RequestRecord",
+    "SQLiteStore",
+    "Store",
+    "StoredResponse",
+    "open_store",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -83,8 +102,42 @@ class RequestRecord:
     duration_ms: float
 
 
-class ResponseStore:
-    """SQLite-backed storage of responses, driven from asyncio through one worker thread."""
+class Store(Protocol):
+    """Where ``store: true`` responses and the request log live.
+
+    The gateway opens the store it is given at start-up and closes it at shutdown.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def save(
+        self, response_id: str, parent_id: str | None, segment: Sequence[Item], response: bytes
+    ) -> None:
+        """Persist one response: ``segment`` continues the conversation of ``parent_id``
+        (``None``: it stands alone), ``response`` is the response object as JSON. Returns once
+        a :meth:`load` from any gateway sharing the store would find it."""
+        ...
+
+    async def load(self, response_id: str) -> StoredResponse | None:
+        """The whole conversation (input and output items) up to and including a response."""
+        ...
+
+    async def load_response(self, response_id: str) -> bytes | None:
+        """The response object as saved (JSON), for ``GET /v1/responses/{id}``."""
+        ...
+
+    async def write_log(self, records: Sequence[RequestRecord]) -> None:
+        """Record a batch of the request log (usage per response)."""
+        ...
+
+
+class SQLiteStore:
+    """A :class:`Store` in SQLite, driven from asyncio through one worker thread.
+
+    ``path=None`` is an in-memory database that lives as long as the store.
+    """
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
@@ -141,8 +194,8 @@ class ResponseStore:
             conversation = conversation.extend([item_from_dict(entry, "stored") for entry in raw])
         return StoredResponse(response_id=response_id, conversation=conversation)
 
-    async def load_response(self, response_id: str) -> Any:
-        """The stored response object (decoded JSON), or ``None``."""
+    async def load_response(self, response_id: str) -> bytes | None:
+        """The stored response object (JSON), or ``None``."""
 
         def read() -> bytes | None:
             row = (
@@ -152,10 +205,11 @@ class ResponseStore:
             )
             return None if row is None else bytes(row[0])
 
-        blob = await self._run(read)
-        return None if blob is None else codec.loads(blob)
+        blob: bytes | None = await self._run(read)
+        return blob
 
     async def write_log(self, records: Sequence[RequestRecord]) -> None:
+        """Insert a batch of request records in one statement."""
         now = time.time()
         rows = [
             (
@@ -180,6 +234,8 @@ class ResponseStore:
         await self._run(write)
 
     async def count_log(self) -> int:
+        """How many request records are stored."""
+
         def read() -> int:
             return int(self._connect().execute("SELECT COUNT(*) FROM request_log").fetchone()[0])
 
@@ -196,10 +252,113 @@ class ResponseStore:
         self._executor.shutdown(wait=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _Saved:
+    conversation: Conversation
+    response: bytes
+    #: What the entry counts against the byte bound: its whole conversation and response.
+    nbytes: int
+
+
+class MemoryStore:
+    """A :class:`Store` in this process's memory, bounded by responses and by bytes.
+
+    Past either bound the least recently saved or loaded response is dropped (never the one
+    just saved, which a client may continue the moment it sees it): continuing a dropped
+    response is ``previous_response_not_found``, as for one never stored. Each entry counts its
+    whole conversation, so history shared along a chain is over-counted and the byte bound is
+    conservative: the memory held is at most ``max_bytes`` plus the newest entry. A response's
+    history is fixed when it is saved: a parent that was never saved (or already dropped)
+    contributes nothing. The request log keeps the latest ``max_log_records`` records.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_responses: int = 100_000,
+        max_bytes: int = 1024 * 1024 * 1024,
+        max_log_records: int = 100_000,
+    ) -> None:
+        self.max_responses = max_responses
+        self.max_bytes = max_bytes
+        self._responses: OrderedDict[str, _Saved] = OrderedDict()
+        self._log: deque[RequestRecord] = deque(maxlen=max_log_records)
+        self.nbytes = 0
+        self.writes = 0
+        self.reads = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._responses)
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._responses.clear()
+        self._log.clear()
+        self.nbytes = 0
+
+    async def save(
+        self, response_id: str, parent_id: str | None, segment: Sequence[Item], response: bytes
+    ) -> None:
+        """Keep one response; its conversation extends its parent's, sharing the history."""
+        parent = self._responses.get(parent_id) if parent_id is not None else None
+        base = parent.conversation if parent is not None else Conversation.start()
+        conversation = base.extend(segment)
+        old = self._responses.pop(response_id, None)
+        if old is not None:
+            self.nbytes -= old.nbytes
+        saved = _Saved(conversation, response, conversation.nbytes + len(response))
+        self._responses[response_id] = saved
+        self.nbytes += saved.nbytes
+        self.writes += 1
+        self._shrink()
+
+    def _shrink(self) -> None:
+        responses = self._responses
+        while len(responses) > 1 and (
+            len(responses) > self.max_responses or self.nbytes > self.max_bytes
+        ):
+            _, dropped = responses.popitem(last=False)
+            self.nbytes -= dropped.nbytes
+            self.evictions += 1
+
+    async def load(self, response_id: str) -> StoredResponse | None:
+        self.reads += 1
+        saved = self._responses.get(response_id)
+        if saved is None:
+            return None
+        self._responses.move_to_end(response_id)
+        return StoredResponse(response_id=response_id, conversation=saved.conversation)
+
+    async def load_response(self, response_id: str) -> bytes | None:
+        saved = self._responses.get(response_id)
+        return None if saved is None else saved.response
+
+    async def write_log(self, records: Sequence[RequestRecord]) -> None:
+        self._log.extend(records)
+
+    async def count_log(self) -> int:
+        """How many request records are kept."""
+        return len(self._log)
+
+    def log_records(self) -> list[RequestRecord]:
+        """The request records kept, oldest first."""
+        return list(self._log)
+
+
+def open_store(path: Path | None) -> Store:
+    """The default store: SQLite in ``path`` when there is one, else a :class:`MemoryStore`."""
+    if path is not None:
+        return SQLiteStore(path)
+    return MemoryStore()
+
+
 class RequestLog:
     """A bounded queue of request records, written to the store in batches off-path."""
 
-    def __init__(self, store: ResponseStore, *, flush_interval: float, max_queue: int) -> None:
+    def __init__(self, store: Store, *, flush_interval: float, max_queue: int) -> None:
         self._store = store
         self._flush_interval = flush_interval
         self._queue: asyncio.Queue[RequestRecord] = asyncio.Queue(max_queue)

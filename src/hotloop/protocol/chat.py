@@ -33,6 +33,7 @@ from hotloop.wire.items import (
 __all__ = [
     "SYSTEM_FINGERPRINT",
     "ChatRequest",
+    "chat_messages",
     "chat_request_to_responses",
     "responses_to_chat_request",
 ]
@@ -287,31 +288,19 @@ def _chat_user_content(message: Message, where: str) -> str | list[JSONDict]:
     return parts
 
 
-def responses_to_chat_request(
-    model: str,
-    items: Sequence[Item],
-    instructions: str | None = None,
-    tools: Sequence[Mapping[str, Any]] = (),
-    tool_choice: str | Mapping[str, Any] | None = None,
-    *,
-    parallel_tool_calls: bool | None = None,
-    max_output_tokens: int | None = None,
-    stream: bool = False,
-    include_usage: bool = False,
-    extra: Mapping[str, Any] | None = None,
-) -> JSONDict:
-    """Build a Chat Completions request body from Responses items and settings.
+def chat_messages(items: Sequence[Item], first_index: int = 0) -> list[JSONDict]:
+    """The chat messages for a run of Responses items (no system message).
 
     Consecutive function calls (and the assistant text just before them) become ONE
-    assistant message with several ``tool_calls``, the shape chat servers expect (§4.1).
-    Reasoning items are dropped: chat has no way to send them back. Items with no chat
-    equivalent raise :class:`~hotloop.errors.InvalidMessage`.
+    assistant message with several ``tool_calls``, the shape chat servers expect. Reasoning
+    items are dropped: chat has no way to send them back. Items with no chat equivalent
+    raise :class:`~hotloop.errors.InvalidMessage` naming ``input[first_index + i]``.
+    The result depends on ``items`` alone, so a conversation rendered segment by segment
+    gives the same bytes every time (an engine's prefix cache hits).
     """
     messages: list[JSONDict] = []
-    if instructions:
-        messages.append({"role": "system", "content": instructions})
     assistant: JSONDict | None = None  # the assistant message function calls attach to
-    for i, item in enumerate(items):
+    for i, item in enumerate(items, first_index):
         where = f"input[{i}]"
         if isinstance(item, FunctionCall):
             call = {
@@ -338,6 +327,31 @@ def responses_to_chat_request(
             messages.append({"role": item.role, "content": item.text})
         else:
             raise invalid_field(f"{item.type!r} items have no chat equivalent", where)
+    return messages
+
+
+def responses_to_chat_request(
+    model: str,
+    items: Sequence[Item],
+    instructions: str | None = None,
+    tools: Sequence[Mapping[str, Any]] = (),
+    tool_choice: str | Mapping[str, Any] | None = None,
+    *,
+    parallel_tool_calls: bool | None = None,
+    max_output_tokens: int | None = None,
+    stream: bool = False,
+    include_usage: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> JSONDict:
+    """Build a Chat Completions request body from Responses items and settings.
+
+    The messages are :func:`chat_messages` of ``items``, after a system message holding
+    ``instructions``.
+    """
+    messages: list[JSONDict] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    messages.extend(chat_messages(items))
     body: JSONDict = {"model": model, "messages": messages}
     if tools:
         body["tools"] = [

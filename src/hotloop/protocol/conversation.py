@@ -14,8 +14,9 @@ simulated model charges it faithfully.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from hotloop.wire.items import (
     FunctionCall,
@@ -27,6 +28,8 @@ from hotloop.wire.items import (
 )
 
 __all__ = ["Conversation", "estimate_item_tokens", "item_fingerprint", "item_text"]
+
+_T = TypeVar("_T")
 
 _ROOT_KEY = 0x9E3779B97F4A7C15
 
@@ -89,6 +92,11 @@ class Conversation:
     tool_results: int
     #: Assistant messages since the last tool result (tells "the answer was given").
     answers_since_result: int
+    #: The prefix key after the conversation's first item: the same for every snapshot of
+    #: one conversation, so it names the conversation (replica affinity hashes it).
+    root_key: int = _ROOT_KEY
+    #: What backends derived from this segment's items, computed once (see :meth:`derived`).
+    _memo: dict[object, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def start(cls, items: Sequence[Item] = ()) -> Conversation:
@@ -126,6 +134,7 @@ class Conversation:
             keys.append(key)
             token_marks.append(tokens)
         return Conversation(
+            root_key=self.root_key if self.length else keys[0],
             parent=self if self.length else None,
             items=tuple(items),
             item_keys=tuple(keys),
@@ -136,6 +145,28 @@ class Conversation:
             tool_results=results,
             answers_since_result=answers,
         )
+
+    def derived(self, key: object, compute: Callable[[Sequence[Item]], _T]) -> _T:
+        """``compute(self.items)``, computed once per segment and ``key`` and kept.
+
+        A backend keeps here what it derives from the items (the rendered chat messages,
+        encoded): a continuation then derives only its new segments, and the rest is
+        byte-identical to what was sent before.
+        """
+        memo = self._memo
+        try:
+            value: _T = memo[key]
+        except KeyError:
+            value = memo[key] = compute(self.items)
+        return value
+
+    def note(self, key: object, value: object) -> None:
+        """Keep ``value`` on this snapshot under ``key`` (what an upstream said about it)."""
+        self._memo[key] = value
+
+    def noted(self, key: object) -> Any:
+        """What :meth:`note` (or :meth:`derived`) kept under ``key``, or None."""
+        return self._memo.get(key)
 
     def segments(self) -> Iterator[Conversation]:
         """This node and its ancestors, newest first."""

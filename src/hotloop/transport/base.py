@@ -14,6 +14,8 @@ is the same turn as an async iterator, for code that would rather pull.
 
 Errors: a transport raises :class:`TransportError`. ``replay_safe`` says whether the request
 may be sent again as it is (nothing of the turn was committed); the runner retries those.
+Which failures a transport recovers from itself, and which it raises (replay safe or not), is
+decided by its :class:`~hotloop.protocol.client_session.ClientSession`'s rule table.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from hotloop.errors import HotloopError
+from hotloop.protocol.client_session import TransportError
 from hotloop.wire.events import Event
 from hotloop.wire.items import Item
 
@@ -41,27 +43,6 @@ __all__ = [
 
 #: Called with each event of a turn, in order, as it arrives (see :meth:`Transport.stream_to`).
 OnEvent = Callable[[Event], None]
-
-
-class TransportError(HotloopError):
-    """The model request failed on the way: connection lost, HTTP error, error event.
-
-    ``code`` is the server's error code when there was one. ``replay_safe`` is true when the
-    request can be sent again unchanged (the runner then retries it, up to a limit).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        status: int | None = None,
-        replay_safe: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-        self.replay_safe = replay_safe
 
 
 @dataclass(slots=True)

@@ -1,10 +1,14 @@
 """HTTP transports: Responses over SSE, and Chat Completions, each on a warm keep-alive pool.
 
+Both are drivers of a :class:`~hotloop.protocol.client_session.ClientSession` with the
+:data:`~hotloop.protocol.client_session.HTTP_RULES`: they move bytes between httpx and the
+session, which decides what each request sends and what each failure becomes.
+
 :class:`HTTPTransport` speaks ``POST /v1/responses`` with ``stream: true``. Stateless by
 default (the whole history every turn, ``store: false``); with ``incremental=True`` it sends
 only the new items plus ``previous_response_id`` and ``store: true``, because over HTTP the
-server can only continue a response it persisted (``protocol.md`` §2.5); a
-``previous_response_not_found`` answer makes it re-send the whole history.
+server can only continue a response it persisted; a ``previous_response_not_found`` answer
+makes it re-send the whole history.
 
 :class:`ChatTransport` speaks ``POST /v1/chat/completions`` for servers that only know Chat
 Completions (vLLM, llama.cpp, Ollama): the history is translated to messages every turn and the
@@ -24,12 +28,21 @@ import httpx
 from hotloop.errors import HotloopError
 from hotloop.protocol.chat import responses_to_chat_request
 from hotloop.protocol.chat_stream import ChatStreamDecoder
+from hotloop.protocol.client_session import (
+    HTTP_RULES,
+    Action,
+    Chaining,
+    ClientSession,
+    ClientTurn,
+    Failure,
+    connection_failure,
+    error_failure,
+)
 from hotloop.protocol.sse import ResponsesSSEDecoder, SSEDecoder
 from hotloop.transport.base import (
     IteratingTransport,
     ModelRequest,
     RequestTimings,
-    TransportError,
     TransportStats,
 )
 from hotloop.transport.websocket import request_body
@@ -53,7 +66,8 @@ def _client(base_url: str, api_key: str | None, max_connections: int) -> httpx.A
     )
 
 
-async def _http_error(response: httpx.Response) -> TransportError:
+async def _http_failure(response: httpx.Response) -> Failure:
+    """An error status, with the code and message of OpenAI's error body when there is one."""
     body = await response.aread()
     code: str | None = None
     message = body.decode(errors="replace")[:500]
@@ -63,12 +77,24 @@ async def _http_error(response: httpx.Response) -> TransportError:
     except (HotloopError, AttributeError):
         pass
     status = response.status_code
-    return TransportError(
-        f"HTTP {status}: {message}",
-        code=code,
-        status=status,
-        replay_safe=status in (408, 409, 429) or status >= 500,
-    )
+    return error_failure(f"HTTP {status}: {message}", code=code, status=status)
+
+
+def _broken(exc: httpx.HTTPError) -> Failure:
+    return connection_failure(f"HTTP request failed: {exc!r}")
+
+
+def _failed(
+    session: ClientSession,
+    stats: TransportStats,
+    turn: ClientTurn,
+    failure: Failure,
+    delivered: bool,
+    cause: BaseException | None,
+) -> None:
+    """Hand a failed request to the session: it raises, or says to send the turn again."""
+    if session.failed(turn, failure, delivered=delivered, cause=cause) is Action.RESEND_FULL:
+        stats.cache_misses += 1
 
 
 class _Timer:
@@ -120,7 +146,7 @@ async def _post(
     request: ModelRequest,
     incremental: bool,
 ) -> AsyncIterator[httpx.Response]:
-    """POST ``payload`` as a stream: timings, stats, and httpx errors as TransportError."""
+    """POST ``payload`` as a stream, with timings and stats (httpx errors pass through)."""
     handed = time.perf_counter_ns()
     timer = _timer(request, handed)
     stats.requests += 1
@@ -129,18 +155,11 @@ async def _post(
         stats.incremental_requests += 1
     else:
         stats.full_resends += 1
-    try:
-        async with client.stream(
-            "POST", path, content=payload, extensions=timer.extensions()
-        ) as reply:
-            timer.handed_over(handed, len(payload), incremental)
-            if timer.timings.connect_start_ns is not None:
-                stats.connections_opened += 1
-            yield reply
-    except httpx.HTTPError as exc:
-        raise TransportError(
-            f"HTTP request failed: {exc!r}", code="connection_lost", replay_safe=True
-        ) from exc
+    async with client.stream("POST", path, content=payload, extensions=timer.extensions()) as reply:
+        timer.handed_over(handed, len(payload), incremental)
+        if timer.timings.connect_start_ns is not None:
+            stats.connections_opened += 1
+        yield reply
 
 
 class HTTPTransport(IteratingTransport):
@@ -156,6 +175,7 @@ class HTTPTransport(IteratingTransport):
     ) -> None:
         self.incremental = incremental
         self.stats = TransportStats()
+        self.session = ClientSession(HTTP_RULES, Chaining.STORED if incremental else Chaining.NEVER)
         self._client = _client(base_url, api_key, max_connections)
 
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
@@ -164,29 +184,36 @@ class HTTPTransport(IteratingTransport):
     async def stream_skipping(
         self, request: ModelRequest, skip: Collection[str]
     ) -> AsyncIterator[Event]:
-        # The event types the caller skips are dropped before their JSON is decoded.
-        incremental = self.incremental and request.previous_response_id is not None
+        session, stats = self.session, self.stats
+        turn = session.start_turn(request.previous_response_id, request.new_from)
         while True:
+            send = session.next_send(turn)
+            incremental = send.incremental
             body = request_body(request, incremental=incremental, store=self.incremental)
             body["stream"] = True
             payload = codec.dumps(body)
-            async with _post(
-                self._client, self.stats, "/responses", payload, request, incremental
-            ) as reply:
-                if reply.status_code != 200:
-                    error = await _http_error(reply)
-                    if incremental and error.code == "previous_response_not_found":
-                        self.stats.cache_misses += 1
-                        incremental = False
-                        continue
-                    raise error
-                decoder = ResponsesSSEDecoder(skip=skip)
-                async for chunk in reply.aiter_bytes():
-                    for event in decoder.feed(chunk):
-                        yield event
-                for event in decoder.close():
-                    yield event
-                return
+            delivered = False
+            cause: httpx.HTTPError | None = None
+            try:
+                async with _post(
+                    self._client, stats, "/responses", payload, request, incremental
+                ) as reply:
+                    if reply.status_code != 200:
+                        failure = await _http_failure(reply)
+                    else:
+                        # The event types the caller skips are dropped before being decoded.
+                        decoder = ResponsesSSEDecoder(skip=skip)
+                        async for chunk in reply.aiter_bytes():
+                            for event in decoder.feed(chunk):
+                                delivered = True
+                                yield event
+                        for event in decoder.close():
+                            yield event
+                        session.finished(turn)
+                        return
+            except httpx.HTTPError as exc:
+                failure, cause = _broken(exc), exc
+            _failed(session, stats, turn, failure, delivered, cause)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -199,6 +226,7 @@ class ChatTransport(IteratingTransport):
         self, base_url: str, api_key: str | None = None, *, max_connections: int = 16
     ) -> None:
         self.stats = TransportStats()
+        self.session = ClientSession(HTTP_RULES, Chaining.NEVER)
         self._client = _client(base_url, api_key, max_connections)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
@@ -215,21 +243,36 @@ class ChatTransport(IteratingTransport):
             include_usage=True,
         )
         payload = codec.dumps(body)
-        decoder = ChatStreamDecoder(f"chat_{uuid.uuid4().hex}", request.model, int(time.time()))
-        async with _post(
-            self._client, self.stats, "/chat/completions", payload, request, False
-        ) as reply:
-            if reply.status_code != 200:
-                raise await _http_error(reply)
-            sse = SSEDecoder()
-            async for chunk in reply.aiter_bytes():
-                for message in sse.feed(chunk):
-                    if message.data == "[DONE]":
-                        continue
-                    for event in decoder.feed(codec.decode_object(message.data)):
-                        yield event
-            for event in decoder.close():
-                yield event
+        session, stats = self.session, self.stats
+        turn = session.start_turn(None, 0)
+        while True:
+            # Chat Completions has no previous response: every send is the whole history.
+            session.next_send(turn)
+            decoder = ChatStreamDecoder(f"chat_{uuid.uuid4().hex}", request.model, int(time.time()))
+            delivered = False
+            cause: httpx.HTTPError | None = None
+            try:
+                async with _post(
+                    self._client, stats, "/chat/completions", payload, request, False
+                ) as reply:
+                    if reply.status_code != 200:
+                        failure = await _http_failure(reply)
+                    else:
+                        sse = SSEDecoder()
+                        async for chunk in reply.aiter_bytes():
+                            for message in sse.feed(chunk):
+                                if message.data == "[DONE]":
+                                    continue
+                                for event in decoder.feed(codec.decode_object(message.data)):
+                                    delivered = True
+                                    yield event
+                        for event in decoder.close():
+                            yield event
+                        session.finished(turn)
+                        return
+            except httpx.HTTPError as exc:
+                failure, cause = _broken(exc), exc
+            _failed(session, stats, turn, failure, delivered, cause)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -1,27 +1,31 @@
 """The Responses API in WebSocket mode: one persistent socket, only new items per turn.
 
-:class:`WebSocketTransport` opens its socket once and keeps it. A turn that continues a
-response made on the *current* socket sends only the new items plus ``previous_response_id``;
-every other turn (the first, or any after a reconnect) sends the whole history, because the
-server's connection-scoped cache died with the old socket (``protocol.md`` §3.5, §3.9).
+:class:`WebSocketTransport` is a driver: it moves frames between a picows socket and a
+:class:`~hotloop.protocol.client_session.ClientSession`, which decides everything else. A turn
+that continues a response made on the *current* socket sends only the new items plus
+``previous_response_id``; every other turn (the first, or any after a reconnect) sends the
+whole history, because the server's connection-scoped cache died with the old socket.
 
-Recovery is transparent when it is safe:
+Recovery is transparent when it is safe (the session's
+:data:`~hotloop.protocol.client_session.WEBSOCKET_RULES`):
 
 * ``previous_response_not_found`` before any event of the turn → the same request again with
   the full history, on the same socket;
 * ``websocket_connection_limit_reached`` (the 60-minute lifetime) → a new socket, full history;
-* the socket drops before any event of the turn arrived → reconnect, full history.
+* the socket drops (or the server closes it with 1001, going away) before any event of the
+  turn arrived → reconnect, full history.
 
 A drop after events were delivered raises :class:`TransportError` with ``replay_safe=True``:
 the runner decides (it may have started tools from that partial turn already).
 
-Concurrent turns (several runs over one transport) use lanes: the default lane first, then
-named lanes ``stream_id`` = ``hl-1`` … ``hl-N``. There is no reader task: the socket's protocol
-callback decodes each message and hands the event, by ``stream_id``, straight to the turn's
-``on_event`` (:meth:`WebSocketTransport.stream_to`), so a streamed token wakes no task. When no
-live turn wants events of some type (``skip``: the runner has no use for argument deltas, for
-instance, since ``arguments.done`` carries the whole arguments), they are recognised by their
-first bytes and dropped unread.
+Concurrent turns (several runs over one transport) use lanes: named lanes ``stream_id`` =
+``hl-1`` … ``hl-N``, then the default lane; a continuation gets the lane of the response it
+continues when that lane is free. There is no reader task: the socket's protocol callback
+decodes each message and hands the event, by ``stream_id``, straight to the turn's
+``on_event`` (:meth:`WebSocketTransport.stream_to`), so a streamed token wakes no task and
+never reaches the session. When no live turn wants events of some type (``skip``: the runner
+has no use for argument deltas, for instance, since ``arguments.done`` carries the whole
+arguments), they are recognised by their first bytes and dropped unread.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
@@ -45,23 +49,26 @@ from picows import (
 )
 
 from hotloop.errors import HotloopError
+from hotloop.protocol.client_session import (
+    ERROR_EVENTS,
+    TERMINAL_EVENTS,
+    WEBSOCKET_RULES,
+    Action,
+    Chaining,
+    ClientSession,
+    Failure,
+    connection_failure,
+    error_failure,
+)
 from hotloop.transport.base import ModelRequest, OnEvent, TransportError, TransportStats
 from hotloop.wire import codec
-from hotloop.wire.events import (
-    ErrorEvent,
-    Event,
-    ResponseCompleted,
-    ResponseFailed,
-    ResponseIncomplete,
-    WebSocketError,
-)
+from hotloop.wire.events import Event
 
 __all__ = ["WebSocketTransport", "request_body"]
 
-_CLOSED = object()
 _END: Any = object()
-_MAX_LIVE_IDS = 4096
 _CONNECT_ATTEMPTS = 3
+_CLOSED_MESSAGE = "the WebSocket closed during the turn"
 #: Incoming messages have no practical size limit (the SDKs use ``max_size=None``, §7).
 _MAX_FRAME_BYTES = 1 << 30
 
@@ -86,11 +93,12 @@ def request_body(request: ModelRequest, *, incremental: bool, store: bool | None
 
 
 class _Turn:
-    """One in-flight turn on a lane: the protocol callback hands it each event of the turn.
+    """One in-flight send of a turn on a lane: the protocol callback hands it each event.
 
     Ordinary events go straight to the caller's ``on_event``, inside the callback: no queue and
-    no task switch per streamed token. The turn's task waits on one future, settled by the
-    first of: a terminal event, an error event, the socket closing, or ``on_event`` raising.
+    no task switch per streamed token, and no call into the session. The turn's task waits on
+    one future, settled by the first of: a terminal event, an error event, the socket closing
+    (a :class:`Failure`), or ``on_event`` raising.
     """
 
     __slots__ = ("delivered", "future", "generation", "on_event")
@@ -106,7 +114,7 @@ class _Turn:
         if future.done():
             return  # settled: whatever still arrives for this turn is not its caller's
         kind = type(event)
-        if kind in _ERRORS:
+        if kind in ERROR_EVENTS:
             future.set_result(event)  # stream_to decides: retry, or raise
             return
         self.delivered = True
@@ -115,16 +123,12 @@ class _Turn:
         except Exception as exc:
             future.set_exception(exc)
             return
-        if kind in _TERMINALS:
+        if kind in TERMINAL_EVENTS:
             future.set_result(event)
 
-    def closed(self) -> None:
+    def closed(self, failure: Failure) -> None:
         if not self.future.done():
-            self.future.set_result(_CLOSED)
-
-
-_ERRORS = frozenset({WebSocketError, ErrorEvent})
-_TERMINALS = frozenset({ResponseCompleted, ResponseIncomplete, ResponseFailed})
+            self.future.set_result(failure)
 
 
 class _Listener(WSListener):
@@ -138,6 +142,7 @@ class _Listener(WSListener):
         self.owner = owner
         self.generation = generation
         self.fragments: list[bytes] | None = None
+        self.close_code: int | None = None
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -152,11 +157,13 @@ class _Listener(WSListener):
                 payload, self.fragments = b"".join(self.fragments), None
                 self.owner._deliver(payload, self.generation)
         elif kind is WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
+            code = frame.get_close_code()
+            self.close_code = code.value
+            transport.send_close(code)
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.owner._disconnected(transport, self.generation)
+        self.owner._disconnected(transport, self.generation, self.close_code)
 
 
 class WebSocketTransport:
@@ -164,7 +171,8 @@ class WebSocketTransport:
 
     ``url`` is the WebSocket URL of ``/v1/responses`` (``ws://host:port/v1/responses``).
     ``store`` is sent with every request (``False`` by default: state stays in the
-    connection cache and never touches the server's storage).
+    connection cache and never touches the server's storage). ``session`` holds the
+    connection's state and rules (which ids live on the socket, which lanes are free).
     """
 
     def __init__(
@@ -181,12 +189,14 @@ class WebSocketTransport:
         self.stats = TransportStats()
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._open_timeout = open_timeout
+        self.session = ClientSession(
+            WEBSOCKET_RULES,
+            Chaining.CONNECTION,
+            lanes=[*(f"hl-{i}" for i in range(1, max_lanes + 1)), None],
+        )
         self._socket: WSTransport | None = None
-        self._generation = 0
         self._connect_lock = asyncio.Lock()
-        self._live: OrderedDict[str, int] = OrderedDict()
         self._turns: dict[str | None, _Turn] = {}
-        self._free_lanes: list[str | None] = [None, *(f"hl-{i}" for i in range(max_lanes, 0, -1))]
         self._lane_waiters: deque[asyncio.Future[None]] = deque()
         # What each live turn's caller said it has no use for (``skip``); a message of a type
         # that no live turn wants is dropped unread, recognised by its first bytes.
@@ -209,7 +219,7 @@ class WebSocketTransport:
                 return self._socket
             if self._closed:
                 raise TransportError("the transport is closed", code="closed")
-            generation = self._generation + 1
+            generation = self.session.connecting()
             last: BaseException | None = None
             for attempt in range(_CONNECT_ATTEMPTS):
                 try:
@@ -241,7 +251,7 @@ class WebSocketTransport:
                 raise TransportError(
                     f"cannot connect to {self.url}: {last!r}", code="connect_failed"
                 ) from last
-            self._generation = generation
+            self.session.connected(generation)
             if self.stats.connections_opened:
                 self.stats.reconnects += 1
             self.stats.connections_opened += 1
@@ -261,18 +271,21 @@ class WebSocketTransport:
         if turn is not None and turn.generation == generation:
             turn.receive(event)
 
-    def _disconnected(self, socket: WSTransport, generation: int) -> None:
+    def _disconnected(self, socket: WSTransport, generation: int, close_code: int | None) -> None:
         if self._socket is socket:
             self._socket = None
+        self.session.disconnected(generation)
+        failure = connection_failure(_CLOSED_MESSAGE, close_code=close_code)
         for turn in list(self._turns.values()):
             if turn.generation == generation:
-                turn.closed()
+                turn.closed(failure)
 
     async def drop(self) -> None:
         """Close the current socket; the next turn reconnects and re-sends the history."""
         socket = self._socket
         self._socket = None
         if socket is not None:
+            self.session.disconnected(self.session.generation)
             socket.send_close(WSCloseCode.OK)
             socket.disconnect()
             await socket.wait_disconnected()
@@ -283,8 +296,9 @@ class WebSocketTransport:
 
     # -- lanes -----------------------------------------------------------------------------
 
-    async def _acquire_lane(self) -> str | None:
-        while not self._free_lanes:
+    async def _acquire_lane(self, previous_response_id: str | None = None) -> str | None:
+        session = self.session
+        while not session.has_free_lane:
             waiter = asyncio.get_running_loop().create_future()
             self._lane_waiters.append(waiter)
             try:
@@ -296,10 +310,10 @@ class WebSocketTransport:
             finally:
                 if waiter in self._lane_waiters:
                     self._lane_waiters.remove(waiter)
-        return self._free_lanes.pop()
+        return session.acquire_lane(previous_response_id)
 
     def _release_lane(self, lane: str | None) -> None:
-        self._free_lanes.append(lane)
+        self.session.release_lane(lane)
         self._wake_lane_waiter()
 
     def _wake_lane_waiter(self) -> None:
@@ -310,11 +324,6 @@ class WebSocketTransport:
                 return
 
     # -- one turn --------------------------------------------------------------------------
-
-    def _remember(self, response_id: str) -> None:
-        self._live[response_id] = self._generation
-        if len(self._live) > _MAX_LIVE_IDS:
-            self._live.popitem(last=False)
 
     def _skipping(self, token: object, skip: frozenset[str] | None) -> None:
         if skip is None:
@@ -327,24 +336,24 @@ class WebSocketTransport:
     async def stream_to(
         self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
     ) -> None:
-        lane = await self._acquire_lane()
+        session = self.session
+        previous = request.previous_response_id
+        lane = await self._acquire_lane(previous)
         token = object()
         self._skipping(token, frozenset(skip))
         try:
-            previous = request.previous_response_id
-            incremental = previous is not None and self._live.get(previous) == self._generation
+            turn = session.start_turn(previous, request.new_from, lane)
             timings = request.timings
-            attempts = 0
+            stats = self.stats
             while True:
-                attempts += 1
                 if timings is not None and self._socket is None:
                     timings.connect_start_ns = time.perf_counter_ns()
                     socket = await self._ensure_socket()
                     timings.connect_end_ns = time.perf_counter_ns()
                 else:
                     socket = await self._ensure_socket()
-                if incremental and self._live.get(previous or "") != self._generation:
-                    incremental = False  # the socket changed under us
+                send = session.next_send(turn)
+                incremental = send.incremental
                 body = request_body(request, incremental=incremental, store=self.store)
                 body["type"] = "response.create"
                 if lane is not None:
@@ -352,59 +361,42 @@ class WebSocketTransport:
                 frame = codec.dumps(body)
                 if timings is not None:
                     timings.encoded_ns = time.perf_counter_ns()
-                turn = _Turn(self._generation, on_event)
-                self._turns[lane] = turn
+                live = _Turn(send.generation, on_event)
+                self._turns[lane] = live
                 try:
                     if socket.is_disconnected:
-                        turn.closed()
+                        live.closed(connection_failure(_CLOSED_MESSAGE))
                     else:
                         socket.send(WSMsgType.TEXT, frame)
                     if timings is not None:
                         timings.sent_ns = time.perf_counter_ns()
                         timings.body_bytes = len(frame)
                         timings.incremental = incremental
-                    self.stats.requests += 1
-                    self.stats.bytes_sent += len(frame)
+                    stats.requests += 1
+                    stats.bytes_sent += len(frame)
                     if incremental:
-                        self.stats.incremental_requests += 1
+                        stats.incremental_requests += 1
                     else:
-                        self.stats.full_resends += 1
-                    end = await turn.future
+                        stats.full_resends += 1
+                    end = await live.future
                 finally:
-                    if self._turns.get(lane) is turn:
+                    if self._turns.get(lane) is live:
                         del self._turns[lane]
-                if end is _CLOSED:
-                    if turn.delivered or attempts >= _CONNECT_ATTEMPTS:
-                        raise TransportError(
-                            "the WebSocket closed during the turn",
-                            code="connection_lost",
-                            replay_safe=True,
-                        )
-                    incremental = False
-                    continue
-                if isinstance(end, (WebSocketError, ErrorEvent)):
-                    code = end.code
-                    if not turn.delivered and code == "previous_response_not_found" and incremental:
-                        self.stats.cache_misses += 1
-                        incremental = False
-                        continue
-                    if not turn.delivered and code == "websocket_connection_limit_reached":
-                        await self.drop()
-                        incremental = False
-                        continue
-                    status = getattr(end, "status", None)
-                    # As over HTTP: only a transient refusal is worth sending again; a request
-                    # error (model_not_found, bad input) would fail the same way.
-                    transient = status is not None and (status in (408, 409, 429) or status >= 500)
-                    raise TransportError(
+                if type(end) in TERMINAL_EVENTS:
+                    session.finished(turn, end.type, end.response.id)
+                    return
+                if not isinstance(end, Failure):
+                    end = error_failure(
                         f"the server answered an error: {end.message}",
-                        code=code,
-                        status=status,
-                        replay_safe=not turn.delivered and transient,
+                        code=end.code,
+                        status=getattr(end, "status", None),
                     )
-                if isinstance(end, ResponseCompleted | ResponseIncomplete):
-                    self._remember(end.response.id)
-                return
+                # Raises TransportError unless the rules say to send the turn again.
+                action = session.failed(turn, end, delivered=live.delivered)
+                if action is Action.RESEND_FULL:
+                    stats.cache_misses += 1
+                elif action is Action.RECONNECT and self._socket is socket:
+                    await self.drop()  # unless it is already gone, or another turn replaced it
         finally:
             self._skipping(token, None)
             self._release_lane(lane)

@@ -1,10 +1,11 @@
-"""The connection-scoped cache: ``response_id → conversation snapshot`` (``protocol.md`` §3.5).
+"""The connection-scoped cache: ``response_id → conversation snapshot``.
 
-One :class:`ResponseCache` belongs to one WebSocket connection and is never visible to another.
+One :class:`ResponseCache` belongs to one WebSocket connection (its
+:class:`~hotloop.protocol.server_session.ServerSession`) and is never visible to another.
 It is bounded by entry count and by bytes (LRU). Each entry counts the bytes of its whole
 conversation, which over-counts history shared by several entries of one chain: the bound is
-conservative, never exceeded. The latest response of each lane is never evicted by the bounds,
-so the common continuation always hits.
+conservative. The latest response of each lane is never evicted by the bounds (so they are
+exceeded only by those), and the common continuation always hits.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class ResponseCache:
         self._shrink()
 
     def evict(self, response_id: str) -> None:
-        """Drop one entry (a failed same-lane continuation evicts its parent, §3.5)."""
+        """Drop one entry (a failed same-lane continuation evicts its parent)."""
         entry = self._entries.pop(response_id, None)
         if entry is not None:
             self.nbytes -= entry.conversation.nbytes

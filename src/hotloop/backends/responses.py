@@ -1,0 +1,373 @@
+"""A Responses API upstream behind the gateway: OpenAI, Azure, xAI, or an engine's
+stateless ``/v1/responses`` (llama.cpp, Ollama, vLLM, SGLang).
+
+The gateway keeps the conversation, so it sends the upstream what the upstream needs: the
+whole context to a stateless upstream (each segment encoded once and kept on its snapshot,
+so a turn encodes only its new items), or, with ``chain = true`` for an upstream that stores
+responses, only the new items plus the upstream's own ``previous_response_id``; when the
+upstream no longer has that response, the turn is sent again with the whole context.
+
+The upstream's events are written into the turn's response builder: messages and function
+calls stream (each call is closed at its ``function_call_arguments.done``, so clients
+dispatch eagerly), and every item the gateway does not interpret (reasoning with its
+encrypted content, hosted tool calls, future kinds) is added whole, unchanged. Failures,
+retries and replicas work as for the Chat Completions upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+from hotloop.backends.base import StatelessSession
+from hotloop.backends.upstream import (
+    Replica,
+    Replicas,
+    UpstreamConfig,
+    model_map,
+    retryable,
+    upstream_error,
+)
+from hotloop.errors import APIError, HotloopError
+from hotloop.protocol.builder import ResponseBuilder
+from hotloop.protocol.conversation import Conversation
+from hotloop.protocol.generation import Generation, GenerationRequest
+from hotloop.protocol.sse import SSEDecoder
+from hotloop.wire import codec
+from hotloop.wire.events import (
+    ContentPartAdded,
+    ErrorEvent,
+    Event,
+    FunctionCallArgumentsDelta,
+    FunctionCallArgumentsDone,
+    OutputItemAdded,
+    OutputItemDone,
+    OutputTextDelta,
+    OutputTextDone,
+    ResponseCompleted,
+    ResponseCreated,
+    ResponseFailed,
+    ResponseIncomplete,
+    UnknownEvent,
+    WebSocketError,
+)
+from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
+from hotloop.wire.responses import ResponseObject
+
+__all__ = ["ResponsesBackend", "ResponsesEventReader"]
+
+_ENCODED = "responses.input"
+_UPSTREAM_ID = "responses.upstream_id"
+#: Settings passed to a Responses upstream as they came.
+_PASSED_SETTINGS = ("temperature", "top_p", "text", "reasoning", "truncation", "user", "include")
+
+
+def _strip(item: Item) -> dict[str, Any]:
+    # The gateway's own ids and statuses mean nothing to the upstream; items it does not
+    # interpret (reasoning, hosted calls) are the upstream's and go back exactly as they came.
+    data = item.to_dict()
+    if isinstance(item, Message | FunctionCall | FunctionCallOutput):
+        data.pop("id", None)
+        data.pop("status", None)
+    return data
+
+
+def _encode(items: Sequence[Item]) -> bytes:
+    return b",".join(codec.dumps(_strip(item)) for item in items)
+
+
+def encoded_input(context: Conversation) -> list[bytes]:
+    """Each segment's input items, encoded once (memoized on the snapshot), oldest first."""
+    parts = [node.derived(_ENCODED, _encode) for node in context.segments()]
+    parts.reverse()
+    return [part for part in parts if part]
+
+
+class ResponsesEventReader:
+    """Write an upstream's Responses events into a :class:`ResponseBuilder`.
+
+    :meth:`receive` takes each decoded event and returns the builder's events for it. The
+    terminal event's usage and status are recorded on the builder; a failure or an error
+    event raises :class:`~hotloop.errors.APIError`.
+    """
+
+    __slots__ = ("_open", "_out", "_sent", "done", "upstream_id")
+
+    def __init__(self, out: ResponseBuilder) -> None:
+        self._out = out
+        # What is open: "message", "call", "closed" (a call whose arguments are done), or
+        # "whole" (an item kept as it is, added at its output_item.done).
+        self._open: str | None = None
+        self._sent = 0  # characters of the open part or call streamed so far
+        self.upstream_id: str | None = None
+        self.done = False
+
+    def receive(self, event: Event) -> Sequence[Event]:
+        out = self._out
+        kind = type(event)
+        if kind is OutputTextDelta or kind is FunctionCallArgumentsDelta:
+            if self._open in ("message", "call"):
+                delta = event.delta  # type: ignore[union-attr]
+                self._sent += len(delta)
+                return out.delta(delta)
+            return ()
+        if isinstance(event, OutputItemAdded):
+            item = event.item
+            if isinstance(item, Message):
+                self._open = "message"
+                return out.open_message()
+            if isinstance(item, FunctionCall):
+                self._open, self._sent = "call", 0
+                return out.open_call(item.name, call_id=item.call_id)
+            self._open = "whole"
+            return ()
+        if isinstance(event, ContentPartAdded):
+            if self._open == "message" and event.part.type in ("output_text", "refusal"):
+                self._sent = 0
+                return out.open_part(event.part.type)
+            return ()
+        if isinstance(event, UnknownEvent):
+            if event.type == "response.refusal.delta" and self._open == "message":
+                delta = str(event.data.get("delta") or "")
+                self._sent += len(delta)
+                return out.delta(delta)
+            return ()
+        if isinstance(event, OutputTextDone):
+            return self._rest(event.text)
+        if isinstance(event, FunctionCallArgumentsDone):
+            if self._open != "call":
+                return ()
+            # The arguments are final: close the call now, not at output_item.done.
+            events = (*self._rest(event.arguments), *out.close_item())
+            self._open = "closed"  # its output_item.done only repeats it
+            return events
+        if isinstance(event, OutputItemDone):
+            return self._item_done(event.item)
+        if isinstance(event, ResponseCreated):
+            self.upstream_id = event.response.id
+            return ()
+        if isinstance(event, ResponseCompleted | ResponseIncomplete):
+            return self._terminal(event.response)
+        if isinstance(event, ResponseFailed):
+            error = event.response.error or {}
+            raise APIError(
+                f"The upstream's response failed: {error.get('message') or 'no reason given'}",
+                status=502,
+                type="server_error",
+                code="upstream_error",
+            )
+        if isinstance(event, ErrorEvent | WebSocketError):
+            raise APIError(
+                f"The upstream reported an error: {event.message}",
+                status=502,
+                type="server_error",
+                code="upstream_error",
+            )
+        return ()
+
+    def _rest(self, full: str) -> Sequence[Event]:
+        # A server may send the done text without (all) its deltas: send what is missing.
+        if self._open in ("message", "call") and len(full) > self._sent:
+            rest = full[self._sent :]
+            self._sent = len(full)
+            return self._out.delta(rest)
+        return ()
+
+    def _item_done(self, item: Item) -> Sequence[Event]:
+        state, self._open = self._open, None
+        if state == "closed":
+            return ()
+        if state == "message":
+            return self._out.close_item()
+        if state == "call":  # no arguments.done came: the item has the arguments
+            assert isinstance(item, FunctionCall)
+            return (*self._rest(item.arguments), *self._out.close_item())
+        return self._out.add_item(item)
+
+    def _terminal(self, response: ResponseObject) -> Sequence[Event]:
+        self.done = True
+        out = self._out
+        events: list[Event] = []
+        if self._open in ("message", "call"):
+            events.extend(out.close_item())
+            self._open = None
+        # Items only the terminal output carries were never streamed: add them now.
+        for item in response.output[len(out.output) :]:
+            events.extend(out.add_item(item))
+        if response.usage is not None:
+            out.set_usage(response.usage)
+        if response.status == "incomplete":
+            reason = (response.incomplete_details or {}).get("reason")
+            out.set_incomplete(str(reason or "max_output_tokens"))
+        return events
+
+
+class ResponsesBackend:
+    """A :class:`~hotloop.backends.base.Backend` forwarding to a Responses API upstream.
+
+    With ``config.chain`` it continues upstream conversations by ``previous_response_id``
+    (for upstreams that store responses); without, it sends the whole context.
+    """
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.chain = config.chain
+        self.replicas = Replicas(config, clock=clock, transport=transport)
+        self._models = dict(config.models)
+
+    async def start(self) -> None:
+        if not self._models:
+            self._models = model_map(self.config, await self.replicas.list_models())
+        self.replicas.start_health_checks()
+
+    def models(self) -> Sequence[str]:
+        return list(self._models)
+
+    def open_session(self) -> StatelessSession:
+        return StatelessSession(self.generate)
+
+    async def aclose(self) -> None:
+        await self.replicas.aclose()
+
+    def _body(self, request: GenerationRequest, previous: str | None) -> bytes:
+        body: dict[str, Any] = {
+            "model": self._models.get(request.model, request.model),
+            "stream": True,
+            "store": self.chain,
+        }
+        if request.instructions:
+            body["instructions"] = request.instructions
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": dict(tool.parameters),
+                }
+                for tool in request.tools
+            ]
+            body["tool_choice"] = (
+                {"type": "function", "name": request.forced_function}
+                if request.forced_function is not None
+                else request.tool_choice
+            )
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.max_output_tokens is not None:
+            body["max_output_tokens"] = request.max_output_tokens
+        for key in _PASSED_SETTINGS:
+            if request.settings.get(key) is not None:
+                body[key] = request.settings[key]
+        if previous is not None:
+            body["previous_response_id"] = previous
+            items = [_encode(request.context.items)]
+        else:
+            items = encoded_input(request.context)
+        head = codec.dumps(body)
+        return b"".join((head[:-1], b',"input":[', b",".join(items), b"]}"))
+
+    def _chained_from(self, context: Conversation) -> str | None:
+        """The upstream response this turn continues, when the upstream holds it.
+
+        ``context`` is the parent snapshot (the last response's output) extended by the new
+        input; the upstream id was recorded on the snapshot that response answered.
+        """
+        if not self.chain or context.parent is None or context.parent.parent is None:
+            return None
+        upstream_id = context.parent.parent.noted(_UPSTREAM_ID)
+        return upstream_id if isinstance(upstream_id, str) else None
+
+    async def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
+        previous = self._chained_from(request.context)
+        order = self.replicas.order(request.context.root_key)
+        attempt = 0
+        while True:
+            replica = order[attempt % len(order)]
+            attempt += 1
+            reader = ResponsesEventReader(out)
+            delivered = False
+            try:
+                async for events in self._attempt(replica, self._body(request, previous), reader):
+                    delivered = True
+                    yield events
+                self.replicas.succeeded(replica)
+                if self.chain and reader.upstream_id is not None:
+                    request.context.note(_UPSTREAM_ID, reader.upstream_id)
+                return
+            except APIError as error:
+                if not delivered and previous is not None and error.code == "upstream_rejected":
+                    # The upstream lost the chained response: send the whole context instead.
+                    previous = None
+                    continue
+                if delivered or not retryable(error) or attempt >= self.config.max_attempts:
+                    if retryable(error):
+                        self.replicas.failed(replica, error)
+                    raise
+                self.replicas.failed(replica, error)
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+
+    async def _attempt(
+        self, replica: Replica, payload: bytes, reader: ResponsesEventReader
+    ) -> Generation:
+        config = self.config
+        sse = SSEDecoder()
+        try:
+            async with replica.client.stream(
+                "POST",
+                "/responses",
+                content=payload,
+                headers={"content-type": "application/json"},
+            ) as reply:
+                if reply.status_code != 200:
+                    body = bytearray()
+                    async for chunk in reply.aiter_bytes():
+                        body += chunk
+                        if len(body) > 65536:
+                            break
+                    raise upstream_error(
+                        status=reply.status_code,
+                        body=bytes(body),
+                        headers=reply.headers,
+                        url=replica.url,
+                    )
+                chunks = reply.aiter_bytes()
+                wait = config.first_token_timeout
+                while not reader.done:
+                    async with asyncio.timeout(wait):
+                        try:
+                            data = await anext(chunks)
+                        except StopAsyncIteration:
+                            break
+                    wait = config.stall_timeout
+                    events: list[Event] = []
+                    for message in sse.feed(data):
+                        if message.data == "[DONE]":
+                            continue
+                        events.extend(reader.receive(codec.decode_event(message.data)))
+                    if events:
+                        yield events
+        except TimeoutError as exc:
+            raise upstream_error(httpx.ReadTimeout("stalled"), url=replica.url) from exc
+        except httpx.HTTPError as exc:
+            raise upstream_error(exc, url=replica.url) from exc
+        except HotloopError as exc:
+            if isinstance(exc, APIError):
+                raise
+            raise APIError(
+                f"The upstream {replica.url} sent a malformed stream: {exc}",
+                status=502,
+                type="server_error",
+                code="upstream_bad_stream",
+            ) from exc
+        if not reader.done:
+            raise upstream_error(httpx.RemoteProtocolError("cut"), url=replica.url)

@@ -1,0 +1,184 @@
+"""A Responses API upstream behind the gateway: the upstream here is a second hotloop gateway on
+the simulated model (a stateless ``/v1/responses`` when ``store`` is false, like an engine's),
+so the whole path is real sockets and real engines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+
+import hotloop
+from hotloop import Agent, Runner
+from hotloop.backends.responses import ResponsesBackend, ResponsesEventReader
+from hotloop.backends.sim import SimBackend
+from hotloop.backends.upstream import UpstreamConfig
+from hotloop.errors import APIError
+from hotloop.gateway import GatewayServer
+from hotloop.protocol.assembler import ResponseStream
+from hotloop.protocol.builder import ResponseBuilder
+from hotloop.sim.latency import get_profile
+from hotloop.sim.scenario import load_scenario
+from hotloop.testing import scenario_tools
+from hotloop.wire import events as ev
+from hotloop.wire.items import ContentPart, FunctionCall, Message, Reasoning, UnknownItem
+from hotloop.wire.responses import ResponseObject, Usage
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[GatewayServer]:
+    async with GatewayServer(SimBackend("coding", get_profile("zero"))) as server:
+        yield server
+
+
+def config(upstream: GatewayServer, **fields: object) -> UpstreamConfig:
+    return UpstreamConfig(
+        urls=(upstream.base_url,),
+        api="responses",
+        models={"agent-model": "hotloop-sim"},
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("chain", [False, True])
+async def test_runtime_runs_the_whole_coding_rollout_through_a_responses_upstream(
+    upstream: GatewayServer, chain: bool
+) -> None:
+    scenario = load_scenario("coding")
+    async with GatewayServer(ResponsesBackend(config(upstream, chain=chain))) as gateway:
+        client = hotloop.connect(gateway.base_url)
+        try:
+            tools = scenario_tools(scenario, time_scale=0)
+            agent = Agent("agent-model", "You are a coding agent.", tools)
+            result = await Runner.run(agent, scenario.task, client=client)
+        finally:
+            await client.aclose()
+    assert result.turns == len(scenario.turns)
+    assert result.tool_calls == sum(len(turn.calls) for turn in scenario.turns)
+    assert result.final_output == scenario.turns[-1].text
+    # The upstream's own prefix cache is reported through the gateway.
+    assert result.usage.cached_tokens > 0
+
+
+async def test_official_sdk_streams_a_tool_call_through_a_responses_upstream(
+    upstream: GatewayServer,
+) -> None:
+    scenario = load_scenario("coding")
+    tools = [
+        {"type": "function", "name": t.name, "parameters": t.parameters}
+        for t in scenario.tools.values()
+    ]
+    async with GatewayServer(ResponsesBackend(config(upstream))) as gateway:
+        sdk = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="k")
+        async with sdk.responses.stream(
+            model="agent-model", input=scenario.task, tools=tools
+        ) as stream:
+            async for _ in stream:
+                pass
+            final = await stream.get_final_response()
+        calls = [item for item in final.output if item.type == "function_call"]
+        assert [call.name for call in calls] == [c.name for c in scenario.turns[0].calls]
+        # The second turn continues by id at the gateway; the upstream gets the full context.
+        follow = await sdk.responses.create(
+            model="agent-model",
+            previous_response_id=final.id,
+            input=[
+                {"type": "function_call_output", "call_id": call.call_id, "output": "ok"}
+                for call in calls
+            ],
+            tools=tools,
+        )
+        assert follow.status == "completed"
+        await sdk.close()
+
+
+async def test_an_unreachable_upstream_is_a_documented_error(upstream: GatewayServer) -> None:
+    dead = UpstreamConfig(
+        urls=("http://127.0.0.1:9/v1",),
+        api="responses",
+        models={"agent-model": "x"},
+        max_attempts=2,
+    )
+    async with GatewayServer(ResponsesBackend(dead)) as gateway:
+        sdk = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="k", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk.responses.create(model="agent-model", input="hi")
+        await sdk.close()
+    assert caught.value.status_code == 502
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "upstream_unavailable"
+    assert "127.0.0.1:9" in body["message"]
+
+
+# -- the event reader, pure -------------------------------------------------------------
+
+
+def reader() -> tuple[ResponseBuilder, ResponsesEventReader]:
+    out = ResponseBuilder(ResponseObject(id="resp_gw", created_at=0, model="m", status=""))
+    out.start()
+    return out, ResponsesEventReader(out)
+
+
+def test_items_the_gateway_does_not_interpret_pass_through_unchanged() -> None:
+    out, read = reader()
+    reasoning = Reasoning(id="rs_up", summary=(), encrypted_content="opaque-state")
+    hosted = UnknownItem({"type": "web_search_call", "id": "ws_1", "status": "completed"})
+    call = FunctionCall(call_id="call_up", name="f", arguments='{"a":1}', id="fc_up")
+    events: list[ev.Event] = []
+    for index, item in enumerate((reasoning, hosted)):
+        events += read.receive(ev.OutputItemAdded(output_index=index, item=item))
+        events += read.receive(ev.OutputItemDone(output_index=index, item=item))
+    events += read.receive(
+        ev.OutputItemAdded(
+            output_index=2, item=FunctionCall(call_id="call_up", name="f", arguments="")
+        )
+    )
+    events += read.receive(
+        ev.FunctionCallArgumentsDelta(item_id="fc_up", output_index=2, delta='{"a"')
+    )
+    # The call is closed at arguments.done, with what the deltas missed.
+    at_done = read.receive(
+        ev.FunctionCallArgumentsDone(item_id="fc_up", output_index=2, arguments='{"a":1}')
+    )
+    assert [type(e).__name__ for e in at_done] == [
+        "FunctionCallArgumentsDelta",
+        "FunctionCallArgumentsDone",
+        "OutputItemDone",
+    ]
+    events += at_done
+    assert read.receive(ev.OutputItemDone(output_index=2, item=call)) == ()
+    usage = Usage(input_tokens=50, cached_tokens=40, output_tokens=5)
+    final = ResponseObject(id="resp_up", created_at=0, model="m", status="completed", usage=usage)
+    events += read.receive(ev.ResponseCompleted(response=final))
+    events += out.finish()
+    stream = ResponseStream()
+    for event in events:
+        stream.receive(event)
+    assert stream.output[0] == reasoning and stream.output[0].to_dict() == reasoning.to_dict()
+    assert stream.output[1].to_dict() == hosted.to_dict()
+    (streamed_call,) = [item for item in stream.output if isinstance(item, FunctionCall)]
+    assert (streamed_call.call_id, streamed_call.arguments) == ("call_up", '{"a":1}')
+    assert out.usage == usage
+
+
+def test_terminal_output_fills_in_what_was_not_streamed_and_failures_raise() -> None:
+    out, read = reader()
+    message = Message(role="assistant", content=(ContentPart("output_text", "hi"),), id="m")
+    final = ResponseObject(
+        id="resp_up",
+        created_at=0,
+        model="m",
+        status="incomplete",
+        output=(message,),
+        incomplete_details={"reason": "max_output_tokens"},
+    )
+    events = read.receive(ev.ResponseCompleted(response=final))
+    assert [type(e).__name__ for e in events] == ["OutputItemAdded", "OutputItemDone"]
+    assert out.incomplete_reason == "max_output_tokens"
+    _, read = reader()
+    failed = final.with_status("failed", error={"code": "x", "message": "model overloaded"})
+    with pytest.raises(APIError) as caught:
+        read.receive(ev.ResponseFailed(response=failed))
+    assert caught.value.code == "upstream_error" and "model overloaded" in caught.value.message

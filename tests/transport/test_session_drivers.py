@@ -1,0 +1,281 @@
+"""The transports as drivers of the client session: the session's decisions, on the wire.
+
+A scripted WebSocket-mode server answers each ``response.create`` as a test says (complete it,
+answer an error, close the socket with a code), and records every frame, so each test checks
+what went out: whole history or only the new items, on which lane, on which connection. The
+HTTP transports are checked against the gateway (a store-backed loop whose previous response
+the server does not know) and against httpx's mock transport (error statuses, broken
+requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from hotloop.gateway import GatewayServer
+from hotloop.transport import (
+    ChatTransport,
+    HTTPTransport,
+    ModelRequest,
+    TransportError,
+    WebSocketTransport,
+)
+from hotloop.wire import codec
+from hotloop.wire.events import Event, ResponseCompleted, ResponseCreated
+from hotloop.wire.items import Item, items_from_input
+from hotloop.wire.responses import ResponseObject
+
+MODEL = "scripted"
+HISTORY: list[Item] = [*items_from_input("first"), *items_from_input("second")]
+
+#: What the scripted server does with one ``response.create``.
+Reply = str  # "complete", "error:<code>:<status>", "close:<code>"
+
+
+class ScriptedServer:
+    """A WebSocket-mode server that answers each create with the next scripted reply.
+
+    ``frames[c]`` are the creates received on connection ``c`` (decoded); once the script is
+    used up, every create is completed.
+    """
+
+    def __init__(self, script: list[Reply]) -> None:
+        self.script = list(script)
+        self.frames: list[list[dict[str, Any]]] = []
+        self.made = 0
+        self.url = ""
+
+    async def __aenter__(self) -> ScriptedServer:
+        self._server = await serve(self.handle, "127.0.0.1", 0, compression=None)
+        port = next(iter(self._server.sockets)).getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/v1/responses"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def handle(self, socket: ServerConnection) -> None:
+        frames: list[dict[str, Any]] = []
+        self.frames.append(frames)
+        async for message in socket:
+            body = json.loads(message)
+            frames.append(body)
+            lane = body.get("stream_id")
+            reply = self.script.pop(0) if self.script else "complete"
+            if reply == "complete":
+                self.made += 1
+                response = ResponseObject(
+                    id=f"resp_{self.made}", created_at=0, model=MODEL, status="completed"
+                )
+                await socket.send(
+                    codec.encode_event(
+                        ResponseCreated(response=response.with_status("in_progress")), lane
+                    ).decode()
+                )
+                await socket.send(codec.encode_event(ResponseCompleted(response=response), lane))
+            elif reply.startswith("error:"):
+                _, code, status = reply.split(":")
+                error = {"type": "error", "status": int(status)}
+                error["error"] = {"type": "invalid_request_error", "code": code, "message": code}
+                if lane is not None:
+                    error["stream_id"] = lane
+                await socket.send(json.dumps(error))
+            elif reply.startswith("close:"):
+                await socket.close(int(reply.removeprefix("close:")), "scripted")
+                return
+
+
+def turn(previous: str | None = None, new_from: int = 0) -> ModelRequest:
+    return ModelRequest(MODEL, HISTORY, new_from=new_from, previous_response_id=previous)
+
+
+async def completed_id(client: WebSocketTransport | HTTPTransport, request: ModelRequest) -> str:
+    events: list[Event] = []
+    await client.stream_to(request, events.append)
+    last = events[-1]
+    assert isinstance(last, ResponseCompleted)
+    return last.response.id
+
+
+# -- WebSocket ----------------------------------------------------------------------------
+
+
+async def test_going_away_before_the_first_event_reconnects_and_resends_full() -> None:
+    async with ScriptedServer(["complete", "close:1001"]) as server:
+        client = WebSocketTransport(server.url)
+        try:
+            first = await completed_id(client, turn())
+            await completed_id(client, turn(first, new_from=1))
+        finally:
+            await client.aclose()
+
+    old, new = server.frames
+    assert old[1]["previous_response_id"] == first and len(old[1]["input"]) == 1
+    # The new socket's cache holds nothing: the same turn, whole history, no previous id.
+    assert "previous_response_id" not in new[0] and len(new[0]["input"]) == len(HISTORY)
+    stats = client.stats
+    assert (stats.connections_opened, stats.reconnects) == (2, 1)
+    assert (stats.requests, stats.incremental_requests, stats.full_resends) == (3, 1, 2)
+    assert stats.cache_misses == 0
+
+
+async def test_a_connection_limit_that_persists_is_raised_after_three_sends() -> None:
+    limit = "error:websocket_connection_limit_reached:400"
+    async with ScriptedServer([limit] * 5) as server:
+        client = WebSocketTransport(server.url)
+        try:
+            with pytest.raises(TransportError) as caught:
+                await client.stream_to(turn(), lambda event: None)
+        finally:
+            await client.aclose()
+
+    assert caught.value.code == "websocket_connection_limit_reached"
+    assert not caught.value.replay_safe
+    assert [len(frames) for frames in server.frames] == [1, 1, 1]  # one send per new socket
+    assert client.stats.requests == 3 and client.stats.connections_opened == 3
+
+
+async def test_a_refused_same_lane_continuation_is_sent_full_the_next_time() -> None:
+    async with ScriptedServer(["complete", "error:rate_limit_exceeded:429"]) as server:
+        client = WebSocketTransport(server.url)
+        try:
+            first = await completed_id(client, turn())
+            with pytest.raises(TransportError) as caught:
+                await client.stream_to(turn(first, new_from=1), lambda event: None)
+            # The runner sends a replay-safe turn again: the server evicted its parent.
+            await completed_id(client, turn(first, new_from=1))
+        finally:
+            await client.aclose()
+
+    assert caught.value.replay_safe and caught.value.status == 429
+    (frames,) = server.frames
+    assert [frame.get("previous_response_id") for frame in frames] == [None, first, None]
+    assert client.stats.cache_misses == 0
+
+
+async def test_a_continuation_runs_on_the_lane_of_its_parent() -> None:
+    async with ScriptedServer([]) as server:
+        client = WebSocketTransport(server.url)
+        try:
+            a, b = await asyncio.gather(completed_id(client, turn()), completed_id(client, turn()))
+            # Each continues on its own lane, whichever lane was freed last.
+            for previous in (b, a):
+                await completed_id(client, turn(previous, new_from=1))
+        finally:
+            await client.aclose()
+
+    (frames,) = server.frames
+    lane_of = {f"resp_{n}": frame.get("stream_id") for n, frame in enumerate(frames[:2], 1)}
+    assert set(lane_of.values()) == {"hl-1", "hl-2"}
+    assert [(f["previous_response_id"], f["stream_id"]) for f in frames[2:]] == [
+        (b, lane_of[b]),
+        (a, lane_of[a]),
+    ]
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+
+async def test_store_backed_http_falls_back_to_full_on_previous_response_not_found(
+    gateway: GatewayServer,
+) -> None:
+    client = HTTPTransport(gateway.base_url, incremental=True)
+    request = ModelRequest(
+        "hotloop-sim",
+        items_from_input("Check the weather."),
+        previous_response_id="resp_nobody_stored",
+    )
+    try:
+        events = [event async for event in client.stream(request)]
+    finally:
+        await client.aclose()
+    assert events[-1].type == "response.completed"
+    stats = client.stats
+    assert (stats.requests, stats.cache_misses) == (2, 1)
+    assert (stats.incremental_requests, stats.full_resends) == (1, 1)
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def mocked(client: HTTPTransport | ChatTransport, handler: Handler) -> None:
+    client._client = httpx.AsyncClient(
+        base_url="http://mocked/v1", transport=httpx.MockTransport(handler)
+    )
+
+
+def status(code: int, error_code: str | None = None) -> Handler:
+    body = {"error": {"message": "no", "type": "x", "param": None, "code": error_code}}
+    return lambda request: httpx.Response(code, json=body)
+
+
+@pytest.mark.parametrize("kind", ["http", "chat"])
+@pytest.mark.parametrize(
+    ("code", "replay_safe"),
+    [(408, True), (409, True), (429, True), (500, True), (503, True), (400, False), (404, False)],
+)
+async def test_http_error_statuses_are_replay_safe_only_when_transient(
+    kind: str, code: int, replay_safe: bool
+) -> None:
+    client = HTTPTransport("http://mocked/v1") if kind == "http" else ChatTransport("http://x")
+    mocked(client, status(code, "some_code"))
+    try:
+        with pytest.raises(TransportError) as caught:
+            await client.stream_to(turn(), lambda event: None)
+    finally:
+        await client.aclose()
+    assert (caught.value.status, caught.value.code) == (code, "some_code")
+    assert caught.value.replay_safe is replay_safe
+    assert client.stats.requests == 1
+
+
+class _BreaksAfter(httpx.AsyncByteStream):
+    """A response body that sends ``chunks`` and then breaks."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        raise httpx.ReadError("connection reset")
+
+
+@pytest.mark.parametrize("kind", ["http", "chat"])
+@pytest.mark.parametrize("events_first", [False, True])
+async def test_a_broken_http_request_is_replay_safe_with_its_cause(
+    kind: str, events_first: bool
+) -> None:
+    response = ResponseObject(id="resp_1", created_at=0, model=MODEL, status="in_progress")
+    chunks = []
+    if events_first:
+        created = codec.encode_event(ResponseCreated(response=response))
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
+        chunk["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]
+        data = created if kind == "http" else codec.dumps(chunk)
+        chunks.append(b"data: " + data + b"\n\n")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if not chunks:
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200, stream=_BreaksAfter(chunks))
+
+    client = HTTPTransport("http://mocked/v1") if kind == "http" else ChatTransport("http://x")
+    mocked(client, handler)
+    seen: list[Event] = []
+    try:
+        with pytest.raises(TransportError) as caught:
+            await client.stream_to(turn(), seen.append)
+    finally:
+        await client.aclose()
+    assert caught.value.replay_safe and caught.value.code == "connection_lost"
+    assert isinstance(caught.value.__cause__, httpx.HTTPError)
+    assert bool(seen) is events_first
