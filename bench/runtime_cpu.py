@@ -1,4 +1,4 @@
-"""Where the runtime's CPU per model turn goes, on the ``zero`` profile (issue 3's ≤ 1 ms target).
+"""Where the runtime's CPU per model turn goes, on the ``zero`` profile (the target: at most 1 ms).
 
 One scenario (``--scenario``, default ``coding``) against a gateway in a subprocess on the
 ``zero`` profile (no model delays), tools at time scale 0, so nothing runs but software. Four

@@ -76,7 +76,7 @@ RUN_TIMEOUT_S = 900.0
 _STAMP = f"{os.getpid()}-{time.time_ns()}"
 
 
-#: The four strategies issue 3 names (``hotloop bench`` adds ``ws-concurrent``).
+#: The four loop strategies compared (``hotloop bench`` adds ``ws-concurrent``).
 STRATEGIES: tuple[Strategy, ...] = tuple(
     strategy_named(name) for name in ("naive", "http-prev-id", "ws-incremental", "hotloop")
 )

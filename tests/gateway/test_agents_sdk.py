@@ -1,7 +1,7 @@
 """The real gateway on loopback, driven by the ``openai-agents`` SDK, unmodified.
 
 An Agent with one real function tool runs the ten-turn scenario over every transport of
-``protocol.md`` §5 (checklist 54-56): HTTP Responses with ``Runner.run`` (JSON) and
+The Agents SDK in each of its modes: HTTP Responses with ``Runner.run`` (JSON) and
 ``Runner.run_streamed`` (SSE), the WebSocket transport, and Chat Completions; and with
 ``auto_previous_response_id=True`` chaining over WebSocket and HTTP. The sim picks its turn
 from the number of tool results in the conversation, so the tool must really run for every
@@ -270,4 +270,4 @@ async def test_chat_completions_model(gateway: GatewayServer, client: AsyncOpenA
         assert response.usage.input_tokens > 0
         assert response.usage.output_tokens > 0
     # Streamed, the Agents SDK asks for usage (stream_options.include_usage) only from
-    # api.openai.com (protocol.md §4.1), so none is expected here.
+    # api.openai.com, so none is expected here.

@@ -1,9 +1,8 @@
-"""WebSocket connection semantics over real loopback sockets (issue point 3).
+"""WebSocket connection semantics over real loopback sockets.
 
-Connection-scoped cache (``protocol.md`` §3.5), store fallback across sockets and HTTP, lane
-ordering and concurrency (§3.4), lane echo (§3.3), ``generate: false`` warm-up (§3.7), the
-commit-before-terminal rule (P9) and socket reuse across request-scoped errors (§9 items
-29-39).
+Connection-scoped cache, store fallback across sockets and HTTP, lane
+ordering and concurrency, lane echo, ``generate: false`` warm-up, the
+commit-before-terminal rule and socket reuse across request-scoped errors.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -21,7 +21,10 @@ from websockets.client import ClientProtocol
 from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
+from hotloop.backends.sim import SimBackend
 from hotloop.bench.runner import gateway_subprocess
+from hotloop.gateway import GatewayServer
+from hotloop.protocol.conversation import item_text
 from hotloop.sim.latency import get_profile
 from hotloop.sim.scenario import Scenario, Turn, load_scenario
 from support import WEATHER_TOOL
@@ -96,7 +99,7 @@ def call_arguments(response: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def assert_not_found(event: dict[str, Any], response_id: str, stream_id: str | None = None) -> None:
-    """The exact WS ``previous_response_not_found`` envelope of §3.5."""
+    """The exact WS ``previous_response_not_found`` envelope."""
     assert event["type"] == "error"
     assert event["status"] == 400
     error = event["error"]
@@ -308,7 +311,7 @@ async def test_failed_same_lane_continuation_evicts_its_parent(gateway: Any) -> 
         )
         assert failed[0]["error"]["code"] == "model_not_found"
         assert failed[0]["stream_id"] == "b"
-        # A failed same-lane continuation evicts it: a blind retry fails again (§3.5).
+        # A failed same-lane continuation evicts it: a blind retry fails again.
         failed = await turn(
             ws, previous_response_id=parent["id"], input="x", model="nope", stream_id="a"
         )
@@ -317,6 +320,59 @@ async def test_failed_same_lane_continuation_evicts_its_parent(gateway: Any) -> 
         assert_not_found(retry[0], parent["id"], stream_id="a")
         # The socket and lane still serve new chains.
         assert completed(await turn(ws, input="fresh", store=False, stream_id="a"))
+
+
+class ExplodingBackend:
+    """The sim, except that a turn whose newest input item says "explode" fails mid-stream."""
+
+    def __init__(self, inner: SimBackend) -> None:
+        self.inner = inner
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    def models(self) -> Any:
+        return self.inner.models()
+
+    def open_session(self) -> Any:
+        inner = self.inner.open_session()
+
+        class Session:
+            async def generate(self, request: Any, out: Any) -> AsyncIterator[Any]:
+                if item_text(request.context.items[-1]) == "explode":
+                    raise RuntimeError("the model fell over")
+                async for events in inner.generate(request, out):
+                    yield events
+
+            async def aclose(self) -> None:
+                await inner.aclose()
+
+        return Session()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_failed_generation_evicts_its_same_lane_parent_only() -> None:
+    backend = ExplodingBackend(SimBackend(long_scenario(5), "zero"))
+    async with GatewayServer(backend) as server, ws_connect(server) as ws:
+        parent = completed(await turn(ws, input="base", store=False, stream_id="a"))
+        # A fork on another lane that fails while generating leaves the parent.
+        failed = await turn(
+            ws, previous_response_id=parent["id"], input="explode", store=False, stream_id="b"
+        )
+        assert failed[-1]["type"] == "response.failed"
+        assert failed[-1]["response"]["error"]["code"] == "server_error"
+        assert all(e["stream_id"] == "b" for e in failed)
+        # The same continuation on the parent's own lane fails and evicts it.
+        failed = await turn(
+            ws, previous_response_id=parent["id"], input="explode", store=False, stream_id="a"
+        )
+        assert failed[-1]["type"] == "response.failed"
+        retry = await turn(
+            ws, previous_response_id=parent["id"], input="x", store=False, stream_id="a"
+        )
+        assert_not_found(retry[0], parent["id"], stream_id="a")
 
 
 # -- warm-up, commit order, socket reuse ----------------------------------------------------
@@ -355,7 +411,7 @@ async def test_generate_false_warm_up(gateway: Any, store: bool) -> None:
 async def test_continuation_from_another_socket_the_instant_completed_arrives(
     gateway: Any,
 ) -> None:
-    """P9: the response is committed to the store before its terminal event is sent.
+    """The response is committed to the store before its terminal event is sent.
 
     The store write is slowed down, so a gateway that sent the terminal event first would
     lose the race every time.

@@ -69,7 +69,7 @@ async def _turn(socket: Any, **fields: Any) -> dict[str, Any]:
 
 
 async def test_full_context_frames_over_16_mib_are_served(gateway: Any) -> None:
-    # uvicorn's default would close the socket with 1009 (protocol.md P8); the default limit
+    # uvicorn's default would close the socket with 1009; the default limit
     # is 64 MiB.
     big = "x" * (17 * 1024 * 1024)
     async with connect(gateway.websocket_url, max_size=None) as socket:

@@ -1,4 +1,4 @@
-"""Malformed input and hostile clients (issue point 4).
+"""Malformed input and hostile clients.
 
 Every malformed input gets a specific error, and both the connection that sent it and every
 other session keep working: each WebSocket case then completes a turn on the same socket and
@@ -90,7 +90,7 @@ def assert_ws_error(
     param: str | None = None,
     stream_id: str | None = None,
 ) -> None:
-    """The WS ``error`` envelope (§3.3): nested error object, lane echo only if valid."""
+    """The WS ``error`` envelope: nested error object, lane echo only if valid."""
     assert event["type"] == "error", event
     assert event["status"] == status
     error = event["error"]
@@ -98,7 +98,7 @@ def assert_ws_error(
     assert error["type"] == "invalid_request_error"
     assert isinstance(error["message"], str) and error["message"]
     assert error["param"] == param
-    assert "code" not in event and "message" not in event  # never the SSE shape (P5)
+    assert "code" not in event and "message" not in event  # never the SSE shape
     if stream_id is None:
         assert "stream_id" not in event
     else:

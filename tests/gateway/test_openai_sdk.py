@@ -1,11 +1,11 @@
 """The real gateway on loopback, driven by the official ``openai`` SDK, unmodified.
 
-Every mode of ``protocol.md`` runs the ten-turn scenario of ``support.ten_turn_scenario``
+Every mode of the API runs the ten-turn scenario of ``support.ten_turn_scenario``
 to the end: HTTP SSE with full-history resends (a), HTTP JSON chained by
 ``previous_response_id`` with ``store: true`` (b), WebSocket mode chained with
 ``store: false`` (c), and Chat Completions (d). Only deterministic facts are asserted:
 which calls arrive in which order with which arguments, event order and brackets
-(§2.4, checklist 14-20 and 47-53), ids, counts and usage.
+(the canonical event order), ids, counts and usage.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class Transcript:
 
 
 def check_stream(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Check one response's events against §2.4 (checklist 14-20); return its response.
+    """Check one response's events against the canonical event order; return its response.
 
     Created first, ``sequence_number`` strictly rising from 0, one terminal event and it is
     last, one ``response.id`` throughout, every item bracketed by added/done with a stable
@@ -347,13 +347,13 @@ async def test_http_streaming_full_history(client: AsyncOpenAI, helper: bool) ->
         history += outputs_for(calls)
     # The whole history is re-sent, yet the sim's prefix cache still matches it.
     transcript.check(cached_after_first=True)
-    # store=False responses are never persisted (checklist 11).
+    # store=False responses are never persisted.
     with pytest.raises(NotFoundError):
         await client.responses.retrieve(transcript.response_ids[0])
 
 
 async def test_check_stream_rejects_broken_streams(client: AsyncOpenAI) -> None:
-    """The §2.4 checker is not vacuous: each break of the canonical order is caught."""
+    """The event-order checker is not vacuous: each break of the canonical order is caught."""
     events, _ = await stream_turn(
         client, helper=False, model=MODEL, input=TASK, tools=TOOLS, store=False
     )
@@ -449,7 +449,7 @@ async def ws_turn(connection: Any, **kwargs: Any) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     async for event in connection:
         data = as_dict(event)
-        # Default lane: no event carries stream_id (checklist 35).
+        # Default lane: no event carries stream_id.
         assert "stream_id" not in event.to_dict()
         events.append(data)
         if data["type"] in TERMINAL:
@@ -483,7 +483,7 @@ async def test_websocket_previous_response_id(client: AsyncOpenAI) -> None:
             previous = response["id"]
             new_input = outputs_for(calls)
     transcript.check(cached_after_first=True)
-    # store=False: the chain lived in that socket's cache only (checklist 33).
+    # store=False: the chain lived in that socket's cache only.
     with pytest.raises(NotFoundError):
         await client.responses.retrieve(transcript.response_ids[-1])
 
@@ -508,7 +508,7 @@ async def test_websocket_store_false_parent_unknown_on_new_socket(client: AsyncO
         assert error["type"] == "error"
         assert error["error"]["code"] == "previous_response_not_found"
         assert error["error"]["param"] == "previous_response_id"
-        # The socket stays usable after a request-scoped error (checklist 32).
+        # The socket stays usable after a request-scoped error.
         events = await ws_turn(
             connection, model=MODEL, input=TASK, instructions=INSTRUCTIONS, tools=TOOLS, store=False
         )
@@ -516,7 +516,7 @@ async def test_websocket_store_false_parent_unknown_on_new_socket(client: AsyncO
 
 
 def sync_ws_conversation(base_url: str, turns: int) -> list[dict[str, Any]]:
-    """The sync client's ``responses.connect()`` (checklist 46): ``turns`` chained turns."""
+    """The sync client's ``responses.connect()``: ``turns`` chained turns."""
     responses: list[dict[str, Any]] = []
     with OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0) as sdk:
         with sdk.responses.connect() as connection:
@@ -589,7 +589,7 @@ def completion_turn(completion: Any) -> ChatTurn:
 
 
 def check_chat_chunks(chunks: list[dict[str, Any]], *, include_usage: bool) -> ChatTurn:
-    """Check one streamed completion against §4.2 (checklist 47-51) and accumulate it."""
+    """Check one streamed completion against the chat chunk rules and accumulate it."""
     assert chunks
     ids = {chunk["id"] for chunk in chunks}
     assert len(ids) == 1
@@ -622,7 +622,7 @@ def check_chat_chunks(chunks: list[dict[str, Any]], *, include_usage: bool) -> C
         if delta.get("content"):
             text.append(delta["content"])
         for tool in delta.get("tool_calls") or []:
-            index = tool["index"]  # mandatory in every delta (rule 3)
+            index = tool["index"]  # mandatory in every delta
             if index not in calls:
                 assert index == len(calls)
                 assert tool["id"].startswith("call_")
@@ -634,7 +634,7 @@ def check_chat_chunks(chunks: list[dict[str, Any]], *, include_usage: bool) -> C
                     "arguments": [],
                 }
             else:
-                # Later deltas carry only index and an arguments fragment (rule 2).
+                # Later deltas carry only index and an arguments fragment.
                 assert tool.get("id") is None and tool.get("type") is None
                 assert tool["function"].get("name") is None
                 assert list(calls) and index == max(calls)
@@ -645,7 +645,7 @@ def check_chat_chunks(chunks: list[dict[str, Any]], *, include_usage: bool) -> C
         for _, call in sorted(calls.items())
     ]
     for call in tool_calls:
-        codec.loads(call["arguments"])  # fragments join into valid JSON (checklist 49)
+        codec.loads(call["arguments"])  # fragments join into valid JSON
     assert finish[0] == ("tool_calls" if tool_calls else "stop")
     return ChatTurn(chunks[0]["id"], "".join(text), tool_calls, finish[0], usage or {})
 
@@ -741,7 +741,7 @@ async def test_chat_stream_helper(client: AsyncOpenAI) -> None:
             completion = await stream.get_final_completion()
         assert kinds[-1] == "chunk"
         accumulated = completion_turn(completion)
-        # No id/name was repeated: the accumulator would have concatenated it (P7).
+        # No id/name was repeated: the accumulator would have concatenated it.
         assert all(call["name"] == "get_weather" for call in accumulated.tool_calls)
         assert arguments_done == [
             (call["name"], call["arguments"]) for call in accumulated.tool_calls

@@ -456,7 +456,7 @@ def test_parse_create_accepts_what_the_clients_send() -> None:
         {
             "model": MODEL,
             "input": [
-                {"role": "user", "content": "hi"},  # no "type" (P3)
+                {"role": "user", "content": "hi"},  # no "type": the Agents SDK sends messages so
                 {
                     "type": "function_call",
                     "call_id": "c1",

@@ -39,7 +39,7 @@ def turn(
     args_done: bool = True,
     terminal: type[Any] = ev.ResponseCompleted,
 ) -> list[ev.Event]:
-    """The canonical §2.4 event sequence of a turn: a message (text fragments), then calls.
+    """The canonical event sequence of a turn: a message (text fragments), then calls.
 
     Each call is given as its argument fragments; call *i* is named ``tool_i``.
     """
@@ -174,7 +174,7 @@ def test_parallel_calls_each_reported_once_as_soon_as_ready() -> None:
 
 
 def test_calls_only_in_the_terminal_output_are_still_reported_once() -> None:
-    # §2.6 row 1: a server may send only response.completed with the full output.
+    # A server may send no item events at all, only the full output in response.completed.
     full = turn(calls=[["{}"], ["{}"]])
     terminal = full[-1]
     assert isinstance(terminal, ev.ResponseCompleted)
@@ -185,7 +185,7 @@ def test_calls_only_in_the_terminal_output_are_still_reported_once() -> None:
 
 
 def test_empty_terminal_output_is_filled_from_streamed_items() -> None:
-    # P4: non-streaming consumers need the full output in the terminal response.
+    # Non-streaming consumers need the full output in the terminal response.
     events = turn(text=["hi"], calls=[["{}"]], full_output=False)
     stream, reports = feed(events)
     final = stream.final_response

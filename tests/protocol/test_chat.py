@@ -1,4 +1,4 @@
-"""Chat Completions <-> Responses translation, checked against the §4.2 chunk rules."""
+"""Chat Completions <-> Responses translation, checked against the SDK's chunk rules."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def turn(
     status: str = "completed",
     reason: str | None = None,
 ) -> list[ev.Event]:
-    """A canonical §2.4 turn: a message streamed as ``text``, then calls from fragments."""
+    """A canonical turn: a message streamed as ``text``, then calls from fragments."""
     response = ResponseObject(id="resp_1", created_at=1, model="m", status="in_progress")
     out: list[ev.Event] = [ev.ResponseCreated(response=response)]
     items: list[Item] = []
@@ -109,10 +109,10 @@ def deltas(chunks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def check_chunk_rules(chunks: Sequence[dict[str, Any]], include_usage: bool) -> None:
-    """Assert the §4.2 rules 1-7 (and P7) over a whole chunk stream."""
+    """Assert, over a whole chunk stream, the chunk rules the SDK accumulator depends on."""
     choice_chunks = [c for c in chunks if c["choices"]]
     for chunk in chunks:
-        assert chunk["id"] == "chatcmpl-1"  # rule 6
+        assert chunk["id"] == "chatcmpl-1"  # one id for every chunk
         assert chunk["object"] == "chat.completion.chunk"
         assert chunk["system_fingerprint"] == "fp_hotloop"
         assert ("usage" in chunk) == include_usage
@@ -121,23 +121,23 @@ def check_chunk_rules(chunks: Sequence[dict[str, Any]], include_usage: bool) -> 
     seen: dict[int, dict[str, str]] = {}
     for delta in deltas(choice_chunks):
         for tool in delta.get("tool_calls", []):
-            index = tool["index"]  # rule 3: mandatory
+            index = tool["index"]  # mandatory in every tool delta
             if index not in seen:
                 assert index == len(seen)  # parallel calls use 0, 1, ...
                 assert tool["type"] == "function" and tool["function"]["arguments"] == ""
                 seen[index] = {"id": tool["id"], "name": tool["function"]["name"], "args": ""}
             else:
-                assert set(tool) == {"index", "function"}  # rule 2: no repeated id/name
+                assert set(tool) == {"index", "function"}  # no repeated id/name
                 assert set(tool["function"]) == {"arguments"}
                 seen[index]["args"] += tool["function"]["arguments"]
     for call in seen.values():
         if call["args"]:
             codec.loads(call["args"])  # joined fragments are valid JSON
     last = choice_chunks[-1]["choices"][0]
-    assert last["delta"] == {}  # rule 4
+    assert last["delta"] == {}  # the finish chunk has an empty delta
     assert last["finish_reason"] == ("tool_calls" if seen else last["finish_reason"])
     assert all(c["choices"][0]["finish_reason"] is None for c in choice_chunks[:-1])
-    if include_usage:  # rule 5
+    if include_usage:  # a last usage chunk with choices: [], usage null before it
         assert chunks[-1]["choices"] == []
         usage = chunks[-1]["usage"]
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
@@ -150,7 +150,7 @@ def check_chunk_rules(chunks: Sequence[dict[str, Any]], include_usage: bool) -> 
 
 
 def agents_sdk_body() -> dict[str, Any]:
-    """A tool round as the Agents SDK sends it (§4.1)."""
+    """A tool round as the Agents SDK sends it."""
     return {
         "model": "m",
         "messages": [
@@ -454,7 +454,7 @@ def test_length_finish_reason() -> None:
 
 
 def test_missing_deltas_are_filled_from_done_events() -> None:
-    # Only created + completed with full output (§2.6 row 1): the chunks still carry it all.
+    # Only created + completed with full output: the chunks still carry it all.
     full = turn(text=["Hi"], calls=[["{}"]])
     chunks = encode([full[0], full[-1]])
     assert deltas(chunks) == [

@@ -207,7 +207,7 @@ def test_byte_at_a_time_gives_the_same_messages(data: st.DataObject) -> None:
 
 
 def canonical_events() -> list[ev.Event]:
-    """The §2.4 canonical function-call turn, with non-ASCII text in the arguments."""
+    """The canonical function-call turn, with non-ASCII text in the arguments."""
     response = ResponseObject(id="resp_1", created_at=1, model="m", status="in_progress")
     call = FunctionCall(call_id="call_1", name="get_weather", arguments="", id="fc_1")
     done = FunctionCall(
@@ -289,7 +289,7 @@ def test_done_ends_the_stream() -> None:
 
 
 def test_event_line_is_ignored_and_json_type_decides() -> None:
-    # §1.4: the SDK picks the event class from the JSON type, not the event: line.
+    # The SDK picks the event class from the JSON type, not the event: line.
     decoder = ResponsesSSEDecoder()
     data = b'event: bogus\ndata: {"type":"error","code":"c","message":"m"}\n\n'
     (event,) = decoder.feed(data)

@@ -1,4 +1,4 @@
-"""Recovery over the wire (issue 3, "Done when" point 4).
+"""Recovery over the wire.
 
 The runtime talks to a real gateway through :class:`wsproxy.WebSocketProxy`, which breaks the
 path the way deployments do: the socket drops mid-turn, a load balancer fails over to a gateway

@@ -1,4 +1,4 @@
-"""Item and event records: the shapes clients send (§2.2), and garbage never crashes."""
+"""Item and event records: the shapes clients send, and garbage never crashes."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from hotloop.wire.responses import ResponseObject, Usage
 
 
 def test_typeless_message_is_a_message() -> None:
-    # P3: the Agents SDK sends {"role", "content"} without a type.
+    # The Agents SDK sends {"role", "content"} without a type.
     item = item_from_dict({"role": "user", "content": "hi"})
     assert item == Message(role="user", content="hi")
 
@@ -96,7 +96,8 @@ def test_input_must_be_a_string_or_list() -> None:
 
 
 def test_response_object_carries_the_fields_the_sdk_requires() -> None:
-    # §2.3: id, object, created_at, model, output, parallel_tool_calls, tool_choice, tools.
+    # The SDK types require id, object, created_at, model, output, parallel_tool_calls,
+    # tool_choice and tools.
     wire = ResponseObject(id="resp_1", created_at=1, model="m", status="completed").to_dict()
     for key in ("id", "object", "created_at", "model", "output", "tools", "tool_choice"):
         assert key in wire
@@ -153,7 +154,7 @@ def test_unknown_event_types_pass_through() -> None:
 
 
 def test_error_shapes_are_told_apart() -> None:
-    # P5: SSE puts code/message at the top level, WebSocket nests them in "error".
+    # SSE puts code/message at the top level, WebSocket nests them in "error".
     sse = event_from_dict({"type": "error", "code": "c", "message": "m", "param": None})
     assert isinstance(sse, ev.ErrorEvent) and sse.code == "c"
     ws = event_from_dict(

@@ -62,6 +62,8 @@ def load_upstreams(path: Path) -> list[UpstreamConfig]:
     tables = data.get("upstream")
     if not isinstance(tables, list) or not tables:
         raise UpstreamConfigError(f"{path} has no [[upstream]] table")
+    if not all(isinstance(table, dict) for table in tables):
+        raise UpstreamConfigError(f"{path}: each upstream must be a [[upstream]] table")
     unknown = sorted(set(data) - {"upstream"})
     if unknown:
         raise UpstreamConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")

@@ -155,6 +155,9 @@ class UpstreamConfig:
         for key, value in numbers.items():
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise UpstreamConfigError(f"{where}.{key} must be a positive number of seconds")
+        key_env = data.get("api_key_env")
+        if key_env is not None and (not isinstance(key_env, str) or not key_env):
+            raise UpstreamConfigError(f"{where}.api_key_env must name an environment variable")
         counts = {k: data[k] for k in ("max_attempts", "max_connections") if k in data}
         for key, value in counts.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -163,7 +166,7 @@ class UpstreamConfig:
             urls=tuple(url.rstrip("/") for url in urls),
             api=str(data.get("api", "chat")),
             models=MappingProxyType(dict(models)),
-            api_key_env=data.get("api_key_env"),
+            api_key_env=key_env,
             chain=bool(data.get("chain", False)),
             **numbers,
             **counts,
@@ -287,9 +290,14 @@ class Replicas:
                 return [str(entry["id"]) for entry in data if isinstance(entry, dict)]
             except (httpx.HTTPError, HotloopError, KeyError) as exc:
                 last = exc
+        reason = (
+            upstream_error(last).message
+            if isinstance(last, httpx.HTTPError)
+            else "its GET /models answer is not a model list"
+        )
         raise UpstreamConfigError(
-            f"could not list the models of {', '.join(self.config.urls)}: {last}; "
-            "name them with --model (or models = ... in the config file)"
+            f"could not list the models of {', '.join(self.config.urls)}: {reason} "
+            "Name the models with --model (or models = ... in the config file)."
         )
 
     async def aclose(self) -> None:

@@ -1,7 +1,7 @@
 """The ASGI application and the server that runs it (standalone or in-process).
 
 One port serves everything: ``POST /v1/responses`` is HTTP mode and a WebSocket upgrade on the
-same path is WebSocket mode (``protocol.md`` §1.1).
+same path is WebSocket mode.
 
 In-process use (tests, the demo, benchmarks)::
 
@@ -164,10 +164,10 @@ class GatewayServer:
             log_level=log_level,
             # Frames up to twice our own limit reach the gateway, which answers an oversized
             # frame with a message_too_large error and keeps the socket (uvicorn would close
-            # it with 1009 at its 16 MiB default, protocol.md P8).
+            # it with 1009 at its 16 MiB default).
             ws_max_size=2 * max_bytes,
             h11_max_incomplete_event_size=None,
-            # The SDKs keep the socket alive with pings every 20 s (§7); per-message deflate
+            # The SDKs keep the socket alive with pings every 20 s; per-message deflate
             # costs CPU on every frame of a loopback or LAN hop, so it is declined.
             ws_per_message_deflate=False,
             ws=CoalescingWebSocketProtocol,
@@ -188,7 +188,7 @@ class GatewayServer:
         return f"ws://{self.host}:{self.port}/v1/responses"
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        self._task = asyncio.create_task(self._serve())
         while not self._server.started:
             if self._task.done():
                 await self._task
@@ -200,6 +200,14 @@ class GatewayServer:
                     + (f": {error}" if error is not None else "")
                 ) from error
             await asyncio.sleep(0.005)
+
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve(sockets=[self._socket])
+        except SystemExit:
+            # uvicorn ends a failed start-up with SystemExit(3), which would stop the whole
+            # event loop; start() reports the cause instead.
+            return
 
     async def stop(self) -> None:
         self._server.should_exit = True

@@ -1,10 +1,12 @@
 """The gateway's execution core: one function from a resolved request to Responses events.
 
 Every transport (HTTP JSON, SSE, WebSocket mode, Chat Completions) drives the same
-:class:`ResponseRun` and only frames its events differently (``protocol.md`` §8.1). The run
-emits the canonical sequence of §2.4, puts the full ``output`` and ``usage`` in the terminal
-response (P4), and commits the response — to the connection cache and, for ``store: true``,
-to the store — *before* it yields the terminal event (P9).
+:class:`ResponseRun` and only frames its events differently. The backend writes the turn to a
+:class:`~hotloop.protocol.builder.ResponseBuilder` (the canonical event order: created,
+in_progress, each item added/deltas/done, one terminal event); the run puts the full
+``output`` and ``usage`` in the terminal response, and commits the response — to the
+connection cache and, for ``store: true``, to the store — *before* it yields the terminal
+event.
 """
 
 from __future__ import annotations

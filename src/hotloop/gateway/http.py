@@ -1,10 +1,10 @@
 """HTTP endpoints: ``POST /v1/responses`` (JSON and SSE), ``POST /v1/chat/completions``,
 ``GET /v1/responses/{id}``, ``GET /v1/models``, ``GET /health`` and ``GET /metrics``.
 
-Errors use OpenAI's body ``{"error": {message, type, param, code}}`` with the matching status
-(``protocol.md`` §1.3). JSON or SSE is chosen only from the body's ``stream`` field, never
-from ``Accept`` (P1). Mid-stream failures are ``response.failed`` events: no SSE payload ever
-has a top-level ``error`` key (P5).
+Errors use OpenAI's body ``{"error": {message, type, param, code}}`` with the matching
+status. JSON or SSE is chosen only from the body's ``stream`` field, never from ``Accept``.
+Mid-stream failures are ``response.failed`` events: no SSE payload ever has a top-level
+``error`` key.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(error: APIError, *, websocket: bool = False) -> Response:
-    """The OpenAI error body; a denied WebSocket upgrade also carries ``status`` (§3.1)."""
+    """The OpenAI error body; a denied WebSocket upgrade also carries ``status``."""
     body: dict[str, Any] = {"error": error.body()}
     if websocket:
         body["status"] = error.status
@@ -53,7 +53,7 @@ class HTTPEndpoints:
         self.gateway = gateway
 
     def authorize(self, headers: Any) -> APIError | None:
-        """``None`` when the request may proceed, else the 401 to send (§1.2, P14)."""
+        """``None`` when the request may proceed, else the 401 to send."""
         keys = self.gateway.config.api_keys
         if keys is None:
             return None

@@ -2,7 +2,7 @@
 
 Only the request's *new* input is parsed here: a continuation never re-reads its history.
 Every rejection is an :class:`~hotloop.errors.APIError` with the OpenAI error shape and the
-offending ``param`` (``protocol.md`` §1.3); unknown fields are accepted and ignored (§2.1).
+offending ``param``; unknown fields are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _parse_tool_choice(raw: Any, tools: tuple[ToolDef, ...]) -> tuple[str, str |
 
 
 def parse_create(body: Mapping[str, Any], *, websocket: bool = False) -> CreateRequest:
-    """Validate a create body; ``websocket`` enables the WS-only fields (§3.2)."""
+    """Validate a create body; ``websocket`` enables the WS-only fields."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("Missing required parameter: 'model'.", "model", "missing_required_parameter")

@@ -63,6 +63,8 @@ class Connection:
         self.websocket = websocket
         self.clock = clock
         self.session = ServerSession(gateway.config.session_config(), clock())
+        #: The connection's use of the backend, shared by its creates on every lane.
+        self.backend = gateway.backend.open_session()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- sending --------------------------------------------------------------------------
@@ -71,7 +73,10 @@ class Connection:
         await self.websocket.send_text(data.decode())
 
     async def perform(self, actions: Iterable[Action]) -> bool:
-        """Carry out the session's actions in order; True once the socket is closed."""
+        """Carry out the session's actions in order; True once the socket is closed.
+
+        A ``Queued`` create needs nothing: the session starts it when its turn comes.
+        """
         for action in actions:
             if isinstance(action, Start):
                 self._start(action.job)
@@ -113,7 +118,8 @@ class Connection:
             await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Cancel every running create (and so its generation) and drop the cache."""
+        """Cancel every running create (and so its generation), drop the cache and close
+        the connection's backend session."""
         self.session.connection_lost()
         tasks = list(self._tasks)
         for task in tasks:
@@ -121,56 +127,56 @@ class Connection:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        with contextlib.suppress(Exception):
+            await self.backend.aclose()
 
     # -- creates --------------------------------------------------------------------------
 
     def _start(self, job: Job) -> None:
-        task = asyncio.create_task(self._run(job))
+        task = asyncio.create_task(self._create(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, job: Job) -> None:
-        try:
-            await self._create(job)
-        except _CLIENT_GONE:
-            return
-        finally:
-            for start in self.session.finish(job, self.clock()):
-                self._start(start.job)
-
     async def _create(self, job: Job) -> None:
+        """Run one started create to its end, then tell the session (which may start more)."""
         gateway = self.gateway
         session = self.session
         stream_id = job.stream_id
         dequeued_ns = time.perf_counter_ns()
         lookup: ParentLookup = NO_PARENT
         try:
-            request = parse_create(job.frame, websocket=True)
-            lookup = session.lookup_parent(request.previous_response_id)
-            parent, parent_stored = await gateway.resolve_parent(lookup)
-            prepared = gateway.prepare(
-                request,
-                parent,
-                received_ns=job.received_ns,
-                transport="websocket",
-                lane=stream_id,
-                parent_stored=parent_stored,
-                dequeued_ns=dequeued_ns,
-            )
-        except APIError as exc:
-            await self.perform(session.fail(job, lookup, exc))
+            try:
+                request = parse_create(job.frame, websocket=True)
+                lookup = session.lookup_parent(request.previous_response_id)
+                parent, parent_stored = await gateway.resolve_parent(lookup)
+                prepared = gateway.prepare(
+                    request,
+                    parent,
+                    received_ns=job.received_ns,
+                    transport="websocket",
+                    lane=stream_id,
+                    parent_stored=parent_stored,
+                    dequeued_ns=dequeued_ns,
+                )
+            except APIError as exc:
+                await self.perform(session.fail(job, lookup, exc))
+                return
+
+            stored = request.store
+
+            async def commit(response: ResponseObject, conversation: Conversation) -> None:
+                session.commit(job, response.id, conversation, stored)
+
+            send = self.send
+            async for event in gateway.run(prepared, commit, self.backend).events():
+                if isinstance(event, ResponseFailed):
+                    session.fail(job, lookup)
+                await send(codec.encode_event(event, stream_id))
+        except _CLIENT_GONE:
             return
-
-        stored = request.store
-
-        async def commit(response: ResponseObject, conversation: Conversation) -> None:
-            session.commit(job, response.id, conversation, stored)
-
-        send = self.send
-        async for event in gateway.run(prepared, commit).events():
-            if isinstance(event, ResponseFailed):
-                session.fail(job, lookup)
-            await send(codec.encode_event(event, stream_id))
+        finally:
+            for start in session.finish(job, self.clock()):
+                self._start(start.job)
 
 
 async def serve_websocket(

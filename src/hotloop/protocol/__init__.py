@@ -4,8 +4,8 @@
   from SSE bytes to typed Responses events.
 * :mod:`~hotloop.protocol.assembler`: :class:`ResponseStream`, which assembles one streamed
   response and reports each function call the moment its arguments are complete.
-* :mod:`~hotloop.protocol.chat`: Chat Completions <-> Responses translation (``protocol.md``
-  §4), requests and streams in both directions.
+* :mod:`~hotloop.protocol.chat`: Chat Completions <-> Responses translation, requests and
+  streams in both directions.
 
 The transport layer drives these objects; nothing here awaits, sleeps or touches JSON
 except through :mod:`hotloop.wire.codec`.

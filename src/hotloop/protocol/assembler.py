@@ -6,7 +6,7 @@ function call the moment its arguments are complete, each finished item, and the
 response. It is the pure core of a runtime: a caller can start a tool while the model is
 still streaming the next call, which is where a tool loop saves its time.
 
-It also checks the ordering rules the strict SDK helper enforces (``protocol.md`` §2.6, P6)
+It also checks the ordering rules the strict SDK helper enforces
 and raises :class:`StreamOrderError` when they are broken, so a bad server is caught at the
 event that broke them rather than as a confusing result later.
 """
@@ -55,7 +55,7 @@ __all__ = [
 
 
 class StreamOrderError(ProtocolError):
-    """The server broke the event order of a Responses stream (§2.4, §2.6, P6)."""
+    """The server broke the event order of a Responses stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ class ResponseDone:
 
 @dataclass(frozen=True, slots=True)
 class StreamError:
-    """The server sent an ``error`` event (SSE or WebSocket shape, P5); the response ended."""
+    """The server sent an ``error`` event (SSE or WebSocket shape); the response ended."""
 
     code: str | None
     message: str
@@ -103,7 +103,7 @@ Report: TypeAlias = TextDelta | FunctionCallReady | ItemDone | ResponseDone | St
 
 _NO_REPORTS: tuple[Report, ...] = ()
 # Steering acknowledgements belong to the WebSocket session, not to one response's stream:
-# ``response.steer.pending`` even arrives after ``response.completed`` (§3.8, checklist 42).
+# ``response.steer.pending`` even arrives after ``response.completed``.
 _SESSION_EVENTS = (SteerAccepted, SteerPending, SteerFailed)
 
 
@@ -127,7 +127,7 @@ class ResponseStream:
 
     Create one per response, feed it every event in order, and act on the reports. Once
     :attr:`done` is true, :attr:`final_response` holds the response with its full output
-    (rebuilt from the streamed items when the server left ``output`` empty, P4).
+    (rebuilt from the streamed items when the server left ``output`` empty).
     """
 
     __slots__ = ("_count", "_error", "_final", "_response", "_slots", "_status")
@@ -258,7 +258,7 @@ class ResponseStream:
                     event.status,
                 )
             )
-        # Unknown events (reasoning summaries, refusals, future types) pass through (P12).
+        # Unknown events (reasoning summaries, refusals, future types) pass through.
         return _NO_REPORTS
 
     def _slot(self, output_index: int, kind: str) -> _Slot:
@@ -293,7 +293,8 @@ class ResponseStream:
         added = slot.added
         assert isinstance(added, FunctionCall)  # checked by _call_slot
         # The arguments are final now; ``output_item.done`` will only repeat them, so the
-        # call is reported here and marked completed (§2.4 canonical order).
+        # call is reported here and marked completed (in the canonical order,
+        # ``function_call_arguments.done`` comes right before ``output_item.done``).
         call = replace(
             added, arguments=event.arguments, name=event.name or added.name, status="completed"
         )
@@ -304,7 +305,7 @@ class ResponseStream:
     def _item_done(self, output_index: int, item: Item) -> tuple[Report, ...]:
         slot = self._slots.get(output_index)
         if slot is None:
-            # Tolerated: the SDK rebuilds output from item.done alone (§2.6, row 3).
+            # Tolerated: the SDK rebuilds output from item.done alone.
             slot = self._slots[output_index] = _Slot(None)
         elif slot.closed:
             raise StreamOrderError(f"output_index {output_index} was done twice")
@@ -318,7 +319,7 @@ class ResponseStream:
     def _lifecycle(self, response: ResponseObject) -> None:
         current = self._response
         if current is not None and current.id != response.id:
-            # §2.4: every lifecycle event of one stream carries the same response.id.
+            # Every lifecycle event of one stream carries the same response.id.
             raise StreamOrderError(
                 f"response.id changed within one stream: {current.id!r} -> {response.id!r}"
             )
@@ -337,7 +338,7 @@ class ResponseStream:
                     reports.extend(self._item_done(index, item))
             final = response
         elif self._slots:
-            # P4: a server may stream items yet leave ``output`` empty; rebuild it.
+            # A server may stream items yet leave ``output`` empty; rebuild it.
             final = replace(response, output=self.output)
         else:
             final = response

@@ -1,4 +1,4 @@
-"""Chat Completions <-> Responses translation (``protocol.md`` §4).
+"""Chat Completions <-> Responses translation.
 
 hotloop's core speaks Responses. This module lets it face the Chat Completions world in
 both directions, without I/O:
@@ -6,7 +6,7 @@ both directions, without I/O:
 * server side (a gateway serving ``POST /v1/chat/completions``):
   :func:`chat_request_to_responses` turns the request into Responses items and settings,
   :class:`ChatChunkEncoder` maps the Responses event stream onto ``chat.completion.chunk``
-  dicts following the §4.2 rules the SDK accumulator depends on, and
+  dicts following the chunk rules the SDK accumulator depends on, and
   :func:`chat_completion_from_response` builds the non-streaming body;
 * client side (a runtime talking to a chat-only server): :func:`responses_to_chat_request`
   builds the request and :class:`ChatStreamDecoder` turns the chunks back into Responses
@@ -42,7 +42,7 @@ __all__ = [
 SYSTEM_FINGERPRINT = "fp_hotloop"
 
 _TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
-# Request fields passed through to the Responses request unchanged (§2.1 accepts them all).
+# Request fields passed through to the Responses request unchanged (Responses accepts them all).
 _PASSTHROUGH = ("temperature", "top_p", "user", "metadata", "store", "service_tier")
 
 
@@ -198,10 +198,10 @@ def _tool_choice_to_responses(raw: Any) -> str | JSONDict | None:
 
 
 def chat_request_to_responses(body: Mapping[str, Any]) -> ChatRequest:
-    """Read a ``POST /v1/chat/completions`` body (§4.1) as Responses items and settings.
+    """Read a ``POST /v1/chat/completions`` body as Responses items and settings.
 
     Raises :class:`~hotloop.errors.InvalidMessage` whose ``param`` names the bad field,
-    such as ``messages[3].tool_call_id``. Unknown fields are ignored (§2.1).
+    such as ``messages[3].tool_call_id``. Unknown fields are ignored.
     """
     if not isinstance(body, Mapping):
         raise InvalidMessage("the request body must be a JSON object")

@@ -1,4 +1,4 @@
-"""Chat Completions streams <-> Responses event streams (``protocol.md`` §4.2).
+"""Chat Completions streams <-> Responses event streams.
 
 :class:`ChatChunkEncoder` turns a Responses event stream into ``chat.completion.chunk`` dicts
 (a gateway serving Chat Completions); :class:`ChatStreamDecoder` turns chat chunks back into
@@ -57,7 +57,7 @@ def _chat_usage(usage: Usage | None) -> JSONDict:
 
 
 def _finish_reason(response: ResponseObject, has_calls: bool) -> str:
-    # §4.2 rule 4: tool_calls whenever a call was made; length for a token cut-off.
+    # tool_calls whenever a call was made; length for a token cut-off.
     if has_calls:
         return "tool_calls"
     if response.status == "incomplete":
@@ -76,7 +76,7 @@ def _error_body(message: str, code: Any, param: Any, kind: Any = "server_error")
 def chat_completion_from_response(
     response: ResponseObject, completion_id: str, created: int
 ) -> JSONDict:
-    """The non-streaming ``chat.completion`` body for a finished response (§4.2, end).
+    """The non-streaming ``chat.completion`` body for a finished response.
 
     A failed response has no chat completion; the caller sends an error body instead.
     """
@@ -120,15 +120,17 @@ def chat_completion_from_response(
 
 
 class ChatChunkEncoder:
-    """Map a Responses event stream onto ``chat.completion.chunk`` dicts (§4.2).
+    """Map a Responses event stream onto ``chat.completion.chunk`` dicts.
 
     Feed every event of one response; write each returned dict as ``data: <json>`` and
     finish with ``data: [DONE]``. The SDK accumulator concatenates every string it sees, so
     the rules are exact: the role appears once, in the very first chunk; a call's ``id``
-    and ``name`` once, in its first delta; ``index`` in every tool delta (rules 1-3). The
-    finish chunk and, with ``include_usage``, the usage chunk come with the terminal event
-    (rules 4-5). A failed response or ``error`` event yields one ``{"error": {...}}`` dict,
-    which makes the SDK raise ``APIError`` as it would against OpenAI.
+    and ``name`` once, in its first delta; ``index`` in every tool delta. The finish chunk
+    (empty ``delta``, the one non-null ``finish_reason``) and, with ``include_usage``, the
+    usage chunk (``choices: []``; ``usage: null`` on every other chunk) come with the terminal
+    event. Every chunk carries the same completion ``id``. A failed response or ``error``
+    event yields one ``{"error": {...}}`` dict, which makes the SDK raise ``APIError`` as it
+    would against OpenAI.
     """
 
     __slots__ = ("_calls", "_finished", "_head", "_include_usage", "_role_sent", "_text_sent")
@@ -137,7 +139,7 @@ class ChatChunkEncoder:
         self, completion_id: str, model: str, created: int, include_usage: bool = False
     ) -> None:
         self._head: JSONDict = {
-            "id": completion_id,  # rule 6: one id for every chunk
+            "id": completion_id,  # one id for every chunk
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
@@ -157,11 +159,11 @@ class ChatChunkEncoder:
             {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         ]
         if self._include_usage:
-            chunk["usage"] = None  # rule 5
+            chunk["usage"] = None  # null on every chunk but the final usage chunk
         return chunk
 
     def _role(self, out: list[JSONDict]) -> None:
-        # Rule 7: a text turn opens with role and an empty content string.
+        # A text turn opens with role and an empty content string.
         if not self._role_sent:
             self._role_sent = True
             out.append(self._chunk({"role": "assistant", "content": ""}))
@@ -187,7 +189,7 @@ class ChatChunkEncoder:
             if self._role_sent:
                 out.append(self._chunk({"tool_calls": [first]}))
             else:
-                # Rule 1: the very first chunk of a tool turn carries the role too.
+                # The very first chunk of a tool turn carries the role too.
                 self._role_sent = True
                 delta = {"role": "assistant", "content": None, "tool_calls": [first]}
                 out.append(self._chunk(delta))
@@ -196,7 +198,8 @@ class ChatChunkEncoder:
     def _arguments(self, out: list[JSONDict], state: list[int], fragment: str) -> None:
         if fragment:
             state[1] += len(fragment)
-            # Rule 2: later deltas carry only index and the arguments fragment.
+            # Later deltas carry only index and the arguments fragment (a repeated id or
+            # name would be concatenated by the SDK accumulator).
             tool = {"index": state[0], "function": {"arguments": fragment}}
             out.append(self._chunk({"tool_calls": [tool]}))
 
@@ -266,7 +269,7 @@ class ChatChunkEncoder:
         out.append(self._chunk({}, reason))
         if self._include_usage:
             usage_chunk = dict(self._head)
-            usage_chunk["choices"] = []  # rule 5: the key must be present, empty
+            usage_chunk["choices"] = []  # the key must be present, empty
             usage_chunk["usage"] = _chat_usage(response.usage)
             out.append(usage_chunk)
 

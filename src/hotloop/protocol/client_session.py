@@ -1,7 +1,8 @@
 """The client's side of the Responses API's chained modes, as a sans-I/O session.
 
-A :class:`ClientSession` holds what a client connection knows and decides everything the
-transports used to decide inline, without awaiting, sleeping or touching a socket:
+A :class:`ClientSession` holds what a client connection knows and makes every decision a
+transport needs, without awaiting, sleeping, reading a clock or touching a socket (no rule
+depends on the time):
 
 * **what to send** for a turn (:meth:`ClientSession.next_send`): only the new items plus
   ``previous_response_id``, or the whole history. Which one follows :class:`Chaining`: over a

@@ -3,7 +3,8 @@
 A :class:`Conversation` is an immutable node: a parent snapshot plus the items this segment
 adds (one request's new input, or one response's output). Continuing a conversation creates
 one node and touches only the new items; the history is never copied, re-validated or
-re-tokenized. This is the "connection-scoped cache" state of ``protocol.md`` §3.5/§6: each
+re-tokenized. This is the "connection-scoped cache" state that WebSocket mode keeps per
+connection, so a continuation is validated and tokenized on its new items only: each
 node carries the derived state a backend needs (token count, the rolling prefix key a prefix
 cache is looked up with, how many tool results the model has seen), computed once per item.
 

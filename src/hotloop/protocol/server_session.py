@@ -4,7 +4,14 @@ A :class:`ServerSession` holds every rule of one WebSocket connection and none o
 no sockets, no tasks, no clock of its own (the time is passed in as a number). The gateway's
 socket handler is a driver around it: it feeds each frame to :meth:`ServerSession.receive`
 and carries out the actions that come back, runs each started create as a task, and tells
-the session when a create ends. What the session decides:
+the session when a create ends.
+
+The actions: :class:`Start` (run this create now), :class:`Queued` (it waits on its lane;
+nothing to do), :class:`Send` (one encoded text frame), :class:`Close` (close the socket with
+this code and reason). A started create then goes through :meth:`ServerSession.lookup_parent`
+(the driver fetches a store lookup), :meth:`~ServerSession.fail` or
+:meth:`~ServerSession.commit`, and always :meth:`~ServerSession.finish`, which returns the
+creates that may start in its place. What the session decides:
 
 * **frames** — a table maps a frame's ``type`` to its handler (:data:`FRAME_RULES`):
   ``response.create`` is admitted to a lane or refused, ``response.steer`` is refused with
@@ -352,6 +359,17 @@ class ServerSession:
         job = Job(self._jobs, stream_id, frame, received_ns)
         self._jobs += 1
         self.busy += 1
+        if (
+            lane.active is None
+            and not lane.pending
+            and not self._waiting
+            and self._active < config.max_active_responses
+        ):
+            # The common case, a continuation on an idle lane with a free slot: it starts
+            # now (what the general path below would decide, without its queue operations).
+            lane.active = job
+            self._active += 1
+            return (Start(job),)
         lane.pending.append(job)
         if lane.active is None and len(lane.pending) == 1:
             self._waiting.append(stream_id)

@@ -212,7 +212,7 @@ def encode_sse(data: bytes, event: str | None = None) -> bytes:
 
     ``data`` is normally one line of JSON from :mod:`hotloop.wire.codec`; should it contain
     line breaks, each line becomes its own ``data:`` line so the decoder rebuilds it.
-    Responses streams send an ``event:`` line, Chat Completions streams do not (§2.4, §4.2).
+    Responses streams send an ``event:`` line, Chat Completions streams do not.
     """
     if b"\n" in data or b"\r" in data:
         body = b"".join(b"data: " + line + b"\n" for line in _EOL.split(data))
@@ -228,11 +228,11 @@ def encode_sse(data: bytes, event: str | None = None) -> bytes:
 class ResponsesSSEDecoder:
     """Bytes of a Responses SSE body in, typed :mod:`hotloop.wire.events` out.
 
-    The ``event:`` line is ignored and the JSON ``type`` decides, as the SDK does (§1.4).
-    A ``data: [DONE]`` message ends the stream (§2.4 tolerates it) and sets :attr:`done`;
-    anything but comments after it is a :class:`~hotloop.errors.ProtocolError`. Messages of
-    the event types in ``skip`` (but those that end a response) are dropped unread when their
-    JSON starts with the type.
+    The ``event:`` line is ignored and the JSON ``type`` decides, as the SDK does.
+    A ``data: [DONE]`` message ends the stream (optional for Responses, but tolerated) and
+    sets :attr:`done`; anything but comments after it is a
+    :class:`~hotloop.errors.ProtocolError`. Messages of the event types in ``skip`` (but
+    those that end a response) are dropped unread when their JSON starts with the type.
     """
 
     __slots__ = ("_drop", "_sse", "done")

@@ -75,8 +75,9 @@ _DONE = object()
 #: (``skip`` of :meth:`~hotloop.transport.Transport.stream_to`): argument deltas (the runner
 #: reports no argument progress, and ``arguments.done`` carries the whole arguments),
 #: ``in_progress`` (``created`` already named the response) and the text and content part
-#: ``.done`` events (``output_item.done`` carries the finished message, ``protocol.md`` §9
-#: rule 17). Argument deltas are most of a tool-calling stream.
+#: ``.done`` events (``output_item.done`` carries the finished message: every output item
+#: is framed by ``output_item.added`` ... ``output_item.done``). Argument deltas are most of a
+#: tool-calling stream.
 REDUNDANT_EVENTS = frozenset(
     {
         FunctionCallArgumentsDelta.type,

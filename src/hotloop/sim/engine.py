@@ -121,7 +121,7 @@ class SimEngine:
             if not turn.calls and context.answers_since_result > 0:
                 position = None  # the final answer was given: the script is over
             else:
-                # Only calls the request offers are ever made (protocol: unknown tools never).
+                # Only calls the request offers are ever made: never a tool it did not offer.
                 calls = [call for call in turn.calls[answered:] if call.name in offered]
                 text = turn.text if answered == 0 else None
         if request.tool_choice == "none":

@@ -6,7 +6,7 @@ A model turn costs, in this order:
    per-request work before inference (routing, validation, tokenization, safety checks).
    ``processed_tokens`` is what the gateway's input pipeline had to look at: only the new
    items on a connection-cache continuation, the whole history on a stateless resend. This is
-   the cost OpenAI removed with WebSocket mode (``protocol.md`` §6).
+   the cost OpenAI removed with WebSocket mode.
 2. ``ttft_s + uncached_prompt_tokens / prefill_tokens_per_s``: time to first token. Prompt
    tokens found in the engine's prefix cache (as vLLM, SGLang and hosted APIs have) cost
    nothing; only the uncached suffix is prefilled.

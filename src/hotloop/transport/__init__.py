@@ -41,7 +41,7 @@ __all__ = [
 
 
 def websocket_url(base_url: str) -> str:
-    """The WebSocket-mode URL for an HTTP ``base_url``, as the OpenAI SDK builds it (§1.1)."""
+    """The WebSocket-mode URL for an HTTP ``base_url``, as the OpenAI SDK builds it."""
     base = base_url.rstrip("/")
     if base.startswith("https://"):
         base = "wss://" + base.removeprefix("https://")

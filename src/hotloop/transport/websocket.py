@@ -69,7 +69,7 @@ __all__ = ["WebSocketTransport", "request_body"]
 _END: Any = object()
 _CONNECT_ATTEMPTS = 3
 _CLOSED_MESSAGE = "the WebSocket closed during the turn"
-#: Incoming messages have no practical size limit (the SDKs use ``max_size=None``, §7).
+#: Incoming messages have no practical size limit (the SDKs use ``max_size=None``).
 _MAX_FRAME_BYTES = 1 << 30
 
 
@@ -230,7 +230,7 @@ class WebSocketTransport:
                         websocket_handshake_timeout=self._open_timeout,
                         max_frame_size=_MAX_FRAME_BYTES,
                         # Keepalive as the SDKs do it: a ping after 20 s of silence, 20 s to
-                        # answer (protocol.md §7).
+                        # answer.
                         enable_auto_ping=True,
                         auto_ping_idle_timeout=20,
                         auto_ping_reply_timeout=20,

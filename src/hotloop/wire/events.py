@@ -1,10 +1,9 @@
-"""Typed records for every Responses stream event of ``protocol.md`` §2.4 and §3.3.
+"""Typed records for every Responses stream event, over SSE and over WebSocket.
 
 Each event is a frozen, slotted, keyword-only dataclass whose class attribute ``type`` is the
-wire name. ``sequence_number`` and ``stream_id`` (WebSocket lanes, §3.3) are on every event;
+wire name. ``sequence_number`` and ``stream_id`` (WebSocket lanes) are on every event;
 ``stream_id`` is omitted from the wire when it is ``None`` (default-lane events must not carry
-it). Events hotloop does not model decode to :class:`UnknownEvent` and pass through unchanged
-(``protocol.md`` P12).
+it). Events hotloop does not model decode to :class:`UnknownEvent` and pass through unchanged.
 
 :func:`event_to_dict` and :func:`event_from_dict` are the two converters; the codec turns their
 dicts into bytes.
@@ -48,7 +47,7 @@ __all__ = [
     "event_to_dict",
 ]
 
-#: Events that end a response (``protocol.md`` §3.3). A WS ``error`` also ends a request.
+#: Events that end a response. A WS ``error`` also ends a request.
 TERMINAL_EVENT_TYPES = frozenset(
     {"response.completed", "response.incomplete", "response.failed", "error"}
 )
@@ -171,7 +170,7 @@ class FunctionCallArgumentsDone(_Base):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorEvent(_Base):
-    """The SSE ``error`` event: ``code``/``message``/``param`` at the top level (§2.4, P5)."""
+    """The SSE ``error`` event: ``code``/``message``/``param`` at the top level."""
 
     type: ClassVar[str] = "error"
     message: str
@@ -184,7 +183,7 @@ class WebSocketError(_Base):
     """The WebSocket ``error`` envelope: ``{"status", "error": {type, code, message, param}}``.
 
     Shares the wire name ``error`` with :class:`ErrorEvent`; the decoder tells them apart by
-    the nested ``error`` object (§3.3, P5).
+    the nested ``error`` object.
     """
 
     type: ClassVar[str] = "error"

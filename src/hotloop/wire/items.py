@@ -3,7 +3,7 @@
 Items are what a conversation is made of: messages, function calls, function call outputs,
 reasoning. Each record is a frozen, slotted dataclass. Fields the record does not model are
 kept in ``extra`` and written back unchanged, so an item we do not fully understand survives a
-round trip (``protocol.md`` §2.2: accept everything the clients send).
+round trip (accept every item shape the clients send).
 
 :func:`item_from_dict` is the one entry point from decoded JSON; :meth:`to_dict` goes back.
 Neither touches a JSON library: :mod:`hotloop.wire.codec` does bytes.
@@ -196,7 +196,7 @@ class FunctionCall:
 class FunctionCallOutput:
     """The result of a function call, sent back by the client.
 
-    ``output`` is a string, or a tuple of content parts (``protocol.md`` §2.2).
+    ``output`` is a string, or a tuple of content parts.
     """
 
     call_id: str
@@ -339,8 +339,8 @@ _DECODERS: dict[str, Any] = {
 def item_from_dict(data: Any, where: str = "input") -> Item:
     """Build the typed record for one decoded item.
 
-    A missing ``type`` means ``message`` (the Agents SDK sends ``{"role", "content"}``,
-    ``protocol.md`` P3). Unknown types become :class:`UnknownItem`. A malformed known item
+    A missing ``type`` means ``message`` (the Agents SDK sends ``{"role", "content"}``
+    with no ``type``). Unknown types become :class:`UnknownItem`. A malformed known item
     raises :class:`~hotloop.errors.InvalidMessage` naming the field.
     """
     if not isinstance(data, dict):

@@ -1,4 +1,4 @@
-"""The ``Response`` object and its usage record (``protocol.md`` §2.3)."""
+"""The ``Response`` object and its usage record."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hotloop.wire.items import Item, JSONDict, item_from_dict
 
 __all__ = ["ECHOED_SETTINGS", "ResponseObject", "Usage"]
 
-#: Request fields echoed back in every response object (``protocol.md`` §2.1, §2.3).
+#: Request fields echoed back in every response object.
 ECHOED_SETTINGS = (
     "instructions",
     "tools",
@@ -147,7 +147,7 @@ class ResponseObject:
             ),
             "previous_response_id": self.previous_response_id,
         }
-        # The SDK types mark tools, tool_choice and parallel_tool_calls required (§2.3).
+        # The SDK types mark tools, tool_choice and parallel_tool_calls required.
         out["tools"] = []
         out["tool_choice"] = "auto"
         out["parallel_tool_calls"] = True
