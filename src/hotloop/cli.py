@@ -32,6 +32,45 @@ def _latency_overrides(pairs: Sequence[str]) -> dict[str, float]:
     return overrides
 
 
+def _add_upstream_options(
+    parser: argparse.ArgumentParser, *, upstream_help: str, model_help: str
+) -> None:
+    """The options naming a real model server, the same for ``gateway`` and ``demo``."""
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="URL",
+        help=upstream_help,
+    )
+    parser.add_argument(
+        "--api",
+        choices=["chat", "responses", "llamacpp"],
+        default="chat",
+        help="what --upstream speaks: Chat Completions (default), the Responses API, or "
+        "llama.cpp's native /completion (token-exact continuation)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME[=UPSTREAM_NAME]",
+        help=model_help,
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="the environment variable holding the upstream's key, e.g. OPENAI_API_KEY",
+    )
+    parser.add_argument(
+        "--chain",
+        action="store_true",
+        help="--api responses: continue by the upstream's previous_response_id (the upstream "
+        "must store responses) instead of sending the whole context each turn",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hotloop", description="Fast tool-calling agent loops.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,37 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the embedded simulated model (default), or the upstream(s) of --upstream/--config",
     )
-    gateway.add_argument(
-        "--upstream",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="a model server's base URL, e.g. http://127.0.0.1:8080/v1 (repeat for replicas)",
-    )
-    gateway.add_argument(
-        "--api",
-        choices=["chat", "responses"],
-        default="chat",
-        help="what --upstream speaks: Chat Completions (default) or the Responses API",
-    )
-    gateway.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="NAME[=UPSTREAM_NAME]",
-        help="serve the upstream's model UPSTREAM_NAME as NAME (default: the upstream's list)",
-    )
-    gateway.add_argument(
-        "--api-key-env",
-        default=None,
-        metavar="VAR",
-        help="the environment variable holding the upstream's key, e.g. OPENAI_API_KEY",
-    )
-    gateway.add_argument(
-        "--chain",
-        action="store_true",
-        help="--api responses: continue by the upstream's previous_response_id (the upstream "
-        "must store responses) instead of sending the whole context each turn",
+    _add_upstream_options(
+        gateway,
+        upstream_help="a model server's base URL, e.g. http://127.0.0.1:8080/v1 (repeat for "
+        "replicas)",
+        model_help="serve the upstream's model UPSTREAM_NAME as NAME (default: the upstream's "
+        "list)",
     )
     gateway.add_argument(
         "--config",
@@ -111,11 +125,43 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--log-level", default="info")
 
     demo = commands.add_parser(
-        "demo", help="play a scenario the naive way and with hotloop; compare; write a report"
+        "demo",
+        help="play a scenario the naive way and with hotloop; compare; write a report",
+        description="Play a scenario twice through one in-process gateway, as a naive loop "
+        "(stateless HTTP, tools one at a time after each turn) and with hotloop (warm "
+        "WebSocket, tools started as their calls stream in); compare; write an HTML report. "
+        "By default the embedded simulated model plays the scenario's script. With --upstream "
+        "a real model runs instead: it gets the scenario's instructions, task and tools (tools "
+        "that accept any arguments and answer after the scenario's latency with its simulated "
+        "output), and a run fails only when the model does (an error, no final answer).",
     )
-    demo.add_argument("--scenario", default="coding")
-    demo.add_argument("--profile", choices=sorted(PROFILES), default="fast")
-    demo.add_argument("--latency", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument(
+        "--scenario",
+        default="coding",
+        help=f"bundled scenario ({', '.join(bundled_scenarios())}) or a path to a JSON file; "
+        "with --upstream, its instructions, task and tools are what the real model gets",
+    )
+    demo.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="the simulated model's latency profile (default: fast; not with --upstream)",
+    )
+    demo.add_argument(
+        "--latency",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one latency parameter of the simulated model (not with --upstream)",
+    )
+    _add_upstream_options(
+        demo,
+        upstream_help="run against the real model server at this base URL, e.g. "
+        "http://127.0.0.1:8080/v1, instead of the simulated model (repeat for replicas)",
+        model_help="the model to run: NAME, served as the upstream's UPSTREAM_NAME (default: "
+        "the upstream's only model); the first --model is the one run",
+    )
+    demo.set_defaults(config=None, backend=None)  # what _upstream_backend also reads
     demo.add_argument(
         "--tool-time-scale",
         type=float,
@@ -234,9 +280,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "gateway":
             asyncio.run(_serve(args))
         elif args.command == "demo":
-            from hotloop.demo import run_demo
+            from hotloop.demo import DemoUpstream, run_demo
 
-            profile = get_profile(args.profile, _latency_overrides(args.latency))
+            backend = _upstream_backend(args)
+            if backend is not None and (args.profile is not None or args.latency):
+                raise HotloopError(
+                    "--profile and --latency set the simulated model's latency; "
+                    "a real upstream has its own"
+                )
+            profile = get_profile(args.profile or "fast", _latency_overrides(args.latency))
+            upstream = (
+                DemoUpstream(
+                    backend,
+                    ", ".join(args.upstream),
+                    args.model[0].partition("=")[0] if args.model else None,
+                )
+                if backend is not None
+                else None
+            )
             outcome = asyncio.run(
                 run_demo(
                     args.scenario,
@@ -244,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tool_time_scale=args.tool_time_scale,
                     report_path=args.report,
                     live=not args.no_live,
+                    upstream=upstream,
                 )
             )
             if not outcome.ok:

@@ -1,7 +1,8 @@
 """``hotloop demo``: one scenario played the naive way and the hotloop way, then compared.
 
-The demo starts the gateway in-process on the embedded simulated model and runs the scenario
-twice with the runtime, tools executing at the scenario's real latency:
+The demo starts the gateway in-process on the embedded simulated model (or, with a
+:class:`DemoUpstream`, in front of a real model server) and runs the scenario twice with the
+runtime, tools executing at the scenario's real latency:
 
 * **naive loop** — stateless HTTP/SSE re-sending the whole history every turn, each tool
   started only once the model's turn is complete, one tool at a time;
@@ -11,45 +12,60 @@ twice with the runtime, tools executing at the scenario's real latency:
 The naive run shows a progress bar; the hotloop run is shown live (model text as it streams,
 tools starting and finishing, one line per finished turn). Then the demo prints the
 comparison and writes a self-contained HTML report (:mod:`hotloop.report`) with a waterfall of
-both runs on one time axis. Each run is checked against the scenario (turns, tool calls, final
-text, no tool errors); a run that fails is reported as failed, never left out.
+both runs on one time axis. Each run on the simulated model is checked against the scenario
+(turns, tool calls, final text, no tool errors); a run that fails is reported as failed, never
+left out.
+
+A real model does not follow the scenario's script: it gets the scenario's instructions, task
+and tools (tools that accept whatever arguments it sends, at the scenario's latency and output
+size), and a run fails only when the model fails (an error, no final answer). Both runs go
+through the same gateway, so the upstream sees the same kind of requests from both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
+import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from hotloop.backends.base import Backend
 from hotloop.backends.sim import SimBackend
 from hotloop.bench.strategies import Strategy, strategy_agent, strategy_client, strategy_named
+from hotloop.errors import DecodeError, HotloopError
 from hotloop.gateway.app import GatewayServer
-from hotloop.report import ReportRun, connections_opened, write_report
+from hotloop.report import ReportRun, connections_opened, render_report, write_report
 from hotloop.runtime import (
+    Agent,
     ModelTurnFinished,
     RunFinished,
     Runner,
     RunResult,
     TextDelta,
+    Tool,
     ToolCallFinished,
     ToolCallStarted,
 )
 from hotloop.sim.latency import LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario, load_scenario
-from hotloop.testing import ExecutionLog, check_run, session_task
+from hotloop.testing import ExecutionLog, check_run, scenario_tools, session_task
 from hotloop.transport import Transport
+from hotloop.wire import codec
 
-__all__ = ["DEFAULT_REPORT", "DemoResult", "check_run", "run_demo"]
+__all__ = ["DEFAULT_REPORT", "DemoResult", "DemoUpstream", "check_run", "run_demo"]
 
 #: Where ``hotloop demo`` writes its report unless told otherwise.
 DEFAULT_REPORT = Path("reports/demo.html")
@@ -89,6 +105,19 @@ HOTLOOP = _Strategy(
 
 
 @dataclass(frozen=True, slots=True)
+class DemoUpstream:
+    """A real model for the demo: the gateway serves ``backend`` instead of the simulated model.
+
+    ``label`` says where the model is (shown, and written in the report); ``model`` is the
+    model id both runs ask the gateway for (``None``: the upstream's only model).
+    """
+
+    backend: Backend
+    label: str
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DemoResult:
     """What the demo did: the naive run, the hotloop run, and where the report went."""
 
@@ -103,6 +132,101 @@ class DemoResult:
     @property
     def ok(self) -> bool:
         return self.naive.ok and self.hotloop.ok
+
+
+# -- what the runs play: the scenario's script, or a real model -----------------------------
+
+
+class _AnyArguments(Tool):
+    """A scenario tool that runs with whatever arguments a real model sends.
+
+    The model is offered the scenario's schema, but nothing checks its arguments against it:
+    a real model (or the tests' tiny one, which fills every argument with a placeholder) may
+    send values the script never would, and the demo measures the loop, not the model's
+    aim. Resource templates (``file:{path}``) fill a missing argument with nothing.
+    """
+
+    def parse(self, arguments: str) -> dict[str, Any]:
+        try:
+            args = codec.loads(arguments or "{}")
+        except DecodeError:
+            return {}
+        return args if isinstance(args, dict) else {}
+
+    def resources(self, args: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+        filled = _Blank(args)
+
+        def expand(specs: tuple[Any, ...]) -> frozenset[str]:
+            keys: set[str] = set()
+            for spec in specs:
+                if isinstance(spec, str):
+                    keys.add(spec.format_map(filled))
+                else:
+                    keys.update(spec(args))
+            return frozenset(keys)
+
+        return expand(self.effects.reads), expand(self.effects.writes)
+
+
+class _Blank(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    """What both runs play: the agent, the task, and how a finished run is judged."""
+
+    scenario: Scenario
+    tool_time_scale: float
+    #: The model id of a real upstream; ``None`` plays the scenario's script on the sim.
+    real_model: str | None = None
+
+    @property
+    def real(self) -> bool:
+        return self.real_model is not None
+
+    @property
+    def planned_turns(self) -> int | None:
+        return None if self.real else len(self.scenario.turns)
+
+    @property
+    def planned_calls(self) -> int | None:
+        return None if self.real else self.scenario.total_calls
+
+    def agent(self, strategy: _Strategy, log: ExecutionLog) -> Agent:
+        if self.real_model is None:
+            return strategy_agent(strategy.plays, self.scenario, self.tool_time_scale, log)
+        tools = [
+            _AnyArguments.from_schema(
+                tool.name,
+                tool.parameters,
+                tool.fn,
+                description=tool.description,
+                effects=tool.effects,
+                timeout=tool.timeout,
+            )
+            for tool in scenario_tools(self.scenario, time_scale=self.tool_time_scale, log=log)
+        ]
+        return Agent(
+            self.real_model,
+            self.scenario.instructions,
+            tools,
+            name=strategy.name,
+            # A real model may take more turns than the script; a bound keeps a run finite.
+            max_turns=2 * len(self.scenario.turns) + 5,
+            eager=strategy.plays.eager,
+            max_concurrency=strategy.plays.max_concurrency,
+        )
+
+    def check(self, result: RunResult, log: ExecutionLog) -> tuple[str, ...]:
+        """What makes the run a failure: any difference from the script on the sim; only a
+        missing answer from a real model (what it did otherwise is reported, not judged)."""
+        if not self.real:
+            return check_run(self.scenario, result, log)
+        if not result.final_output.strip():
+            return ("the model ended the run without a final answer",)
+        return ()
 
 
 # -- the live view of the hotloop run --------------------------------------------------------
@@ -121,7 +245,8 @@ class _ToolLine:
 class _LiveState:
     """What the live view shows; events update it, the refresher draws it."""
 
-    scenario: Scenario
+    planned_turns: int | None
+    planned_calls: int | None
     started: float = field(default_factory=time.perf_counter)
     turn: int = 0
     text: list[str] = field(default_factory=list)
@@ -143,12 +268,13 @@ class _LiveState:
         return finished == self.expected_calls
 
     def __rich__(self) -> RenderableType:
-        scenario = self.scenario
         elapsed = time.perf_counter() - self.started
+        turns = f"/{self.planned_turns}" if self.planned_turns is not None else ""
+        calls = f"/{self.planned_calls}" if self.planned_calls is not None else ""
         status = Text.assemble(
             ("hotloop ", "bold green"),
-            f"turn {max(self.turn, 1)}/{len(scenario.turns)} · ",
-            f"{self.calls_done}/{scenario.total_calls} tool calls done · ",
+            f"turn {max(self.turn, 1)}{turns} · ",
+            f"{self.calls_done}{calls} tool calls done · ",
             (f"{elapsed:.1f} s", "bold"),
         )
         text = "".join(self.text).strip() or "…"
@@ -220,47 +346,51 @@ def _turn_line(turn: int, seconds: float, tools: list[_ToolLine]) -> Text:
     return line.append(f"{shown}  (slowest {slowest * 1000:.0f} ms)", style="dim")
 
 
+def _progress(strategy: _Strategy, setup: _Setup, console: Console) -> tuple[Progress, Any]:
+    """A progress bar for a run not shown live: against the script's plan when there is one."""
+    columns: list[ProgressColumn | str] = [TextColumn("[bold]{task.description}"), BarColumn()]
+    if setup.real:  # no plan: a pulsing bar and counts
+        columns += [
+            TextColumn("turn {task.completed:.0f}"),
+            TextColumn("· {task.fields[calls]} tool calls"),
+        ]
+    else:
+        columns += [
+            TextColumn("turn {task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("· {task.fields[calls]}/{task.fields[total_calls]} tool calls"),
+        ]
+    progress = Progress(*columns, TimeElapsedColumn(), console=console, auto_refresh=False)
+    task = progress.add_task(
+        strategy.title,
+        total=setup.planned_turns,
+        calls=0,
+        total_calls=setup.planned_calls,
+    )
+    return progress, task
+
+
 async def _play(
-    strategy: _Strategy,
-    scenario: Scenario,
-    base_url: str,
-    tool_time_scale: float,
-    console: Console,
-    live: bool,
+    strategy: _Strategy, setup: _Setup, base_url: str, console: Console, live: bool
 ) -> ReportRun:
-    """Run the scenario once with ``strategy``; the returned run says whether it completed it."""
+    """Run the task once with ``strategy``; the returned run says whether it failed."""
     log = ExecutionLog()
-    agent = strategy_agent(strategy.plays, scenario, tool_time_scale, log)
+    agent = setup.agent(strategy, log)
     client = _connect(strategy, base_url)
-    state = _LiveState(scenario)
+    state = _LiveState(setup.planned_turns, setup.planned_calls)
     progress: Progress | None = None
+    task: Any = None
     view: Live | Progress | None = None
     if strategy.shown_live:
         if live:
             view = Live(state, console=console, auto_refresh=False, transient=True)
     elif live:
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("turn {task.completed:.0f}/{task.total:.0f}"),
-            TextColumn("· {task.fields[calls]}/{task.fields[total_calls]} tool calls"),
-            TimeElapsedColumn(),
-            console=console,
-            auto_refresh=False,
-        )
+        progress, task = _progress(strategy, setup, console)
         view = progress
-    task = (
-        progress.add_task(
-            strategy.title, total=len(scenario.turns), calls=0, total_calls=scenario.total_calls
-        )
-        if progress is not None
-        else None
-    )
     result: RunResult | None = None
     turn_started = time.perf_counter()
     try:
         async with _refreshing(view):
-            message = session_task(scenario, strategy.name)  # no shared prompt cache
+            message = session_task(setup.scenario, strategy.name)  # no shared prompt cache
             async for event in Runner.run_stream(agent, message, client=client):
                 if not isinstance(event, RunFinished):
                     state.enter(event.turn)
@@ -276,11 +406,11 @@ async def _play(
                     if line is not None:
                         line.duration_s = event.duration_ns / 1e9
                         line.error = event.error
-                    if progress is not None and task is not None:
+                    if progress is not None:
                         progress.update(task, calls=state.calls_done)
                 elif isinstance(event, ModelTurnFinished):
                     state.expected_calls = event.tool_calls
-                    if progress is not None and task is not None:
+                    if progress is not None:
                         progress.update(task, advance=1)
                 elif isinstance(event, RunFinished):
                     result = event.result
@@ -308,8 +438,81 @@ async def _play(
         strategy.description,
         result,
         client.stats,
-        check_run(scenario, result, log),
+        setup.check(result, log),
     )
+
+
+# -- a real upstream: the model, a warm-up, what happened -----------------------------------
+
+
+def _served_model(server: GatewayServer, upstream: DemoUpstream) -> str:
+    """The model both runs ask for: the one named, else the upstream's only one."""
+    served = list(server.gateway.models())
+    if upstream.model is not None:
+        if upstream.model not in served:
+            raise HotloopError(
+                f"the gateway does not serve {upstream.model!r}; it serves {', '.join(served)}"
+            )
+        return upstream.model
+    if len(served) != 1:
+        raise HotloopError(
+            f"{upstream.label} serves {len(served)} models ({', '.join(served) or 'none'}): "
+            "name the one to run with --model"
+        )
+    return served[0]
+
+
+async def _warm_up(base_url: str, agent: Agent, scenario: Scenario) -> str | None:
+    """One unmeasured request with the runs' instructions and tools, so the engine's prompt
+    cache and the gateway's upstream connection are as warm for the first run as for the
+    second. Returns what went wrong, if anything (the runs then report their own errors)."""
+    body = {
+        "model": agent.model,
+        "instructions": agent.instructions,
+        "input": session_task(scenario, "warm-up"),
+        "tools": list(agent.definitions),
+        "max_output_tokens": 16,
+        "store": False,
+    }
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0)) as http:
+            response = await http.post(f"{base_url}/responses", json=body)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if response.status_code >= 400:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    return None
+
+
+def _answer(text: str, width: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _what_happened(console: Console, run: ReportRun) -> None:
+    """A real model's run in a few lines: its turns, tool calls, tool errors and answer."""
+    result = run.result
+    if result is None:
+        return
+    errors = [tool.error for step in result.steps for tool in step.tools if tool.error]
+    line = Text(f"  {result.turns} model turns, {result.tool_calls} tool calls", style="dim")
+    if errors:
+        line.append(f", {len(errors)} failed (the first: {errors[0]})", style="yellow")
+    console.print(line)
+    console.print(Text.assemble(("  answer: ", "dim"), _answer(result.final_output) or "(none)"))
+
+
+def _real_report(page: str, setup: _Setup, upstream: DemoUpstream) -> str:
+    """The report's page, its subtitle telling what played the runs (a real model)."""
+    scale = f" times {setup.tool_time_scale:g}" if setup.tool_time_scale != 1 else ""
+    subtitle = (
+        f'<p class="sub">The task and {len(setup.scenario.tools)} tools of scenario '
+        f"{html.escape(setup.scenario.name)}, played by the real model "
+        f"{html.escape(setup.real_model or '')} at {html.escape(upstream.label)} through "
+        "the gateway (it does not follow the scenario's script); tools run at the scenario's "
+        f"latency{scale}. Both waterfalls share one time axis.</p>"
+    )
+    return re.sub(r'<p class="sub">.*?</p>', lambda _: subtitle, page, count=1, flags=re.S)
 
 
 # -- the comparison ---------------------------------------------------------------------------
@@ -357,7 +560,7 @@ def _comparison(naive: ReportRun, fast: ReportRun) -> Table:
     return table
 
 
-def _report_failures(console: Console, runs: tuple[ReportRun, ...]) -> None:
+def _report_failures(console: Console, runs: tuple[ReportRun, ...], real: bool) -> None:
     for run in runs:
         if run.ok:
             continue
@@ -365,7 +568,8 @@ def _report_failures(console: Console, runs: tuple[ReportRun, ...]) -> None:
             Panel(
                 "\n".join(f"• {problem}" for problem in run.problems)
                 or "the run produced no result",
-                title=f"FAILED: {run.title} did not complete the scenario",
+                title=f"FAILED: {run.title} did not "
+                + ("finish the task" if real else "complete the scenario"),
                 border_style="bold red",
                 style="red",
             )
@@ -388,30 +592,52 @@ async def run_demo(
     report_path: str | Path | None = DEFAULT_REPORT,
     live: bool = True,
     console: Console | None = None,
+    upstream: DemoUpstream | None = None,
 ) -> DemoResult:
     """Run the demo and return both runs; ``report_path=None`` writes no report.
 
     ``live=False`` draws no live view or progress bar (the turn lines and the comparison are
     still printed). Check :attr:`DemoResult.ok`: a failed run is in the result, not raised.
+    ``upstream`` runs the scenario's task and tools against a real model instead of the
+    simulated one (``profile`` is then unused); only the model's failures fail a run.
+    Raises :class:`~hotloop.errors.HotloopError` when the gateway cannot start (say, the
+    upstream is unreachable) or does not serve the model asked for.
     """
     console = console or Console()
     script = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     latency = profile if isinstance(profile, LatencyProfile) else get_profile(profile)
-    async with GatewayServer(SimBackend(script, latency)) as server:
-        console.print(
-            Text.assemble(
-                ("hotloop demo", "bold"),
-                f" — scenario {script.name!r} ({script.total_calls} tool calls over "
-                f"{len(script.turns)} turns), profile {latency.name!r}, tools at "
-                f"{tool_time_scale:g}x their latency; gateway on {server.base_url}",
+    backend = upstream.backend if upstream is not None else SimBackend(script, latency)
+    async with GatewayServer(backend) as server:
+        if upstream is None:
+            setup = _Setup(script, tool_time_scale)
+            console.print(
+                Text.assemble(
+                    ("hotloop demo", "bold"),
+                    f" — scenario {script.name!r} ({script.total_calls} tool calls over "
+                    f"{len(script.turns)} turns), profile {latency.name!r}, tools at "
+                    f"{tool_time_scale:g}x their latency; gateway on {server.base_url}",
+                )
             )
-        )
+        else:
+            setup = _Setup(script, tool_time_scale, _served_model(server, upstream))
+            console.print(
+                Text.assemble(
+                    ("hotloop demo", "bold"),
+                    f" — model {setup.real_model!r} at {upstream.label}, with the task and "
+                    f"{len(script.tools)} tools of scenario {script.name!r}, tools at "
+                    f"{tool_time_scale:g}x their latency; gateway on {server.base_url}",
+                )
+            )
         console.print(Text(f"task: {script.task}", style="dim"))
+        if setup.real:
+            problem = await _warm_up(server.base_url, setup.agent(NAIVE, ExecutionLog()), script)
+            if problem is not None:
+                console.print(Text(f"warm-up request failed: {problem}", style="yellow"))
         console.print()
         runs: list[ReportRun] = []
         for index, strategy in enumerate((NAIVE, HOTLOOP), 1):
             with _section(console, f"{index}/2 {strategy.title}", strategy.description):
-                run = await _play(strategy, script, server.base_url, tool_time_scale, console, live)
+                run = await _play(strategy, setup, server.base_url, console, live)
                 runs.append(run)
                 if run.result is None:
                     console.print(f"[bold red]{strategy.title}: FAILED[/] (see below)")
@@ -420,6 +646,8 @@ async def run_demo(
                         f"{strategy.title}: done in {run.result.wall_ns / 1e9:.2f} s",
                         highlight=False,
                     )
+                    if setup.real:
+                        _what_happened(console, run)
         naive, fast = runs
     console.print(_comparison(naive, fast))
     if naive.result is not None and fast.result is not None:
@@ -430,13 +658,32 @@ async def run_demo(
             else f"[bold red]{1 / speedup:.2f}x slower[/]"
         )
         console.print(
-            f"hotloop finished the scenario {verdict} than the naive loop "
-            f"({naive.result.wall_ns / 1e9:.2f} s → {fast.result.wall_ns / 1e9:.2f} s).",
+            f"hotloop finished the {'task' if setup.real else 'scenario'} {verdict} than the "
+            f"naive loop ({naive.result.wall_ns / 1e9:.2f} s → "
+            f"{fast.result.wall_ns / 1e9:.2f} s).",
             highlight=False,
         )
-    _report_failures(console, (naive, fast))
+        paths = (naive.result.turns, naive.result.tool_calls)
+        if setup.real and paths != (fast.result.turns, fast.result.tool_calls):
+            console.print(
+                Text(
+                    "The model took different paths in the two runs (turns, tool calls): "
+                    "their times compare different work.",
+                    style="yellow",
+                )
+            )
+    _report_failures(console, (naive, fast), setup.real)
     written: Path | None = None
-    if report_path is not None:
-        written = write_report(report_path, [naive, fast], script, latency)
+    if report_path is not None and naive.result is None and fast.result is None:
+        # Nothing to draw (and the report's time axis needs a run that took time).
+        console.print(f"report: none written to {report_path}: neither run produced a result")
+    elif report_path is not None:
+        if upstream is None:
+            written = write_report(report_path, [naive, fast], script, latency)
+        else:
+            page = _real_report(render_report([naive, fast], script, "real model"), setup, upstream)
+            written = Path(report_path)
+            written.parent.mkdir(parents=True, exist_ok=True)
+            written.write_text(page, encoding="utf-8")
         console.print(f"report: [bold]{written}[/] (a waterfall of both runs; opens offline)")
     return DemoResult(naive, fast, written)

@@ -56,6 +56,8 @@ class APIError(HotloopError):
     ``status`` is the HTTP status (or the ``status`` of a WebSocket ``error`` event),
     ``type`` the OpenAI error type (``invalid_request_error``, ``server_error``, ...),
     ``code`` the machine-readable code and ``param`` the offending request field.
+    ``retry_after`` (seconds) is when trying again makes sense, for a rate limit; an HTTP
+    reply carries it as the ``retry-after`` header.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class APIError(HotloopError):
         type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -73,6 +76,7 @@ class APIError(HotloopError):
         self.type = type
         self.code = code
         self.param = param
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, object]:
         """The ``error`` object of OpenAI's error schema."""

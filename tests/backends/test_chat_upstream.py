@@ -669,6 +669,14 @@ FAULTS: dict[str, Fault] = {
         2,
         settings={"max_attempts": 2},
     ),
+    # A wait longer than the gateway holds a client: the 429 goes back at once, untried.
+    "rate_limited_long": Fault(
+        (Status(429, error_body("Slow down.", "rate_limit_error"), {"retry-after": "30"}),),
+        429,
+        "upstream_rate_limited",
+        "The upstream {url} is rate limiting requests. Retry after 30 s. It said: Slow down.",
+        1,
+    ),
     "server_error": Fault(
         (
             Status(500, error_body("CUDA error: an illegal memory access")),
@@ -772,6 +780,16 @@ async def fail_over_json(gateway: GatewayServer, fault: Fault, url: str) -> dict
         assert reply.status_code == 200
         return body
     assert reply.status_code == fault.status
+    # A rate limit carries the upstream's retry-after on to the client.
+    retry = next(
+        (
+            a.headers.get("retry-after")
+            for a in fault.actions
+            if isinstance(a, Status) and a.status == 429
+        ),
+        None,
+    )
+    assert reply.headers.get("retry-after") == retry
     kinds = {429: "rate_limit_error", 400: "invalid_request_error", 404: "invalid_request_error"}
     assert body == {
         "error": {

@@ -11,32 +11,20 @@ The upstream's events are written into the turn's response builder: messages and
 calls stream (each call is closed at its ``function_call_arguments.done``, so clients
 dispatch eagerly), and every item the gateway does not interpret (reasoning with its
 encrypted content, hosted tool calls, future kinds) is added whole, unchanged. Failures,
-retries and replicas work as for the Chat Completions upstream.
+retries and replicas are the shared ones of
+:class:`~hotloop.backends.forwarding.ForwardingBackend`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import httpx
-
-from hotloop.backends.base import StatelessSession
-from hotloop.backends.upstream import (
-    Replica,
-    Replicas,
-    UpstreamConfig,
-    model_map,
-    retryable,
-    upstream_error,
-)
-from hotloop.errors import APIError, HotloopError
+from hotloop.backends.forwarding import ForwardingBackend, StreamDecoder
+from hotloop.errors import APIError, ProtocolError
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import Generation, GenerationRequest
-from hotloop.protocol.sse import SSEDecoder
+from hotloop.protocol.generation import GenerationRequest
 from hotloop.wire import codec
 from hotloop.wire.events import (
     ContentPartAdded,
@@ -54,6 +42,7 @@ from hotloop.wire.events import (
     ResponseIncomplete,
     UnknownEvent,
     WebSocketError,
+    event_from_dict,
 )
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
 from hotloop.wire.responses import ResponseObject
@@ -105,6 +94,24 @@ class ResponsesEventReader:
         self._sent = 0  # characters of the open part or call streamed so far
         self.upstream_id: str | None = None
         self.done = False
+
+    def feed(self, data: str) -> Sequence[Event]:
+        r"""One server-sent event's data, decoded and :meth:`receive`\ d.
+
+        llama.cpp's ``/v1/responses`` leaves ``output_index`` and ``content_index`` out of its
+        item, part, text and argument events. The reader reads neither (it tracks the open
+        item itself), so a missing one is taken as 0 rather than failing the turn.
+        """
+        fields = codec.decode_object(data)
+        fields.setdefault("output_index", 0)
+        fields.setdefault("content_index", 0)
+        return self.receive(event_from_dict(fields))
+
+    def close(self) -> Sequence[Event]:
+        """The end of the body: the terminal event must have come."""
+        if not self.done:
+            raise ProtocolError("the upstream's stream ended before its terminal event")
+        return ()
 
     def receive(self, event: Event) -> Sequence[Event]:
         out = self._out
@@ -206,44 +213,21 @@ class ResponsesEventReader:
         return events
 
 
-class ResponsesBackend:
+class ResponsesBackend(ForwardingBackend):
     """A :class:`~hotloop.backends.base.Backend` forwarding to a Responses API upstream.
 
     With ``config.chain`` it continues upstream conversations by ``previous_response_id``
     (for upstreams that store responses); without, it sends the whole context.
     """
 
-    def __init__(
-        self,
-        config: UpstreamConfig,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.config = config
-        self.chain = config.chain
-        self.replicas = Replicas(config, clock=clock, transport=transport)
-        self._models = dict(config.models)
+    path = "/responses"
 
-    async def start(self) -> None:
-        if not self._models:
-            self._models = model_map(self.config, await self.replicas.list_models())
-        self.replicas.start_health_checks()
-
-    def models(self) -> Sequence[str]:
-        return list(self._models)
-
-    def open_session(self) -> StatelessSession:
-        return StatelessSession(self.generate)
-
-    async def aclose(self) -> None:
-        await self.replicas.aclose()
-
-    def _body(self, request: GenerationRequest, previous: str | None) -> bytes:
+    def payload(self, request: GenerationRequest, *, full: bool) -> bytes:
+        previous = None if full else self._chained_from(request.context)
         body: dict[str, Any] = {
-            "model": self._models.get(request.model, request.model),
+            "model": self.upstream_model(request.model),
             "stream": True,
-            "store": self.chain,
+            "store": self.config.chain,
         }
         if request.instructions:
             body["instructions"] = request.instructions
@@ -276,98 +260,30 @@ class ResponsesBackend:
         head = codec.dumps(body)
         return b"".join((head[:-1], b',"input":[', b",".join(items), b"]}"))
 
+    def decoder(self, out: ResponseBuilder, url: str) -> ResponsesEventReader:
+        return ResponsesEventReader(out)
+
+    def resend_full(self, request: GenerationRequest, error: APIError, full: bool) -> bool:
+        # A chained turn the upstream refuses (it no longer has the response): send it all.
+        return (
+            not full
+            and error.code == "upstream_rejected"
+            and self._chained_from(request.context) is not None
+        )
+
+    def finished(self, request: GenerationRequest, decoder: StreamDecoder) -> None:
+        # The upstream's id of this turn: the next turn continues from it.
+        upstream_id = getattr(decoder, "upstream_id", None)
+        if self.config.chain and upstream_id is not None:
+            request.context.note(_UPSTREAM_ID, upstream_id)
+
     def _chained_from(self, context: Conversation) -> str | None:
         """The upstream response this turn continues, when the upstream holds it.
 
         ``context`` is the parent snapshot (the last response's output) extended by the new
         input; the upstream id was recorded on the snapshot that response answered.
         """
-        if not self.chain or context.parent is None or context.parent.parent is None:
+        if not self.config.chain or context.parent is None or context.parent.parent is None:
             return None
         upstream_id = context.parent.parent.noted(_UPSTREAM_ID)
         return upstream_id if isinstance(upstream_id, str) else None
-
-    async def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
-        previous = self._chained_from(request.context)
-        order = self.replicas.order(request.context.root_key)
-        attempt = 0
-        while True:
-            replica = order[attempt % len(order)]
-            attempt += 1
-            reader = ResponsesEventReader(out)
-            delivered = False
-            try:
-                async for events in self._attempt(replica, self._body(request, previous), reader):
-                    delivered = True
-                    yield events
-                self.replicas.succeeded(replica)
-                if self.chain and reader.upstream_id is not None:
-                    request.context.note(_UPSTREAM_ID, reader.upstream_id)
-                return
-            except APIError as error:
-                if not delivered and previous is not None and error.code == "upstream_rejected":
-                    # The upstream lost the chained response: send the whole context instead.
-                    previous = None
-                    continue
-                if delivered or not retryable(error) or attempt >= self.config.max_attempts:
-                    if retryable(error):
-                        self.replicas.failed(replica, error)
-                    raise
-                self.replicas.failed(replica, error)
-                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
-
-    async def _attempt(
-        self, replica: Replica, payload: bytes, reader: ResponsesEventReader
-    ) -> Generation:
-        config = self.config
-        sse = SSEDecoder()
-        try:
-            async with replica.client.stream(
-                "POST",
-                "/responses",
-                content=payload,
-                headers={"content-type": "application/json"},
-            ) as reply:
-                if reply.status_code != 200:
-                    body = bytearray()
-                    async for chunk in reply.aiter_bytes():
-                        body += chunk
-                        if len(body) > 65536:
-                            break
-                    raise upstream_error(
-                        status=reply.status_code,
-                        body=bytes(body),
-                        headers=reply.headers,
-                        url=replica.url,
-                    )
-                chunks = reply.aiter_bytes()
-                wait = config.first_token_timeout
-                while not reader.done:
-                    async with asyncio.timeout(wait):
-                        try:
-                            data = await anext(chunks)
-                        except StopAsyncIteration:
-                            break
-                    wait = config.stall_timeout
-                    events: list[Event] = []
-                    for message in sse.feed(data):
-                        if message.data == "[DONE]":
-                            continue
-                        events.extend(reader.receive(codec.decode_event(message.data)))
-                    if events:
-                        yield events
-        except TimeoutError as exc:
-            raise upstream_error(httpx.ReadTimeout("stalled"), url=replica.url) from exc
-        except httpx.HTTPError as exc:
-            raise upstream_error(exc, url=replica.url) from exc
-        except HotloopError as exc:
-            if isinstance(exc, APIError):
-                raise
-            raise APIError(
-                f"The upstream {replica.url} sent a malformed stream: {exc}",
-                status=502,
-                type="server_error",
-                code="upstream_bad_stream",
-            ) from exc
-        if not reader.done:
-            raise upstream_error(httpx.RemoteProtocolError("cut"), url=replica.url)

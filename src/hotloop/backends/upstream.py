@@ -45,7 +45,7 @@ __all__ = [
 
 logger = logging.getLogger("hotloop.upstream")
 
-_API_KINDS = ("chat", "responses")
+_API_KINDS = ("chat", "responses", "llamacpp")
 
 
 class UpstreamConfigError(HotloopError):
@@ -57,9 +57,10 @@ class UpstreamConfig:
     """One upstream model server (or several replicas of it).
 
     ``urls``: base URLs including the API version path, e.g. ``http://127.0.0.1:8080/v1``;
-    more than one are replicas serving the same models. ``api``: ``chat`` (Chat Completions)
-    or ``responses`` (the Responses API over HTTP; ``chain`` continues by the upstream's
-    ``previous_response_id`` where it stores responses).
+    more than one are replicas serving the same models. ``api``: ``chat`` (Chat Completions),
+    ``responses`` (the Responses API over HTTP; ``chain`` continues by the upstream's
+    ``previous_response_id`` where it stores responses) or ``llamacpp`` (llama.cpp's native
+    ``/completion``, continuing each turn token for token; its URL is the server's root).
     ``models`` maps the model ids clients use to the upstream's own names; an empty map
     serves the upstream's ``GET /models`` list under its own names. ``api_key_env`` names the
     environment variable holding the upstream's key (never the key itself, so a config file
@@ -384,6 +385,7 @@ def upstream_error(
             status=429,
             type="rate_limit_error",
             code="upstream_rate_limited",
+            retry_after=_seconds(retry),
         )
     if status in (401, 403):
         return APIError(
@@ -407,6 +409,15 @@ def upstream_error(
         status=400 if status != 404 else 404,
         code="upstream_rejected",
     )
+
+
+def _seconds(value: str | None) -> float | None:
+    """A ``retry-after`` header in seconds (an HTTP date is not waited for: None)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def _error_message(body: bytes) -> str:

@@ -42,8 +42,11 @@ def error_response(error: APIError, *, websocket: bool = False) -> Response:
     body: dict[str, Any] = {"error": error.body()}
     if websocket:
         body["status"] = error.status
-    headers = {"x-should-retry": "false"} if error.status >= 500 else None
-    return json_response(body, error.status, headers)
+    headers = {"x-should-retry": "false"} if error.status >= 500 else {}
+    if error.retry_after is not None:
+        # The SDKs wait this long before their own retry of a 429.
+        headers["retry-after"] = f"{error.retry_after:g}"
+    return json_response(body, error.status, headers or None)
 
 
 class HTTPEndpoints:

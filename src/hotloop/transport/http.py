@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import Any, Protocol
 
 import httpx
 
@@ -35,6 +35,7 @@ from hotloop.protocol.client_session import (
     ClientSession,
     ClientTurn,
     Failure,
+    Send,
     connection_failure,
     error_failure,
 )
@@ -184,36 +185,23 @@ class HTTPTransport(IteratingTransport):
     async def stream_skipping(
         self, request: ModelRequest, skip: Collection[str]
     ) -> AsyncIterator[Event]:
-        session, stats = self.session, self.stats
-        turn = session.start_turn(request.previous_response_id, request.new_from)
-        while True:
-            send = session.next_send(turn)
-            incremental = send.incremental
-            body = request_body(request, incremental=incremental, store=self.incremental)
+        def payload(send: Send) -> tuple[bytes, bool]:
+            body = request_body(request, incremental=send.incremental, store=self.incremental)
             body["stream"] = True
-            payload = codec.dumps(body)
-            delivered = False
-            cause: httpx.HTTPError | None = None
-            try:
-                async with _post(
-                    self._client, stats, "/responses", payload, request, incremental
-                ) as reply:
-                    if reply.status_code != 200:
-                        failure = await _http_failure(reply)
-                    else:
-                        # The event types the caller skips are dropped before being decoded.
-                        decoder = ResponsesSSEDecoder(skip=skip)
-                        async for chunk in reply.aiter_bytes():
-                            for event in decoder.feed(chunk):
-                                delivered = True
-                                yield event
-                        for event in decoder.close():
-                            yield event
-                        session.finished(turn)
-                        return
-            except httpx.HTTPError as exc:
-                failure, cause = _broken(exc), exc
-            _failed(session, stats, turn, failure, delivered, cause)
+            return codec.dumps(body), send.incremental
+
+        async def events(reply: httpx.Response) -> AsyncIterator[Event]:
+            # The event types the caller skips are dropped before being decoded.
+            decoder = ResponsesSSEDecoder(skip=skip)
+            async for chunk in reply.aiter_bytes():
+                for event in decoder.feed(chunk):
+                    yield event
+            for event in decoder.close():
+                yield event
+
+        turn = self.session.start_turn(request.previous_response_id, request.new_from)
+        async for event in _turn(self, request, turn, "/responses", payload, events):
+            yield event
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -242,37 +230,65 @@ class ChatTransport(IteratingTransport):
             stream=True,
             include_usage=True,
         )
-        payload = codec.dumps(body)
-        session, stats = self.session, self.stats
-        turn = session.start_turn(None, 0)
-        while True:
+        encoded = codec.dumps(body)
+
+        def payload(send: Send) -> tuple[bytes, bool]:
             # Chat Completions has no previous response: every send is the whole history.
-            session.next_send(turn)
+            return encoded, False
+
+        async def events(reply: httpx.Response) -> AsyncIterator[Event]:
             decoder = ChatStreamDecoder(f"chat_{uuid.uuid4().hex}", request.model, int(time.time()))
-            delivered = False
-            cause: httpx.HTTPError | None = None
-            try:
-                async with _post(
-                    self._client, stats, "/chat/completions", payload, request, False
-                ) as reply:
-                    if reply.status_code != 200:
-                        failure = await _http_failure(reply)
-                    else:
-                        sse = SSEDecoder()
-                        async for chunk in reply.aiter_bytes():
-                            for message in sse.feed(chunk):
-                                if message.data == "[DONE]":
-                                    continue
-                                for event in decoder.feed(codec.decode_object(message.data)):
-                                    delivered = True
-                                    yield event
-                        for event in decoder.close():
+            sse = SSEDecoder()
+            async for chunk in reply.aiter_bytes():
+                for message in sse.feed(chunk):
+                    if message.data != "[DONE]":
+                        for event in decoder.feed(codec.decode_object(message.data)):
                             yield event
-                        session.finished(turn)
-                        return
-            except httpx.HTTPError as exc:
-                failure, cause = _broken(exc), exc
-            _failed(session, stats, turn, failure, delivered, cause)
+            for event in decoder.close():
+                yield event
+
+        turn = self.session.start_turn(None, 0)
+        async for event in _turn(self, request, turn, "/chat/completions", payload, events):
+            yield event
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class _Posting(Protocol):
+    session: ClientSession
+    stats: TransportStats
+    _client: httpx.AsyncClient
+
+
+async def _turn(
+    transport: _Posting,
+    request: ModelRequest,
+    turn: ClientTurn,
+    path: str,
+    payload: Callable[[Send], tuple[bytes, bool]],
+    events: Callable[[httpx.Response], AsyncIterator[Event]],
+) -> AsyncIterator[Event]:
+    """Post one turn and stream its events, sending it again as the session's rules say.
+
+    ``payload`` gives the body of each send and whether it is incremental; ``events`` reads a
+    200 reply. A failure goes to the session, which raises or says to send again.
+    """
+    session, stats = transport.session, transport.stats
+    while True:
+        body, incremental = payload(session.next_send(turn))
+        delivered = False
+        cause: httpx.HTTPError | None = None
+        try:
+            async with _post(transport._client, stats, path, body, request, incremental) as reply:
+                if reply.status_code != 200:
+                    failure = await _http_failure(reply)
+                else:
+                    async for event in events(reply):
+                        delivered = True
+                        yield event
+                    session.finished(turn)
+                    return
+        except httpx.HTTPError as exc:
+            failure, cause = _broken(exc), exc
+        _failed(session, stats, turn, failure, delivered, cause)
