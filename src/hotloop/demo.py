@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
-import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -47,7 +45,7 @@ from hotloop.backends.sim import SimBackend
 from hotloop.bench.strategies import Strategy, strategy_agent, strategy_client, strategy_named
 from hotloop.errors import DecodeError, HotloopError
 from hotloop.gateway.app import GatewayServer
-from hotloop.report import ReportRun, connections_opened, render_report, write_report
+from hotloop.report import ReportRun, connections_opened, write_report
 from hotloop.runtime import (
     Agent,
     ModelTurnFinished,
@@ -502,17 +500,15 @@ def _what_happened(console: Console, run: ReportRun) -> None:
     console.print(Text.assemble(("  answer: ", "dim"), _answer(result.final_output) or "(none)"))
 
 
-def _real_report(page: str, setup: _Setup, upstream: DemoUpstream) -> str:
-    """The report's page, its subtitle telling what played the runs (a real model)."""
+def _real_subtitle(setup: _Setup, upstream: DemoUpstream) -> str:
+    """What played the runs, for the report: a real model, not the scenario's script."""
     scale = f" times {setup.tool_time_scale:g}" if setup.tool_time_scale != 1 else ""
-    subtitle = (
-        f'<p class="sub">The task and {len(setup.scenario.tools)} tools of scenario '
-        f"{html.escape(setup.scenario.name)}, played by the real model "
-        f"{html.escape(setup.real_model or '')} at {html.escape(upstream.label)} through "
-        "the gateway (it does not follow the scenario's script); tools run at the scenario's "
-        f"latency{scale}. Both waterfalls share one time axis.</p>"
+    return (
+        f"The task and {len(setup.scenario.tools)} tools of scenario {setup.scenario.name}, "
+        f"played by the real model {setup.real_model or ''} at {upstream.label} through the "
+        "gateway (it does not follow the scenario's script); tools run at the scenario's "
+        f"latency{scale}. Both waterfalls share one time axis."
     )
-    return re.sub(r'<p class="sub">.*?</p>', lambda _: subtitle, page, count=1, flags=re.S)
 
 
 # -- the comparison ---------------------------------------------------------------------------
@@ -681,9 +677,14 @@ async def run_demo(
         if upstream is None:
             written = write_report(report_path, [naive, fast], script, latency)
         else:
-            page = _real_report(render_report([naive, fast], script, "real model"), setup, upstream)
-            written = Path(report_path)
-            written.parent.mkdir(parents=True, exist_ok=True)
-            written.write_text(page, encoding="utf-8")
+            written = write_report(
+                report_path,
+                [naive, fast],
+                script,
+                "real model",
+                title=f"hotloop demo — {setup.real_model or 'a real model'}, "
+                f"scenario {script.name}",
+                subtitle=_real_subtitle(setup, upstream),
+            )
         console.print(f"report: [bold]{written}[/] (a waterfall of both runs; opens offline)")
     return DemoResult(naive, fast, written)

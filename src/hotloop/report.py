@@ -423,7 +423,12 @@ footer { margin-top: 28px; color: #6b7280; font-size: 12px; }
 
 
 def render_report(
-    runs: Sequence[ReportRun], scenario: Scenario, profile: LatencyProfile | str
+    runs: Sequence[ReportRun],
+    scenario: Scenario,
+    profile: LatencyProfile | str,
+    *,
+    title: str | None = None,
+    subtitle: str | None = None,
 ) -> str:
     """The report as one HTML document (see :func:`write_report`)."""
     profile_name = profile if isinstance(profile, str) else profile.name
@@ -439,16 +444,19 @@ def render_report(
         if failed
         else ""
     )
-    title = f"hotloop demo — scenario {scenario.name}, profile {profile_name}"
+    title = title or f"hotloop demo — scenario {scenario.name}, profile {profile_name}"
+    subtitle = subtitle or (
+        f"{scenario.total_calls} tool calls over {len(scenario.turns)} model turns, played by "
+        "the embedded simulated model; tools run at the scenario's latency. Both waterfalls "
+        "share one time axis."
+    )
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
-        f'<p class="sub">{scenario.total_calls} tool calls over {len(scenario.turns)} model '
-        f"turns, played by the embedded simulated model; tools run at the scenario's "
-        f"latency. Both waterfalls share one time axis.</p>"
+        f'<p class="sub">{html.escape(subtitle)}</p>'
         f'<div class="task">{html.escape(scenario.task)}</div>'
         + status
         + _comparison(runs)
@@ -465,12 +473,17 @@ def write_report(
     runs: Sequence[ReportRun],
     scenario: Scenario,
     profile: LatencyProfile | str,
+    *,
+    title: str | None = None,
+    subtitle: str | None = None,
 ) -> Path:
     """Write the report of ``runs`` (first the baseline, last the contender) to ``path``.
 
+    ``title`` and ``subtitle`` replace the ones that describe a run on the simulated model.
     Creates missing parent folders; returns the path written.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_report(runs, scenario, profile), encoding="utf-8")
+    page = render_report(runs, scenario, profile, title=title, subtitle=subtitle)
+    target.write_text(page, encoding="utf-8")
     return target
