@@ -63,12 +63,9 @@ def build_app(gateway: Gateway) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        try:
-            await gateway.start()
-        except Exception as exc:
-            # uvicorn would log this and exit quietly; keep it for whoever started the server.
-            app.state.startup_error = exc
-            raise
+        # GatewayServer starts the gateway before uvicorn (so a failure is its caller's error,
+        # not a traceback in uvicorn's log); an app served by another server starts it here.
+        await gateway.start()
         try:
             yield
         finally:
@@ -188,17 +185,14 @@ class GatewayServer:
         return f"ws://{self.host}:{self.port}/v1/responses"
 
     async def start(self) -> None:
+        """Start the gateway (backend, store), then serve; a failure raises here."""
+        await self.gateway.start()
         self._task = asyncio.create_task(self._serve())
         while not self._server.started:
             if self._task.done():
                 await self._task
-                error = getattr(self._app.state, "startup_error", None)
-                if isinstance(error, HotloopError):
-                    raise error
-                raise HotloopError(
-                    "the gateway stopped during start-up"
-                    + (f": {error}" if error is not None else "")
-                ) from error
+                await self.gateway.close()
+                raise HotloopError("the gateway's server stopped during start-up")
             await asyncio.sleep(0.005)
 
     async def _serve(self) -> None:

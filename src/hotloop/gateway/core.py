@@ -97,14 +97,19 @@ class Gateway:
             max_queue=self.config.usage_queue_size,
         )
         self._models = frozenset(backend.models())
+        self._started = False
         self.started_at = time.time()
 
     async def start(self) -> None:
+        """Start the backend, open the store; a second call does nothing."""
+        if self._started:
+            return
         # An upstream backend may learn its models only now (GET /models of the upstream).
         await self.backend.start()
         self._models = frozenset(self.backend.models())
         await self.store.open()
         self.log.start()
+        self._started = True
 
     async def close(self) -> None:
         await self.log.close()
