@@ -69,6 +69,12 @@ def _add_upstream_options(
         help="--api responses: continue by the upstream's previous_response_id (the upstream "
         "must store responses) instead of sending the whole context each turn",
     )
+    parser.add_argument(
+        "--websocket",
+        action="store_true",
+        help="--api responses: talk to the upstream in WebSocket mode, one upstream socket per "
+        "client connection, sending only new items while the socket lives",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -215,6 +221,7 @@ def _upstream_backend(args: argparse.Namespace) -> Backend | None:
                 models=models,
                 api_key_env=args.api_key_env,
                 chain=args.chain,
+                websocket=args.websocket,
             )
         ]
     elif args.backend == "upstream":

@@ -4,6 +4,7 @@ so the whole path is real sockets and real engines."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import openai
@@ -24,6 +25,7 @@ from hotloop.testing import scenario_tools
 from hotloop.wire import events as ev
 from hotloop.wire.items import ContentPart, FunctionCall, Message, Reasoning, UnknownItem
 from hotloop.wire.responses import ResponseObject, Usage
+from wsproxy import WebSocketProxy
 
 
 @pytest.fixture
@@ -182,3 +184,64 @@ def test_terminal_output_fills_in_what_was_not_streamed_and_failures_raise() -> 
     with pytest.raises(APIError) as caught:
         read.receive(ev.ResponseFailed(response=failed))
     assert caught.value.code == "upstream_error" and "model overloaded" in caught.value.message
+
+
+# -- WebSocket mode to the upstream -------------------------------------------------------
+
+
+async def test_websocket_mode_upstream_continues_by_id_on_one_upstream_socket(
+    upstream: GatewayServer,
+) -> None:
+    scenario = load_scenario("coding")
+    metrics = upstream.gateway.metrics
+    hits = metrics.cache_lookups.labels("hit")
+    before = hits._value.get()
+    async with GatewayServer(ResponsesBackend(config(upstream, websocket=True))) as gateway:
+        client = hotloop.connect(gateway.base_url)
+        try:
+            tools = scenario_tools(scenario, time_scale=0)
+            agent = Agent("agent-model", "You are a coding agent.", tools)
+            result = await Runner.run(agent, scenario.task, client=client)
+            # One upstream socket serves the whole client connection.
+            assert metrics.websocket_connections._value.get() == 1
+        finally:
+            await client.aclose()
+        # The client's connection closing closes its upstream socket.
+        for _ in range(200):
+            if metrics.websocket_connections._value.get() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert metrics.websocket_connections._value.get() == 0
+    assert result.turns == len(scenario.turns)
+    assert result.final_output == scenario.turns[-1].text
+    # Every turn after the first continued the upstream's response from its connection cache:
+    # only the new items crossed the upstream socket.
+    assert hits._value.get() - before == len(scenario.turns) - 1
+
+
+async def test_websocket_mode_upstream_recovers_from_a_drop_and_a_lost_cache(
+    upstream: GatewayServer,
+) -> None:
+    """The upstream socket dropped mid-turn, then an upstream connection without the
+    response: both turns are sent again in full, and the rollout ends as it should."""
+    scenario = load_scenario("coding")
+    async with WebSocketProxy(upstream.websocket_url) as proxy:
+        base = proxy.url.replace("ws://", "http://").removesuffix("/responses")
+        upstream_config = UpstreamConfig(
+            urls=(base,), api="responses", models={"agent-model": "hotloop-sim"}, websocket=True
+        )
+        proxy.drop_client_after(n_events=0, on_turn=5)
+        proxy.swap_upstream_before_turn(9)
+        async with GatewayServer(ResponsesBackend(upstream_config)) as gateway:
+            client = hotloop.connect(gateway.base_url)
+            try:
+                tools = scenario_tools(scenario, time_scale=0)
+                agent = Agent("agent-model", "You are a coding agent.", tools)
+                result = await Runner.run(agent, scenario.task, client=client)
+            finally:
+                await client.aclose()
+    assert result.turns == len(scenario.turns)
+    assert result.final_output == scenario.turns[-1].text
+    # Two upstream connections (the drop opened a second), and two turns sent twice.
+    assert len(proxy.connections) == 2
+    assert proxy.creates == len(scenario.turns) + 2

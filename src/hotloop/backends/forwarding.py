@@ -26,7 +26,7 @@ from typing import ClassVar, Protocol
 
 import httpx
 
-from hotloop.backends.base import StatelessSession
+from hotloop.backends.base import BackendSession, StatelessSession
 from hotloop.backends.upstream import (
     Replica,
     Replicas,
@@ -104,7 +104,7 @@ class ForwardingBackend(abc.ABC):
         """The upstream's own name for the served ``model``."""
         return self._models.get(model, model)
 
-    def open_session(self) -> StatelessSession:
+    def open_session(self) -> BackendSession:
         return StatelessSession(self.generate)
 
     async def aclose(self) -> None:

@@ -18,13 +18,22 @@ retries and replicas are the shared ones of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+import httpx
+
+from hotloop.backends.base import BackendSession
 from hotloop.backends.forwarding import ForwardingBackend, StreamDecoder
+from hotloop.backends.upstream import upstream_error
 from hotloop.errors import APIError, ProtocolError
 from hotloop.protocol.builder import ResponseBuilder
+from hotloop.protocol.client_session import TransportError
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import GenerationRequest
+from hotloop.protocol.generation import Generation, GenerationRequest
+from hotloop.transport import websocket_url
+from hotloop.transport.base import ModelRequest
+from hotloop.transport.websocket import WebSocketTransport
 from hotloop.wire import codec
 from hotloop.wire.events import (
     ContentPartAdded,
@@ -50,6 +59,7 @@ from hotloop.wire.responses import ResponseObject
 __all__ = ["ResponsesBackend", "ResponsesEventReader"]
 
 _ENCODED = "responses.input"
+_STRIPPED = "responses.items"
 _UPSTREAM_ID = "responses.upstream_id"
 #: Settings passed to a Responses upstream as they came.
 _PASSED_SETTINGS = ("temperature", "top_p", "text", "reasoning", "truncation", "user", "include")
@@ -222,8 +232,41 @@ class ResponsesBackend(ForwardingBackend):
 
     path = "/responses"
 
+    def open_session(self) -> BackendSession:
+        if self.config.websocket:
+            return _WebSocketSession(self)
+        return super().open_session()
+
+    def tools_and_settings(
+        self, request: GenerationRequest
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The request's ``tools`` entries and its other fields, as the upstream takes them."""
+        tools = [
+            {
+                "type": "function",
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": dict(tool.parameters),
+            }
+            for tool in request.tools
+        ]
+        settings: dict[str, Any] = {}
+        if tools:
+            settings["tool_choice"] = (
+                {"type": "function", "name": request.forced_function}
+                if request.forced_function is not None
+                else request.tool_choice
+            )
+            settings["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.max_output_tokens is not None:
+            settings["max_output_tokens"] = request.max_output_tokens
+        for key in _PASSED_SETTINGS:
+            if request.settings.get(key) is not None:
+                settings[key] = request.settings[key]
+        return tools, settings
+
     def payload(self, request: GenerationRequest, *, full: bool) -> bytes:
-        previous = None if full else self._chained_from(request.context)
+        previous = None if full else self.chained_from(request.context)
         body: dict[str, Any] = {
             "model": self.upstream_model(request.model),
             "stream": True,
@@ -231,27 +274,10 @@ class ResponsesBackend(ForwardingBackend):
         }
         if request.instructions:
             body["instructions"] = request.instructions
-        if request.tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "name": tool.name,
-                    "description": tool.description,
-                    "parameters": dict(tool.parameters),
-                }
-                for tool in request.tools
-            ]
-            body["tool_choice"] = (
-                {"type": "function", "name": request.forced_function}
-                if request.forced_function is not None
-                else request.tool_choice
-            )
-            body["parallel_tool_calls"] = request.parallel_tool_calls
-        if request.max_output_tokens is not None:
-            body["max_output_tokens"] = request.max_output_tokens
-        for key in _PASSED_SETTINGS:
-            if request.settings.get(key) is not None:
-                body[key] = request.settings[key]
+        tools, settings = self.tools_and_settings(request)
+        if tools:
+            body["tools"] = tools
+        body.update(settings)
         if previous is not None:
             body["previous_response_id"] = previous
             items = [_encode(request.context.items)]
@@ -268,7 +294,7 @@ class ResponsesBackend(ForwardingBackend):
         return (
             not full
             and error.code == "upstream_rejected"
-            and self._chained_from(request.context) is not None
+            and self.chained_from(request.context) is not None
         )
 
     def finished(self, request: GenerationRequest, decoder: StreamDecoder) -> None:
@@ -277,7 +303,7 @@ class ResponsesBackend(ForwardingBackend):
         if self.config.chain and upstream_id is not None:
             request.context.note(_UPSTREAM_ID, upstream_id)
 
-    def _chained_from(self, context: Conversation) -> str | None:
+    def chained_from(self, context: Conversation) -> str | None:
         """The upstream response this turn continues, when the upstream holds it.
 
         ``context`` is the parent snapshot (the last response's output) extended by the new
@@ -287,3 +313,107 @@ class ResponsesBackend(ForwardingBackend):
             return None
         upstream_id = context.parent.parent.noted(_UPSTREAM_ID)
         return upstream_id if isinstance(upstream_id, str) else None
+
+
+def _without_ids(items: Sequence[Item]) -> tuple[Item, ...]:
+    # The gateway's own ids and statuses mean nothing to the upstream (see _strip).
+    return tuple(
+        replace(item, id=None, status=None)
+        if isinstance(item, Message | FunctionCall | FunctionCallOutput)
+        else item
+        for item in items
+    )
+
+
+class _WebSocketSession:
+    """One client connection's WebSocket to a Responses upstream in WebSocket mode.
+
+    Each turn continues the upstream's own response by ``previous_response_id`` and sends only
+    the new items, while the upstream socket that made that response lives; hotloop's client
+    transport re-sends the whole context on a new socket after a drop, and in full after the
+    upstream's ``previous_response_not_found``. The socket is opened with the connection's
+    first turn, to the replica of that turn's conversation, and closed with the connection.
+    """
+
+    def __init__(self, backend: ResponsesBackend) -> None:
+        self._backend = backend
+        self._sockets: dict[str, WebSocketTransport] = {}
+
+    def _socket(self, url: str) -> WebSocketTransport:
+        socket = self._sockets.get(url)
+        if socket is None:
+            config = self._backend.config
+            socket = self._sockets[url] = WebSocketTransport(
+                websocket_url(url), config.api_key(), store=False
+            )
+        return socket
+
+    async def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
+        backend = self._backend
+        context = request.context
+        url = backend.replicas.order(context.root_key)[0].url
+        history: list[Item] = []
+        for node in reversed(list(context.segments())):
+            history.extend(node.derived(_STRIPPED, _without_ids))
+        tools, settings = backend.tools_and_settings(request)
+        model_request = ModelRequest(
+            model=backend.upstream_model(request.model),
+            history=history,
+            new_from=len(history) - len(context.items),
+            previous_response_id=_noted_parent(context),
+            instructions=request.instructions,
+            tools=tools,
+            settings=settings,
+        )
+        reader = ResponsesEventReader(out)
+        try:
+            async for event in self._socket(url).stream(model_request):
+                events = reader.receive(event)
+                if events:
+                    yield events
+        except TransportError as exc:
+            raise _websocket_error(exc, url) from exc
+        if not reader.done:
+            raise upstream_error(httpx.RemoteProtocolError("cut"), url=url)
+        if reader.upstream_id is not None:
+            context.note(_UPSTREAM_ID, reader.upstream_id)
+
+    async def aclose(self) -> None:
+        sockets, self._sockets = list(self._sockets.values()), {}
+        for socket in sockets:
+            await socket.aclose()
+
+
+def _noted_parent(context: Conversation) -> str | None:
+    """The upstream id of the response this turn continues (noted on the snapshot it
+    answered), whatever ``chain`` says: the upstream socket decides whether it still holds
+    it, and sends the whole context when it does not."""
+    if context.parent is None or context.parent.parent is None:
+        return None
+    upstream_id = context.parent.parent.noted(_UPSTREAM_ID)
+    return upstream_id if isinstance(upstream_id, str) else None
+
+
+def _websocket_error(exc: TransportError, url: str) -> APIError:
+    """The documented upstream error for a failed WebSocket-mode turn."""
+    if exc.status == 429:
+        return APIError(
+            f"The upstream {url} is rate limiting requests.",
+            status=429,
+            type="rate_limit_error",
+            code="upstream_rate_limited",
+        )
+    if exc.status is None and exc.code is None:
+        return APIError(
+            f"The WebSocket to the upstream {url} failed and could not be opened again.",
+            status=502,
+            type="server_error",
+            code="upstream_unavailable",
+        )
+    detail = f" ({exc.code})" if exc.code else f" (HTTP {exc.status})"
+    return APIError(
+        f"The upstream {url} failed the request in WebSocket mode{detail}.",
+        status=502,
+        type="server_error",
+        code="upstream_error",
+    )

@@ -84,6 +84,8 @@ class UpstreamConfig:
     #: Responses upstreams only: continue by the upstream's ``previous_response_id`` (it
     #: must store responses) instead of sending the whole context every turn.
     chain: bool = False
+    #: Responses upstreams only: WebSocket mode, one upstream socket per client connection.
+    websocket: bool = False
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -126,6 +128,7 @@ class UpstreamConfig:
             "retry_after",
             "health_interval",
             "chain",
+            "websocket",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -169,6 +172,7 @@ class UpstreamConfig:
             models=MappingProxyType(dict(models)),
             api_key_env=key_env,
             chain=bool(data.get("chain", False)),
+            websocket=bool(data.get("websocket", False)),
             **numbers,
             **counts,
         )
