@@ -245,3 +245,34 @@ async def test_websocket_mode_upstream_recovers_from_a_drop_and_a_lost_cache(
     # Two upstream connections (the drop opened a second), and two turns sent twice.
     assert len(proxy.connections) == 2
     assert proxy.creates == len(scenario.turns) + 2
+
+
+async def test_chain_continues_upstream_by_id_when_the_parent_comes_from_the_store(
+    upstream: GatewayServer,
+) -> None:
+    """Over plain HTTP each continuation resolves its parent from the gateway's store (a
+    rebuilt conversation): the upstream's id is still found, and only new items go up."""
+    scenario = load_scenario("coding")
+    tools = [
+        {"type": "function", "name": t.name, "parameters": t.parameters}
+        for t in scenario.tools.values()
+    ]
+    by_store = upstream.gateway.metrics.cache_lookups.labels("store")
+    before = by_store._value.get()
+    async with GatewayServer(ResponsesBackend(config(upstream, chain=True))) as gateway:
+        sdk = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="k")
+        response = await sdk.responses.create(model="agent-model", input=scenario.task, tools=tools)
+        for _ in range(2):
+            calls = [item for item in response.output if item.type == "function_call"]
+            response = await sdk.responses.create(
+                model="agent-model",
+                previous_response_id=response.id,
+                input=[
+                    {"type": "function_call_output", "call_id": c.call_id, "output": "ok"}
+                    for c in calls
+                ],
+                tools=tools,
+            )
+        await sdk.close()
+    # The two continuations went up as previous_response_id, resolved in the upstream's store.
+    assert by_store._value.get() - before == 2

@@ -17,7 +17,9 @@ retries and replicas are the shared ones of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +27,7 @@ import httpx
 
 from hotloop.backends.base import BackendSession
 from hotloop.backends.forwarding import ForwardingBackend, StreamDecoder
-from hotloop.backends.upstream import upstream_error
+from hotloop.backends.upstream import UpstreamConfig, upstream_error
 from hotloop.errors import APIError, ProtocolError
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.client_session import TransportError
@@ -60,7 +62,8 @@ __all__ = ["ResponsesBackend", "ResponsesEventReader"]
 
 _ENCODED = "responses.input"
 _STRIPPED = "responses.items"
-_UPSTREAM_ID = "responses.upstream_id"
+#: How many upstream response ids a backend keeps (the oldest go first).
+_MAX_UPSTREAM_IDS = 100_000
 #: Settings passed to a Responses upstream as they came.
 _PASSED_SETTINGS = ("temperature", "top_p", "text", "reasoning", "truncation", "user", "include")
 
@@ -104,6 +107,11 @@ class ResponsesEventReader:
         self._sent = 0  # characters of the open part or call streamed so far
         self.upstream_id: str | None = None
         self.done = False
+
+    @property
+    def output(self) -> tuple[Item, ...]:
+        """The items written to the builder so far."""
+        return self._out.output
 
     def feed(self, data: str) -> Sequence[Event]:
         r"""One server-sent event's data, decoded and :meth:`receive`\ d.
@@ -232,6 +240,17 @@ class ResponsesBackend(ForwardingBackend):
 
     path = "/responses"
 
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(config, transport=transport, clock=clock)
+        # The upstream's response ids, by the prefix key of the conversation they end.
+        self._upstream_ids: OrderedDict[int, str] = OrderedDict()
+
     def open_session(self) -> BackendSession:
         if self.config.websocket:
             return _WebSocketSession(self)
@@ -298,21 +317,37 @@ class ResponsesBackend(ForwardingBackend):
         )
 
     def finished(self, request: GenerationRequest, decoder: StreamDecoder) -> None:
-        # The upstream's id of this turn: the next turn continues from it.
-        upstream_id = getattr(decoder, "upstream_id", None)
-        if self.config.chain and upstream_id is not None:
-            request.context.note(_UPSTREAM_ID, upstream_id)
+        if self.config.chain and isinstance(decoder, ResponsesEventReader):
+            self.remember(request, decoder)
+
+    def remember(self, request: GenerationRequest, reader: ResponsesEventReader) -> None:
+        """Keep the upstream's id of this turn under the conversation it ends with.
+
+        The key is the rolling prefix key of the conversation after this turn's output: the
+        next turn's parent has the same key however the gateway got it (its connection
+        cache, or the store, which rebuilds the snapshots), so it finds the id either way.
+        """
+        if reader.upstream_id is None:
+            return
+        after = request.context.extend(reader.output)
+        ids = self._upstream_ids
+        ids[after.prefix_key] = reader.upstream_id
+        ids.move_to_end(after.prefix_key)
+        while len(ids) > _MAX_UPSTREAM_IDS:
+            ids.popitem(last=False)
+
+    def continues(self, context: Conversation) -> str | None:
+        """The upstream's id of the response this turn continues, if one was kept.
+
+        ``context`` is the parent conversation (which ends with that response's output)
+        extended by the new input.
+        """
+        parent = context.parent
+        return self._upstream_ids.get(parent.prefix_key) if parent is not None else None
 
     def chained_from(self, context: Conversation) -> str | None:
-        """The upstream response this turn continues, when the upstream holds it.
-
-        ``context`` is the parent snapshot (the last response's output) extended by the new
-        input; the upstream id was recorded on the snapshot that response answered.
-        """
-        if not self.config.chain or context.parent is None or context.parent.parent is None:
-            return None
-        upstream_id = context.parent.parent.noted(_UPSTREAM_ID)
-        return upstream_id if isinstance(upstream_id, str) else None
+        """The upstream response this turn continues by id, with ``chain`` on."""
+        return self.continues(context) if self.config.chain else None
 
 
 def _without_ids(items: Sequence[Item]) -> tuple[Item, ...]:
@@ -360,7 +395,9 @@ class _WebSocketSession:
             model=backend.upstream_model(request.model),
             history=history,
             new_from=len(history) - len(context.items),
-            previous_response_id=_noted_parent(context),
+            # Whatever chain says: the upstream socket knows whether it still holds that
+            # response, and sends the whole context when it does not.
+            previous_response_id=backend.continues(context),
             instructions=request.instructions,
             tools=tools,
             settings=settings,
@@ -375,23 +412,12 @@ class _WebSocketSession:
             raise _websocket_error(exc, url) from exc
         if not reader.done:
             raise upstream_error(httpx.RemoteProtocolError("cut"), url=url)
-        if reader.upstream_id is not None:
-            context.note(_UPSTREAM_ID, reader.upstream_id)
+        backend.remember(request, reader)
 
     async def aclose(self) -> None:
         sockets, self._sockets = list(self._sockets.values()), {}
         for socket in sockets:
             await socket.aclose()
-
-
-def _noted_parent(context: Conversation) -> str | None:
-    """The upstream id of the response this turn continues (noted on the snapshot it
-    answered), whatever ``chain`` says: the upstream socket decides whether it still holds
-    it, and sends the whole context when it does not."""
-    if context.parent is None or context.parent.parent is None:
-        return None
-    upstream_id = context.parent.parent.noted(_UPSTREAM_ID)
-    return upstream_id if isinstance(upstream_id, str) else None
 
 
 def _websocket_error(exc: TransportError, url: str) -> APIError:
