@@ -276,3 +276,28 @@ async def test_chain_continues_upstream_by_id_when_the_parent_comes_from_the_sto
         await sdk.close()
     # The two continuations went up as previous_response_id, resolved in the upstream's store.
     assert by_store._value.get() - before == 2
+
+
+def test_events_without_their_indexes_are_read_as_llama_cpp_sends_them() -> None:
+    """llama.cpp's /v1/responses leaves output_index, content_index and sequence_number out
+    of its events; the reader takes what it needs without them."""
+    out, read = reader()
+    events = [
+        '{"type":"response.created","response":{"id":"resp_up","created_at":0,"model":"m",'
+        '"status":"in_progress","output":[]}}',
+        '{"type":"response.output_item.added","item":{"type":"message","id":"m","role":'
+        '"assistant","status":"in_progress","content":[]}}',
+        '{"type":"response.content_part.added","item_id":"m","part":{"type":"output_text",'
+        '"text":""}}',
+        '{"type":"response.output_text.delta","item_id":"m","delta":"All "}',
+        '{"type":"response.output_text.delta","item_id":"m","delta":"done."}',
+        '{"type":"response.output_item.done","item":{"type":"message","id":"m","role":'
+        '"assistant","status":"completed","content":[{"type":"output_text","text":"All done."}]}}',
+        '{"type":"response.completed","response":{"id":"resp_up","created_at":0,"model":"m",'
+        '"status":"completed","output":[]}}',
+    ]
+    for data in events:
+        read.feed(data)
+    assert read.done and read.upstream_id == "resp_up" and read.close() == ()
+    (message,) = out.output
+    assert isinstance(message, Message) and message.text == "All done."
