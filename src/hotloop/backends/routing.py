@@ -4,7 +4,7 @@ A config file (TOML) lists the upstreams, each with the models it serves::
 
     [[upstream]]
     urls = ["http://127.0.0.1:8080/v1", "http://127.0.0.1:8081/v1"]   # replicas
-    api = "chat"                      # chat | responses
+    api = "chat"                      # chat | responses | llamacpp
     models = { "smol" = "SmolLM2-135M" }   # served name = upstream's name
     api_key_env = "LLAMA_API_KEY"     # optional: the variable holding the key
 
@@ -45,6 +45,10 @@ def build_backend(config: UpstreamConfig) -> Backend:
         from hotloop.backends.chat import ChatBackend
 
         return ChatBackend(config)
+    if config.api == "llamacpp":
+        from hotloop.backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(config)
     from hotloop.backends.responses import ResponsesBackend
 
     return ResponsesBackend(config)

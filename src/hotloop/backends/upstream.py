@@ -86,6 +86,10 @@ class UpstreamConfig:
     chain: bool = False
     #: Responses upstreams only: WebSocket mode, one upstream socket per client connection.
     websocket: bool = False
+    #: llama.cpp only: each conversation keeps to one slot of the engine (``id_slot``).
+    pin_slots: bool = False
+    #: llama.cpp only: the chat template (Jinja text); by default the server's own.
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -129,6 +133,8 @@ class UpstreamConfig:
             "health_interval",
             "chain",
             "websocket",
+            "pin_slots",
+            "chat_template_file",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -173,6 +179,8 @@ class UpstreamConfig:
             api_key_env=key_env,
             chain=bool(data.get("chain", False)),
             websocket=bool(data.get("websocket", False)),
+            pin_slots=bool(data.get("pin_slots", False)),
+            chat_template=_read_template(data.get("chat_template_file"), where),
             **numbers,
             **counts,
         )
@@ -413,6 +421,18 @@ def upstream_error(
         status=400 if status != 404 else 404,
         code="upstream_rejected",
     )
+
+
+def _read_template(path: Any, where: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(str(path), encoding="utf-8") as file:
+            return file.read()
+    except OSError as exc:
+        raise UpstreamConfigError(
+            f"{where}.chat_template_file: cannot read {path}: {exc.strerror or exc}"
+        ) from exc
 
 
 def _seconds(value: str | None) -> float | None:
