@@ -59,3 +59,54 @@ def normalized(items: Sequence[Item]) -> list[tuple[Any, ...]]:
         else:
             out.append((item.type,))
     return out
+
+
+# -- the real llama.cpp engine (tests/engine) ----------------------------------------------
+
+#: The tiny engine model's name as the gateway serves it.
+TINY_MODEL = "tiny"
+#: The tool the tiny model calls, as a Responses ``tools`` entry.
+WEATHER_FUNCTION = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def engine_backend(base_url: str, api: str, transport: Any = None) -> Any:
+    """The gateway's backend for the llama.cpp server at ``base_url``, speaking ``api``:
+    ``chat``, ``responses``, or ``responses-chain`` (chaining by the upstream's ids)."""
+    from hotloop.backends.chat import ChatBackend
+    from hotloop.backends.responses import ResponsesBackend
+    from hotloop.backends.upstream import UpstreamConfig
+
+    config = UpstreamConfig(
+        urls=(f"{base_url}/v1",),
+        api=api.removesuffix("-chain"),
+        chain=api.endswith("-chain"),
+        models={TINY_MODEL: TINY_MODEL},
+    )
+    if config.api == "chat":
+        return ChatBackend(config, transport=transport)
+    return ResponsesBackend(config, transport=transport)
+
+
+def completed(server: Any, transport: str) -> float:
+    """How many responses ``server`` (a GatewayServer) completed over ``transport``."""
+    value = server.gateway.metrics.registry.get_sample_value(
+        "hotloop_responses_total", {"transport": transport, "status": "completed"}
+    )
+    return value or 0.0
+
+
+def cache_lookups(server: Any, result: str) -> float:
+    """How many parent lookups of ``server`` ended in ``result`` (hit, store, miss)."""
+    value = server.gateway.metrics.registry.get_sample_value(
+        "hotloop_cache_lookups_total", {"result": result}
+    )
+    return value or 0.0

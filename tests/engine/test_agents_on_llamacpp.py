@@ -34,13 +34,11 @@ from agents.models.interface import Model
 from agents.stream_events import RawResponsesStreamEvent, RunItemStreamEvent
 from openai import AsyncOpenAI
 
-from hotloop.backends.chat import ChatBackend
-from hotloop.backends.responses import ResponsesBackend
-from hotloop.backends.upstream import UpstreamConfig
 from hotloop.gateway import GatewayServer
-from hotloop.testing.llamacpp import ANSWER_TEXT, LlamaServer
+from hotloop.testing.llamacpp import ANSWER_TEXT
+from support import TINY_MODEL as MODEL
+from support import cache_lookups, completed
 
-MODEL = "tiny"
 API_KEY = "test-key"
 TASK = "What is the weather in Paris?"
 #: The tiny model's loop: a call per turn until two results, then the answer.
@@ -57,18 +55,6 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     set_tracing_disabled(True)
     for name in ("OPENAI_BASE_URL", "OPENAI_WEBSOCKET_BASE_URL", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(params=["chat", "responses"])
-async def gateway(
-    request: pytest.FixtureRequest, llama_server: LlamaServer
-) -> AsyncIterator[GatewayServer]:
-    config = UpstreamConfig(
-        urls=(f"{llama_server.base_url}/v1",), api=request.param, models={MODEL: MODEL}
-    )
-    backend = ChatBackend(config) if request.param == "chat" else ResponsesBackend(config)
-    async with GatewayServer(backend) as server:
-        yield server
 
 
 @pytest.fixture
@@ -99,21 +85,6 @@ def weather_agent(model: str | Model, calls: list[str], **settings: Any) -> Agen
         # The tiny model is deterministic under greedy sampling.
         model_settings=ModelSettings(temperature=0, **settings),
     )
-
-
-def completed(server: GatewayServer, transport: str) -> float:
-    """How many responses the gateway completed over ``transport`` (its own metrics)."""
-    value = server.gateway.metrics.registry.get_sample_value(
-        "hotloop_responses_total", {"transport": transport, "status": "completed"}
-    )
-    return value or 0.0
-
-
-def cache_lookups(server: GatewayServer, result: str) -> float:
-    value = server.gateway.metrics.registry.get_sample_value(
-        "hotloop_cache_lookups_total", {"result": result}
-    )
-    return value or 0.0
 
 
 def check_run(result: RunResult | RunResultStreaming, calls: list[str]) -> None:

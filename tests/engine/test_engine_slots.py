@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -30,28 +29,17 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from hotloop.backends.chat import ChatBackend
-from hotloop.backends.responses import ResponsesBackend
-from hotloop.backends.upstream import UpstreamConfig
 from hotloop.gateway import GatewayServer
 from hotloop.testing.llamacpp import LlamaServer
+from support import TINY_MODEL as MODEL
+from support import WEATHER_FUNCTION as WEATHER
 
-MODEL = "tiny"
 #: What the client lets the model write; with the prompt it fits a slot's 2048 tokens.
 MAX_OUTPUT_TOKENS = 1800
 #: Text deltas read before the client goes away: the engine is mid-generation by then.
 DELTAS_BEFORE_CLOSE = 20
 #: The bound on the engine: every slot idle within this long after the client went away.
 IDLE_WITHIN_S = 1.0
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
-}
 NUMBERS = {
     "format": {
         "type": "json_schema",
@@ -61,18 +49,6 @@ NUMBERS = {
 }
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=["chat", "responses"])
-async def gateway(
-    request: pytest.FixtureRequest, llama_server: LlamaServer
-) -> AsyncIterator[GatewayServer]:
-    config = UpstreamConfig(
-        urls=(f"{llama_server.base_url}/v1",), api=request.param, models={MODEL: MODEL}
-    )
-    backend = ChatBackend(config) if request.param == "chat" else ResponsesBackend(config)
-    async with GatewayServer(backend) as server:
-        yield server
 
 
 def long_request(gateway: GatewayServer) -> dict[str, Any]:

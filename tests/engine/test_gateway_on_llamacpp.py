@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import httpx
@@ -20,52 +20,17 @@ import pytest
 
 import hotloop
 from hotloop import Agent, Runner, tool
-from hotloop.backends.base import Backend
-from hotloop.backends.chat import ChatBackend
-from hotloop.backends.responses import ResponsesBackend
-from hotloop.backends.upstream import UpstreamConfig
 from hotloop.gateway import GatewayServer
 from hotloop.testing.llamacpp import ANSWER_TEXT, LlamaServer
+from support import TINY_MODEL as MODEL
+from support import WEATHER_FUNCTION as WEATHER
+from support import engine_backend
 
-MODEL = "tiny"
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
-}
 #: The tiny model's loop: a call per turn until two results, then the answer.
 TURNS = 3
 CALLS = 2
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def upstream_backend(
-    llama_server: LlamaServer, api: str, transport: httpx.AsyncBaseTransport | None = None
-) -> Backend:
-    """The gateway's backend for llama.cpp, speaking ``api`` (``chat`` or ``responses``)."""
-    config = UpstreamConfig(
-        urls=(f"{llama_server.base_url}/v1",),
-        api=api.removesuffix("-chain"),
-        chain=api.endswith("-chain"),
-        models={MODEL: MODEL},
-    )
-    if config.api == "chat":
-        return ChatBackend(config, transport=transport)
-    return ResponsesBackend(config, transport=transport)
-
-
-@pytest.fixture(params=["chat", "responses"])
-async def gateway(
-    request: pytest.FixtureRequest, llama_server: LlamaServer
-) -> AsyncIterator[GatewayServer]:
-    async with GatewayServer(upstream_backend(llama_server, request.param)) as server:
-        yield server
 
 
 def results_for(output: Any) -> list[dict[str, Any]]:
@@ -271,7 +236,7 @@ async def test_chained_responses_upstream_falls_back_to_the_whole_context(
     )
 
     recording = RecordingTransport()
-    backend = upstream_backend(llama_server, "responses-chain", transport=recording)
+    backend = engine_backend(llama_server.base_url, "responses-chain", transport=recording)
     async with GatewayServer(backend) as gateway:
         sdk = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="k", max_retries=0)
         turns = await websocket_loop(sdk, "What is the weather in Paris?")

@@ -34,7 +34,7 @@ from openai import AsyncOpenAI
 
 from hotloop.gateway import GatewayServer
 from hotloop.wire import codec
-from support import ten_turn_scenario
+from support import cache_lookups, completed, ten_turn_scenario
 
 MODEL = "hotloop-sim"
 API_KEY = "test-key"
@@ -90,21 +90,6 @@ def weather_agent(model: str | Model, calls: list[str], **settings: Any) -> Agen
         model=model,
         model_settings=ModelSettings(**settings),
     )
-
-
-def completed(server: GatewayServer, transport: str) -> float:
-    """How many responses the gateway completed over ``transport`` (its own metrics)."""
-    value = server.gateway.metrics.registry.get_sample_value(
-        "hotloop_responses_total", {"transport": transport, "status": "completed"}
-    )
-    return value or 0.0
-
-
-def cache_lookups(server: GatewayServer, result: str) -> float:
-    value = server.gateway.metrics.registry.get_sample_value(
-        "hotloop_cache_lookups_total", {"result": result}
-    )
-    return value or 0.0
 
 
 def check_run(result: RunResult | RunResultStreaming, calls: list[str]) -> list[str]:
