@@ -26,7 +26,9 @@ depends on the time):
 
 The events of a turn never pass through the session: a driver hands each one to its caller
 directly, and tells the session only how the turn ended (:meth:`ClientSession.finished`) or
-failed. :data:`TERMINAL_EVENTS` and :data:`ERROR_EVENTS` are the event types that end a turn.
+failed. :data:`~hotloop.wire.events.RESPONSE_END_EVENTS` end a turn (handed to the caller first);
+:data:`~hotloop.wire.events.ERROR_EVENTS` end it as a failure (never handed over:
+:meth:`ClientSession.failed` decides).
 
 The transports are its drivers: ``hotloop.transport.websocket`` moves frames between a socket
 and the session, ``hotloop.transport.http`` does the same for HTTP requests.
@@ -42,22 +44,16 @@ from types import MappingProxyType
 
 from hotloop.errors import HotloopError
 from hotloop.wire.events import (
-    ErrorEvent,
-    Event,
     ResponseCompleted,
-    ResponseFailed,
     ResponseIncomplete,
-    WebSocketError,
 )
 
 __all__ = [
     "CONTINUABLE",
     "ERROR_CODES",
-    "ERROR_EVENTS",
     "HTTP_RULES",
     "MAX_LIVE_IDS",
     "MAX_SENDS",
-    "TERMINAL_EVENTS",
     "WEBSOCKET_RULES",
     "Action",
     "Chaining",
@@ -85,12 +81,6 @@ MAX_SENDS = 3
 #: continuing a forgotten id sends the whole history, which is always correct).
 MAX_LIVE_IDS = 4096
 
-#: Event types that end a turn (handed to the caller first), and those that end it as a
-#: failure (never handed over: :meth:`ClientSession.failed` decides).
-TERMINAL_EVENTS: frozenset[type[Event]] = frozenset(
-    {ResponseCompleted, ResponseIncomplete, ResponseFailed}
-)
-ERROR_EVENTS: frozenset[type[Event]] = frozenset({WebSocketError, ErrorEvent})
 #: Terminal event types whose response can be continued by id; a failed one cannot.
 CONTINUABLE = frozenset({ResponseCompleted.type, ResponseIncomplete.type})
 

@@ -50,8 +50,6 @@ from picows import (
 
 from hotloop.errors import HotloopError
 from hotloop.protocol.client_session import (
-    ERROR_EVENTS,
-    TERMINAL_EVENTS,
     WEBSOCKET_RULES,
     Action,
     Chaining,
@@ -62,7 +60,7 @@ from hotloop.protocol.client_session import (
 )
 from hotloop.transport.base import ModelRequest, OnEvent, TransportError, TransportStats
 from hotloop.wire import codec
-from hotloop.wire.events import Event
+from hotloop.wire.events import ERROR_EVENTS, RESPONSE_END_EVENTS, Event
 
 __all__ = ["WebSocketTransport", "request_body"]
 
@@ -123,7 +121,7 @@ class _Turn:
         except Exception as exc:
             future.set_exception(exc)
             return
-        if kind in TERMINAL_EVENTS:
+        if kind in RESPONSE_END_EVENTS:
             future.set_result(event)
 
     def closed(self, failure: Failure) -> None:
@@ -382,7 +380,7 @@ class WebSocketTransport:
                 finally:
                     if self._turns.get(lane) is live:
                         del self._turns[lane]
-                if type(end) in TERMINAL_EVENTS:
+                if type(end) in RESPONSE_END_EVENTS:
                     session.finished(turn, end.type, end.response.id)
                     return
                 if not isinstance(end, Failure):

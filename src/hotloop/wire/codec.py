@@ -22,13 +22,10 @@ import orjson
 
 from hotloop.errors import DecodeError, InvalidMessage
 from hotloop.wire.events import (
-    ErrorEvent,
+    TERMINAL_EVENT_TYPES,
     Event,
     FunctionCallArgumentsDelta,
     OutputTextDelta,
-    ResponseCompleted,
-    ResponseFailed,
-    ResponseIncomplete,
     event_from_dict,
     event_to_dict,
 )
@@ -84,16 +81,11 @@ def type_prefix(event_type: str) -> bytes:
     return f'{{"type":"{event_type}"'.encode()
 
 
-#: The events that end a turn: a transport never drops them, whatever its caller skips.
-_TURN_ENDS = frozenset(
-    {ResponseCompleted.type, ResponseIncomplete.type, ResponseFailed.type, ErrorEvent.type}
-)
-
-
 @functools.cache
 def skipped_prefixes(skip: frozenset[str]) -> tuple[bytes, ...]:
-    """The :func:`type_prefix` of each event type in ``skip`` but those that end a turn."""
-    return tuple(type_prefix(kind) for kind in sorted(skip - _TURN_ENDS))
+    """The :func:`type_prefix` of each event type in ``skip`` but those that end a turn: a
+    transport never drops them, whatever its caller skips."""
+    return tuple(type_prefix(kind) for kind in sorted(skip - TERMINAL_EVENT_TYPES))
 
 
 _FAST_EVENTS: tuple[tuple[bytes, msgspec.json.Decoder[Any]], ...] = tuple(

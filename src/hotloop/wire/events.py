@@ -21,6 +21,8 @@ from hotloop.wire.items import ContentPart, Item, JSONDict, item_from_dict
 from hotloop.wire.responses import ResponseObject
 
 __all__ = [
+    "ERROR_EVENTS",
+    "RESPONSE_END_EVENTS",
     "TERMINAL_EVENT_TYPES",
     "ContentPartAdded",
     "ContentPartDone",
@@ -47,10 +49,6 @@ __all__ = [
     "event_to_dict",
 ]
 
-#: Events that end a response. A WS ``error`` also ends a request.
-TERMINAL_EVENT_TYPES = frozenset(
-    {"response.completed", "response.incomplete", "response.failed", "error"}
-)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -264,6 +262,18 @@ Event: TypeAlias = (
     | SteerPending
     | SteerFailed
     | UnknownEvent
+)
+
+#: The events that end a response: its output is final (completed, incomplete or failed).
+RESPONSE_END_EVENTS: frozenset[type[Event]] = frozenset(
+    {ResponseCompleted, ResponseIncomplete, ResponseFailed}
+)
+#: The error events that end a request instead (SSE and WebSocket shapes).
+ERROR_EVENTS: frozenset[type[Event]] = frozenset({ErrorEvent, WebSocketError})
+#: The wire names of every event that ends a turn, one of the two kinds above.
+TERMINAL_EVENT_TYPES: frozenset[str] = frozenset(
+    cls.type
+    for cls in (ResponseCompleted, ResponseIncomplete, ResponseFailed, ErrorEvent, WebSocketError)
 )
 
 _OMIT_WHEN_NONE = frozenset({"stream_id", "name", "status", "reason"})
