@@ -24,10 +24,10 @@ from typing import Any
 from hotloop.backends.forwarding import ForwardingBackend
 from hotloop.errors import APIError, InvalidMessage
 from hotloop.protocol.builder import ResponseBuilder
-from hotloop.protocol.chat import chat_messages
+from hotloop.protocol.chat import chat_messages, chat_tool
 from hotloop.protocol.chat_stream import ChatChunkDecoder, ChatStreamError
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import GenerationRequest, ToolDef
+from hotloop.protocol.generation import GenerationRequest
 from hotloop.wire import codec
 from hotloop.wire.events import Event
 from hotloop.wire.items import Item
@@ -51,13 +51,6 @@ def rendered_messages(context: Conversation) -> list[bytes]:
     return [part for part in parts if part]
 
 
-def _chat_tool(tool: ToolDef) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name, "parameters": dict(tool.parameters)}
-    if tool.description:
-        function["description"] = tool.description
-    return {"type": "function", "function": function}
-
-
 def chat_body(request: GenerationRequest, upstream_model: str) -> bytes:
     """The streamed Chat Completions request for one turn, encoded.
 
@@ -70,7 +63,7 @@ def chat_body(request: GenerationRequest, upstream_model: str) -> bytes:
         "stream_options": {"include_usage": True},
     }
     if request.tools:
-        body["tools"] = [_chat_tool(tool) for tool in request.tools]
+        body["tools"] = [chat_tool(tool.to_dict()) for tool in request.tools]
         if request.forced_function is not None:
             body["tool_choice"] = {
                 "type": "function",

@@ -260,15 +260,7 @@ class ResponsesBackend(ForwardingBackend):
         self, request: GenerationRequest
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The request's ``tools`` entries and its other fields, as the upstream takes them."""
-        tools = [
-            {
-                "type": "function",
-                "name": tool.name,
-                "description": tool.description,
-                "parameters": dict(tool.parameters),
-            }
-            for tool in request.tools
-        ]
+        tools = [tool.to_dict() for tool in request.tools]
         settings: dict[str, Any] = {}
         if tools:
             settings["tool_choice"] = (

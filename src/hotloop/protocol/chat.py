@@ -34,6 +34,7 @@ __all__ = [
     "SYSTEM_FINGERPRINT",
     "ChatRequest",
     "chat_messages",
+    "chat_tool",
     "chat_request_to_responses",
     "responses_to_chat_request",
 ]
@@ -354,9 +355,7 @@ def responses_to_chat_request(
     messages.extend(chat_messages(items))
     body: JSONDict = {"model": model, "messages": messages}
     if tools:
-        body["tools"] = [
-            _responses_tool_to_chat(tool, f"tools[{i}]") for i, tool in enumerate(tools)
-        ]
+        body["tools"] = [chat_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
     if isinstance(tool_choice, Mapping):
         body["tool_choice"] = {"type": "function", "function": {"name": tool_choice.get("name")}}
     elif tool_choice is not None:
@@ -378,7 +377,8 @@ def responses_to_chat_request(
     return body
 
 
-def _responses_tool_to_chat(tool: Mapping[str, Any], where: str) -> JSONDict:
+def chat_tool(tool: Mapping[str, Any], where: str = "tools") -> JSONDict:
+    """The Chat Completions form of a Responses function tool (``where`` names it in errors)."""
     if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
         raise invalid_field("only function tools have a chat equivalent", where)
     function: JSONDict = {"name": tool["name"]}

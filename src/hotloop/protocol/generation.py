@@ -30,6 +30,15 @@ class ToolDef:
     parameters: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     description: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """The Responses ``tools`` entry (:func:`~hotloop.protocol.chat.chat_tool` makes the
+        Chat Completions one from it)."""
+        out: dict[str, Any] = {"type": "function", "name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out["parameters"] = dict(self.parameters)
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from hotloop.errors import HotloopError, InvalidMessage
-from hotloop.protocol.chat import chat_messages
+from hotloop.protocol.chat import chat_messages, chat_tool
 from hotloop.protocol.conversation import Conversation
 from hotloop.protocol.generation import ToolDef
 from hotloop.wire import codec
@@ -514,11 +514,9 @@ def _assemble(segments: Sequence[_Segment], generation: str) -> Prompt:
 
 
 def _template_tool(tool: ToolDef) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name}
-    if tool.description:
-        function["description"] = tool.description
-    function["parameters"] = plain_json(tool.parameters) if tool.parameters else {"type": "object"}
-    return {"type": "function", "function": function}
+    # Templates read the chat form, with plain values (a schema may arrive read-only).
+    parameters = plain_json(tool.parameters) if tool.parameters else {"type": "object"}
+    return chat_tool({**tool.to_dict(), "parameters": parameters})
 
 
 def plain_json(value: Any) -> Any:
