@@ -24,7 +24,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from hotloop.backends.base import Backend, BackendSession
 from hotloop.backends.upstream import UpstreamConfig, UpstreamConfigError
@@ -33,10 +33,6 @@ from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.generation import Generation, GenerationRequest
 
 __all__ = ["RoutedBackend", "build_backend", "load_upstreams"]
-
-
-class _Startable(Protocol):
-    async def start(self) -> None: ...
 
 
 def build_backend(config: UpstreamConfig) -> Backend:

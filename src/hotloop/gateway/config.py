@@ -15,8 +15,6 @@ __all__ = ["GatewayConfig", "InputGuard"]
 #: :class:`~hotloop.errors.APIError` to reject the request (for example a safety check).
 InputGuard = Callable[[Sequence[Item]], None]
 
-MiB = 1024 * 1024
-
 # The WebSocket limits have one set of defaults, the session's own.
 _SESSION = SessionConfig()
 

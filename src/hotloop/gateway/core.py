@@ -11,14 +11,12 @@ event.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from hotloop.backends.base import Backend, BackendSession
 from hotloop.errors import APIError
@@ -415,9 +413,3 @@ class ResponseRun:
                 duration_ms=(time.monotonic() - started) * 1000 if started is not None else 0.0,
             )
         )
-
-
-async def cancel_quietly(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
