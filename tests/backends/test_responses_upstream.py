@@ -301,3 +301,20 @@ def test_events_without_their_indexes_are_read_as_llama_cpp_sends_them() -> None
     assert read.done and read.upstream_id == "resp_up" and read.close() == ()
     (message,) = out.output
     assert isinstance(message, Message) and message.text == "All done."
+
+
+async def test_http_clients_share_one_upstream_socket(upstream: GatewayServer) -> None:
+    opened = upstream.gateway.metrics.websocket_connections
+    async with GatewayServer(ResponsesBackend(config(upstream, websocket=True))) as gateway:
+        sdk = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="k")
+        for text in ("one", "two", "three"):
+            response = await sdk.responses.create(model="agent-model", input=text)
+            assert response.status == "completed"
+            assert opened._value.get() == 1
+        await sdk.close()
+    # Closing the gateway closes the shared session and its socket.
+    for _ in range(200):
+        if opened._value.get() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert opened._value.get() == 0

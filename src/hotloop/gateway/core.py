@@ -96,6 +96,7 @@ class Gateway:
         )
         self._models = frozenset(backend.models())
         self._started = False
+        self.http_session: BackendSession | None = None
         self.started_at = time.time()
 
     async def start(self) -> None:
@@ -107,11 +108,17 @@ class Gateway:
         self._models = frozenset(self.backend.models())
         await self.store.open()
         self.log.start()
+        # The session HTTP requests share: they have no connection of their own to hold one
+        # (an upstream socket is then shared, lane by lane, by every HTTP request).
+        self.http_session = self.backend.open_session()
         self._started = True
 
     async def close(self) -> None:
         await self.log.close()
         await self.store.close()
+        if self.http_session is not None:
+            await self.http_session.aclose()
+            self.http_session = None
         await self.backend.aclose()
 
     def models(self) -> Sequence[str]:
@@ -201,9 +208,10 @@ class Gateway:
         commit: Commit | None = None,
         session: BackendSession | None = None,
     ) -> ResponseRun:
-        """The run of one prepared request; ``session`` is the connection's backend session
-        (without one, the run opens a session of its own and closes it at the end)."""
-        return ResponseRun(self, prepared, commit, session)
+        """The run of one prepared request in ``session``: a WebSocket connection's backend
+        session, by default the one HTTP requests share (before :meth:`start`, the run opens a
+        session of its own and closes it at the end)."""
+        return ResponseRun(self, prepared, commit, session or self.http_session)
 
     async def persist(self, response: ResponseObject, prepared: Prepared) -> None:
         """Store ``response`` (``store: true``): its segment is the new input plus output.
