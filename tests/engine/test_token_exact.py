@@ -42,7 +42,8 @@ from hotloop.gateway import GatewayServer
 from hotloop.protocol.assembler import ResponseStream
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import GenerationRequest, ToolDef
+from hotloop.protocol.generation import GenerationRequest
+from hotloop.protocol.requests import CreateRequest, ToolDef
 from hotloop.testing.llamacpp import ANSWER_TEXT, TOOL_CHAT_TEMPLATE, LlamaServer
 from hotloop.wire import codec
 from hotloop.wire.events import Event
@@ -553,7 +554,9 @@ async def started_backend(**options: Any) -> LlamaCppBackend:
 
 
 def request_for(context: Conversation, **fields: Any) -> GenerationRequest:
-    return GenerationRequest(model=MODEL, context=context, processed_tokens=0, **fields)
+    return GenerationRequest(
+        request=CreateRequest(model=MODEL, input=(), **fields), context=context, processed_tokens=0
+    )
 
 
 async def test_the_request_body(monkeypatch: pytest.MonkeyPatch) -> None:

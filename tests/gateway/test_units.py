@@ -15,10 +15,10 @@ import pytest
 
 from hotloop.errors import APIError
 from hotloop.gateway.app import CoalescingTransport
-from hotloop.gateway.requests import parse_create
 from hotloop.gateway.store import MemoryStore, RequestLog, RequestRecord, SQLiteStore, Store
 from hotloop.protocol.cache import CachedResponse, ResponseCache
 from hotloop.protocol.conversation import Conversation
+from hotloop.protocol.requests import parse_create
 from hotloop.wire import codec
 from hotloop.wire.items import (
     ContentPart,

@@ -12,7 +12,8 @@ import pytest
 
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import GenerationRequest, ToolDef
+from hotloop.protocol.generation import GenerationRequest
+from hotloop.protocol.requests import CreateRequest, ToolDef
 from hotloop.sim.engine import PlannedItem, SimEngine
 from hotloop.sim.latency import LatencyProfile, get_profile
 from hotloop.wire import events as ev
@@ -68,11 +69,9 @@ def request(
     **fields: Any,
 ) -> GenerationRequest:
     return GenerationRequest(
-        model=MODEL,
+        request=CreateRequest(model=MODEL, input=(), tools=tuple(tools), **fields),
         context=context,
         processed_tokens=context.tokens if processed_tokens is None else processed_tokens,
-        tools=tuple(tools),
-        **fields,
     )
 
 

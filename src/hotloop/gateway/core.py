@@ -22,11 +22,11 @@ from hotloop.backends.base import Backend, BackendSession
 from hotloop.errors import APIError
 from hotloop.gateway.config import GatewayConfig
 from hotloop.gateway.metrics import GatewayMetrics
-from hotloop.gateway.requests import CreateRequest
 from hotloop.gateway.store import RequestLog, RequestRecord, Store, open_store
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
 from hotloop.protocol.generation import GenerationRequest
+from hotloop.protocol.requests import CreateRequest
 from hotloop.protocol.server_session import CacheHit, ParentLookup, StoreLookup
 from hotloop.wire import codec
 from hotloop.wire.events import Event
@@ -336,16 +336,9 @@ class ResponseRun:
         prepared = self.prepared
         request = prepared.request
         generation = GenerationRequest(
-            model=request.model,
+            request=request,
             context=prepared.context,
             processed_tokens=prepared.context.tokens - prepared.parent.tokens,
-            instructions=request.instructions,
-            tools=request.tools,
-            tool_choice=request.tool_choice,
-            forced_function=request.forced_function,
-            parallel_tool_calls=request.parallel_tool_calls,
-            max_output_tokens=request.max_output_tokens,
-            settings=request.settings,
         )
         own_session = self._session is None
         session = self.gateway.backend.open_session() if own_session else self._session

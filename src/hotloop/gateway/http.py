@@ -19,10 +19,10 @@ from starlette.responses import Response, StreamingResponse
 from hotloop.errors import APIError, DecodeError, InvalidMessage
 from hotloop.gateway.core import Gateway, ResponseRun, new_id
 from hotloop.gateway.metrics import CONTENT_TYPE
-from hotloop.gateway.requests import parse_create
 from hotloop.protocol.chat import chat_request_to_responses
 from hotloop.protocol.chat_stream import ChatChunkEncoder, chat_completion_from_response
 from hotloop.protocol.conversation import Conversation
+from hotloop.protocol.requests import parse_create
 from hotloop.protocol.server_session import lookup_parent
 from hotloop.protocol.sse import encode_sse
 from hotloop.wire import codec

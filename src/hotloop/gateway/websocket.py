@@ -25,8 +25,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hotloop.errors import APIError
 from hotloop.gateway.core import Gateway
-from hotloop.gateway.requests import parse_create
 from hotloop.protocol.conversation import Conversation
+from hotloop.protocol.requests import parse_create
 from hotloop.protocol.server_session import (
     NO_PARENT,
     Action,

@@ -12,57 +12,65 @@ Completions upstream, Responses upstream) gets the whole wire protocol for free.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from hotloop.protocol.conversation import Conversation
+from hotloop.protocol.requests import CreateRequest, ToolDef
 from hotloop.wire.events import Event
 
-__all__ = ["Generation", "GenerationRequest", "ToolDef"]
-
-
-@dataclass(frozen=True, slots=True)
-class ToolDef:
-    """A function tool offered to the model for one request."""
-
-    name: str
-    parameters: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    description: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The Responses ``tools`` entry (:func:`~hotloop.protocol.chat.chat_tool` makes the
-        Chat Completions one from it)."""
-        out: dict[str, Any] = {"type": "function", "name": self.name}
-        if self.description:
-            out["description"] = self.description
-        out["parameters"] = dict(self.parameters)
-        return out
+__all__ = ["Generation", "GenerationRequest"]
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """One model turn to generate.
+    """One model turn to generate: the client's request and the conversation it continues.
 
     ``context`` is the full conversation including this request's new input.
     ``processed_tokens`` is how many tokens the gateway's input pipeline had to look at for
     this request (only the new items on a cached continuation, everything on a stateless
-    resend); a backend that models service cost charges for them.
-    ``tool_choice`` is ``"auto"``, ``"none"``, ``"required"`` or the name of a forced function.
+    resend); a backend that models service cost charges for them. The request's settings
+    are read through: ``model``, ``instructions``, ``tools``, ``tool_choice`` (``"auto"``,
+    ``"none"``, ``"required"``, or ``"function"`` with ``forced_function`` naming it),
+    ``parallel_tool_calls``, ``max_output_tokens`` and the other ``settings`` as the client
+    sent them (``temperature``, ``top_p``, ``text``, ``reasoning``, ...).
     """
 
-    model: str
+    request: CreateRequest
     context: Conversation
     processed_tokens: int
-    instructions: str | None = None
-    tools: tuple[ToolDef, ...] = ()
-    tool_choice: str = "auto"
-    forced_function: str | None = None
-    parallel_tool_calls: bool = True
-    max_output_tokens: int | None = None
-    #: The request's other settings as the client sent them (``temperature``, ``top_p``,
-    #: ``text``, ``reasoning``, ...): an upstream passes on what its API understands.
-    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def model(self) -> str:
+        return self.request.model
+
+    @property
+    def instructions(self) -> str | None:
+        return self.request.instructions
+
+    @property
+    def tools(self) -> tuple[ToolDef, ...]:
+        return self.request.tools
+
+    @property
+    def tool_choice(self) -> str:
+        return self.request.tool_choice
+
+    @property
+    def forced_function(self) -> str | None:
+        return self.request.forced_function
+
+    @property
+    def parallel_tool_calls(self) -> bool:
+        return self.request.parallel_tool_calls
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.request.max_output_tokens
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        return self.request.settings
 
 
 #: What a backend yields: the events one builder call returned (often exactly one).

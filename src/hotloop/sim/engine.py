@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import Generation, GenerationRequest, ToolDef
+from hotloop.protocol.generation import Generation, GenerationRequest
+from hotloop.protocol.requests import ToolDef
 from hotloop.sim.latency import LatencyProfile, estimate_tokens
 from hotloop.sim.scenario import Scenario, ScriptedCall
 from hotloop.sim.synth import synthesize

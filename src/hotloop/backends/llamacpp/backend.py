@@ -30,7 +30,8 @@ from hotloop.backends.upstream import UpstreamConfig, UpstreamConfigError
 from hotloop.errors import APIError, HotloopError, InvalidMessage, ProtocolError
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import GenerationRequest, ToolDef
+from hotloop.protocol.generation import GenerationRequest
+from hotloop.protocol.requests import ToolDef
 from hotloop.wire import codec
 from hotloop.wire.events import Event
 from hotloop.wire.items import Item

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from hotloop.backends.llamacpp.template import CallMarkers, plain_json
-from hotloop.protocol.generation import ToolDef
+from hotloop.protocol.requests import ToolDef
 from hotloop.wire import codec
 
 # -- tool-call grammar ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Final
 from hotloop.errors import HotloopError, InvalidMessage
 from hotloop.protocol.chat import chat_messages, chat_tool
 from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import ToolDef
+from hotloop.protocol.requests import ToolDef
 from hotloop.wire import codec
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning
 

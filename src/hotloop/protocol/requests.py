@@ -9,15 +9,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from hotloop.errors import APIError, InvalidMessage
-from hotloop.protocol.generation import ToolDef
 from hotloop.protocol.server_session import STREAM_ID_PATTERN
 from hotloop.wire.items import Item, items_from_input
 from hotloop.wire.responses import ECHOED_SETTINGS
 
-__all__ = ["CreateRequest", "parse_create"]
+__all__ = ["CreateRequest", "ToolDef", "parse_create"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDef:
+    """A function tool offered to the model for one request."""
+
+    name: str
+    parameters: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Responses ``tools`` entry (:func:`~hotloop.protocol.chat.chat_tool` makes the
+        Chat Completions one from it)."""
+        out: dict[str, Any] = {"type": "function", "name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out["parameters"] = dict(self.parameters)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
