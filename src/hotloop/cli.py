@@ -32,6 +32,14 @@ def _latency_overrides(pairs: Sequence[str]) -> dict[str, float]:
     return overrides
 
 
+def _api_key(entry: str) -> tuple[str, str]:
+    """``KEY`` or ``KEY=TENANT`` (the key itself cannot contain ``=``)."""
+    key, _, tenant = entry.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError(f"expected KEY or KEY=TENANT, got {entry!r}")
+    return key, tenant
+
+
 def _add_upstream_options(
     parser: argparse.ArgumentParser, *, upstream_help: str, model_help: str
 ) -> None:
@@ -119,7 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--host", default="127.0.0.1")
     gateway.add_argument("--port", type=int, default=8000)
     gateway.add_argument(
-        "--api-key", action="append", default=[], help="accept only these bearer tokens"
+        "--api-key",
+        action="append",
+        default=[],
+        type=_api_key,
+        metavar="KEY[=TENANT]",
+        help="accept only these bearer tokens; stored responses are private to the key's "
+        "tenant (default: the key itself; keys naming one tenant share its responses)",
     )
     gateway.add_argument(
         "--store",
@@ -128,6 +142,21 @@ def _parser() -> argparse.ArgumentParser:
         help="SQLite file for store:true responses (default: in memory)",
     )
     gateway.add_argument("--max-message-mib", type=int, default=64)
+    gateway.add_argument(
+        "--max-header-kib", type=int, default=64, help="HTTP request line + headers (431 beyond)"
+    )
+    gateway.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to receive a request's headers (408 and close beyond)",
+    )
+    gateway.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="longest wait in seconds for a request body's next bytes (408 and close beyond)",
+    )
     gateway.add_argument("--log-level", default="info")
 
     demo = commands.add_parser(
@@ -238,9 +267,13 @@ async def _serve(args: argparse.Namespace) -> None:
     profile = get_profile(args.profile, _latency_overrides(args.latency))
     upstream = _upstream_backend(args)
     config = GatewayConfig(
-        api_keys=frozenset(args.api_key) if args.api_key else None,
+        api_keys=frozenset(key for key, _ in args.api_key) if args.api_key else None,
+        tenants={key: tenant for key, tenant in args.api_key if tenant},
         store_path=args.store,
         max_message_bytes=args.max_message_mib * 1024 * 1024,
+        max_header_bytes=args.max_header_kib * 1024,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
     server = GatewayServer(
         upstream if upstream is not None else SimBackend(args.scenario, profile),

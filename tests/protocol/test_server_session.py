@@ -53,6 +53,7 @@ CONFIG = SessionConfig(
     connection_lifetime=100.0,
     cache_max_entries=4,
     cache_max_bytes=10**6,
+    max_queued_creates=4,
 )
 
 #: Every error code the session itself sends.
@@ -65,6 +66,7 @@ SESSION_ERRORS = frozenset(
         "invalid_stream_id",
         "websocket_stream_limit_reached",
         "websocket_connection_limit_reached",
+        "websocket_queue_full",
     }
 )
 
@@ -90,14 +92,19 @@ def sent(action: Action) -> dict[str, Any]:
 
 
 def assert_error(
-    actions: tuple[Action, ...], code: str, *, status: int = 400, stream_id: str | None = None
+    actions: tuple[Action, ...],
+    code: str,
+    *,
+    status: int = 400,
+    stream_id: str | None = None,
+    type: str = "invalid_request_error",
 ) -> None:
     """One ``error`` envelope with ``code``; ``stream_id`` only when the lane is valid."""
     assert len(actions) == 1, actions
     frame = sent(actions[0])
     assert frame["type"] == "error" and frame["status"] == status
     assert frame["error"]["code"] == code
-    assert frame["error"]["type"] == "invalid_request_error"
+    assert frame["error"]["type"] == type
     assert isinstance(actions[0], Send) and actions[0].error is not None
     assert actions[0].error.code == code
     if stream_id is None:
@@ -315,6 +322,41 @@ def test_a_lost_connection_drops_queue_and_cache_and_starts_nothing() -> None:
     assert session.timer(100.0) == ()
 
 
+def test_a_full_queue_refuses_creates_until_it_drains() -> None:
+    session = ServerSession(CONFIG, 0.0)
+    (first,) = started(session.receive(create("a"), 0.0))
+    waiting = [queued(session.receive(create("a"), 0.0)) for _ in range(CONFIG.max_queued_creates)]
+    assert session.queued == CONFIG.max_queued_creates
+    assert_error(
+        session.receive(create("a"), 0.0),
+        "websocket_queue_full",
+        status=429,
+        stream_id="a",
+        type="rate_limit_error",
+    )
+    # A create that would start at once is not queued, so it is admitted.
+    assert len(started(session.receive(create("b"), 0.0))) == 1
+    assert session.busy == 2 + CONFIG.max_queued_creates
+    # Once one queued create starts, there is room for one more.
+    assert started(session.finish(first, 1.0)) == [waiting[0]]
+    queued(session.receive(create("a"), 1.0))
+    assert session.queued == CONFIG.max_queued_creates
+
+
+def test_the_queue_is_bounded_in_bytes_and_dropped_with_the_connection() -> None:
+    frame = create("a")
+    config = SessionConfig(max_queued_bytes=2 * len(frame))
+    session = ServerSession(config, 0.0)
+    started(session.receive(frame, 0.0))
+    queued(session.receive(frame, 0.0))
+    queued(session.receive(frame, 0.0))
+    assert session.queued_bytes == 2 * len(frame)
+    actions = session.receive(frame, 0.0)
+    assert sent(actions[0])["error"]["code"] == "websocket_queue_full"
+    session.connection_lost()
+    assert session.queued == 0 and session.queued_bytes == 0 and session.depth("a") == 1
+
+
 # -- the state machine ----------------------------------------------------------------------
 
 LANES = st.sampled_from([None, "a", "b", "c", "d", "e"])
@@ -398,6 +440,13 @@ class SessionMachine(RuleBasedStateMachine):
         over_limit = (
             lane is not None and lane not in self.queued and session.named_lanes >= CONFIG.max_lanes
         )
+        # Whether the create would wait in the queue rather than start at once.
+        would_wait = (
+            bool(self.queued.get(lane))
+            or session.running(lane) is not None
+            or bool(self.ready)
+            or session.active >= CONFIG.max_active_responses
+        )
         actions = session.receive(create(lane, parent), self.now, received_ns=7)
         if state is not SessionState.OPEN:
             assert actions == ()
@@ -413,6 +462,15 @@ class SessionMachine(RuleBasedStateMachine):
                 lane_queue.clear()
             self.ready.clear()
             self.expired = True
+            return
+        if would_wait and sum(map(len, self.queued.values())) >= CONFIG.max_queued_creates:
+            assert_error(
+                actions,
+                "websocket_queue_full",
+                status=429,
+                stream_id=lane,
+                type="rate_limit_error",
+            )
             return
         if over_limit:
             assert_error(actions, "websocket_stream_limit_reached", stream_id=lane)
@@ -578,6 +636,9 @@ class SessionMachine(RuleBasedStateMachine):
         assert sum(session.depth(lane) for lane in lanes) == session.busy
         if session.state is not SessionState.OPEN:
             assert queued == 0  # a session that decided to close runs nothing new
+        # What the connection holds queued is what the session counts, within its bound.
+        assert session.queued == queued <= CONFIG.max_queued_creates
+        assert (session.queued_bytes > 0) == (queued > 0)
 
     @invariant()
     def no_slot_idles_while_a_create_waits(self) -> None:

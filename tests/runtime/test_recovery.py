@@ -48,7 +48,9 @@ WRITE_TURN = next(
 async def run_coding(url: str) -> tuple[RunResult, ExecutionLog, WebSocketTransport]:
     """One run of ``coding`` over a fresh transport to ``url``; tools take no time."""
     log = ExecutionLog()
-    agent = Agent(MODEL, CODING.instructions, scenario_tools(CODING, time_scale=0, log=log))
+    # Writes dispatched eagerly, as these tests are about reusing them after a drop.
+    tools = scenario_tools(CODING, time_scale=0, log=log)
+    agent = Agent(MODEL, CODING.instructions, tools, eager_writes=True)
     transport = WebSocketTransport(url)
     try:
         result = await Runner.run(agent, CODING.task, client=transport)
@@ -308,7 +310,7 @@ class GatedWrites:
 
 async def run_gated(url: str, writes: GatedWrites, *, max_attempts: int = 3) -> RunResult:
     """Run ``same_file_scenario``; the gate opens when the first turn's stream has ended."""
-    agent = Agent(MODEL, None, [writes.tool()], max_attempts=max_attempts)
+    agent = Agent(MODEL, None, [writes.tool()], max_attempts=max_attempts, eager_writes=True)
     transport = WebSocketTransport(url)
     try:
         async for event in Runner.run_stream(agent, "Patch money.py twice.", client=transport):

@@ -63,6 +63,8 @@ class Prepared:
     #: this response must then write its whole context, not a segment chained to a parent
     #: the store never saw.
     parent_stored: bool = True
+    #: Whose response this is: the store saves it for this tenant only.
+    tenant: str = ""
 
 
 @dataclass(slots=True)
@@ -154,26 +156,38 @@ class Gateway:
         for guard in self.config.input_guards:
             guard(items)
 
-    async def resolve_stored(self, response_id: str) -> Conversation:
-        """The persisted conversation of ``response_id``, or ``previous_response_not_found``."""
-        stored = await self.store.load(response_id)
+    def tenant(self, authorization: str) -> str:
+        """The tenant of an authorized request, from its ``Authorization`` header (``""``
+        without API keys)."""
+        if self.config.api_keys is None:
+            return ""
+        scheme, _, token = authorization.partition(" ")
+        return self.config.tenant(token.strip() if scheme.lower() == "bearer" else None)
+
+    async def resolve_stored(self, response_id: str, tenant: str = "") -> Conversation:
+        """The persisted conversation of ``response_id`` for ``tenant``, or
+        ``previous_response_not_found`` (also when another tenant stored it)."""
+        stored = await self.store.load(response_id, tenant=tenant)
         if stored is None:
             self.metrics.cache_lookups.labels("miss").inc()
             raise previous_not_found(response_id)
         self.metrics.cache_lookups.labels("store").inc()
         return stored.conversation
 
-    async def resolve_parent(self, lookup: ParentLookup) -> tuple[Conversation, bool]:
+    async def resolve_parent(
+        self, lookup: ParentLookup, tenant: str = ""
+    ) -> tuple[Conversation, bool]:
         """The parent conversation ``lookup`` names, and whether the store holds it.
 
         ``lookup`` comes from :func:`~hotloop.protocol.server_session.lookup_parent` (a
-        connection's cache first, for WebSocket mode); only a miss there reaches the store.
+        connection's cache first, for WebSocket mode); only a miss there reaches the store,
+        which answers only for ``tenant``'s own responses.
         """
         if isinstance(lookup, CacheHit):
             self.metrics.cache_lookups.labels("hit").inc()
             return lookup.entry.conversation, lookup.entry.stored
         if isinstance(lookup, StoreLookup):
-            return await self.resolve_stored(lookup.response_id), True
+            return await self.resolve_stored(lookup.response_id, tenant), True
         return Conversation.start(), True
 
     def prepare(
@@ -186,6 +200,7 @@ class Gateway:
         lane: str | None = None,
         parent_stored: bool = True,
         dequeued_ns: int | None = None,
+        tenant: str = "",
     ) -> Prepared:
         """Check the new input and extend the parent snapshot with it."""
         self.check_model(request.model)
@@ -200,6 +215,7 @@ class Gateway:
             lane=lane,
             parent_stored=parent_stored,
             dequeued_ns=dequeued_ns if dequeued_ns is not None else received_ns,
+            tenant=tenant,
         )
 
     def run(
@@ -225,7 +241,13 @@ class Gateway:
         else:
             parent_id = None
             segment = prepared.context.all_items() + list(response.output)
-        await self.store.save(response.id, parent_id, segment, codec.dumps(response.to_dict()))
+        await self.store.save(
+            response.id,
+            parent_id,
+            segment,
+            codec.dumps(response.to_dict()),
+            tenant=prepared.tenant,
+        )
 
 
 def previous_not_found(response_id: str) -> APIError:
@@ -315,10 +337,17 @@ class ResponseRun:
             *closing, terminal = builder.finish()
             final = builder.response
             conversation = prepared.context.extend(final.output)
-            if request.store:
-                await gateway.persist(final, prepared)
-            if self._commit is not None:
-                await self._commit(final, conversation)
+            try:
+                if request.store:
+                    await gateway.persist(final, prepared)
+                if self._commit is not None:
+                    await self._commit(final, conversation)
+            except Exception as exc:
+                # The store refused the write (a locked database, a full disk): the response
+                # fails instead of claiming a completion nobody can continue.
+                for event in (*closing, *self._fail(exc, instead_of=terminal)):
+                    yield event
+                return
             timings.post_ns = time.perf_counter_ns() - post_started
             metrics.processing.labels(prepared.transport).observe(
                 (timings.pre_ns + timings.post_ns) / 1e9
@@ -381,7 +410,7 @@ class ResponseRun:
             "gateway_post_ns": timings.post_ns,
         }
 
-    def _fail(self, exc: BaseException) -> Sequence[Event]:
+    def _fail(self, exc: BaseException, *, instead_of: Event | None = None) -> Sequence[Event]:
         if isinstance(exc, APIError):
             error = exc
         else:
@@ -392,9 +421,11 @@ class ResponseRun:
                 type="server_error",
                 code="server_error",
             )
-            logger.error("response %s failed in the backend", self.response_id, exc_info=exc)
+            logger.error("response %s failed", self.response_id, exc_info=exc)
         self.error = error
-        events = self.builder.fail(error.code or "server_error", error.message)
+        events = self.builder.fail(
+            error.code or "server_error", error.message, instead_of=instead_of
+        )
         self.gateway.metrics.responses.labels(self.prepared.transport, "failed").inc()
         self._log(None)
         return events

@@ -9,6 +9,8 @@ Mid-stream failures are ``response.failed`` events: no SSE payload ever has a to
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,11 +28,20 @@ from hotloop.protocol.requests import parse_create
 from hotloop.protocol.server_session import lookup_parent
 from hotloop.protocol.sse import encode_sse
 from hotloop.wire import codec
-from hotloop.wire.events import ResponseFailed
+from hotloop.wire.events import ErrorEvent, ResponseFailed
 
 __all__ = ["HTTPEndpoints", "error_response", "json_response"]
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+logger = logging.getLogger("hotloop.gateway")
+
+#: What a client reads about a failure of the gateway itself: never the exception's text.
+_SERVER_FAILED = "The server failed to process the request."
+
+
+def server_error() -> APIError:
+    return APIError(_SERVER_FAILED, status=500, type="server_error", code="server_error")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -43,6 +54,9 @@ def error_response(error: APIError, *, websocket: bool = False) -> Response:
     if websocket:
         body["status"] = error.status
     headers = {"x-should-retry": "false"} if error.status >= 500 else {}
+    if error.status == 408:
+        # The rest of the request never came: the connection cannot carry another one.
+        headers["connection"] = "close"
     if error.retry_after is not None:
         # The SDKs wait this long before their own retry of a 429.
         headers["retry-after"] = f"{error.retry_after:g}"
@@ -77,13 +91,33 @@ class HTTPEndpoints:
             raise _too_large(int(declared), limit)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        stream = request.stream()
+        idle = self.gateway.config.body_timeout
+        while True:
+            # A body that stops arriving (a stalled chunked upload) is cut after ``idle``.
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise APIError(
+                    f"The request body stopped arriving for {idle:g} s.",
+                    status=408,
+                    code="request_timeout",
+                ) from None
             size += len(chunk)
             if size > limit:
                 raise _too_large(size, limit)
             chunks.append(chunk)
         try:
-            return codec.decode_object(b"".join(chunks))
+            return codec.decode_object(b"".join(chunks), max_depth=codec.MAX_NESTING_DEPTH)
+        except codec.NestingTooDeep as exc:
+            raise APIError(
+                f"The body nests arrays and objects more than {codec.MAX_NESTING_DEPTH} "
+                "levels deep.",
+                code="nesting_too_deep",
+            ) from exc
         except DecodeError as exc:
             raise APIError(f"Invalid JSON body: {exc}", code="invalid_json") from exc
 
@@ -101,8 +135,9 @@ class HTTPEndpoints:
             body = await self._read_body(request)
             create = parse_create(body)
             # The same resolution as WebSocket mode, with no connection cache: the store.
+            tenant = gateway.tenant(request.headers.get("authorization", ""))
             lookup = lookup_parent(create.previous_response_id, None)
-            parent, parent_stored = await gateway.resolve_parent(lookup)
+            parent, parent_stored = await gateway.resolve_parent(lookup, tenant)
             transport = "sse" if create.stream else "http"
             prepared = gateway.prepare(
                 create,
@@ -110,6 +145,7 @@ class HTTPEndpoints:
                 received_ns=received_ns,
                 transport=transport,
                 parent_stored=parent_stored,
+                tenant=tenant,
             )
         except APIError as exc:
             return self._fail(exc, "http")
@@ -118,17 +154,23 @@ class HTTPEndpoints:
             return StreamingResponse(
                 _sse(run), media_type="text/event-stream", headers=_SSE_HEADERS
             )
-        async for event in run.events():
-            if isinstance(event, ResponseFailed) and run.error is not None:
-                return self._fail(run.error, "http")
-        return json_response(run.response.to_dict())
+        try:
+            async for event in run.events():
+                if isinstance(event, ResponseFailed) and run.error is not None:
+                    return self._fail(run.error, "http")
+            return json_response(run.response.to_dict())
+        except Exception as exc:
+            logger.error("response %s failed", run.response_id, exc_info=exc)
+            return self._fail(server_error(), "http")
 
     async def retrieve_response(self, request: Request) -> Response:
         denied = self.authorize(request.headers)
         if denied is not None:
             return self._fail(denied, "http")
         response_id = request.path_params["response_id"]
-        stored = await self.gateway.store.load_response(response_id)
+        # Another tenant's response is as absent as one never stored.
+        tenant = self.gateway.tenant(request.headers.get("authorization", ""))
+        stored = await self.gateway.store.load_response(response_id, tenant=tenant)
         if stored is None:
             return self._fail(
                 APIError(
@@ -180,10 +222,16 @@ class HTTPEndpoints:
             return StreamingResponse(
                 _chat_sse(run, encoder), media_type="text/event-stream", headers=_SSE_HEADERS
             )
-        async for event in run.events():
-            if isinstance(event, ResponseFailed) and run.error is not None:
-                return self._fail(run.error, "chat")
-        return json_response(chat_completion_from_response(run.response, completion_id, created))
+        try:
+            async for event in run.events():
+                if isinstance(event, ResponseFailed) and run.error is not None:
+                    return self._fail(run.error, "chat")
+            return json_response(
+                chat_completion_from_response(run.response, completion_id, created)
+            )
+        except Exception as exc:
+            logger.error("response %s failed", run.response_id, exc_info=exc)
+            return self._fail(server_error(), "chat")
 
     async def models(self, request: Request) -> Response:
         denied = self.authorize(request.headers)
@@ -213,12 +261,26 @@ def _too_large(size: int, limit: int) -> APIError:
 
 
 async def _sse(run: ResponseRun) -> AsyncIterator[bytes]:
-    async for event in run.events():
-        yield encode_sse(codec.encode_event(event), event.type)
+    sequence = 0
+    try:
+        async for event in run.events():
+            sequence = event.sequence_number or 0
+            yield encode_sse(codec.encode_event(event), event.type)
+    except Exception as exc:
+        # The headers are sent: the stream ends with the SSE error event instead.
+        logger.error("response %s failed", run.response_id, exc_info=exc)
+        error = ErrorEvent(
+            message=_SERVER_FAILED, code="server_error", sequence_number=sequence + 1
+        )
+        yield encode_sse(codec.encode_event(error), error.type)
 
 
 async def _chat_sse(run: ResponseRun, encoder: ChatChunkEncoder) -> AsyncIterator[bytes]:
-    async for event in run.events():
-        for chunk in encoder.feed(event):
-            yield encode_sse(codec.dumps(chunk))
+    try:
+        async for event in run.events():
+            for chunk in encoder.feed(event):
+                yield encode_sse(codec.dumps(chunk))
+    except Exception as exc:
+        logger.error("response %s failed", run.response_id, exc_info=exc)
+        yield encode_sse(codec.dumps({"error": server_error().body()}))
     yield b"data: [DONE]\n\n"

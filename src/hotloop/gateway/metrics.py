@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["CONTENT_TYPE", "GatewayMetrics"]
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "RateLimitedLog"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -60,6 +65,12 @@ class GatewayMetrics:
             buckets=_PROCESSING_BUCKETS,
             registry=self.registry,
         )
+        self.websocket_refused = Counter(
+            "hotloop_websocket_refused",
+            "WebSocket upgrades refused (the error code: invalid_api_key, too_many_connections)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.log_dropped = Gauge(
             "hotloop_request_log_dropped",
             "Request-log records dropped (queue full)",
@@ -68,3 +79,36 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RateLimitedLog:
+    """Logs a warning at most once per ``interval`` seconds per key (a refusal's reason).
+
+    What a client can trigger at will (a refused upgrade) must not flood the log: the first
+    occurrence is logged, the next ones within ``interval`` are only counted, and the next line
+    after it says how many were suppressed. The keys are a small fixed set (error codes).
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = self.clock()
+        if now - self._last.get(key, -math.inf) < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            self.logger.warning(message + " (and %d more since the last report)", *args, suppressed)
+        else:
+            self.logger.warning(message, *args)

@@ -16,6 +16,10 @@ usage records. Every method is a coroutine, so a store shared by several gateway
 
 ``store: false`` responses never reach this module.
 
+Every response belongs to a *tenant* (``""`` when the gateway has no API keys): it is saved
+with the tenant of the request that created it, and a load for any other tenant finds
+nothing, exactly as for an id that was never stored.
+
 :class:`RequestLog` takes usage and request records off the critical path: ``record`` only
 appends to a bounded queue, and a background task writes batches. When the queue is full the
 record is dropped and counted (``dropped``) rather than slowing a response down.
@@ -54,7 +58,8 @@ CREATE TABLE IF NOT EXISTS responses (
     parent_id TEXT,
     segment BLOB NOT NULL,
     response BLOB NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    tenant TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS request_log (
     response_id TEXT,
@@ -71,7 +76,7 @@ CREATE TABLE IF NOT EXISTS request_log (
 
 _CHAIN = """
 WITH RECURSIVE chain(id, parent_id, segment, depth) AS (
-    SELECT id, parent_id, segment, 0 FROM responses WHERE id = ?
+    SELECT id, parent_id, segment, 0 FROM responses WHERE id = ? AND tenant = ?
     UNION ALL
     SELECT r.id, r.parent_id, r.segment, chain.depth + 1
     FROM responses r JOIN chain ON r.id = chain.parent_id
@@ -113,19 +118,27 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def save(
-        self, response_id: str, parent_id: str | None, segment: Sequence[Item], response: bytes
+        self,
+        response_id: str,
+        parent_id: str | None,
+        segment: Sequence[Item],
+        response: bytes,
+        *,
+        tenant: str = "",
     ) -> None:
-        """Persist one response: ``segment`` continues the conversation of ``parent_id``
-        (``None``: it stands alone), ``response`` is the response object as JSON. Returns once
-        a :meth:`load` from any gateway sharing the store would find it."""
+        """Persist one response of ``tenant``: ``segment`` continues the conversation of
+        ``parent_id`` (``None``: it stands alone), ``response`` is the response object as JSON.
+        Returns once a :meth:`load` from any gateway sharing the store would find it."""
         ...
 
-    async def load(self, response_id: str) -> StoredResponse | None:
-        """The whole conversation (input and output items) up to and including a response."""
+    async def load(self, response_id: str, *, tenant: str = "") -> StoredResponse | None:
+        """The whole conversation (input and output items) up to and including a response;
+        ``None`` when it was never stored or belongs to another tenant."""
         ...
 
-    async def load_response(self, response_id: str) -> bytes | None:
-        """The response object as saved (JSON), for ``GET /v1/responses/{id}``."""
+    async def load_response(self, response_id: str, *, tenant: str = "") -> bytes | None:
+        """The response object as saved (JSON), for ``GET /v1/responses/{id}``; ``None``
+        when it was never stored or belongs to another tenant."""
         ...
 
     async def write_log(self, records: Sequence[RequestRecord]) -> None:
@@ -153,6 +166,10 @@ class SQLiteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            # A file written before responses had a tenant gains the column (rows: tenant "").
+            columns = {row[1] for row in db.execute("PRAGMA table_info(responses)")}
+            if "tenant" not in columns:
+                db.execute("ALTER TABLE responses ADD COLUMN tenant TEXT NOT NULL DEFAULT ''")
             self._db = db
         return self._db
 
@@ -163,25 +180,33 @@ class SQLiteStore:
         await self._run(self._connect)
 
     async def save(
-        self, response_id: str, parent_id: str | None, segment: Sequence[Item], response: bytes
+        self,
+        response_id: str,
+        parent_id: str | None,
+        segment: Sequence[Item],
+        response: bytes,
+        *,
+        tenant: str = "",
     ) -> None:
         """Persist one response; returns once it is committed (before the terminal event)."""
         blob = codec.dumps([item.to_dict() for item in segment])
 
         def write() -> None:
             self._connect().execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                (response_id, parent_id, blob, response, time.time()),
+                "INSERT OR REPLACE INTO responses"
+                " (id, parent_id, segment, response, created_at, tenant)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (response_id, parent_id, blob, response, time.time(), tenant),
             )
 
         await self._run(write)
         self.writes += 1
 
-    async def load(self, response_id: str) -> StoredResponse | None:
-        """The stored conversation of ``response_id``, or ``None`` if it was never stored."""
+    async def load(self, response_id: str, *, tenant: str = "") -> StoredResponse | None:
+        """The stored conversation of ``response_id``, or ``None`` if ``tenant`` never stored it."""
 
         def read() -> list[bytes]:
-            rows = self._connect().execute(_CHAIN, (response_id,)).fetchall()
+            rows = self._connect().execute(_CHAIN, (response_id, tenant)).fetchall()
             return [row[0] for row in rows]
 
         segments: list[bytes] = await self._run(read)
@@ -194,13 +219,16 @@ class SQLiteStore:
             conversation = conversation.extend([item_from_dict(entry, "stored") for entry in raw])
         return StoredResponse(response_id=response_id, conversation=conversation)
 
-    async def load_response(self, response_id: str) -> bytes | None:
+    async def load_response(self, response_id: str, *, tenant: str = "") -> bytes | None:
         """The stored response object (JSON), or ``None``."""
 
         def read() -> bytes | None:
             row = (
                 self._connect()
-                .execute("SELECT response FROM responses WHERE id = ?", (response_id,))
+                .execute(
+                    "SELECT response FROM responses WHERE id = ? AND tenant = ?",
+                    (response_id, tenant),
+                )
                 .fetchone()
             )
             return None if row is None else bytes(row[0])
@@ -258,6 +286,7 @@ class _Saved:
     response: bytes
     #: What the entry counts against the byte bound: its whole conversation and response.
     nbytes: int
+    tenant: str = ""
 
 
 class MemoryStore:
@@ -300,16 +329,24 @@ class MemoryStore:
         self.nbytes = 0
 
     async def save(
-        self, response_id: str, parent_id: str | None, segment: Sequence[Item], response: bytes
+        self,
+        response_id: str,
+        parent_id: str | None,
+        segment: Sequence[Item],
+        response: bytes,
+        *,
+        tenant: str = "",
     ) -> None:
         """Keep one response; its conversation extends its parent's, sharing the history."""
         parent = self._responses.get(parent_id) if parent_id is not None else None
+        if parent is not None and parent.tenant != tenant:
+            parent = None
         base = parent.conversation if parent is not None else Conversation.start()
         conversation = base.extend(segment)
         old = self._responses.pop(response_id, None)
         if old is not None:
             self.nbytes -= old.nbytes
-        saved = _Saved(conversation, response, conversation.nbytes + len(response))
+        saved = _Saved(conversation, response, conversation.nbytes + len(response), tenant)
         self._responses[response_id] = saved
         self.nbytes += saved.nbytes
         self.writes += 1
@@ -324,17 +361,17 @@ class MemoryStore:
             self.nbytes -= dropped.nbytes
             self.evictions += 1
 
-    async def load(self, response_id: str) -> StoredResponse | None:
+    async def load(self, response_id: str, *, tenant: str = "") -> StoredResponse | None:
         self.reads += 1
         saved = self._responses.get(response_id)
-        if saved is None:
+        if saved is None or saved.tenant != tenant:
             return None
         self._responses.move_to_end(response_id)
         return StoredResponse(response_id=response_id, conversation=saved.conversation)
 
-    async def load_response(self, response_id: str) -> bytes | None:
+    async def load_response(self, response_id: str, *, tenant: str = "") -> bytes | None:
         saved = self._responses.get(response_id)
-        return None if saved is None else saved.response
+        return None if saved is None or saved.tenant != tenant else saved.response
 
     async def write_log(self, records: Sequence[RequestRecord]) -> None:
         self._log.extend(records)

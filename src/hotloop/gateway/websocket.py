@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 
 from starlette.responses import Response
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+from uvicorn.protocols.utils import ClientDisconnected
 
 from hotloop.errors import APIError
-from hotloop.gateway.core import Gateway
+from hotloop.gateway.core import Gateway, ResponseRun
 from hotloop.protocol.conversation import Conversation
 from hotloop.protocol.requests import parse_create
 from hotloop.protocol.server_session import (
@@ -43,7 +45,11 @@ from hotloop.wire.responses import ResponseObject
 
 __all__ = ["Connection", "serve_websocket"]
 
-_CLIENT_GONE = (WebSocketDisconnect, RuntimeError, ConnectionError)
+#: What sending to or reading from a closed socket raises (starlette, uvicorn, the OS); any
+#: other exception is a failure of the gateway, reported to the client.
+_CLIENT_GONE = (WebSocketDisconnect, WebSocketDisconnected, ClientDisconnected, ConnectionError)
+
+logger = logging.getLogger("hotloop.gateway")
 
 
 class Connection:
@@ -63,6 +69,8 @@ class Connection:
         self.websocket = websocket
         self.clock = clock
         self.session = ServerSession(gateway.config.session_config(), clock())
+        #: Whose connection this is: its store fallback sees only this tenant's responses.
+        self.tenant = gateway.tenant(websocket.headers.get("authorization", ""))
         #: The connection's use of the backend, shared by its creates on every lane.
         self.backend = gateway.backend.open_session()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,11 +152,12 @@ class Connection:
         stream_id = job.stream_id
         dequeued_ns = time.perf_counter_ns()
         lookup: ParentLookup = NO_PARENT
+        run: ResponseRun | None = None
         try:
             try:
                 request = parse_create(job.frame, websocket=True)
                 lookup = session.lookup_parent(request.previous_response_id)
-                parent, parent_stored = await gateway.resolve_parent(lookup)
+                parent, parent_stored = await gateway.resolve_parent(lookup, self.tenant)
                 prepared = gateway.prepare(
                     request,
                     parent,
@@ -157,6 +166,7 @@ class Connection:
                     lane=stream_id,
                     parent_stored=parent_stored,
                     dequeued_ns=dequeued_ns,
+                    tenant=self.tenant,
                 )
             except APIError as exc:
                 await self.perform(session.fail(job, lookup, exc))
@@ -168,15 +178,34 @@ class Connection:
                 session.commit(job, response.id, conversation, stored)
 
             send = self.send
-            async for event in gateway.run(prepared, commit, self.backend).events():
+            run = gateway.run(prepared, commit, self.backend)
+            async for event in run.events():
                 if isinstance(event, ResponseFailed):
                     session.fail(job, lookup)
                 await send(codec.encode_event(event, stream_id))
         except _CLIENT_GONE:
             return
+        except Exception as exc:
+            await self._report(job, lookup, run, exc)
         finally:
             for start in session.finish(job, self.clock()):
                 self._start(start.job)
+
+    async def _report(
+        self, job: Job, lookup: ParentLookup, run: ResponseRun | None, exc: Exception
+    ) -> None:
+        """An unexpected failure of ``job``: log it once, answer its lane with ``error``."""
+        response_id = run.response_id if run is not None else "(not created)"
+        logger.error("response %s on lane %r failed", response_id, job.stream_id, exc_info=exc)
+        # Never the exception's text: it is ours, not the client's to read.
+        error = APIError(
+            "The server failed to process the request.",
+            status=500,
+            type="server_error",
+            code="server_error",
+        )
+        with contextlib.suppress(*_CLIENT_GONE):
+            await self.perform(self.session.fail(job, lookup, error))
 
 
 async def serve_websocket(

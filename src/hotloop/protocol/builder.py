@@ -219,10 +219,22 @@ class ResponseBuilder:
         self._response = final
         return replace(terminal, response=final)
 
-    def fail(self, code: str, message: str) -> tuple[Event, ...]:
-        """End the response as ``failed``; its output holds the items closed so far."""
-        if self._ended:
-            raise ProtocolError("the response already ended")
+    def fail(
+        self, code: str, message: str, *, instead_of: Event | None = None
+    ) -> tuple[Event, ...]:
+        """End the response as ``failed``; its output holds the items closed so far.
+
+        ``instead_of`` is the terminal event :meth:`finish` returned when it was never sent
+        (committing the response failed): the failure takes its place and its number.
+        """
+        if instead_of is None:
+            if self._ended:
+                raise ProtocolError("the response already ended")
+            sequence = self._next()
+        elif isinstance(instead_of, ResponseCompleted | ResponseIncomplete):
+            sequence = instead_of.sequence_number
+        else:
+            raise ProtocolError("fail(instead_of=...) takes the terminal event finish() returned")
         self._ended = True
         self._open = None
         self._response = self._response.with_status(
@@ -231,7 +243,7 @@ class ResponseBuilder:
             usage=self._usage,
             error={"code": code, "message": message},
         )
-        return (ResponseFailed(response=self._response, sequence_number=self._next()),)
+        return (ResponseFailed(response=self._response, sequence_number=sequence),)
 
     # -- items that stream -----------------------------------------------------------------
 

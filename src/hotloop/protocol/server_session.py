@@ -24,7 +24,10 @@ creates that may start in its place. What the session decides:
   runs its creates one at a time in the order they arrived; different lanes run concurrently,
   at most ``max_active_responses`` at once (a lane waiting for a slot gets one in the order it
   became ready). At most ``max_lanes`` named lanes exist per connection (the default lane does
-  not count): the next new one is ``websocket_stream_limit_reached``.
+  not count): the next new one is ``websocket_stream_limit_reached``. What one connection
+  may have queued (admitted, not started) is bounded by ``max_queued_creates`` and
+  ``max_queued_bytes`` (frame sizes): a create that would be queued past either is refused
+  with ``websocket_queue_full`` (429) and the socket stays open.
 * **lifetime and idleness** — a create on a connection older than ``connection_lifetime`` is
   refused with ``websocket_connection_limit_reached`` and the session asks to close with 1001
   (so SDKs reconnect). A connection with nothing queued or running and no frame for
@@ -101,6 +104,10 @@ class SessionConfig:
     connection_lifetime: float = 3600.0
     cache_max_entries: int = 128
     cache_max_bytes: int = 256 * _MiB
+    #: Creates queued (admitted, not started) across the connection's lanes.
+    max_queued_creates: int = 64
+    #: The frames of those queued creates, in bytes.
+    max_queued_bytes: int = 64 * _MiB
 
 
 class SessionState(enum.Enum):
@@ -129,6 +136,8 @@ class Job:
     frame: Mapping[str, Any]
     #: The driver's receive timestamp (``perf_counter_ns``), for the gateway's timings.
     received_ns: int
+    #: The frame's size in bytes (characters of a text frame), counted while it is queued.
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +244,7 @@ class ServerSession:
 
     __slots__ = (
         "_active",
+        "_frame_size",
         "_jobs",
         "_lanes",
         "_waiting",
@@ -243,6 +253,8 @@ class ServerSession:
         "config",
         "last_active",
         "opened_at",
+        "queued",
+        "queued_bytes",
         "state",
     )
 
@@ -260,6 +272,11 @@ class ServerSession:
         self._waiting: deque[str | None] = deque()
         self._active = 0
         self._jobs = 0
+        #: Creates queued (admitted, not started) and the sizes of their frames.
+        self.queued = 0
+        self.queued_bytes = 0
+        #: The size of the frame being handled by :meth:`receive`.
+        self._frame_size = 0
 
     # -- observation ------------------------------------------------------------------------
 
@@ -303,8 +320,17 @@ class ServerSession:
                     code="message_too_large",
                 )
             )
+        self._frame_size = size
         try:
-            frame = codec.decode_object(data)
+            frame = codec.decode_object(data, max_depth=codec.MAX_NESTING_DEPTH)
+        except codec.NestingTooDeep:
+            return self._error(
+                APIError(
+                    f"The frame nests arrays and objects more than {codec.MAX_NESTING_DEPTH} "
+                    "levels deep.",
+                    code="nesting_too_deep",
+                )
+            )
         except DecodeError as exc:
             return self._error(APIError(f"Invalid JSON frame: {exc}", code="invalid_json"))
         kind = frame.get("type")
@@ -345,6 +371,29 @@ class ServerSession:
                 self._close("connection lifetime reached"),
             )
         lane = self._lanes.get(stream_id)
+        size = self._frame_size
+        if (
+            self.queued >= config.max_queued_creates
+            or self.queued_bytes + size > config.max_queued_bytes
+        ) and (
+            (lane is not None and (lane.active is not None or lane.pending))
+            or self._waiting
+            or self._active >= config.max_active_responses
+        ):
+            # It would wait in the queue, which is full: refused, so that what one socket
+            # holds in memory stays bounded.
+            return self._error(
+                APIError(
+                    f"This connection already has {self.queued} creates "
+                    f"({self.queued_bytes} bytes) waiting; the limits are "
+                    f"{config.max_queued_creates} creates and {config.max_queued_bytes} bytes. "
+                    "Wait for a response to finish before sending more.",
+                    status=429,
+                    type="rate_limit_error",
+                    code="websocket_queue_full",
+                ),
+                stream_id,
+            )
         if lane is None:
             if stream_id is not None and self.named_lanes >= config.max_lanes:
                 return self._error(
@@ -356,7 +405,7 @@ class ServerSession:
                     stream_id,
                 )
             lane = self._lanes[stream_id] = _Lane()
-        job = Job(self._jobs, stream_id, frame, received_ns)
+        job = Job(self._jobs, stream_id, frame, received_ns, size)
         self._jobs += 1
         self.busy += 1
         if (
@@ -371,6 +420,8 @@ class ServerSession:
             self._active += 1
             return (Start(job),)
         lane.pending.append(job)
+        self.queued += 1
+        self.queued_bytes += size
         if lane.active is None and len(lane.pending) == 1:
             self._waiting.append(stream_id)
             starts = self._start_waiting()
@@ -466,6 +517,8 @@ class ServerSession:
         while self._waiting and self._active < self.config.max_active_responses:
             lane = self._lanes[self._waiting.popleft()]
             job = lane.active = lane.pending.popleft()
+            self.queued -= 1
+            self.queued_bytes -= job.size
             self._active += 1
             started.append(Start(job))
         return tuple(started)
@@ -507,6 +560,8 @@ class ServerSession:
             self.busy -= len(lane.pending)
             lane.pending.clear()
         self._waiting.clear()
+        self.queued = 0
+        self.queued_bytes = 0
 
 
 _FrameRule = Callable[[ServerSession, Mapping[str, Any], float, int], tuple[Action, ...]]

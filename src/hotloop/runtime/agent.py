@@ -20,20 +20,35 @@ class Agent:
     ``False`` waits for the whole turn, as naive loops do. ``max_concurrency`` bounds the
     calls running at once (1 = one at a time). ``max_attempts`` bounds how often one turn is
     sent again after a replay-safe transport failure.
+
+    ``eager_writes`` (default ``False``): only calls that read, or are ``pure`` or
+    ``idempotent``, start while their response streams; every other call waits until the
+    response has completed (``status == "completed"``), and never runs from a response that
+    ends ``incomplete``, fails or is cut. ``True`` dispatches every call eagerly.
+
+    Deadlines of one model turn, in seconds (``None``: none): ``first_event_timeout`` from
+    sending the request to its first event, ``stall_timeout`` between two events,
+    ``turn_timeout`` for the whole response (every attempt). ``max_tool_threads`` bounds the
+    threads synchronous tools of one run may keep busy.
     """
 
     __slots__ = (
         "_by_name",
         "definitions",
         "eager",
+        "eager_writes",
+        "first_event_timeout",
         "instructions",
         "max_attempts",
         "max_concurrency",
+        "max_tool_threads",
         "max_turns",
         "model",
         "name",
         "settings",
+        "stall_timeout",
         "tools",
+        "turn_timeout",
     )
 
     def __init__(
@@ -48,6 +63,11 @@ class Agent:
         eager: bool = True,
         max_concurrency: int = 8,
         max_attempts: int = 3,
+        eager_writes: bool = False,
+        first_event_timeout: float | None = 60.0,
+        stall_timeout: float | None = 60.0,
+        turn_timeout: float | None = 600.0,
+        max_tool_threads: int = 64,
     ) -> None:
         names = [tool.name for tool in tools]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -55,6 +75,11 @@ class Agent:
             raise ValueError(f"tool names must be unique; repeated: {', '.join(duplicates)}")
         if max_turns < 1 or max_concurrency < 1 or max_attempts < 1:
             raise ValueError("max_turns, max_concurrency and max_attempts must be at least 1")
+        if max_tool_threads < 1:
+            raise ValueError("max_tool_threads must be at least 1")
+        for timeout in (first_event_timeout, stall_timeout, turn_timeout):
+            if timeout is not None and timeout <= 0:
+                raise ValueError("timeouts must be positive (or None)")
         self.model = model
         self.instructions = instructions
         self.tools = tuple(tools)
@@ -64,9 +89,13 @@ class Agent:
         self.eager = eager
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
+        self.eager_writes = eager_writes
+        self.first_event_timeout = first_event_timeout
+        self.stall_timeout = stall_timeout
+        self.turn_timeout = turn_timeout
+        self.max_tool_threads = max_tool_threads
         self._by_name = {tool.name: tool for tool in self.tools}
-        # Built once: the tool list is re-sent every turn, never re-derived (DESIGN: client
-        # overhead).
+        # Built once: the tool list is re-sent every turn, never re-derived.
         self.definitions: tuple[dict[str, Any], ...] = tuple(tool.definition() for tool in tools)
 
     def tool(self, name: str) -> Tool | None:

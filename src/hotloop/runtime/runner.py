@@ -6,6 +6,12 @@ the call is validated and handed to the scheduler right then, while the model is
 streaming the rest of the turn; the :class:`~hotloop.runtime.scheduler.Admission` policy
 decides when it may start. Results go back to the model in the model's call order.
 
+Only calls that read, or are ``pure`` or ``idempotent``, start while the turn streams; any
+other call is held until the response completes (``Agent.eager_writes`` dispatches them all
+eagerly), so nothing that writes runs from a response that ends ``incomplete``, fails or is
+cut. Each turn has deadlines (first event, stall between events, whole turn): a turn that
+missed its first event is sent again, any other missed deadline raises :class:`TurnTimeout`.
+
 Failures never crash the loop: a tool that raises, times out, gets invalid JSON or names an
 unknown tool produces an error result for the model. A replay-safe transport failure sends the
 turn again (the transport re-sends the full history when it must); calls that already started
@@ -39,7 +45,7 @@ from hotloop.runtime.events import (
 )
 from hotloop.runtime.events import TextDelta as TextDeltaEvent
 from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
-from hotloop.runtime.tools import Tool, ToolArgumentsError
+from hotloop.runtime.tools import Tool, ToolArgumentsError, ToolPoolExhausted, ToolThreads
 from hotloop.transport import Transport, TransportError, connect
 from hotloop.transport.base import ModelRequest, RequestTimings
 from hotloop.wire import codec
@@ -63,6 +69,7 @@ __all__ = [
     "ModelError",
     "RunHook",
     "Runner",
+    "TurnTimeout",
 ]
 
 Emit = Callable[[RunEvent], None]
@@ -110,6 +117,95 @@ class MaxTurnsExceeded(HotloopError):
         self.items = tuple(items)
 
 
+class TurnTimeout(TransportError):
+    """A model turn missed a deadline; ``code`` says which.
+
+    ``"first_event_timeout"`` (no event after the request went out, every attempt),
+    ``"stall_timeout"`` (no event for ``stall_timeout`` after one arrived) or
+    ``"turn_timeout"`` (the whole response took longer than ``turn_timeout``).
+    ``replay_safe`` is true when nothing of the turn had been delivered.
+    """
+
+    def __init__(self, message: str, *, code: str, replay_safe: bool = False) -> None:
+        super().__init__(message, code=code, replay_safe=replay_safe)
+
+
+@dataclass(frozen=True, slots=True)
+class _Deadlines:
+    first_event: float | None
+    stall: float | None
+    turn: float | None
+
+
+class _Watchdog:
+    """The deadlines of one turn: cancels the streaming task when one passes.
+
+    Each event only stores its arrival time (``last``); the timer re-arms itself lazily, so a
+    turn costs a timer per deadline period, not per event.
+    """
+
+    __slots__ = ("deadlines", "fired", "handle", "last", "loop", "sent", "task", "turn_end")
+
+    def __init__(self, deadlines: _Deadlines) -> None:
+        self.deadlines = deadlines
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        now = self.loop.time()
+        self.turn_end = None if deadlines.turn is None else now + deadlines.turn
+        self.sent = now
+        self.last: float | None = None
+        self.fired: str | None = None
+        self.handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """A new attempt of the turn goes out now."""
+        self.sent = self.loop.time()
+        self.last = None
+        self.fired = None
+        self._arm()
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def _next(self) -> tuple[float, str] | None:
+        deadlines = self.deadlines
+        best: tuple[float, str] | None = None
+        if self.last is None:
+            if deadlines.first_event is not None:
+                best = (self.sent + deadlines.first_event, "first_event_timeout")
+        elif deadlines.stall is not None:
+            best = (self.last + deadlines.stall, "stall_timeout")
+        if self.turn_end is not None and (best is None or self.turn_end <= best[0]):
+            best = (self.turn_end, "turn_timeout")
+        return best
+
+    def _arm(self, deadline: tuple[float, str] | None = None) -> None:
+        deadline = deadline or self._next()
+        if deadline is None:
+            self.handle = None
+            return
+        when = deadline[0]
+        stall = self.deadlines.stall
+        if self.last is None and stall is not None:
+            # A first event may arrive any time: its stall deadline is sent + stall at the
+            # earliest, so look again then.
+            when = min(when, self.sent + stall)
+        self.handle = self.loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self.handle = None
+        deadline = self._next()
+        if deadline is None or self.task is None:
+            return
+        if self.loop.time() >= deadline[0]:
+            self.fired = deadline[1]
+            self.task.cancel()
+        else:
+            self._arm(deadline)
+
+
 @dataclass(slots=True)
 class _Outcome:
     output: str
@@ -133,8 +229,11 @@ class _TurnCalls:
         record: StepRecord,
         emit: Emit | None,
         origin_ns: int,
+        threads: ToolThreads | None = None,
     ) -> None:
         self.agent = agent
+        self.threads = threads
+        self.eager_writes = agent.eager_writes
         self.turn = turn
         self.admission = Admission(agent.max_concurrency)
         self.ledger = ledger
@@ -198,7 +297,28 @@ class _TurnCalls:
             self.admission.submit(NOTHING)
             return
         self._pending.append((tool, args))
-        self.admission.submit(CallEffects(reads, writes, tool.effects.exclusive))
+        # A call that may write waits for its response to complete (release_held).
+        held = not (self.eager_writes or tool.dispatch_early)
+        self.admission.submit(CallEffects(reads, writes, tool.effects.exclusive), held=held)
+        self._pump()
+
+    def release_held(self) -> None:
+        """The response completed: held calls may start."""
+        if self.admission.held:
+            self.admission.release()
+            self._pump()
+
+    def refuse_held(self, reason: str) -> None:
+        """The response is not safe to act on: held calls get an error and never run."""
+        held = self.admission.held
+        if not held:
+            return
+        now = self._now()
+        message = f"not run: {reason}"
+        for index in sorted(held):
+            self._pending[index] = None
+            self._resolve(self.futures[index], _error_output("not_executed", message), message, now)
+        self.admission.release()
         self._pump()
 
     def _resolve(self, future: asyncio.Future[_Outcome], output: str, error: str, now: int) -> None:
@@ -256,7 +376,10 @@ class _TurnCalls:
         error: str | None = None
         try:
             async with asyncio.timeout(tool.timeout):
-                output = await tool.invoke(args)
+                output = await tool.invoke(args, self.threads)
+        except ToolPoolExhausted as exc:
+            error = str(exc)
+            output = _error_output("tool_pool_exhausted", error)
         except TimeoutError:
             error = f"{tool.name} timed out after {tool.timeout} s"
             output = _error_output("timeout", error)
@@ -303,6 +426,16 @@ def _add(total: Usage, usage: Usage | None) -> Usage:
     )
 
 
+class _Default:
+    """The agent's value (the default of the per-call timeout arguments)."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT = _Default()
+
+
 class Runner:
     """Runs agents: :meth:`run`, :meth:`run_stream`, :meth:`run_sync`."""
 
@@ -315,15 +448,22 @@ class Runner:
         previous: RunResult | None = None,
         max_turns: int | None = None,
         trace: RunHook | None = None,
+        first_event_timeout: float | _Default | None = DEFAULT,
+        stall_timeout: float | _Default | None = DEFAULT,
+        turn_timeout: float | _Default | None = DEFAULT,
     ) -> RunResult:
         """Run ``agent`` on ``input`` until it answers without calling tools.
 
         ``previous`` continues an earlier run's conversation. ``trace`` is called once with
         the result when the run finishes (for example a :class:`hotloop.trace.Tracer`; it
-        must not block). Raises :class:`MaxTurnsExceeded`, :class:`ModelError` or
+        must not block). The timeouts override the agent's (``None``: no deadline). Raises
+        :class:`MaxTurnsExceeded`, :class:`ModelError`, :class:`TurnTimeout` or
         :class:`~hotloop.transport.TransportError`.
         """
-        return await _run(agent, input, client, previous, max_turns or agent.max_turns, None, trace)
+        deadlines = _deadlines(agent, first_event_timeout, stall_timeout, turn_timeout)
+        return await _run(
+            agent, input, client, previous, max_turns or agent.max_turns, None, trace, deadlines
+        )
 
     @staticmethod
     async def run_stream(
@@ -334,12 +474,16 @@ class Runner:
         previous: RunResult | None = None,
         max_turns: int | None = None,
         trace: RunHook | None = None,
+        first_event_timeout: float | _Default | None = DEFAULT,
+        stall_timeout: float | _Default | None = DEFAULT,
+        turn_timeout: float | _Default | None = DEFAULT,
     ) -> AsyncGenerator[RunEvent, None]:
         """Run ``agent`` and yield its events; the last one is :class:`RunFinished`.
 
-        Leaving the iteration early cancels the run and its tools. ``trace`` as in
-        :meth:`run`.
+        Leaving the iteration early cancels the run and its tools. ``trace`` and the
+        timeouts as in :meth:`run`.
         """
+        deadlines = _deadlines(agent, first_event_timeout, stall_timeout, turn_timeout)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(
             _run(
@@ -350,6 +494,7 @@ class Runner:
                 max_turns or agent.max_turns,
                 queue.put_nowait,
                 trace,
+                deadlines,
             )
         )
         task.add_done_callback(lambda _: queue.put_nowait(_DONE))
@@ -404,8 +549,12 @@ async def _run(
     max_turns: int,
     emit: Emit | None,
     trace: RunHook | None = None,
+    deadlines: _Deadlines | None = None,
 ) -> RunResult:
     origin = time.perf_counter_ns()
+    threads: ToolThreads | None = None
+    if any(not tool.is_async for tool in agent.tools):
+        threads = ToolThreads(agent.max_tool_threads)
     history: list[Item] = list(previous.items) if previous is not None else []
     new_from = len(history)
     previous_id = previous.last_response_id if previous is not None else None
@@ -430,13 +579,18 @@ async def _run(
                 timings=RequestTimings(),
             )
             stream, calls = await _stream_turn(
-                agent, client, request, turn, record, ledger, emit, origin
+                agent, client, request, turn, record, ledger, emit, origin, deadlines, threads
             )
             for entries in ledger.values():
                 tasks.extend(entries)
             response = stream.final_response
             if response is None:
                 raise ModelError("the stream ended without a response")
+            if response.status == "completed":
+                calls.release_held()
+            else:
+                # Calls that may write never run from a response that did not complete.
+                calls.refuse_held(f"the response ended {response.status}")
             if response.status == "failed":
                 error = response.error or {}
                 raise ModelError(
@@ -457,6 +611,10 @@ async def _run(
             if not agent.eager:
                 for call in function_calls:
                     calls.submit(call)
+                if response.status == "completed":
+                    calls.release_held()
+                else:
+                    calls.refuse_held(f"the response ended {response.status}")
             if emit is not None:
                 emit(ModelTurnFinished(turn, response.id, response.usage, len(function_calls)))
             if not function_calls:
@@ -483,6 +641,8 @@ async def _run(
         for task in (*tasks, *(task for entries in ledger.values() for task in entries)):
             if not task.done():
                 task.cancel()
+        if threads is not None:
+            threads.close()
 
 
 def _relative(value: int | None, origin: int) -> int | None:
@@ -506,6 +666,7 @@ def _turn_handler(
     emit: Emit | None,
     turn: int,
     origin: int,
+    watch: _Watchdog | None = None,
 ) -> Callable[[Event], None]:
     """The per-event work of one turn attempt, run as each event arrives.
 
@@ -513,8 +674,11 @@ def _turn_handler(
     (and, once admitted, started) in the same callback that completed its arguments.
     """
     eager = agent.eager
+    clock = watch.loop.time if watch is not None else None
 
     def on_event(event: Event) -> None:
+        if clock is not None:
+            watch.last = clock()  # type: ignore[union-attr]
         if record.first_token_ns is None:
             now = time.perf_counter_ns() - origin
             if record.first_event_ns is None:
@@ -552,9 +716,12 @@ async def _stream_turn(
     ledger: dict[tuple[str, str], list[asyncio.Task[_Outcome]]],
     emit: Emit | None,
     origin: int,
+    deadlines: _Deadlines | None = None,
+    threads: ToolThreads | None = None,
 ) -> tuple[ResponseStream, _TurnCalls]:
     """Stream one turn, dispatching calls eagerly; re-send it after replay-safe failures."""
     skip = REDUNDANT_EVENTS if emit is not None else _NOT_STREAMING
+    watch = _Watchdog(deadlines) if deadlines is not None else None
     attempt = 0
     while True:
         attempt += 1
@@ -562,17 +729,74 @@ async def _stream_turn(
         if attempt > 1 and request.timings is not None:
             request = dataclasses.replace(request, timings=RequestTimings())
         stream = ResponseStream()
-        calls = _TurnCalls(agent, turn, ledger, record, emit, origin)
+        calls = _TurnCalls(agent, turn, ledger, record, emit, origin, threads)
         record.tools.clear()
-        on_event = _turn_handler(agent, stream, calls, record, emit, turn, origin)
+        on_event = _turn_handler(agent, stream, calls, record, emit, turn, origin, watch)
         try:
-            await client.stream_to(request, on_event, skip=skip)
+            if watch is None:
+                await client.stream_to(request, on_event, skip=skip)
+            else:
+                await _watched(client, request, on_event, skip, watch)
             if request.timings is not None:
                 _record_timings(record, request.timings, origin)
             return stream, calls
+        except TurnTimeout as exc:
+            calls._stopped = True  # nothing more starts from this attempt
+            if exc.code != "first_event_timeout" or attempt >= agent.max_attempts:
+                raise
+            # Nothing was delivered: the turn goes out again (the transport left the socket or
+            # lane that swallowed it).
         except TransportError as exc:
             # This attempt is over: its running calls are reused by the next one, but calls it
             # had not started yet must not start from it (the next attempt submits them again).
             calls._stopped = True
             if not exc.replay_safe or attempt >= agent.max_attempts:
                 raise
+
+
+async def _watched(
+    client: Transport,
+    request: ModelRequest,
+    on_event: Callable[[Event], None],
+    skip: frozenset[str],
+    watch: _Watchdog,
+) -> None:
+    """``client.stream_to`` under the turn's deadlines; raises :class:`TurnTimeout`."""
+    watch.start()
+    try:
+        await client.stream_to(request, on_event, skip=skip)
+    except asyncio.CancelledError:
+        code = watch.fired
+        task = asyncio.current_task()
+        if code is None or task is None or task.uncancel() > 0:
+            raise  # a cancellation of the run, not a deadline
+        delivered = watch.last is not None
+        if code == "first_event_timeout":
+            waited = watch.deadlines.first_event
+            message = f"no event of the turn within {waited} s of sending it"
+        elif code == "stall_timeout":
+            message = f"the turn stalled: no event for {watch.deadlines.stall} s"
+        else:
+            message = f"the turn took longer than {watch.deadlines.turn} s"
+        raise TurnTimeout(message, code=code, replay_safe=not delivered) from None
+    finally:
+        watch.stop()
+
+
+def _deadlines(
+    agent: Agent,
+    first_event: float | _Default | None,
+    stall: float | _Default | None,
+    turn: float | _Default | None,
+) -> _Deadlines | None:
+    deadlines = _Deadlines(
+        agent.first_event_timeout if isinstance(first_event, _Default) else first_event,
+        agent.stall_timeout if isinstance(stall, _Default) else stall,
+        agent.turn_timeout if isinstance(turn, _Default) else turn,
+    )
+    for value in (deadlines.first_event, deadlines.stall, deadlines.turn):
+        if value is not None and value <= 0:
+            raise ValueError("timeouts must be positive (or None)")
+    if deadlines.first_event is None and deadlines.stall is None and deadlines.turn is None:
+        return None
+    return deadlines

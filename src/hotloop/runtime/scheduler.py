@@ -50,6 +50,7 @@ class Admission:
         self._effects: list[CallEffects] = []
         self._started: list[bool] = []
         self._finished: list[bool] = []
+        self._held: set[int] = set()
         self._running = 0
 
     def __len__(self) -> int:
@@ -59,12 +60,27 @@ class Admission:
     def running(self) -> int:
         return self._running
 
-    def submit(self, effects: CallEffects) -> int:
-        """Add the next call in the model's order; returns its index."""
+    def submit(self, effects: CallEffects, *, held: bool = False) -> int:
+        """Add the next call in the model's order; returns its index.
+
+        A ``held`` call is not started until :meth:`release` (it still counts as not finished,
+        so later calls that conflict with it wait for it).
+        """
         self._effects.append(effects)
         self._started.append(False)
         self._finished.append(False)
-        return len(self._effects) - 1
+        index = len(self._effects) - 1
+        if held:
+            self._held.add(index)
+        return index
+
+    @property
+    def held(self) -> frozenset[int]:
+        return frozenset(self._held)
+
+    def release(self) -> None:
+        """Every held call may start (once admitted)."""
+        self._held.clear()
 
     def ready(self) -> list[int]:
         """Calls that may start now, in order; they are marked running."""
@@ -72,7 +88,7 @@ class Admission:
         for index, effects in enumerate(self._effects):
             if self._running >= self.max_concurrency:
                 break
-            if self._started[index]:
+            if self._started[index] or index in self._held:
                 continue
             if all(
                 self._finished[earlier] or not effects.conflicts_with(self._effects[earlier])

@@ -21,13 +21,21 @@ templates filled from the validated arguments (``"file:{path}"``) or callables o
 runs alone, which is always safe. ``idempotent=True`` says running it twice is harmless.
 ``timeout`` bounds one call (seconds). Synchronous functions run in a worker thread so they
 never block the event loop; a timed-out thread cannot be killed and finishes in the background.
+Those threads come from :class:`ToolThreads`, which starts a new thread whenever none is idle,
+so a call always starts at once (its timeout never counts time spent queued behind hung calls)
+up to ``max_threads`` busy threads; beyond that it raises :class:`ToolPoolExhausted`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import inspect
+import queue
 import re
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, get_type_hints, overload
@@ -37,7 +45,16 @@ import pydantic_core
 
 from hotloop.errors import HotloopError
 
-__all__ = ["Effects", "ResourceSpec", "Tool", "ToolArgumentsError", "ToolDefinitionError", "tool"]
+__all__ = [
+    "Effects",
+    "ResourceSpec",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolDefinitionError",
+    "ToolPoolExhausted",
+    "ToolThreads",
+    "tool",
+]
 
 #: A resource key template (``"file:{path}"``) or a function of the validated arguments.
 ResourceSpec: TypeAlias = str | Callable[[Mapping[str, Any]], Iterable[str]]
@@ -49,6 +66,116 @@ class ToolDefinitionError(HotloopError):
 
 class ToolArgumentsError(HotloopError):
     """The model's arguments are not valid JSON or do not match the tool's schema."""
+
+
+class ToolPoolExhausted(HotloopError):
+    """Every thread synchronous tools may use is busy (typically with calls that hung)."""
+
+
+_Job: TypeAlias = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+#: How long an idle worker thread waits for another call before it exits.
+_IDLE_SECONDS = 30.0
+
+
+class ToolThreads:
+    """Worker threads for synchronous tools that hung calls cannot exhaust silently.
+
+    A call goes to an idle thread, or to a new one when none is idle: it starts at once, so
+    its timeout measures the tool, never a queue. A call that times out keeps its thread (a
+    thread cannot be killed) until the function returns; at most ``max_threads`` threads are
+    busy at once, and a call beyond that raises :class:`ToolPoolExhausted` without running.
+    Idle threads exit after 30 s, and when :meth:`close` is called.
+    """
+
+    def __init__(self, max_threads: int = 64) -> None:
+        if max_threads < 1:
+            raise ValueError("max_threads must be at least 1")
+        self.max_threads = max_threads
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue[_Job | None]] = []
+        self._busy = 0
+        self._closed = False
+
+    @property
+    def busy(self) -> int:
+        """Threads running a call now (hung ones included)."""
+        return self._busy
+
+    def run(self, fn: Callable[..., Any], /, **kwargs: Any) -> asyncio.Future[Any]:
+        """Start ``fn(**kwargs)`` in a worker thread now; raises :class:`ToolPoolExhausted`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        context = contextvars.copy_context()
+        job: _Job = (functools.partial(context.run, fn, **kwargs), loop, future)
+        with self._lock:
+            if self._closed:
+                raise ToolPoolExhausted("the tool threads are closed")
+            if self._idle:
+                inbox = self._idle.pop()
+            elif self._busy >= self.max_threads:
+                raise ToolPoolExhausted(
+                    f"all {self.max_threads} tool threads are busy (calls that hung or are "
+                    "still running); the call was not started"
+                )
+            else:
+                inbox = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._work, args=(inbox,), name="hotloop-tool", daemon=True
+                ).start()
+            self._busy += 1
+        inbox.put(job)
+        return future
+
+    def _work(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
+        while True:
+            try:
+                job = inbox.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if inbox in self._idle:
+                        self._idle.remove(inbox)
+                        return
+                continue  # handed a job just as it timed out: take it
+            if job is None:
+                return
+            call, loop, future = job
+            try:
+                result: Any = call()
+                error: BaseException | None = None
+            except BaseException as exc:  # reported to the caller, never lost in the thread
+                result, error = None, exc
+            with self._lock:
+                self._busy -= 1
+                closed = self._closed
+                if not closed:
+                    self._idle.append(inbox)
+            with_result = functools.partial(_settle_future, future, result, error)
+            # A loop that closed meanwhile has nobody waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(with_result)
+            if closed:
+                return
+
+    def close(self) -> None:
+        """Let idle threads exit now; busy ones exit when their call returns."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for inbox in idle:
+            inbox.put(None)
+
+
+def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return  # the caller gave up (a timeout, a cancelled run)
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+#: The threads of synchronous tools invoked without threads of their own.
+_DEFAULT_THREADS = ToolThreads()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,12 +362,25 @@ class Tool:
         """The resource keys this call reads and writes."""
         return _expand(self.effects.reads, args), _expand(self.effects.writes, args)
 
-    async def invoke(self, args: Mapping[str, Any]) -> str:
-        """Run the tool with validated ``args``; its result as the text sent to the model."""
+    @property
+    def dispatch_early(self) -> bool:
+        """Whether a call may run before its response completes: it reads, or is idempotent.
+
+        Reads only (declared, not exclusive, no writes), ``pure`` and ``idempotent`` tools.
+        """
+        effects = self.effects
+        return effects.pure or effects.idempotent or not (effects.exclusive or effects.writes)
+
+    async def invoke(self, args: Mapping[str, Any], threads: ToolThreads | None = None) -> str:
+        """Run the tool with validated ``args``; its result as the text sent to the model.
+
+        A synchronous function runs on one of ``threads`` (default: threads shared by the
+        process); raises :class:`ToolPoolExhausted` when every one is busy.
+        """
         if self.is_async:
             result = await self.fn(**args)
         else:
-            result = await asyncio.to_thread(self.fn, **args)
+            result = await (threads or _DEFAULT_THREADS).run(self.fn, **args)
         if isinstance(result, str):
             return result
         return pydantic_core.to_json(result).decode()

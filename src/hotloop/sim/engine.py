@@ -25,7 +25,7 @@ from hotloop.protocol.generation import Generation, GenerationRequest
 from hotloop.protocol.requests import ToolDef
 from hotloop.sim.latency import LatencyProfile, estimate_tokens
 from hotloop.sim.scenario import Scenario, ScriptedCall
-from hotloop.sim.synth import synthesize
+from hotloop.sim.synth import MAX_ARGUMENT_BYTES, synthesize
 from hotloop.wire import codec
 from hotloop.wire.events import Event
 from hotloop.wire.items import FunctionCall, Item, Message
@@ -132,10 +132,10 @@ class SimEngine:
         elif request.forced_function is not None:
             forced = request.forced_function
             calls = [call for call in calls if call.name == forced][:1] or [
-                self._synthesized_call(offered[forced])
+                self._synthesized_call(request.tools, forced)
             ]
         elif request.tool_choice == "required" and not calls and offered:
-            calls = [self._synthesized_call(next(iter(offered.values())))]
+            calls = [self._synthesized_call(request.tools, next(iter(offered)))]
         if not request.parallel_tool_calls:
             calls = calls[:1]
         if position is None and not calls and text is None:
@@ -147,11 +147,18 @@ class SimEngine:
         return items
 
     @staticmethod
-    def _synthesized_call(tool: ToolDef) -> ScriptedCall:
-        arguments = synthesize(tool.parameters, tool.name)
+    def _synthesized_call(tools: Sequence[ToolDef], name: str) -> ScriptedCall:
+        """A call of the tool ``name`` (its last definition in ``tools``, as offered) with
+        arguments synthesized from its schema; an invalid schema is an error naming its path."""
+        index = max(i for i, tool in enumerate(tools) if tool.name == name)
+        tool = tools[index]
+        arguments = synthesize(tool.parameters, tool.name, path=f"tools[{index}].parameters")
         if not isinstance(arguments, dict):
             arguments = {}
-        return ScriptedCall(name=tool.name, arguments=codec.dumps(arguments).decode())
+        encoded = codec.dumps(arguments)
+        if len(encoded) > MAX_ARGUMENT_BYTES:
+            encoded = b"{}"
+        return ScriptedCall(name=tool.name, arguments=encoded.decode())
 
     @staticmethod
     def _generic_text(context: Conversation) -> str:

@@ -200,6 +200,9 @@ class WebSocketTransport:
         # that no live turn wants is dropped unread, recognised by its first bytes.
         self._skips: dict[object, frozenset[str]] = {}
         self._drop: tuple[bytes, ...] = ()
+        # Lanes whose turn was abandoned mid-response (cancelled, e.g. by a deadline): the
+        # server may still stream on them, so they stay out of use until the socket changes.
+        self._retired: list[str | None] = []
         self._closed = False
 
     # -- connection ------------------------------------------------------------------------
@@ -272,6 +275,7 @@ class WebSocketTransport:
     def _disconnected(self, socket: WSTransport, generation: int, close_code: int | None) -> None:
         if self._socket is socket:
             self._socket = None
+            self._free_retired()
         self.session.disconnected(generation)
         failure = connection_failure(_CLOSED_MESSAGE, close_code=close_code)
         for turn in list(self._turns.values()):
@@ -280,13 +284,35 @@ class WebSocketTransport:
 
     async def drop(self) -> None:
         """Close the current socket; the next turn reconnects and re-sends the history."""
+        socket = self._drop_now()
+        if socket is not None:
+            await socket.wait_disconnected()
+
+    def _drop_now(self) -> WSTransport | None:
         socket = self._socket
         self._socket = None
+        self._free_retired()
         if socket is not None:
             self.session.disconnected(self.session.generation)
             socket.send_close(WSCloseCode.OK)
             socket.disconnect()
-            await socket.wait_disconnected()
+        return socket
+
+    def _free_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for lane in retired:
+            self._release_lane(lane)
+
+    def _abandon(self, lane: str | None) -> None:
+        """The turn on ``lane`` was cancelled before its response ended.
+
+        Its response may still arrive on that lane, so the lane leaves the socket: alone on
+        it, the socket is closed (the next turn opens a fresh one); otherwise the lane stays
+        unused until the socket changes, or until no turn is left on it.
+        """
+        self._retired.append(lane)
+        if not self._turns:
+            self._drop_now()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -339,6 +365,7 @@ class WebSocketTransport:
         lane = await self._acquire_lane(previous)
         token = object()
         self._skipping(token, frozenset(skip))
+        abandoned = False
         try:
             turn = session.start_turn(previous, request.new_from, lane)
             timings = request.timings
@@ -376,7 +403,11 @@ class WebSocketTransport:
                         stats.incremental_requests += 1
                     else:
                         stats.full_resends += 1
-                    end = await live.future
+                    try:
+                        end = await live.future
+                    except asyncio.CancelledError:
+                        abandoned = True  # the response may still stream on this lane
+                        raise
                 finally:
                     if self._turns.get(lane) is live:
                         del self._turns[lane]
@@ -397,7 +428,12 @@ class WebSocketTransport:
                     await self.drop()  # unless it is already gone, or another turn replaced it
         finally:
             self._skipping(token, None)
-            self._release_lane(lane)
+            if abandoned:
+                self._abandon(lane)
+            else:
+                self._release_lane(lane)
+                if self._retired and not self._turns:
+                    self._drop_now()
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         """:meth:`stream_to` as an async iterator (the runner uses ``stream_to`` itself)."""

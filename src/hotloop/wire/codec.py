@@ -32,14 +32,41 @@ from hotloop.wire.events import (
 from hotloop.wire.items import JSONDict
 
 __all__ = [
+    "MAX_NESTING_DEPTH",
+    "NestingTooDeep",
     "decode_event",
     "decode_object",
     "dumps",
     "encode_event",
     "loads",
+    "nesting_exceeds",
     "skipped_prefixes",
     "type_prefix",
 ]
+
+
+#: The deepest nesting of arrays and objects a request may hold (the document itself is level
+#: 1). Everything accepted can then be encoded again (orjson refuses 255 levels), whatever
+#: the gateway echoes back.
+MAX_NESTING_DEPTH = 64
+
+
+class NestingTooDeep(DecodeError):
+    """Valid JSON nested deeper than the limit :func:`decode_object` was given."""
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays and objects more than ``limit`` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def dumps(value: Any) -> bytes:
@@ -58,12 +85,27 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         raise DecodeError(f"invalid JSON: {exc}") from exc
 
 
-def decode_object(data: bytes | bytearray | memoryview | str) -> JSONDict:
-    """Decode JSON text that must hold one object (a request body, a frame, an event)."""
+def decode_object(
+    data: bytes | bytearray | memoryview | str, *, max_depth: int | None = None
+) -> JSONDict:
+    """Decode JSON text that must hold one object (a request body, a frame, an event).
+
+    With ``max_depth``, an object nested deeper than that raises :class:`NestingTooDeep`.
+    """
     value = loads(data)
     if not isinstance(value, dict):
         raise DecodeError(f"expected a JSON object, got {type(value).__name__}")
+    if max_depth is not None and _brackets(data) > max_depth and nesting_exceeds(value, max_depth):
+        raise NestingTooDeep(f"the JSON nests arrays and objects more than {max_depth} levels deep")
     return value
+
+
+def _brackets(data: bytes | bytearray | memoryview | str) -> int:
+    """How many arrays and objects ``data`` can hold at most: a bound of its depth, in C."""
+    if isinstance(data, str):
+        return data.count("[") + data.count("{")
+    raw = bytes(data) if isinstance(data, memoryview) else data
+    return raw.count(b"[") + raw.count(b"{")
 
 
 def encode_event(event: Event, stream_id: str | None = None) -> bytes:
