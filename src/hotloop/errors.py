@@ -12,10 +12,16 @@ Every error hotloop raises on purpose derives from :class:`HotloopError`::
     │                            ``error`` envelope
     └── ScenarioError            a scenario file is malformed
 
-Facts live in attributes (``.code``, ``.param``, ``.status``); messages are for humans.
+Facts live in attributes (``.code``, ``.param``, ``.status``); messages are for humans. An
+error that ended an agent run carries the run's state in ``.partial``, to continue it from.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hotloop.runtime.events import PartialRun
 
 __all__ = [
     "APIError",
@@ -28,7 +34,14 @@ __all__ = [
 
 
 class HotloopError(Exception):
-    """Root of every exception hotloop raises on purpose."""
+    """Root of every exception hotloop raises on purpose.
+
+    ``partial`` is set when the error ended an agent run (``Runner.run``): the run's state
+    when it failed, to pass as ``previous=`` to continue it without re-running finished
+    tool calls. ``None`` otherwise.
+    """
+
+    partial: PartialRun | None = None
 
 
 class ProtocolError(HotloopError):

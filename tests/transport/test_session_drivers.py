@@ -265,7 +265,8 @@ async def test_a_broken_http_request_is_replay_safe_with_its_cause(
 
     def handler(request: httpx.Request) -> httpx.Response:
         if not chunks:
-            raise httpx.ConnectError("refused")
+            # A pooled keep-alive connection the server had closed: the request went out.
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response")
         return httpx.Response(200, stream=_BreaksAfter(chunks))
 
     client = HTTPTransport("http://mocked/v1") if kind == "http" else ChatTransport("http://x")
@@ -279,3 +280,53 @@ async def test_a_broken_http_request_is_replay_safe_with_its_cause(
     assert caught.value.replay_safe and caught.value.code == "connection_lost"
     assert isinstance(caught.value.__cause__, httpx.HTTPError)
     assert bool(seen) is events_first
+
+
+@pytest.mark.parametrize("kind", ["http", "chat"])
+async def test_an_unreachable_http_server_is_retried_with_backoff_then_connect_failed(
+    kind: str,
+) -> None:
+    attempts = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        raise httpx.ConnectError("refused")
+
+    cls = HTTPTransport if kind == "http" else ChatTransport
+    client = cls("http://mocked/v1", reconnect_timeout=0.3)
+    mocked(client, handler)
+    try:
+        with pytest.raises(TransportError) as caught:
+            await client.stream_to(turn(), lambda event: None)
+    finally:
+        await client.aclose()
+    assert caught.value.code == "connect_failed" and not caught.value.replay_safe
+    assert "http://mocked" in str(caught.value)
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    # 25-50 ms, 50-100 ms, 100-200 ms, ...: several attempts within 0.3 s, never a busy loop.
+    assert 3 <= attempts <= 8
+    assert client.stats.requests == 0  # nothing was sent
+
+
+async def test_an_http_server_that_comes_back_within_the_deadline_serves_the_turn() -> None:
+    attempts = 0
+    response = ResponseObject(id="resp_1", created_at=0, model=MODEL, status="completed")
+    body = b"data: " + codec.encode_event(ResponseCompleted(response=response)) + b"\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 4:
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200, content=body)
+
+    client = HTTPTransport("http://mocked/v1", reconnect_timeout=30)
+    mocked(client, handler)
+    seen: list[Event] = []
+    try:
+        await client.stream_to(turn(), seen.append)
+    finally:
+        await client.aclose()
+    assert attempts == 4 and [event.type for event in seen] == ["response.completed"]
+    assert client.stats.requests == 1

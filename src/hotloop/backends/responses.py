@@ -370,8 +370,14 @@ class _WebSocketSession:
         socket = self._sockets.get(url)
         if socket is None:
             config = self._backend.config
+            # A gateway answers its client rather than wait out a client's 30 s of reconnects:
+            # reaching the upstream is bounded by the upstream's connect_timeout.
             socket = self._sockets[url] = WebSocketTransport(
-                websocket_url(url), config.api_key(), store=False
+                websocket_url(url),
+                config.api_key(),
+                store=False,
+                open_timeout=config.connect_timeout,
+                reconnect_timeout=config.connect_timeout,
             )
         return socket
 

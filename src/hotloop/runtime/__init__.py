@@ -2,7 +2,9 @@
 
 from hotloop.runtime.agent import Agent
 from hotloop.runtime.events import (
+    FinishedCall,
     ModelTurnFinished,
+    PartialRun,
     RunEvent,
     RunFinished,
     RunResult,
@@ -21,9 +23,11 @@ __all__ = [
     "Agent",
     "CallEffects",
     "Effects",
+    "FinishedCall",
     "MaxTurnsExceeded",
     "ModelError",
     "ModelTurnFinished",
+    "PartialRun",
     "RunEvent",
     "RunFinished",
     "RunHook",

@@ -14,7 +14,9 @@ from hotloop.wire.items import FunctionCall, Item, Message
 from hotloop.wire.responses import Usage
 
 __all__ = [
+    "FinishedCall",
     "ModelTurnFinished",
+    "PartialRun",
     "RunEvent",
     "RunFinished",
     "RunResult",
@@ -110,6 +112,50 @@ class RunResult:
     @property
     def function_calls(self) -> tuple[FunctionCall, ...]:
         return tuple(item for item in self.items if isinstance(item, FunctionCall))
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedCall:
+    """A tool call of an interrupted turn that had finished: its result is kept."""
+
+    name: str
+    arguments: str
+    output: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartialRun:
+    """Where a run stood when it failed; every error a run raises carries one (``.partial``).
+
+    Pass it back to continue the run: ``Runner.run(agent, input, previous=exc.partial)`` (the
+    same ``input``, or ``()``). The continued run starts with the turn that failed and
+    executes no finished call again: ``items`` hold every completed turn with its tool
+    results, and a call of the interrupted turn that had finished (``finished``) is not run
+    again when the model asks for it again (same tool, same arguments): its result is reused.
+    Calls that had not finished were cancelled; only calls that read, or are ``pure`` or
+    ``idempotent``, run before their response completes, so a write is never among them
+    (with ``Agent(eager_writes=True)`` the run waits for writes that had started).
+
+    ``new_from`` and ``last_response_id`` say which items the server has not seen yet and
+    which response they continue, so the continued run stays incremental when it can.
+    ``input`` is the run's own input; ``steps``, ``usage`` and ``error`` describe the failed
+    attempt (the continued run reports only its own).
+    """
+
+    items: tuple[Item, ...]
+    input: tuple[Item, ...]
+    new_from: int
+    last_response_id: str | None
+    finished: tuple[FinishedCall, ...]
+    steps: tuple[StepRecord, ...]
+    usage: Usage
+    error: str
+
+    @property
+    def turns(self) -> int:
+        """Model turns the failed attempt completed."""
+        return sum(1 for step in self.steps if step.response_id is not None)
 
 
 @dataclass(frozen=True, slots=True)

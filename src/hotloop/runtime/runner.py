@@ -17,6 +17,10 @@ unknown tool produces an error result for the model. A replay-safe transport fai
 turn again (the transport re-sends the full history when it must); calls that already started
 in the failed attempt are matched by name and arguments and *reused*, never executed again.
 Cancelling the run cancels its tools.
+
+A run that fails anyway raises with its state attached (``exc.partial``, a
+:class:`~hotloop.runtime.events.PartialRun`): passed back as ``previous=``, the run continues
+from the turn that failed, and no tool call that had finished runs again.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from hotloop.errors import HotloopError
 from hotloop.protocol.assembler import FunctionCallReady, ResponseStream, StreamError, TextDelta
 from hotloop.runtime.agent import Agent
 from hotloop.runtime.events import (
+    FinishedCall,
     ModelTurnFinished,
+    PartialRun,
     RunEvent,
     RunFinished,
     RunResult,
@@ -73,6 +79,9 @@ __all__ = [
 ]
 
 Emit = Callable[[RunEvent], None]
+#: The calls one turn started, by (name, arguments), across its attempts: a later attempt (or
+#: a continued run) takes their results instead of executing them again.
+Ledger = dict[tuple[str, str], list["asyncio.Future[_Outcome]"]]
 #: Called once with the result when a run finishes (``hotloop.trace.Tracer`` is one): the
 #: runtime knows nothing of spans or sinks, so tracing costs the loop one call per run.
 RunHook = Callable[[RunResult], None]
@@ -225,7 +234,7 @@ class _TurnCalls:
         self,
         agent: Agent,
         turn: int,
-        ledger: dict[tuple[str, str], list[asyncio.Task[_Outcome]]],
+        ledger: Ledger,
         record: StepRecord,
         emit: Emit | None,
         origin_ns: int,
@@ -268,10 +277,13 @@ class _TurnCalls:
             tool_record.reused = True
             self.futures.append(earlier[claimed])
             self._pending.append(None)
+            effects = NOTHING
             tool = self.agent.tool(call.name)
-            assert tool is not None  # it ran, so it exists and its arguments parsed
-            reads, writes = tool.resources(tool.parse(call.arguments))
-            self.admission.submit(CallEffects(reads, writes, tool.effects.exclusive))
+            if tool is not None:
+                with contextlib.suppress(ToolArgumentsError, KeyError, ValueError):
+                    reads, writes = tool.resources(tool.parse(call.arguments))
+                    effects = CallEffects(reads, writes, tool.effects.exclusive)
+            self.admission.submit(effects)
             self._pump()
             return
         future: asyncio.Future[_Outcome] = loop.create_future()
@@ -445,7 +457,7 @@ class Runner:
         input: str | Sequence[Item],
         *,
         client: Transport,
-        previous: RunResult | None = None,
+        previous: RunResult | PartialRun | None = None,
         max_turns: int | None = None,
         trace: RunHook | None = None,
         first_event_timeout: float | _Default | None = DEFAULT,
@@ -454,11 +466,13 @@ class Runner:
     ) -> RunResult:
         """Run ``agent`` on ``input`` until it answers without calling tools.
 
-        ``previous`` continues an earlier run's conversation. ``trace`` is called once with
+        ``previous`` continues an earlier run's conversation (a :class:`RunResult`), or
+        continues a run that failed (the :class:`PartialRun` its error carries, with the same
+        ``input`` or ``()``: no finished tool call runs again). ``trace`` is called once with
         the result when the run finishes (for example a :class:`hotloop.trace.Tracer`; it
         must not block). The timeouts override the agent's (``None``: no deadline). Raises
         :class:`MaxTurnsExceeded`, :class:`ModelError`, :class:`TurnTimeout` or
-        :class:`~hotloop.transport.TransportError`.
+        :class:`~hotloop.transport.TransportError`, each with ``.partial`` set.
         """
         deadlines = _deadlines(agent, first_event_timeout, stall_timeout, turn_timeout)
         return await _run(
@@ -471,7 +485,7 @@ class Runner:
         input: str | Sequence[Item],
         *,
         client: Transport,
-        previous: RunResult | None = None,
+        previous: RunResult | PartialRun | None = None,
         max_turns: int | None = None,
         trace: RunHook | None = None,
         first_event_timeout: float | _Default | None = DEFAULT,
@@ -518,7 +532,7 @@ class Runner:
         *,
         base_url: str,
         api_key: str | None = None,
-        previous: RunResult | None = None,
+        previous: RunResult | PartialRun | None = None,
         max_turns: int | None = None,
         trace: RunHook | None = None,
     ) -> RunResult:
@@ -545,7 +559,7 @@ async def _run(
     agent: Agent,
     input: str | Sequence[Item],
     client: Transport,
-    previous: RunResult | None,
+    previous: RunResult | PartialRun | None,
     max_turns: int,
     emit: Emit | None,
     trace: RunHook | None = None,
@@ -555,19 +569,30 @@ async def _run(
     threads: ToolThreads | None = None
     if any(not tool.is_async for tool in agent.tools):
         threads = ToolThreads(agent.max_tool_threads)
-    history: list[Item] = list(previous.items) if previous is not None else []
-    new_from = len(history)
-    previous_id = previous.last_response_id if previous is not None else None
-    history.extend(items_from_input(input) if isinstance(input, str) else input)
+    given = items_from_input(input) if isinstance(input, str) else tuple(input)
+    ledger: Ledger = {}
+    if isinstance(previous, PartialRun):
+        if given and given != previous.input:
+            raise ValueError(
+                "a failed run continues with its own input: pass the same input, or ()"
+            )
+        given = previous.input
+        history = list(previous.items)
+        new_from = previous.new_from
+        previous_id = previous.last_response_id
+        ledger = _ledger_of(previous.finished)
+    else:
+        history = list(previous.items) if previous is not None else []
+        new_from = len(history)
+        previous_id = previous.last_response_id if previous is not None else None
+        history.extend(given)
     steps: list[StepRecord] = []
     usage = Usage()
-    tasks: list[asyncio.Task[_Outcome]] = []
-    ledger: dict[tuple[str, str], list[asyncio.Task[_Outcome]]] = {}
+    tasks: list[asyncio.Future[_Outcome]] = []
     try:
         for turn in range(1, max_turns + 1):
             record = StepRecord(turn=turn, request_sent_ns=time.perf_counter_ns() - origin)
             steps.append(record)
-            ledger = {}
             request = ModelRequest(
                 model=agent.model,
                 history=history,
@@ -581,8 +606,6 @@ async def _run(
             stream, calls = await _stream_turn(
                 agent, client, request, turn, record, ledger, emit, origin, deadlines, threads
             )
-            for entries in ledger.values():
-                tasks.extend(entries)
             response = stream.final_response
             if response is None:
                 raise ModelError("the stream ended without a response")
@@ -606,7 +629,6 @@ async def _run(
                     key: value for key, value in reported.items() if isinstance(value, int)
                 }
             usage = _add(usage, response.usage)
-            history.extend(response.output)
             function_calls = [item for item in response.output if isinstance(item, FunctionCall)]
             if not agent.eager:
                 for call in function_calls:
@@ -618,6 +640,7 @@ async def _run(
             if emit is not None:
                 emit(ModelTurnFinished(turn, response.id, response.usage, len(function_calls)))
             if not function_calls:
+                history.extend(response.output)
                 result = RunResult(
                     final_output=stream.text,
                     items=tuple(history),
@@ -632,10 +655,30 @@ async def _run(
                 return result
             outputs = await calls.results()
             record.tools_done_ns = time.perf_counter_ns() - origin
+            for entries in ledger.values():
+                tasks.extend(entries)
+            # The turn counts once its calls have results: until then a failure continues
+            # from before it (with the results that did come in, from the ledger).
+            history.extend(response.output)
             new_from = len(history)
             history.extend(outputs)
             previous_id = response.id
+            ledger = {}
         raise MaxTurnsExceeded(max_turns, history)
+    except HotloopError as exc:
+        # The run stops here: keep what it did, so that it can be continued from this point.
+        await _settle_writes(agent, ledger)
+        exc.partial = PartialRun(
+            items=tuple(history),
+            input=given,
+            new_from=new_from,
+            last_response_id=previous_id,
+            finished=_finished_calls(ledger),
+            steps=tuple(steps),
+            usage=usage,
+            error=str(exc),
+        )
+        raise
     finally:
         # The current turn's ledger too: its tools may have started eagerly while it streamed.
         for task in (*tasks, *(task for entries in ledger.values() for task in entries)):
@@ -643,6 +686,40 @@ async def _run(
                 task.cancel()
         if threads is not None:
             threads.close()
+
+
+def _ledger_of(finished: Sequence[FinishedCall]) -> Ledger:
+    """A continued run's first ledger: the interrupted turn's finished calls, as results."""
+    loop = asyncio.get_running_loop()
+    ledger: Ledger = {}
+    for call in finished:
+        future: asyncio.Future[_Outcome] = loop.create_future()
+        future.set_result(_Outcome(call.output, call.error, 0, 0))
+        ledger.setdefault((call.name, call.arguments), []).append(future)
+    return ledger
+
+
+async def _settle_writes(agent: Agent, ledger: Ledger) -> None:
+    """Wait for started calls that may write (``eager_writes``): a write is never cut off."""
+    running = [
+        future
+        for (name, _), entries in ledger.items()
+        if (tool := agent.tool(name)) is None or not tool.dispatch_early
+        for future in entries
+        if not future.done()
+    ]
+    if running:
+        await asyncio.wait(running)
+
+
+def _finished_calls(ledger: Ledger) -> tuple[FinishedCall, ...]:
+    finished: list[FinishedCall] = []
+    for (name, arguments), entries in ledger.items():
+        for future in entries:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                outcome = future.result()
+                finished.append(FinishedCall(name, arguments, outcome.output, outcome.error))
+    return tuple(finished)
 
 
 def _relative(value: int | None, origin: int) -> int | None:
@@ -713,7 +790,7 @@ async def _stream_turn(
     request: ModelRequest,
     turn: int,
     record: StepRecord,
-    ledger: dict[tuple[str, str], list[asyncio.Task[_Outcome]]],
+    ledger: Ledger,
     emit: Emit | None,
     origin: int,
     deadlines: _Deadlines | None = None,

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Literal
 
 from hotloop.transport.base import (
+    RECONNECT_TIMEOUT,
+    Backoff,
     IteratingTransport,
     ModelRequest,
     OnEvent,
@@ -25,6 +27,8 @@ from hotloop.transport.http import ChatTransport, HTTPTransport
 from hotloop.transport.websocket import WebSocketTransport
 
 __all__ = [
+    "RECONNECT_TIMEOUT",
+    "Backoff",
     "ChatTransport",
     "HTTPTransport",
     "IteratingTransport",
@@ -58,6 +62,7 @@ def connect(
     incremental: bool = True,
     store: bool | None = False,
     max_lanes: int = 8,
+    reconnect_timeout: float = RECONNECT_TIMEOUT,
 ) -> Transport:
     """A transport to the server at ``base_url`` (``http://host:port/v1``), reused across runs.
 
@@ -65,13 +70,23 @@ def connect(
     (default ``False``) sent with each request. ``"http"``: Responses over SSE; stateless
     full-history requests unless ``incremental`` (then ``previous_response_id`` with
     ``store: true``). ``"chat"``: Chat Completions, full history each turn.
+
+    A server that cannot be reached is tried again with exponential backoff and jitter until
+    ``reconnect_timeout`` seconds have passed; then the turn raises
+    :class:`TransportError` with code ``connect_failed``.
     """
     if transport == "websocket":
         return WebSocketTransport(
-            websocket_url(base_url), api_key, store=store, max_lanes=max_lanes
+            websocket_url(base_url),
+            api_key,
+            store=store,
+            max_lanes=max_lanes,
+            reconnect_timeout=reconnect_timeout,
         )
     if transport == "http":
-        return HTTPTransport(base_url, api_key, incremental=incremental)
+        return HTTPTransport(
+            base_url, api_key, incremental=incremental, reconnect_timeout=reconnect_timeout
+        )
     if transport == "chat":
-        return ChatTransport(base_url, api_key)
+        return ChatTransport(base_url, api_key, reconnect_timeout=reconnect_timeout)
     raise ValueError(f"unknown transport {transport!r}; use 'websocket', 'http' or 'chat'")

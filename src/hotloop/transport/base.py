@@ -21,7 +21,9 @@ decided by its :class:`~hotloop.protocol.client_session.ClientSession`'s rule ta
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,6 +34,8 @@ from hotloop.wire.events import Event
 from hotloop.wire.items import Item
 
 __all__ = [
+    "RECONNECT_TIMEOUT",
+    "Backoff",
     "IteratingTransport",
     "ModelRequest",
     "OnEvent",
@@ -40,6 +44,54 @@ __all__ = [
     "TransportError",
     "TransportStats",
 ]
+
+#: Seconds a transport keeps trying to reach a server before it gives up (``connect_failed``).
+RECONNECT_TIMEOUT = 30.0
+
+
+class Backoff:
+    """Waits between attempts to reach a server, until a deadline.
+
+    The *n*-th wait (from 0) is drawn uniformly from ``[d/2, d]`` with
+    ``d = min(first * 2**n, cap)``: 25 to 50 ms, 50 to 100 ms, ... up to 1 to 2 s, so clients that
+    lost the same server at the same moment do not all come back at the same instant. The
+    deadline counts from the first failure (:meth:`wait` is called after each failed
+    attempt); the last wait is shortened to end at the deadline, so one last attempt is made
+    right then.
+    """
+
+    __slots__ = ("_attempts", "_deadline", "cap", "first", "timeout")
+
+    def __init__(self, timeout: float, *, first: float = 0.05, cap: float = 2.0) -> None:
+        self.timeout = timeout
+        self.first = first
+        self.cap = cap
+        self._attempts = 0
+        self._deadline: float | None = None
+
+    @property
+    def attempts(self) -> int:
+        """Failed attempts so far."""
+        return self._attempts
+
+    def delay(self, attempt: int, draw: float) -> float:
+        """The wait after failed attempt ``attempt`` (from 0), for a ``draw`` in ``[0, 1)``."""
+        ceiling = min(self.first * 2.0**attempt, self.cap)
+        return ceiling * (0.5 + draw / 2)
+
+    async def wait(self) -> bool:
+        """An attempt failed: wait before the next one; ``False`` once the deadline passed."""
+        now = asyncio.get_running_loop().time()
+        if self._deadline is None:
+            self._deadline = now + self.timeout
+        attempt = self._attempts
+        self._attempts += 1
+        left = self._deadline - now
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(self.delay(attempt, random.random()), left))
+        return True
+
 
 #: Called with each event of a turn, in order, as it arrives (see :meth:`Transport.stream_to`).
 OnEvent = Callable[[Event], None]

@@ -41,9 +41,12 @@ from hotloop.protocol.client_session import (
 )
 from hotloop.protocol.sse import ResponsesSSEDecoder, SSEDecoder
 from hotloop.transport.base import (
+    RECONNECT_TIMEOUT,
+    Backoff,
     IteratingTransport,
     ModelRequest,
     RequestTimings,
+    TransportError,
     TransportStats,
 )
 from hotloop.transport.websocket import request_body
@@ -138,25 +141,49 @@ def _timer(request: ModelRequest, encoded_ns: int) -> _Timer:
     return _Timer(timings)
 
 
+_UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
 @contextlib.asynccontextmanager
 async def _post(
-    client: httpx.AsyncClient,
-    stats: TransportStats,
+    transport: _Posting,
     path: str,
     payload: bytes,
     request: ModelRequest,
     incremental: bool,
 ) -> AsyncIterator[httpx.Response]:
-    """POST ``payload`` as a stream, with timings and stats (httpx errors pass through)."""
-    handed = time.perf_counter_ns()
-    timer = _timer(request, handed)
-    stats.requests += 1
-    stats.bytes_sent += len(payload)
-    if incremental:
-        stats.incremental_requests += 1
-    else:
-        stats.full_resends += 1
-    async with client.stream("POST", path, content=payload, extensions=timer.extensions()) as reply:
+    """POST ``payload`` as a stream, with timings and stats (httpx errors pass through).
+
+    A server that cannot be reached is tried again with backoff until the transport's
+    ``reconnect_timeout``; then :class:`TransportError` ``connect_failed`` (nothing was sent).
+    """
+    client, stats = transport._client, transport.stats
+    backoff: Backoff | None = None
+    while True:
+        handed = time.perf_counter_ns()
+        timer = _timer(request, handed)
+        stack = contextlib.AsyncExitStack()
+        try:
+            reply = await stack.enter_async_context(
+                client.stream("POST", path, content=payload, extensions=timer.extensions())
+            )
+        except _UNREACHABLE as exc:
+            backoff = backoff or Backoff(transport.reconnect_timeout)
+            if await backoff.wait():
+                continue
+            raise TransportError(
+                f"cannot connect to {client.base_url}: {backoff.attempts} attempts in "
+                f"{transport.reconnect_timeout} s failed, the last with {exc!r}",
+                code="connect_failed",
+            ) from exc
+        break
+    async with stack:
+        stats.requests += 1
+        stats.bytes_sent += len(payload)
+        if incremental:
+            stats.incremental_requests += 1
+        else:
+            stats.full_resends += 1
         timer.handed_over(handed, len(payload), incremental)
         if timer.timings.connect_start_ns is not None:
             stats.connections_opened += 1
@@ -173,8 +200,10 @@ class HTTPTransport(IteratingTransport):
         *,
         incremental: bool = False,
         max_connections: int = 16,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
         self.incremental = incremental
+        self.reconnect_timeout = reconnect_timeout
         self.stats = TransportStats()
         self.session = ClientSession(HTTP_RULES, Chaining.STORED if incremental else Chaining.NEVER)
         self._client = _client(base_url, api_key, max_connections)
@@ -211,8 +240,14 @@ class ChatTransport(IteratingTransport):
     """Chat Completions with tool calls, translated to and from Responses events."""
 
     def __init__(
-        self, base_url: str, api_key: str | None = None, *, max_connections: int = 16
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        max_connections: int = 16,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
+        self.reconnect_timeout = reconnect_timeout
         self.stats = TransportStats()
         self.session = ClientSession(HTTP_RULES, Chaining.NEVER)
         self._client = _client(base_url, api_key, max_connections)
@@ -258,6 +293,7 @@ class ChatTransport(IteratingTransport):
 class _Posting(Protocol):
     session: ClientSession
     stats: TransportStats
+    reconnect_timeout: float
     _client: httpx.AsyncClient
 
 
@@ -280,7 +316,7 @@ async def _turn(
         delivered = False
         cause: httpx.HTTPError | None = None
         try:
-            async with _post(transport._client, stats, path, body, request, incremental) as reply:
+            async with _post(transport, path, body, request, incremental) as reply:
                 if reply.status_code != 200:
                     failure = await _http_failure(reply)
                 else:

@@ -13,7 +13,9 @@ Recovery is transparent when it is safe (the session's
   the full history, on the same socket;
 * ``websocket_connection_limit_reached`` (the 60-minute lifetime) → a new socket, full history;
 * the socket drops (or the server closes it with 1001, going away) before any event of the
-  turn arrived → reconnect, full history.
+  turn arrived → reconnect, full history;
+* the server cannot be reached (a gateway restarting) → connect again with exponential
+  backoff and jitter until ``reconnect_timeout`` (30 s) has passed, then ``connect_failed``.
 
 A drop after events were delivered raises :class:`TransportError` with ``replay_safe=True``:
 the runner decides (it may have started tools from that partial turn already).
@@ -57,15 +59,22 @@ from hotloop.protocol.client_session import (
     Failure,
     connection_failure,
     error_failure,
+    is_transient,
 )
-from hotloop.transport.base import ModelRequest, OnEvent, TransportError, TransportStats
+from hotloop.transport.base import (
+    RECONNECT_TIMEOUT,
+    Backoff,
+    ModelRequest,
+    OnEvent,
+    TransportError,
+    TransportStats,
+)
 from hotloop.wire import codec
 from hotloop.wire.events import ERROR_EVENTS, RESPONSE_END_EVENTS, Event
 
 __all__ = ["WebSocketTransport", "request_body"]
 
 _END: Any = object()
-_CONNECT_ATTEMPTS = 3
 _CLOSED_MESSAGE = "the WebSocket closed during the turn"
 #: Incoming messages have no practical size limit (the SDKs use ``max_size=None``).
 _MAX_FRAME_BYTES = 1 << 30
@@ -171,6 +180,12 @@ class WebSocketTransport:
     ``store`` is sent with every request (``False`` by default: state stays in the
     connection cache and never touches the server's storage). ``session`` holds the
     connection's state and rules (which ids live on the socket, which lanes are free).
+
+    ``open_timeout`` bounds one opening handshake. A server that cannot be reached (refused,
+    reset, handshake timed out, or an upgrade refused with 429 or 5xx) is tried again with
+    :class:`~hotloop.transport.base.Backoff` until ``reconnect_timeout`` seconds have passed,
+    then :class:`TransportError` ``connect_failed`` is raised; any other refused upgrade (401,
+    403, 404, ...) is raised at once.
     """
 
     def __init__(
@@ -181,8 +196,12 @@ class WebSocketTransport:
         store: bool | None = False,
         max_lanes: int = 8,
         open_timeout: float = 10.0,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
+        if reconnect_timeout < 0:
+            raise ValueError("reconnect_timeout must not be negative")
         self.url = url
+        self.reconnect_timeout = reconnect_timeout
         self.store = store
         self.stats = TransportStats()
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -221,8 +240,10 @@ class WebSocketTransport:
             if self._closed:
                 raise TransportError("the transport is closed", code="closed")
             generation = self.session.connecting()
-            last: BaseException | None = None
-            for attempt in range(_CONNECT_ATTEMPTS):
+            backoff = Backoff(self.reconnect_timeout)
+            while True:
+                if self._closed:
+                    raise TransportError("the transport is closed", code="closed")
                 try:
                     socket, _ = await ws_connect(
                         lambda: _Listener(self, generation),
@@ -240,18 +261,20 @@ class WebSocketTransport:
                 except WSInvalidStatusError as exc:
                     status = int(exc.response.status) if exc.response is not None else None
                     body = exc.raw_body or b""
+                    if is_transient(status) and await backoff.wait():
+                        continue
                     raise TransportError(
                         f"the server refused the WebSocket upgrade with HTTP {status}: {body!r}",
                         code=_error_code(body),
                         status=status,
                     ) from exc
                 except (OSError, WSError, TimeoutError) as exc:
-                    last = exc
-                    await asyncio.sleep(0.05 * 2**attempt)
-            else:
-                raise TransportError(
-                    f"cannot connect to {self.url}: {last!r}", code="connect_failed"
-                ) from last
+                    if not await backoff.wait():
+                        raise TransportError(
+                            f"cannot connect to {self.url}: {backoff.attempts} attempts in "
+                            f"{self.reconnect_timeout} s failed, the last with {exc!r}",
+                            code="connect_failed",
+                        ) from exc
             self.session.connected(generation)
             if self.stats.connections_opened:
                 self.stats.reconnects += 1
