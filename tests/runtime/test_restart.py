@@ -295,9 +295,7 @@ async def test_finished_reads_of_a_cut_turn_are_reused_and_its_held_write_runs_o
             assert log.count("refund") == 0
             if eager:
                 assert log.count("lookup") == 1
-                assert [(c.name, c.arguments) for c in partial.finished] == [
-                    ("lookup", '{"id":1}')
-                ]
+                assert [(c.name, c.arguments) for c in partial.finished] == [("lookup", '{"id":1}')]
             else:
                 # A lazy agent starts nothing before its response completes.
                 assert log.count("lookup") == 0 and partial.finished == ()
@@ -326,3 +324,33 @@ def _set(event: asyncio.Event) -> Any:
         event.set()
 
     return hook
+
+
+@pytest.mark.parametrize("kind", ["websocket", "http"])
+async def test_a_server_that_hangs_up_unanswered_is_retried_until_the_deadline(kind: str) -> None:
+    # What a proxy or load balancer in front of a down gateway does: accept, then close.
+    accepted = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.read(1024)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport: Any = kind
+    client = connect(f"http://127.0.0.1:{port}/v1", transport=transport, reconnect_timeout=0.4)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(TransportError) as caught:
+            await Runner.run(Agent(MODEL, max_attempts=1), "hi", client=client)
+    finally:
+        await client.aclose()
+        server.close()
+    waited = loop.time() - started
+    assert caught.value.code == "connect_failed"
+    assert 0.4 <= waited < 5
+    # Backed off (25-50 ms, 50-100 ms, ...), not a busy loop of reconnects.
+    assert 3 <= accepted <= 9

@@ -3,6 +3,8 @@
 from hotloop.runtime.agent import Agent
 from hotloop.runtime.events import (
     FinishedCall,
+    MessageFinished,
+    MessageStarted,
     ModelTurnFinished,
     PartialRun,
     RunEvent,
@@ -26,6 +28,8 @@ __all__ = [
     "FinishedCall",
     "MaxTurnsExceeded",
     "ModelError",
+    "MessageFinished",
+    "MessageStarted",
     "ModelTurnFinished",
     "PartialRun",
     "RunEvent",

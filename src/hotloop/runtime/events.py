@@ -15,6 +15,8 @@ from hotloop.wire.responses import Usage
 
 __all__ = [
     "FinishedCall",
+    "MessageFinished",
+    "MessageStarted",
     "ModelTurnFinished",
     "PartialRun",
     "RunEvent",
@@ -159,11 +161,26 @@ class PartialRun:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageStarted:
+    """The model began a message: its :class:`TextDelta` events follow."""
+
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
-    """Model text as it streams."""
+    """Model text as it streams, between :class:`MessageStarted` and :class:`MessageFinished`."""
 
     turn: int
     delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFinished:
+    """The model finished a message; ``text`` is all of it."""
+
+    turn: int
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +195,12 @@ class ToolCallStarted:
 
 @dataclass(frozen=True, slots=True)
 class ToolCallFinished:
-    """A tool finished: ``output`` is what the model gets; ``error`` is set when it failed."""
+    """A call has its result, reported the moment it has it (while the model may still stream).
+
+    ``output`` is what the model gets; ``error`` is set when it failed (or never ran: invalid
+    arguments, an unknown tool, a write refused from a response that did not complete).
+    ``duration_ns`` is how long the tool ran (0 when it did not run, or was reused).
+    """
 
     turn: int
     call_id: str
@@ -206,5 +228,11 @@ class RunFinished:
 
 
 RunEvent: TypeAlias = (
-    TextDelta | ToolCallStarted | ToolCallFinished | ModelTurnFinished | RunFinished
+    MessageStarted
+    | TextDelta
+    | MessageFinished
+    | ToolCallStarted
+    | ToolCallFinished
+    | ModelTurnFinished
+    | RunFinished
 )

@@ -35,10 +35,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotloop.errors import HotloopError
-from hotloop.protocol.assembler import FunctionCallReady, ResponseStream, StreamError, TextDelta
+from hotloop.protocol.assembler import (
+    FunctionCallReady,
+    ItemDone,
+    ResponseStream,
+    StreamError,
+    TextDelta,
+)
 from hotloop.runtime.agent import Agent
 from hotloop.runtime.events import (
     FinishedCall,
+    MessageFinished,
+    MessageStarted,
     ModelTurnFinished,
     PartialRun,
     RunEvent,
@@ -65,7 +73,7 @@ from hotloop.wire.events import (
     OutputTextDone,
     ResponseInProgress,
 )
-from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, items_from_input
+from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message, items_from_input
 from hotloop.wire.responses import Usage
 
 __all__ = [
@@ -254,6 +262,7 @@ class _TurnCalls:
         self.futures: list[asyncio.Future[_Outcome]] = []
         self._pending: list[tuple[Tool, dict[str, Any]] | None] = []
         self._claimed: dict[tuple[str, str], int] = {}
+        self._reported: list[bool] = []
         self._stopped = False
 
     def _now(self) -> int:
@@ -275,7 +284,7 @@ class _TurnCalls:
             # Started in an attempt of this turn that failed on the way: reuse, never re-run.
             # It keeps its effects, so a later conflicting call still waits for it to finish.
             tool_record.reused = True
-            self.futures.append(earlier[claimed])
+            self._track(earlier[claimed])
             self._pending.append(None)
             effects = NOTHING
             tool = self.agent.tool(call.name)
@@ -287,7 +296,7 @@ class _TurnCalls:
             self._pump()
             return
         future: asyncio.Future[_Outcome] = loop.create_future()
-        self.futures.append(future)
+        self._track(future)
         tool = self.agent.tool(call.name)
         if tool is None:
             known = ", ".join(t.name for t in self.agent.tools) or "none"
@@ -332,6 +341,39 @@ class _TurnCalls:
             self._resolve(self.futures[index], _error_output("not_executed", message), message, now)
         self.admission.release()
         self._pump()
+
+    def _track(self, future: asyncio.Future[_Outcome]) -> None:
+        """A call's result: reported (record, ``ToolCallFinished``) the moment it is known."""
+        index = len(self.futures)
+        self.futures.append(future)
+        self._reported.append(False)
+        future.add_done_callback(functools.partial(self._done, index))
+
+    def _done(self, index: int, future: asyncio.Future[_Outcome]) -> None:
+        if not self._stopped and not future.cancelled() and future.exception() is None:
+            self._report(index, future.result())
+
+    def _report(self, index: int, outcome: _Outcome) -> None:
+        if self._reported[index]:
+            return
+        self._reported[index] = True
+        call = self.calls[index]
+        record = self.records[index]
+        if record.started_ns is None:
+            record.started_ns = outcome.started_ns
+        record.finished_ns = outcome.finished_ns
+        record.error = outcome.error
+        if self.emit is not None:
+            self.emit(
+                ToolCallFinished(
+                    self.turn,
+                    call.call_id,
+                    call.name,
+                    outcome.output,
+                    outcome.error,
+                    outcome.finished_ns - outcome.started_ns,
+                )
+            )
 
     def _resolve(self, future: asyncio.Future[_Outcome], output: str, error: str, now: int) -> None:
         future.set_result(_Outcome(output, error, now, now))
@@ -406,24 +448,10 @@ class _TurnCalls:
         outputs: list[FunctionCallOutput] = []
         for index, future in enumerate(self.futures):
             outcome = await future
-            call = self.calls[index]
-            record = self.records[index]
-            if record.started_ns is None:
-                record.started_ns = outcome.started_ns
-            record.finished_ns = outcome.finished_ns
-            record.error = outcome.error
-            if self.emit is not None:
-                self.emit(
-                    ToolCallFinished(
-                        self.turn,
-                        call.call_id,
-                        call.name,
-                        outcome.output,
-                        outcome.error,
-                        outcome.finished_ns - outcome.started_ns,
-                    )
-                )
-            outputs.append(FunctionCallOutput(call_id=call.call_id, output=outcome.output))
+            self._report(index, outcome)
+            outputs.append(
+                FunctionCallOutput(call_id=self.calls[index].call_id, output=outcome.output)
+            )
         return outputs
 
 
@@ -764,6 +792,8 @@ def _turn_handler(
                 # The first output item begins with the model's first token (the first text
                 # delta or completed call stands in if a server sends no output_item.added).
                 record.first_token_ns = now
+        if emit is not None and type(event) is OutputItemAdded and isinstance(event.item, Message):
+            emit(MessageStarted(turn))
         for report in stream.receive(event):
             if isinstance(report, TextDelta):
                 if record.first_token_ns is None:
@@ -775,6 +805,8 @@ def _turn_handler(
                     record.first_token_ns = time.perf_counter_ns() - origin
                 if eager:
                     calls.submit(report.call)
+            elif emit is not None and type(report) is ItemDone and type(report.item) is Message:
+                emit(MessageFinished(turn, report.item.text))
             elif isinstance(report, StreamError):
                 raise ModelError(
                     f"the server ended the turn with an error: {report.message}",

@@ -141,7 +141,15 @@ def _timer(request: ModelRequest, encoded_ns: int) -> _Timer:
     return _Timer(timings)
 
 
-_UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+#: Failures before any reply: the server refused, timed out or hung up without an answer (a
+#: gateway restarting, a proxy or load balancer with no backend, a stale pooled connection).
+_UNREACHABLE = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
 
 
 @contextlib.asynccontextmanager
@@ -154,8 +162,10 @@ async def _post(
 ) -> AsyncIterator[httpx.Response]:
     """POST ``payload`` as a stream, with timings and stats (httpx errors pass through).
 
-    A server that cannot be reached is tried again with backoff until the transport's
-    ``reconnect_timeout``; then :class:`TransportError` ``connect_failed`` (nothing was sent).
+    A server that cannot be reached, or hangs up before any reply, is tried again with
+    backoff until the transport's ``reconnect_timeout``; then :class:`TransportError`
+    ``connect_failed``. No reply means nothing of the turn was delivered, so a re-send is safe
+    (as the runner's own re-sends of a turn that failed before its first event are).
     """
     client, stats = transport._client, transport.stats
     backoff: Backoff | None = None

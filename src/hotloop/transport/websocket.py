@@ -257,6 +257,10 @@ class WebSocketTransport:
                         auto_ping_idle_timeout=20,
                         auto_ping_reply_timeout=20,
                     )
+                    if socket.is_disconnected:
+                        # picows returns a closed transport when the peer hangs up without
+                        # answering the upgrade (a proxy or load balancer with no backend).
+                        raise ConnectionResetError("the server closed the connection unanswered")
                     break
                 except WSInvalidStatusError as exc:
                     status = int(exc.response.status) if exc.response is not None else None
