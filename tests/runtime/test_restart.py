@@ -20,11 +20,10 @@ from typing import Any
 
 import pytest
 
-from hotloop.backends.sim import SimBackend
-from hotloop.gateway import GatewayConfig, GatewayServer
 from hotloop.runtime import Agent, PartialRun, Runner, Tool
 from hotloop.sim.scenario import Scenario, ScriptedCall, ToolEffects, ToolSpec, Turn, load_scenario
 from hotloop.testing import ExecutionLog, check_run, scenario_tools
+from hotloop.testing.fault_runs import RestartableGateway
 from hotloop.transport import (
     HTTPTransport,
     ModelRequest,
@@ -42,43 +41,11 @@ CODING = load_scenario("coding")
 WRITE = "apply_patch"
 
 
-class Restartable:
-    """A gateway on a fixed port that a test can stop and start again."""
-
-    def __init__(self, scenario: Scenario, config: GatewayConfig) -> None:
-        self.scenario = scenario
-        self.config = config
-        self.port = 0
-        self.server: GatewayServer | None = None
-        self.restarts = 0
-
-    async def start(self) -> None:
-        server = GatewayServer(SimBackend(self.scenario, "zero"), self.config, port=self.port)
-        await server.start()
-        self.port = server.port
-        self.server = server
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
-            self.server = None
-
-    async def restart(self, down_for: float) -> None:
-        await self.stop()
-        await asyncio.sleep(down_for)
-        await self.start()
-        self.restarts += 1
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-
 @contextlib.asynccontextmanager
 async def restartable(
-    scenario: Scenario = CODING, config: GatewayConfig | None = None
-) -> AsyncIterator[Restartable]:
-    gateway = Restartable(scenario, config or GatewayConfig())
+    scenario: Scenario = CODING, store_path: Path | None = None
+) -> AsyncIterator[RestartableGateway]:
+    gateway = RestartableGateway(scenario, store_path=store_path)
     await gateway.start()
     try:
         yield gateway
@@ -118,8 +85,7 @@ async def test_a_gateway_restart_in_the_middle_of_a_run_is_survived(
     kind: str, tmp_path: Path
 ) -> None:
     # Down for 1.5 s: the old three quick attempts (about 0.35 s) gave up long before that.
-    config = GatewayConfig(store_path=tmp_path / "store.sqlite3")
-    async with restartable(config=config) as gateway:
+    async with restartable(store_path=tmp_path / "store.sqlite3") as gateway:
         log = ExecutionLog()
         tools = scenario_tools(CODING, time_scale=0, log=log)
         restart: asyncio.Task[None] | None = None

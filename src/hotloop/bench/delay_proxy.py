@@ -20,115 +20,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-import time
+
+from hotloop.testing.faults import FaultProxy
 
 __all__ = ["DelayProxy", "main"]
 
-_CHUNK_BYTES = 65_536
 
+class DelayProxy(FaultProxy):
+    """Forward ``127.0.0.1:<port>`` to ``target_host:target_port`` with ``rtt_ms`` of delay.
 
-class DelayProxy:
-    """Forward ``127.0.0.1:<port>`` to ``target_host:target_port`` with ``rtt_ms`` of delay."""
+    The forwarding is :class:`~hotloop.testing.faults.FaultProxy`'s, with no faults: a
+    one-way delay of ``rtt/2`` per chunk, and the client's first bytes held one RTT after the
+    accept.
+    """
 
     def __init__(self, target_host: str, target_port: int, *, rtt_ms: float) -> None:
         if rtt_ms < 0:
             raise ValueError(f"rtt_ms must be non-negative, got {rtt_ms}")
-        self.target_host = target_host
-        self.target_port = target_port
         self.rtt_s = rtt_ms / 1000
-        self.port = 0
-        #: Connections accepted so far (a deterministic counter for tests and reports).
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> DelayProxy:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        task = asyncio.create_task(self._connection(reader, writer, time.monotonic()))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _connection(
-        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, accepted: float
-    ) -> None:
-        try:
-            upstream_r, upstream_w = await asyncio.open_connection(
-                self.target_host, self.target_port
-            )
-        except OSError:
-            client_w.close()
-            return
-        try:
-            async with asyncio.TaskGroup() as group:
-                # Client → server: held until the emulated TCP handshake (one RTT) is over.
-                group.create_task(self._pump(client_r, upstream_w, accepted + self.rtt_s))
-                group.create_task(self._pump(upstream_r, client_w, 0.0))
-        except* (OSError, EOFError):
-            pass  # a reset on one side ends the connection; both sockets are closed below
-        finally:
-            for writer in (client_w, upstream_w):
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, not_before: float
-    ) -> None:
-        """Copy ``reader`` to ``writer``, each chunk ``rtt/2`` after it was read, in order."""
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-        one_way = self.rtt_s / 2
-
-        async def deliver() -> None:
-            while True:
-                due, data = await queue.get()
-                wait = due - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                if not data:
-                    if writer.can_write_eof():
-                        writer.write_eof()
-                    return
-                writer.write(data)
-                await writer.drain()
-
-        delivering = asyncio.create_task(deliver())
-        try:
-            while True:
-                data = await reader.read(_CHUNK_BYTES)
-                # max() keeps the due times monotonic, so chunks never overtake each other.
-                queue.put_nowait((max(time.monotonic(), not_before) + one_way, data))
-                if not data:
-                    break
-                if delivering.done():
-                    break
-            await delivering
-        finally:
-            delivering.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await delivering
+        super().__init__(
+            target_host, target_port, one_way_delay=self.rtt_s / 2, handshake_delay=self.rtt_s
+        )
 
 
 async def _serve(target_port: int, rtt_ms: float) -> None:

@@ -2,7 +2,9 @@
 
 :func:`scenario_tools` turns a scenario's tool descriptions into runtime tools that behave as
 the scenario says (latency, output size, declared effects) and records every execution, so a
-test can check, for example, that each write ran exactly once.
+test can check, for example, that each write ran exactly once. :class:`FaultProxy`
+(:mod:`hotloop.testing.faults`) breaks the network between an agent and its server on
+purpose, and :func:`run_resuming` is the loop that continues a run after a failure.
 """
 
 from __future__ import annotations
@@ -16,9 +18,20 @@ from hotloop.runtime.events import RunResult
 from hotloop.runtime.tools import Effects, Tool
 from hotloop.sim.scenario import Scenario, ToolSpec
 from hotloop.sim.tools import tool_latency, tool_output
+from hotloop.testing.faults import Fault, FaultPlan, FaultProxy, run_resuming
 from hotloop.wire import codec
 
-__all__ = ["Execution", "ExecutionLog", "check_run", "scenario_tools", "session_task"]
+__all__ = [
+    "Execution",
+    "ExecutionLog",
+    "Fault",
+    "FaultPlan",
+    "FaultProxy",
+    "check_run",
+    "run_resuming",
+    "scenario_tools",
+    "session_task",
+]
 
 
 @dataclass(frozen=True, slots=True)
