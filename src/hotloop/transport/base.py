@@ -29,13 +29,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from hotloop.errors import HotloopError
 from hotloop.protocol.client_session import TransportError
+from hotloop.wire import codec
 from hotloop.wire.events import Event
 from hotloop.wire.items import Item
 
 __all__ = [
     "RECONNECT_TIMEOUT",
     "Backoff",
+    "refusal_message",
     "IteratingTransport",
     "ModelRequest",
     "OnEvent",
@@ -91,6 +94,54 @@ class Backoff:
             return False
         await asyncio.sleep(min(self.delay(attempt, random.random()), left))
         return True
+
+
+def refusal_message(url: str, status: int | None, body: bytes, *, websocket: bool) -> str:
+    """What to tell a user whose request to ``url`` was refused with ``status``.
+
+    Names the URL, the server's own error message (OpenAI's error body, when it sent one,
+    instead of raw bytes) and, for the usual mistakes, what to try: a base URL without
+    ``/v1``, a server that does not serve the Responses API (or not in WebSocket mode), an API
+    key the server did not accept.
+    """
+    what = "the WebSocket upgrade" if websocket else "the request"
+    message = f"{url} refused {what} with HTTP {status}"
+    detail = _error_detail(body)
+    if detail:
+        message += f": {detail}"
+    if status == 401:
+        return message + " (pass api_key=, or set OPENAI_API_KEY)"
+    if status in (403, 404, 405):
+        if "/v1/" not in url:
+            return message + (" (the base URL usually ends in /v1, as in http://host:port/v1)")
+        if websocket:
+            return message + (
+                " (this server does not serve the Responses API in WebSocket mode: for "
+                'Responses over HTTP use transport="http", for a server that only speaks '
+                'Chat Completions (vLLM, llama.cpp, Ollama) use transport="chat", or put a '
+                "hotloop gateway in front of it)"
+            )
+        if url.rstrip("/").endswith("/responses"):
+            return message + (
+                " (this server does not serve the Responses API: for a server that only "
+                'speaks Chat Completions (vLLM, llama.cpp, Ollama) use transport="chat")'
+            )
+    return message
+
+
+def _error_detail(body: bytes) -> str:
+    if not body:
+        return ""
+    try:
+        data = codec.loads(body)
+    except HotloopError:
+        return body[:200].decode(errors="replace").strip()
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        text = str(error.get("message") or "")
+        code = error.get("code")
+        return f"{text} ({code})" if isinstance(code, str) and code else text
+    return str(error or data)[:200]
 
 
 #: Called with each event of a turn, in order, as it arrives (see :meth:`Transport.stream_to`).

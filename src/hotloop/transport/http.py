@@ -48,6 +48,7 @@ from hotloop.transport.base import (
     RequestTimings,
     TransportError,
     TransportStats,
+    refusal_message,
 )
 from hotloop.transport.websocket import request_body
 from hotloop.wire import codec
@@ -74,14 +75,14 @@ async def _http_failure(response: httpx.Response) -> Failure:
     """An error status, with the code and message of OpenAI's error body when there is one."""
     body = await response.aread()
     code: str | None = None
-    message = body.decode(errors="replace")[:500]
     try:
         error = codec.loads(body).get("error") or {}
-        code, message = error.get("code"), str(error.get("message", message))
+        code = error.get("code")
     except (HotloopError, AttributeError):
         pass
     status = response.status_code
-    return error_failure(f"HTTP {status}: {message}", code=code, status=status)
+    message = refusal_message(str(response.request.url), status, body, websocket=False)
+    return error_failure(message, code=code if isinstance(code, str) else None, status=status)
 
 
 def _broken(exc: httpx.HTTPError) -> Failure:

@@ -68,6 +68,7 @@ from hotloop.transport.base import (
     OnEvent,
     TransportError,
     TransportStats,
+    refusal_message,
 )
 from hotloop.wire import codec
 from hotloop.wire.events import ERROR_EVENTS, RESPONSE_END_EVENTS, Event
@@ -268,7 +269,7 @@ class WebSocketTransport:
                     if is_transient(status) and await backoff.wait():
                         continue
                     raise TransportError(
-                        f"the server refused the WebSocket upgrade with HTTP {status}: {body!r}",
+                        refusal_message(self.url, status, body, websocket=True),
                         code=_error_code(body),
                         status=status,
                     ) from exc
