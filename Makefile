@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser demo test check lint typecheck layers pytest bench-gateway bench-cpu format clean
+.PHONY: setup browser demo test check lint typecheck layers pytest bench-gateway bench-cpu faults fuzz soak format clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,23 @@ bench-gateway: setup
 
 bench-cpu: setup
 	$(BIN)/python bench/runtime_cpu.py
+
+# 1,000 WebSocket sessions for 10 minutes against a gateway process; fails on any error or if
+# the gateway's RSS moves more than 10% after warm-up (docs/benchmarks.md, "make soak").
+soak: setup
+	$(BIN)/python bench/soak.py
+
+# Whole agent runs through 1,000 injected network faults and gateway restarts: fails if a
+# run is lost or a write executes twice.
+faults: setup
+	$(BIN)/python bench/faults.py
+
+# The long fuzz run (tests/fuzz): 100,000 inputs against a live gateway, about 5-10 min on
+# 2 cores; FUZZ_INPUTS=N for another size. Exits non-zero on any crash, hang, undocumented
+# error code, leaked session or bystander failure.
+FUZZ_INPUTS ?= 100000
+fuzz: setup
+	$(BIN)/python tests/fuzz/run.py --inputs $(FUZZ_INPUTS)
 
 format: setup
 	$(BIN)/ruff format src tests bench

@@ -213,11 +213,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     connection opening or of the request's first byte (408, then close). Bytes are counted as
     they arrive, so an unfinished header never holds more than the limit plus one read. The
     body has its own idle timeout where the endpoints read it. The per-request cost is a few
-    additions; the benchmark of HTTP mode shows no difference.
+    additions; the benchmark of HTTP mode shows no difference. A request that is not HTTP at
+    all gets uvicorn's 400, and its warning is logged at a bounded rate (any client can send
+    garbage at will).
     """
 
     max_header_bytes: int = 64 * 1024
     header_timeout: float = 10.0
+    #: Where malformed requests are logged; one per server (see :class:`GatewayServer`).
+    invalid_requests: RateLimitedLog = RateLimitedLog(logging.getLogger("uvicorn.error"))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -283,7 +287,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self._refuse(431)
                 return
             msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
+            # Any client can send garbage: logged at a bounded rate, not once per request.
+            self.invalid_requests.warning("invalid_http_request", msg)
             self.send_400_response(msg)
             return
         if self._reading_headers and self._raw_header_bytes > self.max_header_bytes:
@@ -351,6 +356,7 @@ class GatewayServer:
         class HttpProtocol(GuardedHttpProtocol):
             max_header_bytes = limits.max_header_bytes
             header_timeout = limits.header_timeout
+            invalid_requests = RateLimitedLog(logging.getLogger("uvicorn.error"))
 
         self._app = build_app(self.gateway)
         self._config = uvicorn.Config(

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from hotloop.errors import APIError, DecodeError, InvalidMessage
@@ -106,6 +106,10 @@ class HTTPEndpoints:
                     status=408,
                     code="request_timeout",
                 ) from None
+            except ClientDisconnect:
+                # The client went away mid-body: nobody to answer, nothing of ours failed.
+                logger.info("client disconnected while sending a %s body", request.url.path)
+                raise _ClientGone from None
             size += len(chunk)
             if size > limit:
                 raise _too_large(size, limit)
@@ -149,6 +153,8 @@ class HTTPEndpoints:
             )
         except APIError as exc:
             return self._fail(exc, "http")
+        except _ClientGone:
+            return _unanswered()
         run = gateway.run(prepared)
         if create.stream:
             return StreamingResponse(
@@ -214,6 +220,8 @@ class HTTPEndpoints:
             )
         except APIError as exc:
             return self._fail(exc, "chat")
+        except _ClientGone:
+            return _unanswered()
         run = gateway.run(prepared)
         completion_id = new_id("chatcmpl")
         created = int(time.time())
@@ -250,6 +258,15 @@ class HTTPEndpoints:
     async def metrics(self, request: Request) -> Response:
         self.gateway.metrics.log_dropped.set(self.gateway.log.dropped)
         return Response(self.gateway.metrics.render(), media_type=CONTENT_TYPE)
+
+
+class _ClientGone(Exception):
+    """The client disconnected while sending its body; the request is dropped unanswered."""
+
+
+def _unanswered() -> Response:
+    """What an endpoint returns to a client that is gone: uvicorn sends nothing."""
+    return Response(status_code=400)
 
 
 def _too_large(size: int, limit: int) -> APIError:

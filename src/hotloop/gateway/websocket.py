@@ -78,7 +78,13 @@ class Connection:
     # -- sending --------------------------------------------------------------------------
 
     async def send(self, data: bytes) -> None:
-        await self.websocket.send_text(data.decode())
+        try:
+            await self.websocket.send_text(data.decode())
+        except RuntimeError as exc:
+            # Once uvicorn has closed an accepted socket itself (a frame beyond its size limit:
+            # 1009), it refuses every send with a RuntimeError: the client is as gone as after
+            # a disconnect, and the lanes still running end quietly.
+            raise WebSocketDisconnect(1006) from exc
 
     async def perform(self, actions: Iterable[Action]) -> bool:
         """Carry out the session's actions in order; True once the socket is closed.

@@ -58,7 +58,9 @@ class CreateRequest:
     settings: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _bad(message: str, param: str | None, code: str | None = None) -> APIError:
+def _bad(message: str, param: str | None, code: str = "invalid_type") -> APIError:
+    """A 400 for ``param``: by default a field of the wrong type (``invalid_type``); a field
+    of the right type with a value out of range is ``invalid_value``, as OpenAI says."""
     return APIError(message, status=400, code=code, param=param)
 
 
@@ -76,7 +78,11 @@ def _parse_tools(raw: Any) -> tuple[ToolDef, ...]:
             continue  # hosted tools are accepted but never called by a backend that lacks them
         name = tool.get("name")
         if not isinstance(name, str) or not name:
-            raise _bad(f"tools[{index}].name must be a non-empty string", f"tools[{index}].name")
+            raise _bad(
+                f"tools[{index}].name must be a non-empty string",
+                f"tools[{index}].name",
+                "invalid_value" if isinstance(name, str) else "invalid_type",
+            )
         parameters = tool.get("parameters")
         if parameters is None:
             parameters = {}
@@ -100,11 +106,16 @@ def _parse_tool_choice(raw: Any, tools: tuple[ToolDef, ...]) -> tuple[str, str |
         if not isinstance(name, str):
             raise _bad("tool_choice.name must be a string", "tool_choice.name")
         if all(tool.name != name for tool in tools):
-            raise _bad(f"Tool choice '{name}' not found in 'tools' parameter.", "tool_choice")
+            raise _bad(
+                f"Tool choice '{name}' not found in 'tools' parameter.",
+                "tool_choice",
+                "invalid_value",
+            )
         return "function", name
     raise _bad(
         "tool_choice must be 'auto', 'none', 'required' or {'type': 'function', 'name': ...}",
         "tool_choice",
+        "invalid_value" if isinstance(raw, str) else "invalid_type",
     )
 
 
@@ -124,7 +135,11 @@ def parse_create(body: Mapping[str, Any], *, websocket: bool = False) -> CreateR
     tool_choice, forced = _parse_tool_choice(body.get("tool_choice"), tools)
     previous = body.get("previous_response_id")
     if previous is not None and (not isinstance(previous, str) or not previous):
-        raise _bad("'previous_response_id' must be a non-empty string", "previous_response_id")
+        raise _bad(
+            "'previous_response_id' must be a non-empty string",
+            "previous_response_id",
+            "invalid_value" if isinstance(previous, str) else "invalid_type",
+        )
     store = body.get("store", True)
     if not isinstance(store, bool):
         raise _bad("'store' must be a boolean", "store")
@@ -132,7 +147,13 @@ def parse_create(body: Mapping[str, Any], *, websocket: bool = False) -> CreateR
     if max_output is not None and (
         not isinstance(max_output, int) or isinstance(max_output, bool) or max_output < 1
     ):
-        raise _bad("'max_output_tokens' must be a positive integer", "max_output_tokens")
+        raise _bad(
+            "'max_output_tokens' must be a positive integer",
+            "max_output_tokens",
+            "invalid_type"
+            if isinstance(max_output, bool) or not isinstance(max_output, int)
+            else "invalid_value",
+        )
     parallel = body.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
         raise _bad("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")

@@ -94,10 +94,21 @@ def decode_object(
     """
     value = loads(data)
     if not isinstance(value, dict):
-        raise DecodeError(f"expected a JSON object, got {type(value).__name__}")
+        raise DecodeError(f"expected a JSON object, got {_json_type(value)}")
     if max_depth is not None and _brackets(data) > max_depth and nesting_exceeds(value, max_depth):
         raise NestingTooDeep(f"the JSON nests arrays and objects more than {max_depth} levels deep")
     return value
+
+
+def _json_type(value: Any) -> str:
+    """What JSON calls ``value``'s type (a message never names a Python type)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
 
 
 def _brackets(data: bytes | bytearray | memoryview | str) -> int:
