@@ -132,7 +132,7 @@ async def one_run(
         except Exception as exc:  # a failed loop is reported, never dropped
             return Loop(ok=False, error=f"{type(exc).__name__}: {exc}")
         finally:
-            await client.aclose()
+            await client.close()
         return loop_from(result, turns)
 
     return list(await asyncio.gather(*(conversation(n) for n in range(conversations))))

@@ -93,8 +93,8 @@ class Capture(IteratingTransport):
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         return self.inner.stream(request)
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 class Replay(IteratingTransport):
@@ -131,7 +131,7 @@ class Replay(IteratingTransport):
         for event in events:
             yield event
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         return None
 
 
@@ -222,7 +222,7 @@ async def measure(args: argparse.Namespace, say: Callable[[str], None]) -> dict[
                     say(f"  {repetition}/{args.runs}")
         finally:
             socket.disconnect()
-            await client.aclose()
+            await client.close()
     events = sum(map(len, capture.turns)) / turns
     return {
         "scenario": scenario.name,

@@ -284,7 +284,7 @@ async def run_once(
             "reconnects": stats.reconnects,
             "cache_misses": stats.cache_misses,
         }
-        await client.aclose()
+        await client.close()
     return record
 
 
@@ -313,7 +313,7 @@ async def warm_cpu_per_turn(
                 samples.append((spent - log.cpu_ns() / 1e9) / result.turns)
                 process.append(spent / result.turns)
     finally:
-        await client.aclose()
+        await client.close()
     return {
         "runs": runs,
         "failures": failures,

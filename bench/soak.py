@@ -266,7 +266,7 @@ class _Worker:
         """Close ``transport`` and add what it did to the result."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
-                await transport.aclose()
+                await transport.close()
         stats = transport.stats
         result = self.result
         result.connections_opened += stats.connections_opened

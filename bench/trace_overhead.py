@@ -164,7 +164,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         line.append(f"{mode} {samples[mode][-1]:.3f} ms")
                     say(f"  repetition {repetition + 1}/{args.repetitions}: " + ", ".join(line))
             finally:
-                await client.aclose()
+                await client.close()
         tracer.close()
         spans_written = sink.written
         file_bytes = path.stat().st_size

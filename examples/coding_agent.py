@@ -162,7 +162,7 @@ async def main() -> None:
                 pass  # stream it to a UI here
             elif isinstance(event, RunFinished):
                 result = event.result
-        await client.aclose()
+        await client.close()
     print(f"\n{result.final_output}\n")
     print(
         f"{result.turns} model turns, {result.tool_calls} tool calls, "

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec, Turn
 from hotloop.wire import codec
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop in a thread of its own, for a server the code under test does not own.
+
+    A gateway served here keeps answering while the test's own thread blocks (``run_sync``
+    runs its own loop) or while Hypothesis drives examples synchronously.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
 
 WEATHER_TOOL = ToolSpec(
     name="get_weather",

@@ -428,7 +428,7 @@ async def _play(
             (f"the run raised {type(exc).__name__}: {exc}",),
         )
     finally:
-        await client.aclose()
+        await client.close()
     assert result is not None  # run_stream always ends with RunFinished
     return ReportRun(
         strategy.name,

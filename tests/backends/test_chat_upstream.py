@@ -306,7 +306,7 @@ async def test_tool_loop_through_the_gateway_with_the_runtime() -> None:
         try:
             result = await Runner.run(agent, SCENARIO.task, client=client)
         finally:
-            await client.aclose()
+            await client.close()
 
     assert result.final_output == FINAL_TEXT
     assert result.turns == 10 and result.tool_calls == 10
@@ -413,7 +413,7 @@ async def test_rendered_prefix_is_byte_identical_across_turns(client_kind: str) 
                         Agent(LOCAL, "You look at files.", [look]), "Look around.", client=client
                     )
                 finally:
-                    await client.aclose()
+                    await client.close()
                 assert result.final_output == "All done." and result.turns == turns
             else:
                 async with sdk(gateway) as openai_client:
@@ -546,7 +546,7 @@ async def test_runtime_starts_the_first_tool_while_the_upstream_streams() -> Non
         try:
             result = await Runner.run(Agent(LOCAL, tools=[look]), "go", client=client)
         finally:
-            await client.aclose()
+            await client.close()
     assert result.final_output == "All done." and result.tool_calls == 2
     assert log.index("upstream:hold call1.args") < log.index("tool:a.py")
     assert log.index("tool:a.py") < log.index("upstream:finish")

@@ -55,7 +55,7 @@ async def test_runtime_runs_the_whole_coding_rollout_through_a_responses_upstrea
             agent = Agent("agent-model", "You are a coding agent.", tools)
             result = await Runner.run(agent, scenario.task, client=client)
         finally:
-            await client.aclose()
+            await client.close()
     assert result.turns == len(scenario.turns)
     assert result.tool_calls == sum(len(turn.calls) for turn in scenario.turns)
     assert result.final_output == scenario.turns[-1].text
@@ -205,7 +205,7 @@ async def test_websocket_mode_upstream_continues_by_id_on_one_upstream_socket(
             # One upstream socket serves the whole client connection.
             assert metrics.websocket_connections._value.get() == 1
         finally:
-            await client.aclose()
+            await client.close()
         # The client's connection closing closes its upstream socket.
         for _ in range(200):
             if metrics.websocket_connections._value.get() == 0:
@@ -239,7 +239,7 @@ async def test_websocket_mode_upstream_recovers_from_a_drop_and_a_lost_cache(
                 agent = Agent("agent-model", "You are a coding agent.", tools)
                 result = await Runner.run(agent, scenario.task, client=client)
             finally:
-                await client.aclose()
+                await client.close()
     assert result.turns == len(scenario.turns)
     assert result.final_output == scenario.turns[-1].text
     # Two upstream connections (the drop opened a second), and two turns sent twice.

@@ -115,7 +115,7 @@ async def _hotloop_wall_s(server: GatewayServer, scenario: Scenario) -> float:
     try:
         result = await Runner.run(agent, session_task(scenario, "bound"), client=client)
     finally:
-        await client.aclose()
+        await client.close()
     assert result.turns == len(scenario.turns)
     assert log.count() == scenario.total_calls
     return result.wall_ns / 1e9

@@ -184,7 +184,7 @@ async def test_runtime_runs_the_loop_through_the_gateway(
         )
         result = await Runner.run(agent, "Weather in Paris?", client=client)
     finally:
-        await client.aclose()
+        await client.close()
     assert result.turns == TURNS
     assert result.tool_calls == CALLS and len(seen) == CALLS
     assert [len(step.tools) for step in result.steps] == [1, 1, 0]

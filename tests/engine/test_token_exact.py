@@ -940,7 +940,7 @@ async def test_the_runtime_runs_the_loop(
         agent = Agent(MODEL, "You answer weather questions (runtime).", [get_weather])
         result = await Runner.run(agent, "Weather in Lyon?", client=client)
     finally:
-        await client.aclose()
+        await client.close()
     assert result.turns == 3 and seen == ["x", "x"]
     assert result.final_output == ANSWER_TEXT
     assert result.usage.cached_tokens > 0
@@ -964,7 +964,7 @@ async def test_over_http_a_rebuilt_conversation_continues_token_for_token(
         agent = Agent(MODEL, "You answer weather questions (http).", [get_weather])
         result = await Runner.run(agent, f"Weather in Nice? ({incremental})", client=client)
     finally:
-        await client.aclose()
+        await client.close()
     assert result.turns == 3 and result.final_output == ANSWER_TEXT
     usage = [step.usage for step in result.steps]
     for before, after in itertools.pairwise(usage):

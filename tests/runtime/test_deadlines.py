@@ -66,7 +66,7 @@ async def run(url: str, **options: Any) -> None:
         async with asyncio.timeout(10):  # a guard against hangs only
             await Runner.run(Agent(MODEL, max_attempts=2), "hello", client=client, **options)
     finally:
-        await client.aclose()
+        await client.close()
 
 
 async def test_no_first_event_resends_on_a_fresh_socket_then_raises() -> None:

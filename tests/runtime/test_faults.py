@@ -57,7 +57,7 @@ async def test_run_resuming_gives_up_after_max_resumes() -> None:
                 Agent("hotloop-sim"), "hi", client=client, max_resumes=2, on_error=seen.append
             )
     finally:
-        await client.aclose()
+        await client.close()
     assert len(seen) == 3 and seen[-1] is raised.value
     assert getattr(raised.value, "code", None) == "connect_failed"
 

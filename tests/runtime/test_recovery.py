@@ -55,7 +55,7 @@ async def run_coding(url: str) -> tuple[RunResult, ExecutionLog, WebSocketTransp
     try:
         result = await Runner.run(agent, CODING.task, client=transport)
     finally:
-        await transport.aclose()
+        await transport.close()
     return result, log, transport
 
 
@@ -243,7 +243,7 @@ async def test_model_not_found_is_raised_and_not_retried(coding_gateway: Gateway
             with pytest.raises(TransportError) as caught:
                 await Runner.run(agent, CODING.task, client=transport)
         finally:
-            await transport.aclose()
+            await transport.close()
 
     assert caught.value.code == "model_not_found"
     assert caught.value.status == 404
@@ -319,7 +319,7 @@ async def run_gated(url: str, writes: GatedWrites, *, max_attempts: int = 3) -> 
             if isinstance(event, RunFinished):
                 return event.result
     finally:
-        await transport.aclose()
+        await transport.close()
     raise AssertionError("the run ended without RunFinished")
 
 

@@ -105,7 +105,7 @@ async def test_a_gateway_restart_in_the_middle_of_a_run_is_survived(
         try:
             result = await Runner.run(agent, CODING.task, client=client)
         finally:
-            await client.aclose()
+            await client.close()
         assert restart is not None
         await restart
 
@@ -132,7 +132,7 @@ async def test_the_reconnect_deadline_is_honoured() -> None:
             with pytest.raises(TransportError) as caught:
                 await Runner.run(Agent(MODEL), "hi", client=client)
         finally:
-            await client.aclose()
+            await client.close()
         waited = loop.time() - started
     assert caught.value.code == "connect_failed"
     assert f"127.0.0.1:{port}" in str(caught.value)
@@ -169,7 +169,7 @@ async def test_a_run_that_cannot_reconnect_is_continued_from_its_partial_state(
             await gateway.start()
             result = await Runner.run(agent, CODING.task, client=client, previous=partial)
         finally:
-            await client.aclose()
+            await client.close()
 
     assert result.final_output == CODING.turns[-1].text
     assert partial.turns + result.turns == len(CODING.turns)
@@ -237,8 +237,8 @@ class CutBeforeCompleted:
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         return self.inner.stream(request)
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 @pytest.mark.parametrize("eager", [True, False])
@@ -273,7 +273,7 @@ async def test_finished_reads_of_a_cut_turn_are_reused_and_its_held_write_runs_o
                 await Runner.run(agent, "something else", client=client, previous=partial)
             result = await Runner.run(agent, (), client=client, previous=partial)
         finally:
-            await client.aclose()
+            await client.close()
 
     assert result.final_output == "Done."
     assert log.by_arguments() == {
@@ -313,7 +313,7 @@ async def test_a_server_that_hangs_up_unanswered_is_retried_until_the_deadline(k
         with pytest.raises(TransportError) as caught:
             await Runner.run(Agent(MODEL, max_attempts=1), "hi", client=client)
     finally:
-        await client.aclose()
+        await client.close()
         server.close()
     waited = loop.time() - started
     assert caught.value.code == "connect_failed"

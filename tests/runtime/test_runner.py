@@ -114,8 +114,8 @@ class Recording:
             self.log.append(self.label + event.type)
             yield event
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def serve(
             try:
                 yield client
             finally:
-                await client.aclose()
+                await client.close()
 
     return start
 
@@ -588,7 +588,7 @@ async def test_max_turns_raises(gateway: GatewayServer) -> None:
         with pytest.raises(MaxTurnsExceeded, match="max_turns=2"):
             await Runner.run(weather_agent(max_turns=2), "go", client=client)
     finally:
-        await client.aclose()
+        await client.close()
 
 
 async def test_a_second_run_continues_the_conversation(gateway: GatewayServer) -> None:
@@ -601,7 +601,7 @@ async def test_a_second_run_continues_the_conversation(gateway: GatewayServer) -
 
         second = await Runner.run(weather_agent(), "And tomorrow?", client=client, previous=first)
     finally:
-        await client.aclose()
+        await client.close()
 
     # Only the new user message went out, on top of the first run's last response.
     assert client.stats.requests == 11
@@ -621,7 +621,7 @@ async def test_multi_turn_items_hold_the_whole_history(gateway: GatewayServer) -
     try:
         result = await Runner.run(weather_agent(), "Check the weather.", client=client)
     finally:
-        await client.aclose()
+        await client.close()
 
     assert result.final_output == "All ten steps are done: the weather is fine everywhere."
     assert result.turns == 10
@@ -686,7 +686,7 @@ async def test_run_stream_yields_events_in_order(gateway: GatewayServer) -> None
     try:
         events = [event async for event in Runner.run_stream(weather_agent(), "go", client=client)]
     finally:
-        await client.aclose()
+        await client.close()
 
     assert isinstance(events[-1], RunFinished)
     assert sum(isinstance(event, RunFinished) for event in events) == 1
@@ -752,7 +752,7 @@ async def test_all_transports_give_the_same_run(gateway: GatewayServer) -> None:
         try:
             result = await Runner.run(weather_agent(), "Check the weather.", client=client)
         finally:
-            await client.aclose()
+            await client.close()
         sequence = [(c.name, c.arguments) for c in result.function_calls]
         runs.append(
             (result.final_output, sequence, [o.output for o in outputs(result)], client.stats)
@@ -784,7 +784,7 @@ async def test_concurrent_runs_share_one_websocket(gateway_factory: GatewayFacto
                 *(Runner.run(weather_agent(), "go", client=client) for client in clients)
             )
         finally:
-            await inner.aclose()
+            await inner.close()
 
     assert first.final_output == second.final_output
     assert [c.arguments for c in first.function_calls] == [
@@ -810,7 +810,7 @@ async def test_step_records_are_coherent(gateway: GatewayServer) -> None:
     try:
         result = await Runner.run(weather_agent(), "go", client=client)
     finally:
-        await client.aclose()
+        await client.close()
 
     assert [step.turn for step in result.steps] == list(range(1, 11))
     previous_end = 0

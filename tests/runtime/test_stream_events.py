@@ -54,7 +54,7 @@ async def stream_events() -> list[RunEvent]:
             agent = Agent(MODEL, tools=tools)
             return [event async for event in Runner.run_stream(agent, SCENARIO.task, client=client)]
         finally:
-            await client.aclose()
+            await client.close()
 
 
 async def test_a_call_is_reported_finished_when_its_tool_finishes_not_when_the_turn_ends() -> None:

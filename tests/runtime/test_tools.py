@@ -82,14 +82,22 @@ def test_name_and_description_overrides() -> None:
     assert find.description == "Look a thing up."
 
 
-def test_no_docstring_and_no_hints() -> None:
+def test_a_parameter_without_a_type_hint_is_refused_by_name() -> None:
+    with pytest.raises(ToolDefinitionError, match=r"tool 'anything': parameter 'value' has no"):
+
+        @tool
+        def anything(value, flag: bool = False):  # type: ignore[no-untyped-def]
+            return value
+
+
+def test_no_docstring_and_an_explicit_any() -> None:
     @tool
-    def anything(value, flag=False):  # type: ignore[no-untyped-def]
+    def anything(value: Any, flag: bool = False) -> Any:
         return value
 
     assert anything.description == ""
     assert anything.parameters["required"] == ["value"]
-    assert anything.parameters["properties"]["flag"] == {"default": False}
+    assert anything.parameters["properties"]["flag"] == {"default": False, "type": "boolean"}
     assert anything.parse('{"value": [1, "a"]}') == {"value": [1, "a"], "flag": False}
 
 

@@ -187,7 +187,7 @@ async def test_request_timings_reach_the_step_records(run_ten: RunTen) -> None:
 
 
 async def test_http_timings_come_from_the_connection_pool(run_ten: RunTen) -> None:
-    result = await run_ten("http")
+    result = await run_ten("http", incremental=True)
     first, *rest = result.steps
     # HTTP encodes first, then the pool opens a connection inside the send.
     assert first.request_encoded_ns is not None and first.connect_start_ns is not None
@@ -195,7 +195,7 @@ async def test_http_timings_come_from_the_connection_pool(run_ten: RunTen) -> No
     assert first.request_encoded_ns <= first.connect_start_ns <= first.connect_end_ns
     assert first.connect_end_ns <= first.request_written_ns
     assert all(step.connect_start_ns is None for step in rest)  # kept alive
-    # connect() makes HTTP incremental (previous_response_id) by default.
+    # Incremental HTTP: the whole history once, then previous_response_id.
     assert [step.incremental for step in result.steps] == [False] + [True] * len(rest)
     spans = spans_from_result(result)
     assert_well_nested(spans)
@@ -215,7 +215,7 @@ async def test_a_retried_turn_reports_its_last_attempt(gateway: GatewayServer) -
         try:
             result = await Runner.run(agent, SCENARIO.task, client=transport)
         finally:
-            await transport.aclose()
+            await transport.close()
     retried = result.steps[1]
     assert retried.attempts == 2
     # The second attempt reconnected and sent the whole history.
@@ -247,7 +247,7 @@ async def test_the_runner_calls_the_hook_once_per_run(gateway: GatewayServer) ->
             )
         ]
     finally:
-        await client.aclose()
+        await client.close()
     final = events[-1]
     assert isinstance(final, RunFinished)
     assert results == [first, final.result]
@@ -322,7 +322,7 @@ async def test_a_failed_tool_keeps_its_error(gateway: GatewayServer) -> None:
             result = await Runner.run(agent, SCENARIO.task, client=client, trace=tracer)
             tracer.record(result, "again")
     finally:
-        await client.aclose()
+        await client.close()
     traces = list(group_traces(memory.spans).values())
     assert [trace[0].attributes["hotloop.run.name"] for trace in traces] == ["run", "again"]
     errors = [
@@ -360,7 +360,7 @@ async def test_http_timings_without_the_trace_extension(gateway: GatewayServer) 
         events = [event async for event in client.stream(request)]
         untimed = [event async for event in client.stream(ModelRequest(model, history))]
     finally:
-        await client.aclose()
+        await client.close()
     assert events[-1].type == untimed[-1].type == "response.completed"
     # No connect reported; "sent" is when the body was handed to the HTTP client.
     assert timings.connect_start_ns is None and timings.connect_end_ns is None

@@ -47,7 +47,7 @@ async def failure(base_url: str, **options: Any) -> TransportError:
         with pytest.raises(TransportError) as caught:
             await Runner.run(Agent(MODEL, max_attempts=1), "hi", client=client)
     finally:
-        await client.aclose()
+        await client.close()
     return caught.value
 
 

@@ -52,7 +52,7 @@ async def test_push_and_pull_deliver_the_same_events(gateway: GatewayServer, kin
         push = await pushed(client, first_turn())
         pull = [event async for event in client.stream(first_turn())]
     finally:
-        await client.aclose()
+        await client.close()
     assert push[-1].type == "response.completed"
     assert shape(push) == shape(pull)
     assert any(isinstance(event, FunctionCallArgumentsDelta) for event in push)
@@ -81,7 +81,7 @@ async def test_skipped_event_types_are_dropped_unread_while_no_turn_wants_them(
             first_turn(), stubborn.append, skip={"response.completed", "response.created"}
         )
     finally:
-        await client.aclose()
+        await client.close()
     kinds = {event.type for event in everything}
     assert kinds >= REDUNDANT_EVENTS
     # Nothing else is lost: the same events, in the same order, less the skipped types.
@@ -103,7 +103,7 @@ async def test_a_turn_that_skips_gets_everything_else_in_order(
         lean: list[Event] = []
         await client.stream_to(first_turn(), lean.append, skip=REDUNDANT_EVENTS)
     finally:
-        await client.aclose()
+        await client.close()
     assert {event.type for event in everything} >= REDUNDANT_EVENTS
     assert shape(lean) == [s for s in shape(everything) if s[0] not in REDUNDANT_EVENTS]
 
@@ -126,7 +126,7 @@ async def test_on_event_that_raises_ends_only_its_turn(gateway: GatewayServer) -
         # ... and the socket and its only lane serve the next turn, whose events are its own.
         after = await pushed(client, first_turn())
     finally:
-        await client.aclose()
+        await client.close()
     assert after[0].type == "response.created" and after[-1].type == "response.completed"
     assert len({event.response.id for event in after if hasattr(event, "response")}) == 1
     assert client.stats.connections_opened == 1
@@ -140,7 +140,7 @@ async def test_pull_iteration_left_early_frees_the_lane(gateway: GatewayServer) 
         await events.aclose()  # type: ignore[attr-defined]
         after = await pushed(client, first_turn())
     finally:
-        await client.aclose()
+        await client.close()
     assert first.type == "response.created"
     assert after[-1].type == "response.completed"
 
@@ -163,7 +163,7 @@ async def test_turns_beyond_the_lanes_wait_their_turn(gateway: GatewayServer) ->
         with contextlib.suppress(asyncio.CancelledError):
             await turns[1]
     finally:
-        await client.aclose()
+        await client.close()
     order = [index for index, _ in log]
     # One lane: the turns ran one after the other, never interleaved; the cancelled one not.
     assert order == sorted(order) and set(order) == {0, 2}

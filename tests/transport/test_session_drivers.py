@@ -115,7 +115,7 @@ async def test_going_away_before_the_first_event_reconnects_and_resends_full() -
             first = await completed_id(client, turn())
             await completed_id(client, turn(first, new_from=1))
         finally:
-            await client.aclose()
+            await client.close()
 
     old, new = server.frames
     assert old[1]["previous_response_id"] == first and len(old[1]["input"]) == 1
@@ -135,7 +135,7 @@ async def test_a_connection_limit_that_persists_is_raised_after_three_sends() ->
             with pytest.raises(TransportError) as caught:
                 await client.stream_to(turn(), lambda event: None)
         finally:
-            await client.aclose()
+            await client.close()
 
     assert caught.value.code == "websocket_connection_limit_reached"
     assert not caught.value.replay_safe
@@ -153,7 +153,7 @@ async def test_a_refused_same_lane_continuation_is_sent_full_the_next_time() -> 
             # The runner sends a replay-safe turn again: the server evicted its parent.
             await completed_id(client, turn(first, new_from=1))
         finally:
-            await client.aclose()
+            await client.close()
 
     assert caught.value.replay_safe and caught.value.status == 429
     (frames,) = server.frames
@@ -170,7 +170,7 @@ async def test_a_continuation_runs_on_the_lane_of_its_parent() -> None:
             for previous in (b, a):
                 await completed_id(client, turn(previous, new_from=1))
         finally:
-            await client.aclose()
+            await client.close()
 
     (frames,) = server.frames
     lane_of = {f"resp_{n}": frame.get("stream_id") for n, frame in enumerate(frames[:2], 1)}
@@ -196,7 +196,7 @@ async def test_store_backed_http_falls_back_to_full_on_previous_response_not_fou
     try:
         events = [event async for event in client.stream(request)]
     finally:
-        await client.aclose()
+        await client.close()
     assert events[-1].type == "response.completed"
     stats = client.stats
     assert (stats.requests, stats.cache_misses) == (2, 1)
@@ -231,7 +231,7 @@ async def test_http_error_statuses_are_replay_safe_only_when_transient(
         with pytest.raises(TransportError) as caught:
             await client.stream_to(turn(), lambda event: None)
     finally:
-        await client.aclose()
+        await client.close()
     assert (caught.value.status, caught.value.code) == (code, "some_code")
     assert caught.value.replay_safe is replay_safe
     assert client.stats.requests == 1
@@ -274,7 +274,7 @@ async def test_a_broken_http_request_is_replay_safe_with_its_cause(
         with pytest.raises(TransportError) as caught:
             await client.stream_to(turn(), seen.append)
     finally:
-        await client.aclose()
+        await client.close()
     assert caught.value.replay_safe and caught.value.code == "connection_lost"
     assert isinstance(caught.value.__cause__, httpx.HTTPError)
     assert bool(seen) is events_first
@@ -303,7 +303,7 @@ async def test_an_unreachable_http_server_is_retried_with_backoff_then_connect_f
         with pytest.raises(TransportError) as caught:
             await client.stream_to(turn(), lambda event: None)
     finally:
-        await client.aclose()
+        await client.close()
     assert caught.value.code == "connect_failed" and not caught.value.replay_safe
     assert "http://mocked" in str(caught.value)
     assert isinstance(caught.value.__cause__, httpx.TransportError)
@@ -330,6 +330,6 @@ async def test_an_http_server_that_comes_back_within_the_deadline_serves_the_tur
     try:
         await client.stream_to(turn(), seen.append)
     finally:
-        await client.aclose()
+        await client.close()
     assert attempts == 4 and [event.type for event in seen] == ["response.completed"]
     assert client.stats.requests == 1

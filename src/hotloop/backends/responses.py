@@ -415,7 +415,7 @@ class _WebSocketSession:
     async def aclose(self) -> None:
         sockets, self._sockets = list(self._sockets.values()), {}
         for socket in sockets:
-            await socket.aclose()
+            await socket.close()
 
 
 def _websocket_error(exc: TransportError, url: str) -> APIError:

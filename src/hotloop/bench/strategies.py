@@ -183,7 +183,7 @@ async def run_once(
         record.requests = stats.requests
         record.bytes_sent = stats.bytes_sent
         record.connections_opened = stats.connections_opened
-        await client.aclose()
+        await client.close()
     if result is not None:
         record.turns = result.turns
         record.tool_calls = result.tool_calls

@@ -18,7 +18,14 @@ from hotloop.runtime.events import (
 )
 from hotloop.runtime.runner import MaxTurnsExceeded, ModelError, RunHook, Runner
 from hotloop.runtime.scheduler import Admission, CallEffects
-from hotloop.runtime.tools import Effects, Tool, ToolArgumentsError, ToolDefinitionError, tool
+from hotloop.runtime.tools import (
+    Effects,
+    RunContext,
+    Tool,
+    ToolArgumentsError,
+    ToolDefinitionError,
+    tool,
+)
 
 __all__ = [
     "Admission",
@@ -32,6 +39,7 @@ __all__ = [
     "MessageStarted",
     "ModelTurnFinished",
     "PartialRun",
+    "RunContext",
     "RunEvent",
     "RunFinished",
     "RunHook",

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from hotloop.runtime.tools import Tool
+from hotloop.runtime.tools import Tool, ToolDefinitionError, tool
 
 __all__ = ["Agent"]
 
 
 class Agent:
     """What to run: ``model`` with ``instructions`` and ``tools``.
+
+    ``tools`` are tools (:func:`~hotloop.runtime.tools.tool`) or plain functions (wrapped
+    with ``tool(fn)``: no declared effects, so each call runs alone).
 
     ``settings`` are extra Responses request fields sent every turn (``tool_choice``,
     ``max_output_tokens``, ``parallel_tool_calls``, ...). ``max_turns`` bounds a run.
@@ -55,7 +58,7 @@ class Agent:
         self,
         model: str,
         instructions: str | None = None,
-        tools: Sequence[Tool] = (),
+        tools: Sequence[Tool | Callable[..., Any]] = (),
         *,
         name: str = "agent",
         settings: Mapping[str, Any] | None = None,
@@ -69,7 +72,8 @@ class Agent:
         turn_timeout: float | None = 600.0,
         max_tool_threads: int = 64,
     ) -> None:
-        names = [tool.name for tool in tools]
+        wrapped = [_as_tool(entry) for entry in tools]
+        names = [tool.name for tool in wrapped]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"tool names must be unique; repeated: {', '.join(duplicates)}")
@@ -82,7 +86,7 @@ class Agent:
                 raise ValueError("timeouts must be positive (or None)")
         self.model = model
         self.instructions = instructions
-        self.tools = tuple(tools)
+        self.tools: tuple[Tool, ...] = tuple(wrapped)
         self.name = name
         self.settings: Mapping[str, Any] = MappingProxyType(dict(settings or {}))
         self.max_turns = max_turns
@@ -96,10 +100,23 @@ class Agent:
         self.max_tool_threads = max_tool_threads
         self._by_name = {tool.name: tool for tool in self.tools}
         # Built once: the tool list is re-sent every turn, never re-derived.
-        self.definitions: tuple[dict[str, Any], ...] = tuple(tool.definition() for tool in tools)
+        self.definitions: tuple[dict[str, Any], ...] = tuple(tool.definition() for tool in wrapped)
 
     def tool(self, name: str) -> Tool | None:
         return self._by_name.get(name)
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, model={self.model!r}, tools={[t.name for t in self.tools]})"
+
+
+def _as_tool(entry: Tool | Callable[..., Any]) -> Tool:
+    """A tool as given, or a plain function wrapped as one (exclusive: it declares no effects)."""
+    if isinstance(entry, Tool):
+        if entry.unbound:
+            raise ToolDefinitionError(
+                f"tool {entry.name!r} is a method: pass it from an instance (obj.{entry.name})"
+            )
+        return entry
+    if callable(entry):
+        return tool(entry)
+    raise ToolDefinitionError(f"an agent's tools must be tools or functions, got {entry!r}")

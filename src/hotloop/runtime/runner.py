@@ -29,10 +29,11 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from hotloop.errors import HotloopError
 from hotloop.protocol.assembler import (
@@ -59,7 +60,13 @@ from hotloop.runtime.events import (
 )
 from hotloop.runtime.events import TextDelta as TextDeltaEvent
 from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
-from hotloop.runtime.tools import Tool, ToolArgumentsError, ToolPoolExhausted, ToolThreads
+from hotloop.runtime.tools import (
+    RunContext,
+    Tool,
+    ToolArgumentsError,
+    ToolPoolExhausted,
+    ToolThreads,
+)
 from hotloop.transport import Transport, TransportError, connect
 from hotloop.transport.base import ModelRequest, RequestTimings
 from hotloop.wire import codec
@@ -73,7 +80,14 @@ from hotloop.wire.events import (
     OutputTextDone,
     ResponseInProgress,
 )
-from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message, items_from_input
+from hotloop.wire.items import (
+    FunctionCall,
+    FunctionCallOutput,
+    Item,
+    Message,
+    item_from_dict,
+    items_from_input,
+)
 from hotloop.wire.responses import Usage
 
 __all__ = [
@@ -86,7 +100,11 @@ __all__ = [
     "TurnTimeout",
 ]
 
+_log = logging.getLogger("hotloop.runtime")
+
 Emit = Callable[[RunEvent], None]
+#: What a run takes as input: a user message, or items (typed, or OpenAI-style dicts).
+RunInput = str | Sequence[Item | dict[str, Any]]
 #: The calls one turn started, by (name, arguments), across its attempts: a later attempt (or
 #: a continued run) takes their results instead of executing them again.
 Ledger = dict[tuple[str, str], list["asyncio.Future[_Outcome]"]]
@@ -235,28 +253,34 @@ def _error_output(kind: str, message: str) -> str:
     return codec.dumps({"error": {"type": kind, "message": message}}).decode()
 
 
+@dataclass(slots=True)
+class _Run:
+    """What stays fixed for one run: shared by its turns, their attempts and their calls."""
+
+    agent: Agent
+    client: Transport
+    emit: Emit | None
+    deadlines: _Deadlines | None
+    deps: Any
+    origin: int
+    threads: ToolThreads | None
+
+
 class _TurnCalls:
     """One turn's calls: validation, admission, execution, results in call order."""
 
-    def __init__(
-        self,
-        agent: Agent,
-        turn: int,
-        ledger: Ledger,
-        record: StepRecord,
-        emit: Emit | None,
-        origin_ns: int,
-        threads: ToolThreads | None = None,
-    ) -> None:
+    def __init__(self, run: _Run, turn: int, ledger: Ledger, record: StepRecord) -> None:
+        agent = run.agent
         self.agent = agent
-        self.threads = threads
+        self.threads = run.threads
+        self.deps = run.deps
         self.eager_writes = agent.eager_writes
         self.turn = turn
         self.admission = Admission(agent.max_concurrency)
         self.ledger = ledger
         self.record = record
-        self.emit = emit
-        self.origin_ns = origin_ns
+        self.emit = run.emit
+        self.origin_ns = run.origin
         self.calls: list[FunctionCall] = []
         self.records: list[ToolRecord] = []
         self.futures: list[asyncio.Future[_Outcome]] = []
@@ -428,9 +452,12 @@ class _TurnCalls:
         if self.emit is not None:
             self.emit(ToolCallStarted(self.turn, call.call_id, call.name, call.arguments))
         error: str | None = None
+        context = None
+        if tool.takes_context:
+            context = RunContext(self.deps, call.call_id, tool.name, self.turn, self.agent.name)
         try:
             async with asyncio.timeout(tool.timeout):
-                output = await tool.invoke(args, self.threads)
+                output = await tool.invoke(args, self.threads, context)
         except ToolPoolExhausted as exc:
             error = str(exc)
             output = _error_output("tool_pool_exhausted", error)
@@ -440,6 +467,13 @@ class _TurnCalls:
         except Exception as exc:  # a tool's failure is a result for the model, never a crash
             error = f"{type(exc).__name__}: {exc}"
             output = _error_output("tool_error", error)
+            _log.warning(
+                "tool %s raised (call %s, turn %d); the model gets the error",
+                tool.name,
+                call.call_id,
+                self.turn,
+                exc_info=exc,
+            )
         finished = self._now()
         return _Outcome(output, error, started, finished)
 
@@ -482,7 +516,7 @@ class Runner:
     @staticmethod
     async def run(
         agent: Agent,
-        input: str | Sequence[Item],
+        input: RunInput,
         *,
         client: Transport,
         previous: RunResult | PartialRun | None = None,
@@ -491,8 +525,13 @@ class Runner:
         first_event_timeout: float | _Default | None = DEFAULT,
         stall_timeout: float | _Default | None = DEFAULT,
         turn_timeout: float | _Default | None = DEFAULT,
+        deps: Any = None,
     ) -> RunResult:
         """Run ``agent`` on ``input`` until it answers without calling tools.
+
+        ``input`` is a user message, or items (``hotloop.wire.items`` or OpenAI-style dicts).
+        ``deps`` reaches every tool that takes a :class:`~hotloop.runtime.tools.RunContext`
+        (as ``context.deps``).
 
         ``previous`` continues an earlier run's conversation (a :class:`RunResult`), or
         continues a run that failed (the :class:`PartialRun` its error carries, with the same
@@ -503,14 +542,13 @@ class Runner:
         :class:`~hotloop.transport.TransportError`, each with ``.partial`` set.
         """
         deadlines = _deadlines(agent, first_event_timeout, stall_timeout, turn_timeout)
-        return await _run(
-            agent, input, client, previous, max_turns or agent.max_turns, None, trace, deadlines
-        )
+        run = _start(agent, client, None, deadlines, deps)
+        return await _run(run, input, previous, max_turns or agent.max_turns, trace)
 
     @staticmethod
     async def run_stream(
         agent: Agent,
-        input: str | Sequence[Item],
+        input: RunInput,
         *,
         client: Transport,
         previous: RunResult | PartialRun | None = None,
@@ -519,26 +557,17 @@ class Runner:
         first_event_timeout: float | _Default | None = DEFAULT,
         stall_timeout: float | _Default | None = DEFAULT,
         turn_timeout: float | _Default | None = DEFAULT,
+        deps: Any = None,
     ) -> AsyncGenerator[RunEvent, None]:
         """Run ``agent`` and yield its events; the last one is :class:`RunFinished`.
 
-        Leaving the iteration early cancels the run and its tools. ``trace`` and the
+        Leaving the iteration early cancels the run and its tools. ``trace``, ``deps`` and the
         timeouts as in :meth:`run`.
         """
         deadlines = _deadlines(agent, first_event_timeout, stall_timeout, turn_timeout)
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.create_task(
-            _run(
-                agent,
-                input,
-                client,
-                previous,
-                max_turns or agent.max_turns,
-                queue.put_nowait,
-                trace,
-                deadlines,
-            )
-        )
+        run = _start(agent, client, queue.put_nowait, deadlines, deps)
+        task = asyncio.create_task(_run(run, input, previous, max_turns or agent.max_turns, trace))
         task.add_done_callback(lambda _: queue.put_nowait(_DONE))
         try:
             while True:
@@ -556,19 +585,24 @@ class Runner:
     @staticmethod
     def run_sync(
         agent: Agent,
-        input: str | Sequence[Item],
+        input: RunInput,
         *,
-        base_url: str,
+        base_url: str | None = None,
         api_key: str | None = None,
+        transport: Literal["websocket", "http", "chat"] = "websocket",
         previous: RunResult | PartialRun | None = None,
         max_turns: int | None = None,
         trace: RunHook | None = None,
+        deps: Any = None,
     ) -> RunResult:
-        """:meth:`run` for synchronous code: opens a connection for this run and closes it."""
+        """:meth:`run` for synchronous code: opens a connection for this run and closes it.
+
+        ``base_url``, ``api_key`` and ``transport`` as for :func:`hotloop.connect` (which
+        falls back to ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``).
+        """
 
         async def main() -> RunResult:
-            client = connect(base_url, api_key)
-            try:
+            async with connect(base_url, api_key, transport=transport) as client:
                 return await Runner.run(
                     agent,
                     input,
@@ -576,28 +610,43 @@ class Runner:
                     previous=previous,
                     max_turns=max_turns,
                     trace=trace,
+                    deps=deps,
                 )
-            finally:
-                await client.aclose()
 
         return asyncio.run(main())
 
 
-async def _run(
+def _start(
     agent: Agent,
-    input: str | Sequence[Item],
     client: Transport,
-    previous: RunResult | PartialRun | None,
-    max_turns: int,
     emit: Emit | None,
-    trace: RunHook | None = None,
-    deadlines: _Deadlines | None = None,
-) -> RunResult:
-    origin = time.perf_counter_ns()
-    threads: ToolThreads | None = None
+    deadlines: _Deadlines | None,
+    deps: Any,
+) -> _Run:
+    threads = None
     if any(not tool.is_async for tool in agent.tools):
         threads = ToolThreads(agent.max_tool_threads)
-    given = items_from_input(input) if isinstance(input, str) else tuple(input)
+    return _Run(agent, client, emit, deadlines, deps, time.perf_counter_ns(), threads)
+
+
+def _input_items(input: RunInput) -> tuple[Item, ...]:
+    if isinstance(input, str):
+        return items_from_input(input)
+    return tuple(
+        item_from_dict(entry, f"input[{index}]") if isinstance(entry, dict) else entry
+        for index, entry in enumerate(input)
+    )
+
+
+async def _run(
+    run: _Run,
+    input: RunInput,
+    previous: RunResult | PartialRun | None,
+    max_turns: int,
+    trace: RunHook | None = None,
+) -> RunResult:
+    agent, emit, origin, threads = run.agent, run.emit, run.origin, run.threads
+    given = _input_items(input)
     ledger: Ledger = {}
     if isinstance(previous, PartialRun):
         if given and given != previous.input:
@@ -631,9 +680,7 @@ async def _run(
                 settings=agent.settings,
                 timings=RequestTimings(),
             )
-            stream, calls = await _stream_turn(
-                agent, client, request, turn, record, ledger, emit, origin, deadlines, threads
-            )
+            stream, calls = await _stream_turn(run, request, turn, record, ledger)
             response = stream.final_response
             if response is None:
                 raise ModelError("the stream ended without a response")
@@ -764,13 +811,11 @@ def _record_timings(record: StepRecord, timings: RequestTimings, origin: int) ->
 
 
 def _turn_handler(
-    agent: Agent,
+    run: _Run,
     stream: ResponseStream,
     calls: _TurnCalls,
     record: StepRecord,
-    emit: Emit | None,
     turn: int,
-    origin: int,
     watch: _Watchdog | None = None,
 ) -> Callable[[Event], None]:
     """The per-event work of one turn attempt, run as each event arrives.
@@ -778,7 +823,7 @@ def _turn_handler(
     Over a WebSocket this runs inside the socket's protocol callback: a tool call is submitted
     (and, once admitted, started) in the same callback that completed its arguments.
     """
-    eager = agent.eager
+    eager, emit, origin = run.agent.eager, run.emit, run.origin
     clock = watch.loop.time if watch is not None else None
 
     def on_event(event: Event) -> None:
@@ -817,20 +862,12 @@ def _turn_handler(
 
 
 async def _stream_turn(
-    agent: Agent,
-    client: Transport,
-    request: ModelRequest,
-    turn: int,
-    record: StepRecord,
-    ledger: Ledger,
-    emit: Emit | None,
-    origin: int,
-    deadlines: _Deadlines | None = None,
-    threads: ToolThreads | None = None,
+    run: _Run, request: ModelRequest, turn: int, record: StepRecord, ledger: Ledger
 ) -> tuple[ResponseStream, _TurnCalls]:
     """Stream one turn, dispatching calls eagerly; re-send it after replay-safe failures."""
-    skip = REDUNDANT_EVENTS if emit is not None else _NOT_STREAMING
-    watch = _Watchdog(deadlines) if deadlines is not None else None
+    agent, client = run.agent, run.client
+    skip = REDUNDANT_EVENTS if run.emit is not None else _NOT_STREAMING
+    watch = _Watchdog(run.deadlines) if run.deadlines is not None else None
     attempt = 0
     while True:
         attempt += 1
@@ -838,16 +875,16 @@ async def _stream_turn(
         if attempt > 1 and request.timings is not None:
             request = dataclasses.replace(request, timings=RequestTimings())
         stream = ResponseStream()
-        calls = _TurnCalls(agent, turn, ledger, record, emit, origin, threads)
+        calls = _TurnCalls(run, turn, ledger, record)
         record.tools.clear()
-        on_event = _turn_handler(agent, stream, calls, record, emit, turn, origin, watch)
+        on_event = _turn_handler(run, stream, calls, record, turn, watch)
         try:
             if watch is None:
                 await client.stream_to(request, on_event, skip=skip)
             else:
                 await _watched(client, request, on_event, skip, watch)
             if request.timings is not None:
-                _record_timings(record, request.timings, origin)
+                _record_timings(record, request.timings, run.origin)
             return stream, calls
         except TurnTimeout as exc:
             calls._stopped = True  # nothing more starts from this attempt

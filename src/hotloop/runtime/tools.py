@@ -24,6 +24,12 @@ never block the event loop; a timed-out thread cannot be killed and finishes in 
 Those threads come from :class:`ToolThreads`, which starts a new thread whenever none is idle,
 so a call always starts at once (its timeout never counts time spent queued behind hung calls)
 up to ``max_threads`` busy threads; beyond that it raises :class:`ToolPoolExhausted`.
+
+A tool whose first parameter is annotated :class:`RunContext` receives the run's context
+there (``deps`` passed to ``Runner.run``, the call's id, the turn); it never appears in the
+schema. Methods work as tools: ``@tool`` on a method in a class body gives each instance its
+own bound tool (``self`` is not a parameter the model sees), and ``tool(obj.method)`` wraps
+a bound method directly.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias, get_type_hints, overload
+from typing import Any, Generic, TypeAlias, TypeVar, get_origin, get_type_hints, overload
 
 import pydantic
 import pydantic_core
@@ -47,6 +53,7 @@ from hotloop.errors import HotloopError
 
 __all__ = [
     "Effects",
+    "RunContext",
     "ResourceSpec",
     "Tool",
     "ToolArgumentsError",
@@ -58,6 +65,29 @@ __all__ = [
 
 #: A resource key template (``"file:{path}"``) or a function of the validated arguments.
 ResourceSpec: TypeAlias = str | Callable[[Mapping[str, Any]], Iterable[str]]
+
+
+Deps = TypeVar("Deps")
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext(Generic[Deps]):
+    """What a tool may know of the run that calls it; annotate its first parameter with it.
+
+    ``deps`` is what the caller passed to ``Runner.run(..., deps=...)`` (a database handle, the
+    user, a request context), typed by the annotation (``RunContext[MyDeps]``). ``call_id``,
+    ``tool_name`` and ``turn`` identify this call; ``agent`` is the agent's name.
+    """
+
+    deps: Deps
+    call_id: str
+    tool_name: str
+    turn: int
+    agent: str
+
+
+def _is_context(annotation: Any) -> bool:
+    return annotation is RunContext or get_origin(annotation) is RunContext
 
 
 class ToolDefinitionError(HotloopError):
@@ -258,18 +288,35 @@ class Tool:
         effects: Effects,
         timeout: float | None = 60.0,
     ) -> None:
+        if not callable(fn):
+            raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
         self.fn = fn
-        self.name = name or fn.__name__
+        self.name: str = name or str(getattr(fn, "__name__", type(fn).__name__))
+        if effects.pure and effects.writes:
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: pure=True means it touches nothing shared, so it cannot "
+                "also declare writes="
+            )
         self.effects = effects
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
+        #: The function's first parameter is ``self``: a method not bound to an instance yet.
+        self.unbound = _first_parameter(fn) == "self" and not inspect.ismethod(fn)
+        self.takes_context = False
         doc_description, doc_params = _parse_docstring(fn.__doc__)
         self.description = description if description is not None else doc_description
         self._model: type[pydantic.BaseModel] | None = self._build_model(fn, doc_params)
-        schema = _strip_titles(self._model.model_json_schema())
-        schema["additionalProperties"] = False
-        self.parameters: dict[str, Any] = schema
+        self.parameters: dict[str, Any] = self._schema(self._model)
         self._check_templates()
+
+    def __get__(self, instance: object, owner: type | None = None) -> Tool:
+        """``@tool`` on a method: each instance's attribute is a tool bound to it."""
+        if instance is None or not self.unbound:
+            return self
+        bound = _copy(self)
+        bound.fn = self.fn.__get__(instance, owner)
+        bound.unbound = False
+        return bound
 
     @classmethod
     def from_schema(
@@ -293,6 +340,8 @@ class Tool:
         self.effects = effects
         self.timeout = timeout
         self.is_async = True
+        self.unbound = False
+        self.takes_context = False
         self.description = description
         self.parameters = dict(parameters)
         self._model = None
@@ -306,12 +355,35 @@ class Tool:
         except Exception as exc:
             raise ToolDefinitionError(f"tool {self.name!r}: cannot read type hints: {exc}") from exc
         fields: dict[str, Any] = {}
-        for param in inspect.signature(fn).parameters.values():
+        parameters = list(inspect.signature(fn).parameters.values())
+        if self.unbound:
+            parameters = parameters[1:]  # self: given by the instance, never by the model
+        if parameters and _is_context(hints.get(parameters[0].name)):
+            self.takes_context = True
+            parameters = parameters[1:]
+        for param in parameters:
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise ToolDefinitionError(
                     f"tool {self.name!r}: *args and **kwargs cannot be described to a model"
                 )
-            annotation = hints.get(param.name, Any)
+            if param.name not in hints:
+                raise ToolDefinitionError(
+                    f"tool {self.name!r}: parameter {param.name!r} has no type hint; annotate "
+                    f"it (for example {param.name}: str) so the model knows what to send"
+                )
+            annotation = hints[param.name]
+            if _is_context(annotation):
+                raise ToolDefinitionError(
+                    f"tool {self.name!r}: the RunContext parameter must be the first one"
+                )
+            try:
+                pydantic.TypeAdapter(annotation).json_schema()
+            except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError) as exc:
+                raise ToolDefinitionError(
+                    f"tool {self.name!r}: parameter {param.name!r} has a type that cannot be "
+                    f"described as JSON ({_type_name(annotation)}); use JSON-like types "
+                    "(str, int, float, bool, lists, dicts, enums, pydantic models, dataclasses)"
+                ) from exc
             default = ... if param.default is param.empty else param.default
             fields[param.name] = (
                 annotation,
@@ -322,6 +394,11 @@ class Tool:
             f"{self.name}_arguments", __config__=config, **fields
         )
         return model
+
+    def _schema(self, model: type[pydantic.BaseModel]) -> dict[str, Any]:
+        schema: dict[str, Any] = _strip_titles(model.model_json_schema())
+        schema["additionalProperties"] = False
+        return schema
 
     def _check_templates(self) -> None:
         names = set(self._model.model_fields) if self._model is not None else set()
@@ -371,22 +448,57 @@ class Tool:
         effects = self.effects
         return effects.pure or effects.idempotent or not (effects.exclusive or effects.writes)
 
-    async def invoke(self, args: Mapping[str, Any], threads: ToolThreads | None = None) -> str:
+    async def invoke(
+        self,
+        args: Mapping[str, Any],
+        threads: ToolThreads | None = None,
+        context: RunContext[Any] | None = None,
+    ) -> str:
         """Run the tool with validated ``args``; its result as the text sent to the model.
 
-        A synchronous function runs on one of ``threads`` (default: threads shared by the
-        process); raises :class:`ToolPoolExhausted` when every one is busy.
+        ``context`` goes to a tool that takes one (:attr:`takes_context`). A synchronous
+        function runs on one of ``threads`` (default: threads shared by the process); raises
+        :class:`ToolPoolExhausted` when every one is busy.
         """
+        if self.unbound:
+            raise ToolDefinitionError(
+                f"tool {self.name!r} is a method: use it from an instance (obj.{self.name})"
+            )
+        fn = self.fn
+        if self.takes_context:
+            fn = functools.partial(fn, context)
         if self.is_async:
-            result = await self.fn(**args)
+            result = await fn(**args)
         else:
-            result = await (threads or _DEFAULT_THREADS).run(self.fn, **args)
+            result = await (threads or _DEFAULT_THREADS).run(fn, **args)
         if isinstance(result, str):
             return result
         return pydantic_core.to_json(result).decode()
 
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
+
+
+def _first_parameter(fn: Callable[..., Any]) -> str | None:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    return next(iter(parameters), None)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__qualname__", None) or repr(annotation)
+
+
+def _copy(tool: Tool) -> Tool:
+    clone = Tool.__new__(Tool)
+    for name in ("fn", "name", "effects", "timeout", "is_async", "unbound", "takes_context"):
+        setattr(clone, name, getattr(tool, name))
+    clone.description = tool.description
+    clone.parameters = tool.parameters
+    clone._model = tool._model
+    return clone
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {

@@ -290,8 +290,13 @@ class _Campaign:
         run = f"r{self.serial}"
         config = self.config
         kind: Literal["websocket", "http"] = "websocket" if self.serial % 2 else "http"
+        # HTTP continues by previous_response_id from the SQLite store, across restarts too.
         client = connect(
-            f"{url}/v1", transport=kind, store=True, reconnect_timeout=config.reconnect_timeout
+            f"{url}/v1",
+            transport=kind,
+            store=True,
+            incremental=True,
+            reconnect_timeout=config.reconnect_timeout,
         )
         report = self.report
 
@@ -314,7 +319,7 @@ class _Campaign:
             report.lost_reasons[f"{kind}: crash: {exc!r}"] += 1
         finally:
             with contextlib.suppress(Exception):
-                await client.aclose()
+                await client.close()
         elapsed = time.monotonic() - started
         report.runs += 1
         report.writes += len(self.order_ids)

@@ -27,7 +27,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from hotloop.errors import HotloopError
 from hotloop.protocol.client_session import TransportError
@@ -38,7 +38,9 @@ from hotloop.wire.items import Item
 __all__ = [
     "RECONNECT_TIMEOUT",
     "Backoff",
+    "Closing",
     "refusal_message",
+    "request_headers",
     "IteratingTransport",
     "ModelRequest",
     "OnEvent",
@@ -94,6 +96,14 @@ class Backoff:
             return False
         await asyncio.sleep(min(self.delay(attempt, random.random()), left))
         return True
+
+
+def request_headers(api_key: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The headers every request of a transport carries: the user's, and the API key."""
+    merged = dict(headers or {})
+    if api_key:
+        merged["Authorization"] = f"Bearer {api_key}"
+    return merged
 
 
 def refusal_message(url: str, status: int | None, body: bytes, *, websocket: bool) -> str:
@@ -236,10 +246,29 @@ class Transport(Protocol):
         """The events of one turn as an async iterator; raises :class:`TransportError`."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def close(self) -> None:
+        """Close the connection(s); turns after this raise ``TransportError`` ``closed``."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
 
 
-class IteratingTransport(abc.ABC):
+class Closing:
+    """``async with transport:`` closes it on the way out (with :meth:`close`)."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class IteratingTransport(Closing, abc.ABC):
     """For transports whose natural form is :meth:`stream`: ``stream_to`` on top of it."""
 
     stats: TransportStats
@@ -249,7 +278,7 @@ class IteratingTransport(abc.ABC):
         """The events of one turn as an async iterator; raises :class:`TransportError`."""
 
     @abc.abstractmethod
-    async def aclose(self) -> None: ...
+    async def close(self) -> None: ...
 
     def stream_skipping(self, request: ModelRequest, skip: Collection[str]) -> AsyncIterator[Event]:
         """:meth:`stream`, for a caller with no use for the event types in ``skip``.

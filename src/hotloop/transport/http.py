@@ -18,9 +18,10 @@ chunk stream is translated back into Responses events, so the runtime sees one e
 from __future__ import annotations
 
 import contextlib
+import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any, Protocol
 
 import httpx
@@ -49,6 +50,7 @@ from hotloop.transport.base import (
     TransportError,
     TransportStats,
     refusal_message,
+    request_headers,
 )
 from hotloop.transport.websocket import request_body
 from hotloop.wire import codec
@@ -57,17 +59,22 @@ from hotloop.wire.events import Event
 __all__ = ["ChatTransport", "HTTPTransport"]
 
 
-def _client(base_url: str, api_key: str | None, max_connections: int) -> httpx.AsyncClient:
-    headers = {"content-type": "application/json"}
-    if api_key:
-        headers["authorization"] = f"Bearer {api_key}"
+def _client(
+    base_url: str,
+    api_key: str | None,
+    max_connections: int,
+    open_timeout: float,
+    headers: Mapping[str, str] | None,
+    ssl_context: ssl.SSLContext | None,
+) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
-        headers=headers,
-        timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=60.0),
+        headers={"content-type": "application/json", **request_headers(api_key, headers)},
+        timeout=httpx.Timeout(connect=open_timeout, read=600.0, write=60.0, pool=60.0),
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         ),
+        verify=ssl_context if ssl_context is not None else True,
     )
 
 
@@ -211,13 +218,18 @@ class HTTPTransport(IteratingTransport):
         *,
         incremental: bool = False,
         max_connections: int = 16,
+        open_timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
         self.incremental = incremental
         self.reconnect_timeout = reconnect_timeout
         self.stats = TransportStats()
         self.session = ClientSession(HTTP_RULES, Chaining.STORED if incremental else Chaining.NEVER)
-        self._client = _client(base_url, api_key, max_connections)
+        self._client = _client(
+            base_url, api_key, max_connections, open_timeout, headers, ssl_context
+        )
 
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         return self.stream_skipping(request, ())
@@ -243,7 +255,7 @@ class HTTPTransport(IteratingTransport):
         async for event in _turn(self, request, turn, "/responses", payload, events):
             yield event
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         await self._client.aclose()
 
 
@@ -256,12 +268,17 @@ class ChatTransport(IteratingTransport):
         api_key: str | None = None,
         *,
         max_connections: int = 16,
+        open_timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
         self.reconnect_timeout = reconnect_timeout
         self.stats = TransportStats()
         self.session = ClientSession(HTTP_RULES, Chaining.NEVER)
-        self._client = _client(base_url, api_key, max_connections)
+        self._client = _client(
+            base_url, api_key, max_connections, open_timeout, headers, ssl_context
+        )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         settings = dict(request.settings)
@@ -297,7 +314,7 @@ class ChatTransport(IteratingTransport):
         async for event in _turn(self, request, turn, "/chat/completions", payload, events):
             yield event
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         await self._client.aclose()
 
 

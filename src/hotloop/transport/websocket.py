@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 from picows import (
@@ -64,11 +65,13 @@ from hotloop.protocol.client_session import (
 from hotloop.transport.base import (
     RECONNECT_TIMEOUT,
     Backoff,
+    Closing,
     ModelRequest,
     OnEvent,
     TransportError,
     TransportStats,
     refusal_message,
+    request_headers,
 )
 from hotloop.wire import codec
 from hotloop.wire.events import ERROR_EVENTS, RESPONSE_END_EVENTS, Event
@@ -174,7 +177,7 @@ class _Listener(WSListener):
         self.owner._disconnected(transport, self.generation, self.close_code)
 
 
-class WebSocketTransport:
+class WebSocketTransport(Closing):
     """A persistent, reconnecting WebSocket-mode connection; see the module docstring.
 
     ``url`` is the WebSocket URL of ``/v1/responses`` (``ws://host:port/v1/responses``).
@@ -197,6 +200,8 @@ class WebSocketTransport:
         store: bool | None = False,
         max_lanes: int = 8,
         open_timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
         if reconnect_timeout < 0:
@@ -205,7 +210,8 @@ class WebSocketTransport:
         self.reconnect_timeout = reconnect_timeout
         self.store = store
         self.stats = TransportStats()
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = request_headers(api_key, headers)
+        self._ssl_context = ssl_context
         self._open_timeout = open_timeout
         self.session = ClientSession(
             WEBSOCKET_RULES,
@@ -250,6 +256,7 @@ class WebSocketTransport:
                         lambda: _Listener(self, generation),
                         self.url,
                         extra_headers=self._headers,
+                        ssl_context=self._ssl_context,
                         websocket_handshake_timeout=self._open_timeout,
                         max_frame_size=_MAX_FRAME_BYTES,
                         # Keepalive as the SDKs do it: a ping after 20 s of silence, 20 s to
@@ -342,7 +349,8 @@ class WebSocketTransport:
         if not self._turns:
             self._drop_now()
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
+        """Close the socket; turns after this raise ``TransportError`` ``closed``."""
         self._closed = True
         await self.drop()
 
