@@ -26,3 +26,20 @@ def test_coding_agent_example_runs() -> None:
     assert out.count("▶ apply_patch") == 4
     assert "✓ run_tests" in out
     assert "(error" not in out and ", error:" not in out
+
+
+def test_trip_planner_example_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "trip_planner.py")],
+        env={**os.environ, "HOTLOOP_PROFILE": "zero"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("Your trip: AZ 331")
+    assert "flights: 2 turns, 1 tool call(s) -> AZ 331" in out
+    assert "hotels: 2 turns, 1 tool call(s) -> Hotel Artemide" in out
+    assert "over 1 connection(s)" in out

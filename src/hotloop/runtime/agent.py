@@ -6,7 +6,14 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from hotloop.runtime.tools import Tool, ToolDefinitionError, tool
+from hotloop.runtime.tools import (
+    Effects,
+    ResourceSpec,
+    RunContext,
+    Tool,
+    ToolDefinitionError,
+    tool,
+)
 
 __all__ = ["Agent"]
 
@@ -104,6 +111,53 @@ class Agent:
 
     def tool(self, name: str) -> Tool | None:
         return self._by_name.get(name)
+
+    def as_tool(
+        self,
+        name: str | None = None,
+        description: str | None = None,
+        *,
+        reads: Sequence[ResourceSpec] | None = None,
+        writes: Sequence[ResourceSpec] | None = None,
+        timeout: float | None = 600.0,
+    ) -> Tool:
+        """This agent as a tool of another: the model gives it a task, it answers.
+
+        Each call runs the agent to its final answer on the calling run's client (over a
+        WebSocket, on a lane of the same socket: no new connection, and its conversation is
+        its own, so nothing of the caller's is re-sent) with the caller's ``deps``; the answer
+        is the tool's result, and the sub-run nests under the call in traces.
+
+        Effects, unless given: when every tool of this agent only reads (or is ``pure`` or
+        ``idempotent``), the calls read ``agent:<name>`` and start while the caller's response
+        streams; otherwise they write it, and wait for the response to complete. Either way,
+        calls of different sub-agents run concurrently.
+        """
+        agent = self
+        tool_name = name or self.name
+        key = f"agent:{tool_name}"
+        if reads is None and writes is None:
+            if all(t.dispatch_early for t in self.tools):
+                reads = (key,)
+            else:
+                writes = (key,)
+
+        async def delegate(context: RunContext[Any], task: str) -> str:
+            """Args:
+            task: The task, with everything the agent needs to know to do it.
+            """
+            result = await context.run(agent, task)
+            return result.final_output
+
+        return Tool(
+            delegate,
+            name=tool_name,
+            description=description
+            or f"Give the {tool_name} agent a task; it answers when done. "
+            + (self.instructions or ""),
+            effects=Effects(reads=tuple(reads or ()), writes=tuple(writes or ()), exclusive=False),
+            timeout=timeout,
+        )
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, model={self.model!r}, tools={[t.name for t in self.tools]})"

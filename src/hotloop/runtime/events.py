@@ -42,6 +42,8 @@ class ToolRecord:
     finished_ns: int | None = None
     error: str | None = None
     reused: bool = False
+    #: Runs of other agents made by this call (a sub-agent used as a tool), in order.
+    subruns: list[RunResult] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -271,6 +271,7 @@ class _TurnCalls:
 
     def __init__(self, run: _Run, turn: int, ledger: Ledger, record: StepRecord) -> None:
         agent = run.agent
+        self.run = run
         self.agent = agent
         self.threads = run.threads
         self.deps = run.deps
@@ -454,7 +455,14 @@ class _TurnCalls:
         error: str | None = None
         context = None
         if tool.takes_context:
-            context = RunContext(self.deps, call.call_id, tool.name, self.turn, self.agent.name)
+            context = RunContext(
+                self.deps,
+                call.call_id,
+                tool.name,
+                self.turn,
+                self.agent.name,
+                functools.partial(self._sub_run, record),
+            )
         try:
             async with asyncio.timeout(tool.timeout):
                 output = await tool.invoke(args, self.threads, context)
@@ -476,6 +484,15 @@ class _TurnCalls:
             )
         finished = self._now()
         return _Outcome(output, error, started, finished)
+
+    async def _sub_run(self, record: ToolRecord, agent: Agent, input: RunInput) -> RunResult:
+        """Another agent's run inside a call: the same client and deps, nested in the record."""
+        parent = self.run
+        deadlines = _deadlines(agent, DEFAULT, DEFAULT, DEFAULT)
+        run = _start(agent, parent.client, None, deadlines, parent.deps)
+        result = await _run(run, input, None, agent.max_turns)
+        record.subruns.append(result)
+        return result
 
     async def results(self) -> list[FunctionCallOutput]:
         """Every call's result, in the model's call order."""

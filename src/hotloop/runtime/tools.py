@@ -43,13 +43,26 @@ import queue
 import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeAlias, TypeVar, get_origin, get_type_hints, overload
+from dataclasses import dataclass, field
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    TypeAlias,
+    TypeVar,
+    get_origin,
+    get_type_hints,
+    overload,
+)
 
 import pydantic
 import pydantic_core
 
 from hotloop.errors import HotloopError
+
+if TYPE_CHECKING:
+    from hotloop.runtime.agent import Agent
+    from hotloop.runtime.events import RunResult
 
 __all__ = [
     "Effects",
@@ -76,7 +89,8 @@ class RunContext(Generic[Deps]):
 
     ``deps`` is what the caller passed to ``Runner.run(..., deps=...)`` (a database handle, the
     user, a request context), typed by the annotation (``RunContext[MyDeps]``). ``call_id``,
-    ``tool_name`` and ``turn`` identify this call; ``agent`` is the agent's name.
+    ``tool_name`` and ``turn`` identify this call; ``agent`` is the agent's name. :meth:`run`
+    runs a sub-agent within the call.
     """
 
     deps: Deps
@@ -84,6 +98,19 @@ class RunContext(Generic[Deps]):
     tool_name: str
     turn: int
     agent: str
+    #: Runs another agent as part of this call (see :meth:`run`); set by the runner.
+    runner: Callable[[Agent, Any], Awaitable[RunResult]] | None = field(default=None, repr=False)
+
+    async def run(self, agent: Agent, input: Any) -> RunResult:
+        """Run ``agent`` on ``input`` inside this call: a sub-agent.
+
+        It shares the caller's client (over a WebSocket: its own lane of the same socket, no
+        new connection) and ``deps``; its result is kept on the call's record, so traces nest
+        the sub-run under this call.
+        """
+        if self.runner is None:
+            raise RuntimeError("this context was not made by a run: it cannot run agents")
+        return await self.runner(agent, input)
 
 
 def _is_context(annotation: Any) -> bool:
@@ -404,11 +431,11 @@ class Tool:
         names = set(self._model.model_fields) if self._model is not None else set()
         for spec in (*self.effects.reads, *self.effects.writes):
             if isinstance(spec, str):
-                for field in re.findall(r"{(\w+)", spec):
-                    if field not in names:
+                for placeholder in re.findall(r"{(\w+)", spec):
+                    if placeholder not in names:
                         raise ToolDefinitionError(
                             f"tool {self.name!r}: resource {spec!r} names unknown argument "
-                            f"{field!r}"
+                            f"{placeholder!r}"
                         )
 
     def definition(self) -> dict[str, Any]:

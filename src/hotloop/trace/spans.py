@@ -209,6 +209,14 @@ def _tool_spans(trace: _Builder, step: StepRecord, tool: ToolRecord, parent: str
     call = trace.add("tool.call", parent, tool.args_complete_ns, tool.finished_ns, attributes)
     trace.add("tool.wait", call, tool.args_complete_ns, tool.started_ns)
     trace.add("tool.run", call, tool.started_ns, tool.finished_ns)
+    for subrun in tool.subruns:
+        # A sub-agent's run, nested under the call that made it (its times are its own).
+        origin = trace.origin
+        trace.origin = subrun.started_ns
+        try:
+            _run_spans(trace, subrun, call, "subrun")
+        finally:
+            trace.origin = origin
     return tool.finished_ns
 
 
@@ -225,6 +233,18 @@ def spans_from_result(
     run's wall-clock start to the root span as ``hotloop.run.start_unix_ns``.
     """
     trace = _Builder(trace_id or _trace_id(), result.started_ns)
+    _run_spans(trace, result, None, run_name, epoch_offset_ns)
+    return trace.spans
+
+
+def _run_spans(
+    trace: _Builder,
+    result: RunResult,
+    parent: str | None,
+    run_name: str,
+    epoch_offset_ns: int | None = None,
+) -> None:
+    """The spans of one run, under ``parent`` (``None``: the trace's root), at its origin."""
     root_attributes: dict[str, AttributeValue] = {
         "hotloop.run.name": run_name,
         "hotloop.run.turns": result.turns,
@@ -234,7 +254,7 @@ def spans_from_result(
     }
     if epoch_offset_ns is not None:
         root_attributes["hotloop.run.start_unix_ns"] = result.started_ns + epoch_offset_ns
-    root = trace.add("run", None, 0, result.wall_ns, root_attributes)
+    root = trace.add("run", parent, 0, result.wall_ns, root_attributes)
     steps = result.steps
     for index, step in enumerate(steps):
         later = steps[index + 1] if index + 1 < len(steps) else None
@@ -275,7 +295,6 @@ def spans_from_result(
             result.started_ns + max(end, step.request_sent_ns),
             attributes,
         )
-    return trace.spans
 
 
 # -- reading traces back ------------------------------------------------------------------
