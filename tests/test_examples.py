@@ -43,3 +43,29 @@ def test_trip_planner_example_runs() -> None:
     assert "flights: 2 turns, 1 tool call(s) -> AZ 331" in out
     assert "hotels: 2 turns, 1 tool call(s) -> Hotel Artemide" in out
     assert "over 1 connection(s)" in out
+
+
+def test_refund_approvals_example_runs() -> None:
+    outputs = {}
+    for limit in ("300", "100"):
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLES / "refund_approvals.py")],
+            env={
+                **os.environ,
+                "HOTLOOP_PROFILE": "zero",
+                "HOTLOOP_TOOL_SCALE": "0",
+                "REFUND_LIMIT": limit,
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        outputs[limit] = done.stdout
+    assert "turn 3: issue_refund approved, ran" in outputs["300"]
+    assert "turn 3: issue_refund denied, not run" in outputs["100"]
+    assert "refunds over 100 need a supervisor" in outputs["100"]
+    for out in outputs.values():
+        assert "turn 4: update_ticket approved, ran" in out
+        assert "get_order" not in out  # reads never wait for approval

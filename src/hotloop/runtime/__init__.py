@@ -2,6 +2,7 @@
 
 from hotloop.runtime.agent import Agent
 from hotloop.runtime.events import (
+    ApprovalRequested,
     FinishedCall,
     MessageFinished,
     MessageStarted,
@@ -16,7 +17,7 @@ from hotloop.runtime.events import (
     ToolCallStarted,
     ToolRecord,
 )
-from hotloop.runtime.runner import MaxTurnsExceeded, ModelError, RunHook, Runner
+from hotloop.runtime.runner import Approver, MaxTurnsExceeded, ModelError, RunHook, Runner
 from hotloop.runtime.scheduler import Admission, CallEffects
 from hotloop.runtime.tools import (
     Effects,
@@ -29,6 +30,8 @@ from hotloop.runtime.tools import (
 
 __all__ = [
     "Admission",
+    "ApprovalRequested",
+    "Approver",
     "Agent",
     "CallEffects",
     "Effects",

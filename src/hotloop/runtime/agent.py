@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from hotloop.runtime.tools import (
     Effects,
@@ -40,10 +40,15 @@ class Agent:
     sending the request to its first event, ``stall_timeout`` between two events,
     ``turn_timeout`` for the whole response (every attempt). ``max_tool_threads`` bounds the
     threads synchronous tools of one run may keep busy.
+
+    ``approval``: ``"writes"`` makes every call that may write (a tool that declares ``writes``
+    or declares nothing) wait for approval before it runs, ``"all"`` every call; tools can ask
+    for it themselves (``@tool(approval=True)``). See ``Runner.run``'s ``approver``.
     """
 
     __slots__ = (
         "_by_name",
+        "approval",
         "definitions",
         "eager",
         "eager_writes",
@@ -78,6 +83,7 @@ class Agent:
         stall_timeout: float | None = 60.0,
         turn_timeout: float | None = 600.0,
         max_tool_threads: int = 64,
+        approval: Literal["writes", "all"] | None = None,
     ) -> None:
         wrapped = [_as_tool(entry) for entry in tools]
         names = [tool.name for tool in wrapped]
@@ -88,6 +94,8 @@ class Agent:
             raise ValueError("max_turns, max_concurrency and max_attempts must be at least 1")
         if max_tool_threads < 1:
             raise ValueError("max_tool_threads must be at least 1")
+        if approval not in (None, "writes", "all"):
+            raise ValueError(f"approval must be None, 'writes' or 'all', not {approval!r}")
         for timeout in (first_event_timeout, stall_timeout, turn_timeout):
             if timeout is not None and timeout <= 0:
                 raise ValueError("timeouts must be positive (or None)")
@@ -105,12 +113,22 @@ class Agent:
         self.stall_timeout = stall_timeout
         self.turn_timeout = turn_timeout
         self.max_tool_threads = max_tool_threads
+        self.approval = approval
         self._by_name = {tool.name: tool for tool in self.tools}
         # Built once: the tool list is re-sent every turn, never re-derived.
         self.definitions: tuple[dict[str, Any], ...] = tuple(tool.definition() for tool in wrapped)
 
     def tool(self, name: str) -> Tool | None:
         return self._by_name.get(name)
+
+    def needs_approval(self, tool: Tool) -> bool:
+        """Whether a call of ``tool`` waits for approval: the tool says so, or the agent does
+        (``approval="all"``, or ``"writes"`` for every tool that may write: one that declares
+        ``writes`` or declares nothing)."""
+        if tool.approval or self.approval == "all":
+            return True
+        effects = tool.effects
+        return self.approval == "writes" and bool(effects.writes or effects.exclusive)
 
     def as_tool(
         self,

@@ -7,6 +7,7 @@ token came back, when each call's arguments were complete, when its tool started
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -14,6 +15,7 @@ from hotloop.wire.items import FunctionCall, Item, Message
 from hotloop.wire.responses import Usage
 
 __all__ = [
+    "ApprovalRequested",
     "FinishedCall",
     "MessageFinished",
     "MessageStarted",
@@ -42,6 +44,9 @@ class ToolRecord:
     finished_ns: int | None = None
     error: str | None = None
     reused: bool = False
+    #: For a call that needed approval: ``"approved"`` or ``"denied"``, and when it was asked.
+    approval: str | None = None
+    approval_requested_ns: int | None = None
     #: Runs of other agents made by this call (a sub-agent used as a tool), in order.
     subruns: list[RunResult] = field(default_factory=list)
 
@@ -222,6 +227,48 @@ class ModelTurnFinished:
     tool_calls: int
 
 
+class ApprovalRequested:
+    """A call waits for approval before it runs: call :meth:`approve` or :meth:`deny`.
+
+    ``Runner.run_stream`` yields it; ``Runner.run`` hands it to its ``approver``. Only this call
+    waits: calls that do not conflict with it go on. A denied call does not run, and the model
+    gets an error result with the reason.
+    """
+
+    __slots__ = ("_decision", "arguments", "call_id", "name", "turn")
+
+    def __init__(
+        self,
+        turn: int,
+        call_id: str,
+        name: str,
+        arguments: str,
+        decision: asyncio.Future[str | None],
+    ) -> None:
+        self.turn = turn
+        self.call_id = call_id
+        self.name = name
+        self.arguments = arguments
+        self._decision = decision
+
+    @property
+    def decided(self) -> bool:
+        return self._decision.done()
+
+    def approve(self) -> None:
+        """Let the call run."""
+        if not self._decision.done():
+            self._decision.set_result(None)
+
+    def deny(self, reason: str = "the user denied it") -> None:
+        """Do not run the call; the model is told ``reason``."""
+        if not self._decision.done():
+            self._decision.set_result(reason or "the user denied it")
+
+    def __repr__(self) -> str:
+        return f"ApprovalRequested(turn={self.turn}, name={self.name!r}, call_id={self.call_id!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class RunFinished:
     """The run is over."""
@@ -230,7 +277,8 @@ class RunFinished:
 
 
 RunEvent: TypeAlias = (
-    MessageStarted
+    ApprovalRequested
+    | MessageStarted
     | TextDelta
     | MessageFinished
     | ToolCallStarted

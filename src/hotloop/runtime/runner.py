@@ -29,9 +29,10 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import inspect
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +46,7 @@ from hotloop.protocol.assembler import (
 )
 from hotloop.runtime.agent import Agent
 from hotloop.runtime.events import (
+    ApprovalRequested,
     FinishedCall,
     MessageFinished,
     MessageStarted,
@@ -95,6 +97,7 @@ __all__ = [
     "STREAMED_TEXT_EVENTS",
     "MaxTurnsExceeded",
     "ModelError",
+    "Approver",
     "RunHook",
     "Runner",
     "TurnTimeout",
@@ -103,6 +106,9 @@ __all__ = [
 _log = logging.getLogger("hotloop.runtime")
 
 Emit = Callable[[RunEvent], None]
+#: Decides on a call that waits for approval: ``True`` approves, ``False`` denies, ``None``
+#: leaves it to the request's own ``approve()`` / ``deny(reason)`` (now or later); may be async.
+Approver = Callable[[ApprovalRequested], "bool | Awaitable[bool | None] | None"]
 #: What a run takes as input: a user message, or items (typed, or OpenAI-style dicts).
 RunInput = str | Sequence[Item | dict[str, Any]]
 #: The calls one turn started, by (name, arguments), across its attempts: a later attempt (or
@@ -264,6 +270,7 @@ class _Run:
     deps: Any
     origin: int
     threads: ToolThreads | None
+    approver: Approver | None = None
 
 
 class _TurnCalls:
@@ -448,6 +455,12 @@ class _TurnCalls:
         self, index: int, tool: Tool, args: dict[str, Any], record: ToolRecord
     ) -> _Outcome:
         call = self.calls[index]
+        if self.agent.needs_approval(tool):
+            reason = await self._approval(call, record)
+            if reason is not None:
+                now = self._now()
+                message = f"not run: {reason}"
+                return _Outcome(_error_output("denied", message), message, now, now)
         started = self._now()
         record.started_ns = started
         if self.emit is not None:
@@ -485,11 +498,41 @@ class _TurnCalls:
         finished = self._now()
         return _Outcome(output, error, started, finished)
 
+    async def _approval(self, call: FunctionCall, record: ToolRecord) -> str | None:
+        """Wait for the call's approval; ``None`` when approved, else the denial's reason.
+
+        The call keeps its place: calls that conflict with it wait, the others go on.
+        """
+        decision: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        request = ApprovalRequested(self.turn, call.call_id, call.name, call.arguments, decision)
+        record.approval_requested_ns = self._now()
+        if self.emit is not None:
+            self.emit(request)
+        approver = self.run.approver
+        if approver is not None:
+            try:
+                verdict = approver(request)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+            except Exception as exc:
+                _log.warning(
+                    "the approver raised on %s; the call is denied", call.name, exc_info=exc
+                )
+                verdict = False
+                request.deny(f"the approver failed ({type(exc).__name__})")
+            if verdict is True:
+                request.approve()
+            elif verdict is False:
+                request.deny()
+        reason = await decision
+        record.approval = "approved" if reason is None else "denied"
+        return reason
+
     async def _sub_run(self, record: ToolRecord, agent: Agent, input: RunInput) -> RunResult:
         """Another agent's run inside a call: the same client and deps, nested in the record."""
         parent = self.run
         deadlines = _deadlines(agent, DEFAULT, DEFAULT, DEFAULT)
-        run = _start(agent, parent.client, None, deadlines, parent.deps)
+        run = _start(agent, parent.client, None, deadlines, parent.deps, parent.approver)
         result = await _run(run, input, None, agent.max_turns)
         record.subruns.append(result)
         return result
@@ -543,12 +586,15 @@ class Runner:
         stall_timeout: float | _Default | None = DEFAULT,
         turn_timeout: float | _Default | None = DEFAULT,
         deps: Any = None,
+        approver: Approver | None = None,
     ) -> RunResult:
         """Run ``agent`` on ``input`` until it answers without calling tools.
 
         ``input`` is a user message, or items (``hotloop.wire.items`` or OpenAI-style dicts).
         ``deps`` reaches every tool that takes a :class:`~hotloop.runtime.tools.RunContext`
-        (as ``context.deps``).
+        (as ``context.deps``). ``approver`` decides on each call that waits for approval
+        (:class:`~hotloop.runtime.events.ApprovalRequested`); it is required when the agent has
+        such a tool.
 
         ``previous`` continues an earlier run's conversation (a :class:`RunResult`), or
         continues a run that failed (the :class:`PartialRun` its error carries, with the same
@@ -559,7 +605,14 @@ class Runner:
         :class:`~hotloop.transport.TransportError`, each with ``.partial`` set.
         """
         deadlines = _deadlines(agent, first_event_timeout, stall_timeout, turn_timeout)
-        run = _start(agent, client, None, deadlines, deps)
+        if approver is None:
+            waiting = [tool.name for tool in agent.tools if agent.needs_approval(tool)]
+            if waiting:
+                raise ValueError(
+                    f"{', '.join(waiting)} must be approved before each call: pass approver= "
+                    "to Runner.run, or use Runner.run_stream and answer ApprovalRequested events"
+                )
+        run = _start(agent, client, None, deadlines, deps, approver)
         return await _run(run, input, previous, max_turns or agent.max_turns, trace)
 
     @staticmethod
@@ -575,15 +628,18 @@ class Runner:
         stall_timeout: float | _Default | None = DEFAULT,
         turn_timeout: float | _Default | None = DEFAULT,
         deps: Any = None,
+        approver: Approver | None = None,
     ) -> AsyncGenerator[RunEvent, None]:
         """Run ``agent`` and yield its events; the last one is :class:`RunFinished`.
 
-        Leaving the iteration early cancels the run and its tools. ``trace``, ``deps`` and the
-        timeouts as in :meth:`run`.
+        Leaving the iteration early cancels the run and its tools. A call that waits for
+        approval is yielded as :class:`~hotloop.runtime.events.ApprovalRequested`: call its
+        ``approve()`` or ``deny(reason)`` (an ``approver`` may decide instead). ``trace``,
+        ``deps`` and the timeouts as in :meth:`run`.
         """
         deadlines = _deadlines(agent, first_event_timeout, stall_timeout, turn_timeout)
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        run = _start(agent, client, queue.put_nowait, deadlines, deps)
+        run = _start(agent, client, queue.put_nowait, deadlines, deps, approver)
         task = asyncio.create_task(_run(run, input, previous, max_turns or agent.max_turns, trace))
         task.add_done_callback(lambda _: queue.put_nowait(_DONE))
         try:
@@ -639,11 +695,13 @@ def _start(
     emit: Emit | None,
     deadlines: _Deadlines | None,
     deps: Any,
+    approver: Approver | None = None,
 ) -> _Run:
     threads = None
     if any(not tool.is_async for tool in agent.tools):
         threads = ToolThreads(agent.max_tool_threads)
-    return _Run(agent, client, emit, deadlines, deps, time.perf_counter_ns(), threads)
+    origin = time.perf_counter_ns()
+    return _Run(agent, client, emit, deadlines, deps, origin, threads, approver)
 
 
 def _input_items(input: RunInput) -> tuple[Item, ...]:

@@ -314,6 +314,7 @@ class Tool:
         description: str | None = None,
         effects: Effects,
         timeout: float | None = 60.0,
+        approval: bool = False,
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
@@ -326,6 +327,8 @@ class Tool:
             )
         self.effects = effects
         self.timeout = timeout
+        #: Each call waits for approval before it runs (see ``Runner.run``'s ``approver``).
+        self.approval = approval
         self.is_async = inspect.iscoroutinefunction(fn)
         #: The function's first parameter is ``self``: a method not bound to an instance yet.
         self.unbound = _first_parameter(fn) == "self" and not inspect.ismethod(fn)
@@ -355,6 +358,7 @@ class Tool:
         description: str = "",
         effects: Effects,
         timeout: float | None = 60.0,
+        approval: bool = False,
     ) -> Tool:
         """A tool described by a JSON schema instead of type hints (e.g. a scenario's tools).
 
@@ -366,6 +370,7 @@ class Tool:
         self.name = name
         self.effects = effects
         self.timeout = timeout
+        self.approval = approval
         self.is_async = True
         self.unbound = False
         self.takes_context = False
@@ -520,7 +525,16 @@ def _type_name(annotation: Any) -> str:
 
 def _copy(tool: Tool) -> Tool:
     clone = Tool.__new__(Tool)
-    for name in ("fn", "name", "effects", "timeout", "is_async", "unbound", "takes_context"):
+    for name in (
+        "fn",
+        "name",
+        "effects",
+        "timeout",
+        "approval",
+        "is_async",
+        "unbound",
+        "takes_context",
+    ):
         setattr(clone, name, getattr(tool, name))
     clone.description = tool.description
     clone.parameters = tool.parameters
@@ -582,6 +596,7 @@ def tool(
     pure: bool = False,
     idempotent: bool = False,
     timeout: float | None = 60.0,
+    approval: bool = False,
 ) -> Callable[[_Fn], Tool]: ...
 
 
@@ -596,8 +611,12 @@ def tool(
     pure: bool = False,
     idempotent: bool = False,
     timeout: float | None = 60.0,
+    approval: bool = False,
 ) -> Tool | Callable[[_Fn], Tool]:
-    """Turn a function into a :class:`Tool`; see the module docstring for the effects."""
+    """Turn a function into a :class:`Tool`; see the module docstring for the effects.
+
+    ``approval=True``: every call waits for approval before it runs.
+    """
     declared = pure or reads is not None or writes is not None
     effects = Effects(
         reads=tuple(reads or ()),
@@ -608,6 +627,13 @@ def tool(
     )
 
     def wrap(function: _Fn) -> Tool:
-        return Tool(function, name=name, description=description, effects=effects, timeout=timeout)
+        return Tool(
+            function,
+            name=name,
+            description=description,
+            effects=effects,
+            timeout=timeout,
+            approval=approval,
+        )
 
     return wrap(fn) if fn is not None else wrap

@@ -206,8 +206,16 @@ def _tool_spans(trace: _Builder, step: StepRecord, tool: ToolRecord, parent: str
     }
     if tool.error is not None:
         attributes["hotloop.tool.error"] = tool.error
+    if tool.approval is not None:
+        attributes["hotloop.tool.approval"] = tool.approval
     call = trace.add("tool.call", parent, tool.args_complete_ns, tool.finished_ns, attributes)
-    trace.add("tool.wait", call, tool.args_complete_ns, tool.started_ns)
+    asked = tool.approval_requested_ns
+    if asked is None:
+        trace.add("tool.wait", call, tool.args_complete_ns, tool.started_ns)
+    else:
+        # Admitted, then waiting for a person (or a policy) to approve it.
+        trace.add("tool.wait", call, tool.args_complete_ns, asked)
+        trace.add("tool.approval", call, asked, tool.started_ns)
     trace.add("tool.run", call, tool.started_ns, tool.finished_ns)
     for subrun in tool.subruns:
         # A sub-agent's run, nested under the call that made it (its times are its own).
