@@ -69,3 +69,18 @@ def test_refund_approvals_example_runs() -> None:
     for out in outputs.values():
         assert "turn 4: update_ticket approved, ran" in out
         assert "get_order" not in out  # reads never wait for approval
+
+
+def test_structured_output_example_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "structured_output.py")],
+        env={**os.environ, "HOTLOOP_PROFILE": "zero"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("Triage: category=") and "priority=" in first
+    assert "raw answer: {" in done.stdout and "2 turns" in done.stdout

@@ -24,7 +24,7 @@ from typing import Any
 from hotloop.backends.forwarding import ForwardingBackend
 from hotloop.errors import APIError, InvalidMessage
 from hotloop.protocol.builder import ResponseBuilder
-from hotloop.protocol.chat import chat_messages, chat_tool
+from hotloop.protocol.chat import chat_messages, chat_response_format, chat_tool
 from hotloop.protocol.chat_stream import ChatChunkDecoder, ChatStreamError
 from hotloop.protocol.conversation import Conversation
 from hotloop.protocol.generation import GenerationRequest
@@ -81,32 +81,15 @@ def chat_body(request: GenerationRequest, upstream_model: str) -> bytes:
     reasoning = settings.get("reasoning")
     if isinstance(reasoning, Mapping) and reasoning.get("effort") is not None:
         body["reasoning_effort"] = reasoning["effort"]
-    text = settings.get("text")
-    if isinstance(text, Mapping):
-        response_format = _response_format(text.get("format"))
-        if response_format is not None:
-            body["response_format"] = response_format
+    response_format = chat_response_format(settings.get("text"))
+    if response_format is not None:
+        body["response_format"] = response_format
     messages = rendered_messages(request.context)
     if request.instructions:
         system = {"role": "system", "content": request.instructions}
         messages.insert(0, codec.dumps(system))
     head = codec.dumps(body)
     return b"".join((head[:-1], b',"messages":[', b",".join(messages), b"]}"))
-
-
-def _response_format(fmt: Any) -> dict[str, Any] | None:
-    """Responses ``text.format`` as Chat's ``response_format``."""
-    if not isinstance(fmt, Mapping):
-        return None
-    kind = fmt.get("type")
-    if kind == "json_schema":
-        schema = {
-            key: fmt[key] for key in ("name", "schema", "strict", "description") if key in fmt
-        }
-        return {"type": "json_schema", "json_schema": schema}
-    if kind == "json_object":
-        return {"type": "json_object"}
-    return None
 
 
 class _ChatStream:

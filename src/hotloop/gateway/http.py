@@ -203,6 +203,8 @@ class HTTPEndpoints:
                 raise APIError(str(exc), param=exc.param, code="invalid_request") from exc
             create = parse_create(
                 {
+                    # Sampling, reasoning effort, the answer's format (response_format).
+                    **chat.extra,
                     "model": chat.model,
                     "input": [item.to_dict() for item in chat.input],
                     "instructions": chat.instructions,

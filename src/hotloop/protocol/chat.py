@@ -34,6 +34,7 @@ __all__ = [
     "SYSTEM_FINGERPRINT",
     "ChatRequest",
     "chat_messages",
+    "chat_response_format",
     "chat_tool",
     "chat_request_to_responses",
     "responses_to_chat_request",
@@ -253,6 +254,9 @@ def chat_request_to_responses(body: Mapping[str, Any]) -> ChatRequest:
     effort = _optional(body, "reasoning_effort", str)
     if effort is not None:
         extra["reasoning"] = {"effort": effort}
+    text_format = _response_format_to_responses(body.get("response_format"))
+    if text_format is not None:
+        extra["text"] = {"format": text_format}
     return ChatRequest(
         model=model,
         input=tuple(items),
@@ -265,6 +269,26 @@ def chat_request_to_responses(body: Mapping[str, Any]) -> ChatRequest:
         include_usage=bool(include_usage),
         extra=extra,
     )
+
+
+def _response_format_to_responses(value: Any) -> JSONDict | None:
+    """Chat's ``response_format`` as a Responses ``text.format`` (the inverse of
+    :func:`chat_response_format`); ``None`` for plain text or no format."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid_field("must be an object", "response_format")
+    kind = value.get("type")
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise invalid_field("must be an object with a schema", "response_format.json_schema")
+        return {"type": "json_schema", **spec}
+    if kind in (None, "text"):
+        return None
+    raise invalid_field("must be text, json_object or json_schema", "response_format.type")
 
 
 # -- requests: Responses -> chat ---------------------------------------------------------
@@ -331,6 +355,22 @@ def chat_messages(items: Sequence[Item], first_index: int = 0) -> list[JSONDict]
     return messages
 
 
+def chat_response_format(text: Any) -> JSONDict | None:
+    """Responses' ``text`` setting (its ``format``) as Chat's ``response_format``, if any."""
+    fmt = text.get("format") if isinstance(text, Mapping) else None
+    if not isinstance(fmt, Mapping):
+        return None
+    kind = fmt.get("type")
+    if kind == "json_schema":
+        schema = {
+            key: fmt[key] for key in ("name", "schema", "strict", "description") if key in fmt
+        }
+        return {"type": "json_schema", "json_schema": schema}
+    if kind == "json_object":
+        return {"type": "json_object"}
+    return None
+
+
 def responses_to_chat_request(
     model: str,
     items: Sequence[Item],
@@ -368,6 +408,10 @@ def responses_to_chat_request(
         if key == "reasoning" and isinstance(value, Mapping):
             if value.get("effort") is not None:
                 body["reasoning_effort"] = value["effort"]
+        elif key == "text":
+            response_format = chat_response_format(value)
+            if response_format is not None:
+                body["response_format"] = response_format
         else:
             body[key] = value
     if stream:

@@ -17,6 +17,7 @@ from hotloop.runtime.events import (
     ToolCallStarted,
     ToolRecord,
 )
+from hotloop.runtime.output import OutputValidationError
 from hotloop.runtime.runner import Approver, MaxTurnsExceeded, ModelError, RunHook, Runner
 from hotloop.runtime.scheduler import Admission, CallEffects
 from hotloop.runtime.tools import (
@@ -41,6 +42,7 @@ __all__ = [
     "MessageFinished",
     "MessageStarted",
     "ModelTurnFinished",
+    "OutputValidationError",
     "PartialRun",
     "RunContext",
     "RunEvent",

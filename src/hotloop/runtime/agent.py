@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
+from hotloop.runtime.output import OutputSpec
 from hotloop.runtime.tools import (
     Effects,
     ResourceSpec,
@@ -41,6 +42,10 @@ class Agent:
     ``turn_timeout`` for the whole response (every attempt). ``max_tool_threads`` bounds the
     threads synchronous tools of one run may keep busy.
 
+    ``output_type`` makes the final answer a typed value (``RunResult.output``): the request
+    asks for JSON of its schema, and an answer that does not validate goes back to the model
+    with the errors, up to ``output_retries`` times (then ``OutputValidationError``).
+
     ``approval``: ``"writes"`` makes every call that may write (a tool that declares ``writes``
     or declares nothing) wait for approval before it runs, ``"all"`` every call; tools can ask
     for it themselves (``@tool(approval=True)``). See ``Runner.run``'s ``approver``.
@@ -60,6 +65,8 @@ class Agent:
         "max_turns",
         "model",
         "name",
+        "output",
+        "output_retries",
         "settings",
         "stall_timeout",
         "tools",
@@ -84,6 +91,8 @@ class Agent:
         turn_timeout: float | None = 600.0,
         max_tool_threads: int = 64,
         approval: Literal["writes", "all"] | None = None,
+        output_type: Any = None,
+        output_retries: int = 1,
     ) -> None:
         wrapped = [_as_tool(entry) for entry in tools]
         names = [tool.name for tool in wrapped]
@@ -94,6 +103,8 @@ class Agent:
             raise ValueError("max_turns, max_concurrency and max_attempts must be at least 1")
         if max_tool_threads < 1:
             raise ValueError("max_tool_threads must be at least 1")
+        if output_retries < 0:
+            raise ValueError("output_retries must not be negative")
         if approval not in (None, "writes", "all"):
             raise ValueError(f"approval must be None, 'writes' or 'all', not {approval!r}")
         for timeout in (first_event_timeout, stall_timeout, turn_timeout):
@@ -103,7 +114,13 @@ class Agent:
         self.instructions = instructions
         self.tools: tuple[Tool, ...] = tuple(wrapped)
         self.name = name
-        self.settings: Mapping[str, Any] = MappingProxyType(dict(settings or {}))
+        merged = dict(settings or {})
+        self.output = OutputSpec(output_type) if output_type is not None else None
+        if self.output is not None:
+            # The answer's format rides in ``text``, next to whatever else it holds.
+            merged["text"] = {**(merged.get("text") or {}), **self.output.format}
+        self.output_retries = output_retries
+        self.settings: Mapping[str, Any] = MappingProxyType(merged)
         self.max_turns = max_turns
         self.eager = eager
         self.max_concurrency = max_concurrency

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from hotloop.wire.items import FunctionCall, Item, Message
 from hotloop.wire.responses import Usage
@@ -93,6 +93,7 @@ class RunResult:
     ``items`` is the whole conversation (earlier runs' items, this run's input, every model
     output and tool result); pass the result as ``previous=`` to continue the conversation.
     ``started_ns`` is the ``time.perf_counter_ns()`` value the run's relative times count from.
+    ``output`` is the final answer validated into the agent's ``output_type``, if it has one.
     """
 
     final_output: str
@@ -102,6 +103,8 @@ class RunResult:
     last_response_id: str | None
     wall_ns: int
     started_ns: int = 0
+    #: The final answer as a value of the agent's ``output_type`` (``None`` without one).
+    output: Any = None
 
     @property
     def turns(self) -> int:

@@ -36,6 +36,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pydantic
+
 from hotloop.errors import HotloopError
 from hotloop.protocol.assembler import (
     FunctionCallReady,
@@ -61,6 +63,7 @@ from hotloop.runtime.events import (
     ToolRecord,
 )
 from hotloop.runtime.events import TextDelta as TextDeltaEvent
+from hotloop.runtime.output import OutputValidationError, problems
 from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
 from hotloop.runtime.tools import (
     RunContext,
@@ -740,6 +743,7 @@ async def _run(
         history.extend(given)
     steps: list[StepRecord] = []
     usage = Usage()
+    output_retries = agent.output_retries
     tasks: list[asyncio.Future[_Outcome]] = []
     try:
         for turn in range(1, max_turns + 1):
@@ -790,6 +794,27 @@ async def _run(
             if emit is not None:
                 emit(ModelTurnFinished(turn, response.id, response.usage, len(function_calls)))
             if not function_calls:
+                output = None
+                if agent.output is not None:
+                    try:
+                        output = agent.output.parse(stream.text)
+                    except pydantic.ValidationError as exc:
+                        errors = problems(exc)
+                        if output_retries == 0:
+                            raise OutputValidationError(
+                                f"the answer does not match {agent.output.name} after "
+                                f"{agent.output_retries} retries: {errors}",
+                                text=stream.text,
+                                errors=errors,
+                            ) from None
+                        # The model tries again, told what was wrong.
+                        output_retries -= 1
+                        history.extend(response.output)
+                        new_from = len(history)
+                        history.append(_retry_message(errors))
+                        previous_id = response.id
+                        ledger = {}
+                        continue
                 history.extend(response.output)
                 result = RunResult(
                     final_output=stream.text,
@@ -799,6 +824,7 @@ async def _run(
                     last_response_id=response.id,
                     wall_ns=time.perf_counter_ns() - origin,
                     started_ns=origin,
+                    output=output,
                 )
                 if trace is not None:
                     trace(result)
@@ -836,6 +862,16 @@ async def _run(
                 task.cancel()
         if threads is not None:
             threads.close()
+
+
+def _retry_message(errors: str) -> Message:
+    return Message(
+        role="user",
+        content=(
+            f"Your answer does not match the required format: {errors}. Answer again with "
+            "only JSON that matches the schema."
+        ),
+    )
 
 
 def _ledger_of(finished: Sequence[FinishedCall]) -> Ledger:

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
@@ -140,6 +141,9 @@ class SimEngine:
             calls = calls[:1]
         if position is None and not calls and text is None:
             text = self._generic_text(context)
+        if text and not calls:
+            # A final answer asked to follow a JSON schema (``text.format``) is a value of it.
+            text = _formatted_answer(request.settings.get("text"), text)
         items = [PlannedItem(text)] if text else []
         items.extend(PlannedItem(call.arguments, call.name) for call in calls)
         if not items:
@@ -245,6 +249,21 @@ class SimEngine:
         delay = deadline - self._clock()
         if delay > 0:
             await self._sleep(delay)
+
+
+def _formatted_answer(text_setting: Any, text: str) -> str:
+    """``text`` as the answer format asks: JSON synthesized from a ``json_schema`` format's
+    schema, any JSON object for ``json_object``, the text itself otherwise."""
+    fmt = text_setting.get("format") if isinstance(text_setting, Mapping) else None
+    if not isinstance(fmt, Mapping):
+        return text
+    if fmt.get("type") == "json_object":
+        return codec.dumps({"answer": text}).decode()
+    schema = fmt.get("schema")
+    if fmt.get("type") != "json_schema" or not isinstance(schema, Mapping):
+        return text
+    name = str(fmt.get("name") or "answer")
+    return codec.dumps(synthesize(schema, name, path="text.format.schema")).decode()
 
 
 def _open(out: ResponseBuilder, planned: PlannedItem) -> Sequence[Event]:

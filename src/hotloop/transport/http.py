@@ -259,6 +259,11 @@ class HTTPTransport(IteratingTransport):
         await self._client.aclose()
 
 
+#: Responses settings a Chat Completions request carries too (``text`` becomes
+#: ``response_format``, ``reasoning`` becomes ``reasoning_effort``).
+_CHAT_SETTINGS = ("text", "reasoning", "temperature", "top_p")
+
+
 class ChatTransport(IteratingTransport):
     """Chat Completions with tool calls, translated to and from Responses events."""
 
@@ -292,6 +297,7 @@ class ChatTransport(IteratingTransport):
             max_output_tokens=settings.pop("max_output_tokens", None),
             stream=True,
             include_usage=True,
+            extra={key: settings[key] for key in _CHAT_SETTINGS if key in settings},
         )
         encoded = codec.dumps(body)
 
