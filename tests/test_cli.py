@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import pytest
 from openai import AsyncOpenAI
 from rich.console import Console
 
+import hotloop
 import hotloop.demo
+from hotloop import Agent, Runner
 from hotloop.cli import main
 from hotloop.demo import check_run, run_demo
 from hotloop.runtime.events import RunResult, StepRecord, ToolRecord
@@ -179,3 +182,43 @@ def test_check_run_names_every_difference_from_the_scenario() -> None:
         "the final answer differs from the scenario's final text",
         "1 tool call(s) failed; the first: ValueError: boom",
     )
+
+
+def test_python_dash_m_and_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hotloop", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"hotloop {hotloop.__version__}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", hotloop.__version__)
+
+
+def test_ctrl_c_ends_a_command_with_one_line() -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hotloop", "gateway", "--profile", "zero", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # printed once the gateway accepts requests
+        assert f"127.0.0.1:{port}" in line
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert errors.strip().splitlines()[-1] == "hotloop: interrupted"
+    assert "Traceback" not in errors
+
+
+async def test_run_sync_in_a_running_loop_says_what_to_do() -> None:
+    with pytest.raises(RuntimeError, match=r"inside a running event loop .* `await Runner\.run"):
+        Runner.run_sync(Agent("hotloop-sim"), "hi", base_url="http://127.0.0.1:1/v1")

@@ -7,6 +7,8 @@ a connection-scoped cache; :mod:`hotloop.sim` is the embedded simulated model; a
 :mod:`hotloop.wire` / :mod:`hotloop.protocol` are the sans-I/O wire layer.
 """
 
+from importlib import metadata as _metadata
+
 from hotloop.errors import (
     APIError,
     DecodeError,
@@ -29,7 +31,10 @@ from hotloop.runtime import (
 )
 from hotloop.transport import TransportError, connect
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("hotloop")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "APIError",

@@ -87,6 +87,7 @@ def _add_upstream_options(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hotloop", description="Fast tool-calling agent loops.")
+    parser.add_argument("--version", action="version", version=f"hotloop {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     gateway = commands.add_parser(
@@ -360,8 +361,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hotloop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # asyncio.run has cancelled the command's tasks: servers and clients are closed.
+        print("hotloop: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _version() -> str:
+    from hotloop import __version__
+
+    return __version__
 
 
 if __name__ == "__main__":

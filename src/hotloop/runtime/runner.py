@@ -677,6 +677,16 @@ class Runner:
         falls back to ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``).
         """
 
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop in this thread: run_sync starts one
+        else:
+            raise RuntimeError(
+                "Runner.run_sync cannot run inside a running event loop (a notebook, an async "
+                "framework): use `await Runner.run(...)` there"
+            )
+
         async def main() -> RunResult:
             async with connect(base_url, api_key, transport=transport) as client:
                 return await Runner.run(
