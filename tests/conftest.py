@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -12,7 +13,7 @@ from hotloop.backends.sim import SimBackend
 from hotloop.gateway import GatewayConfig, GatewayServer
 from hotloop.sim.latency import LatencyProfile
 from hotloop.sim.scenario import Scenario
-from support import ten_turn_scenario
+from support import echo, ten_turn_scenario
 
 GatewayFactory = Callable[..., AbstractAsyncContextManager[GatewayServer]]
 
@@ -45,3 +46,11 @@ async def gateway(gateway_factory: GatewayFactory) -> AsyncIterator[GatewayServe
     """A gateway on the ten-turn scenario, ``zero`` profile, default config."""
     async with gateway_factory() as server:
         yield server
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    """A loopback TCP server that sends back every byte it gets (for proxy tests)."""
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    async with server:
+        yield int(server.sockets[0].getsockname()[1])

@@ -9,32 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from hotloop.bench import delay_proxy
 from hotloop.bench.delay_proxy import DelayProxy
+from support import echo
 
 RTT_MS = 60.0
 RTT_S = RTT_MS / 1000
 #: asyncio timers may fire up to the clock resolution early; allow a millisecond.
 SLACK_S = 0.001
-
-
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65_536):
-        writer.write(data)
-        await writer.drain()
-    writer.close()
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
-    async with server:
-        yield int(server.sockets[0].getsockname()[1])
 
 
 async def test_a_round_trip_costs_at_least_one_rtt(echo_port: int) -> None:
@@ -145,7 +131,7 @@ async def test_a_client_reset_closes_the_upstream_side() -> None:
 
 
 async def test_an_unreachable_target_closes_the_client_connection() -> None:
-    with_nothing = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    with_nothing = await asyncio.start_server(echo, "127.0.0.1", 0)
     port = with_nothing.sockets[0].getsockname()[1]
     with_nothing.close()
     await with_nothing.wait_closed()

@@ -7,28 +7,12 @@ and after it is over, never by how long it took.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 
 from hotloop.testing.faults import Fault, FaultPlan, FaultProxy
-
-
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while data := await reader.read(65_536):
-            writer.write(data)
-            await writer.drain()
-    writer.close()
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
-    async with server:
-        yield int(server.sockets[0].getsockname()[1])
+from support import echo
 
 
 async def _open(proxy: FaultProxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -108,7 +92,7 @@ async def test_half_open_forwards_nothing_and_closes_nothing() -> None:
     upstream_closed = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _echo(reader, writer)
+        await echo(reader, writer)
         upstream_closed.set()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)

@@ -446,16 +446,7 @@ def _seconds(value: str | None) -> float | None:
 
 def _error_message(body: bytes) -> str:
     """The upstream's own error message (OpenAI's error shape, or llama.cpp's), short."""
-    if not body:
-        return ""
-    try:
-        data = codec.decode_object(body)
-    except HotloopError:
-        text = body[:200].decode("utf-8", "replace").strip()
-        return text
-    error = data.get("error", data)
-    message = error.get("message") if isinstance(error, dict) else error
-    return str(message)[:500] if message else ""
+    return codec.error_body(body)[0]
 
 
 def model_map(config: UpstreamConfig, discovered: Sequence[str]) -> dict[str, str]:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, Self
 
-from hotloop.errors import HotloopError
 from hotloop.protocol.client_session import TransportError
 from hotloop.wire import codec
 from hotloop.wire.events import Event
@@ -140,18 +139,8 @@ def refusal_message(url: str, status: int | None, body: bytes, *, websocket: boo
 
 
 def _error_detail(body: bytes) -> str:
-    if not body:
-        return ""
-    try:
-        data = codec.loads(body)
-    except HotloopError:
-        return body[:200].decode(errors="replace").strip()
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        text = str(error.get("message") or "")
-        code = error.get("code")
-        return f"{text} ({code})" if isinstance(code, str) and code else text
-    return str(error or data)[:200]
+    message, code = codec.error_body(body)
+    return f"{message} ({code})" if code else message
 
 
 #: Called with each event of a turn, in order, as it arrives (see :meth:`Transport.stream_to`).

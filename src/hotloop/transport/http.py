@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 import httpx
 
-from hotloop.errors import HotloopError
 from hotloop.protocol.chat import responses_to_chat_request
 from hotloop.protocol.chat_stream import ChatStreamDecoder
 from hotloop.protocol.client_session import (
@@ -81,15 +80,9 @@ def _client(
 async def _http_failure(response: httpx.Response) -> Failure:
     """An error status, with the code and message of OpenAI's error body when there is one."""
     body = await response.aread()
-    code: str | None = None
-    try:
-        error = codec.loads(body).get("error") or {}
-        code = error.get("code")
-    except (HotloopError, AttributeError):
-        pass
     status = response.status_code
     message = refusal_message(str(response.request.url), status, body, websocket=False)
-    return error_failure(message, code=code if isinstance(code, str) else None, status=status)
+    return error_failure(message, code=codec.error_body(body)[1], status=status)
 
 
 def _broken(exc: httpx.HTTPError) -> Failure:

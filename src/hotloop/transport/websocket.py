@@ -501,12 +501,4 @@ class WebSocketTransport(Closing):
 
 
 def _error_code(body: bytes | None) -> str | None:
-    if not body:
-        return None
-    try:
-        data = codec.loads(body)
-    except HotloopError:
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
+    return codec.error_body(body or b"")[1]

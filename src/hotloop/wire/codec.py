@@ -32,6 +32,7 @@ from hotloop.wire.events import (
 from hotloop.wire.items import JSONDict
 
 __all__ = [
+    "error_body",
     "MAX_NESTING_DEPTH",
     "NestingTooDeep",
     "decode_event",
@@ -98,6 +99,23 @@ def decode_object(
     if max_depth is not None and _brackets(data) > max_depth and nesting_exceeds(value, max_depth):
         raise NestingTooDeep(f"the JSON nests arrays and objects more than {max_depth} levels deep")
     return value
+
+
+def error_body(body: bytes) -> tuple[str, str | None]:
+    """The message and code of an error reply's body: OpenAI's ``{"error": {...}}`` (or
+    llama.cpp's), else the start of the text. The message is at most 500 characters."""
+    if not body:
+        return "", None
+    try:
+        data = loads(body)
+    except DecodeError:
+        return body[:200].decode("utf-8", "replace").strip(), None
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if not isinstance(error, dict):
+        return str(error)[:500], None
+    code = error.get("code")
+    message = error.get("message")
+    return (str(message)[:500] if message else ""), (code if isinstance(code, str) else None)
 
 
 def _json_type(value: Any) -> str:
