@@ -1,4 +1,4 @@
-"""The ``hotloop`` command: ``hotloop gateway …``, ``demo …``, ``bench …``, ``trace show …``."""
+"""The ``hotloop`` command: ``gateway``, ``demo``, ``bench``, ``trace show`` and ``report``."""
 
 from __future__ import annotations
 
@@ -227,6 +227,27 @@ def _parser() -> argparse.ArgumentParser:
     show = trace_commands.add_parser("show", help="draw a waterfall of each run in a trace file")
     show.add_argument("file", type=Path, help="a JSONL trace file (hotloop.trace.JSONLSink)")
     show.add_argument("--width", type=int, default=None, help="columns (default: the terminal's)")
+
+    report = commands.add_parser(
+        "report",
+        help="write the HTML waterfall report of the runs in trace files",
+        description="Write the self-contained HTML report hotloop demo writes (a waterfall of "
+        "each run on one shared time axis, its phase totals, the runs side by side) for every "
+        "run in JSONL trace files written by hotloop.trace.JSONLSink.",
+    )
+    report.add_argument(
+        "files", type=Path, nargs="+", metavar="TRACE", help="JSONL trace file(s), read in order"
+    )
+    report.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where to write the report (default: the first trace file with .html for its "
+        "suffix, e.g. runs.jsonl -> runs.html)",
+    )
+    report.add_argument("--title", default=None, metavar="TEXT", help="the report's heading")
     return parser
 
 
@@ -315,6 +336,43 @@ def _show_trace(path: Path, width: int | None) -> None:
         console.print(render_trace(spans, console.width))
 
 
+def _report_output(files: Sequence[Path], output: Path | None) -> Path:
+    """``--output``, or the first trace file with ``.html`` for its suffix (never a trace)."""
+    target = output if output is not None else files[0].with_suffix(".html")
+    if any(target.resolve() == path.resolve() for path in files):
+        raise HotloopError(f"the report would overwrite the trace file {target}: give --output")
+    return target
+
+
+def _write_trace_report(files: Sequence[Path], output: Path | None, title: str | None) -> None:
+    from hotloop.report import ReportRun, runs_from_spans, write_report
+    from hotloop.trace import read_spans
+
+    target = _report_output(files, output)
+    runs: list[ReportRun] = []
+    for path in dict.fromkeys(files):  # a file named twice is read once
+        try:
+            spans = read_spans(path)  # names the file and line of a malformed span
+        except OSError as exc:
+            raise HotloopError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if not spans:
+            raise HotloopError(f"{path} holds no spans")
+        try:
+            runs += runs_from_spans(spans)
+        except HotloopError as exc:
+            raise HotloopError(f"{path}: {exc}") from exc
+    names = ", ".join(str(path) for path in dict.fromkeys(files))
+    count = f"{len(runs)} run" + ("s" if len(runs) != 1 else "")
+    written = write_report(
+        target,
+        runs,
+        title=title,
+        versus=False,
+        subtitle=f"{count} traced in {names}. Every waterfall shares one time axis.",
+    )
+    print(f"report: {written} ({count}; opens offline)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -357,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_command(args)
         elif args.command == "trace":
             _show_trace(args.file, args.width)
+        elif args.command == "report":
+            _write_trace_report(args.files, args.output, args.title)
     except HotloopError as exc:
         print(f"hotloop: error: {exc}", file=sys.stderr)
         return 2

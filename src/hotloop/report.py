@@ -1,10 +1,17 @@
-"""The demo's HTML report: both runs as waterfalls on one time axis, in one self-contained file.
+"""The HTML waterfall report: runs on one time axis, in one self-contained file.
 
 :func:`write_report` takes finished runs (:class:`ReportRun`: a name, the
 :class:`~hotloop.runtime.RunResult`, the transport's counters, and any problems found when the
 run was checked) and writes an HTML page that needs nothing but a browser: the styles are
 inline, every waterfall is inline SVG, there is no script, font or image to fetch. Each bar
 carries a ``<title>``, which browsers show on hover.
+
+Two producers share it: ``hotloop demo`` (its naive and hotloop runs, with the scenario they
+played) and ``hotloop report`` (any traced run). A trace is turned back into runs by
+:func:`runs_from_spans`, so :func:`write_report` also takes spans, or the
+:class:`~hotloop.trace.MemorySink` holding them, in place of runs::
+
+    write_report("runs.html", sink)  # after tracer.flush()
 
 Every waterfall is drawn from :func:`hotloop.trace.timeline_from_result`; this module only
 lays the bars out. All waterfalls share one scale (pixels per second), so a faster run is a
@@ -16,21 +23,29 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
+from hotloop.errors import HotloopError
 from hotloop.runtime.events import RunResult
 from hotloop.sim.latency import LatencyProfile
 from hotloop.sim.scenario import Scenario
+from hotloop.trace.sinks import MemorySink
+from hotloop.trace.spans import Span, group_traces, steps_from_spans
 from hotloop.trace.timeline import PHASES, Bar, phase_totals, timeline_from_result
 from hotloop.transport.base import TransportStats
+from hotloop.wire.responses import Usage
 
 __all__ = [
     "PHASE_COLORS",
     "ReportRun",
     "connections_opened",
     "render_report",
+    "runs_from_spans",
     "tick_step",
     "write_report",
 ]
@@ -97,6 +112,87 @@ def connections_opened(run: ReportRun) -> int | None:
     if run.result is not None:
         counted = max(counted, sum(s.connect_start_ns is not None for s in run.result.steps))
     return counted or None
+
+
+def _attribute_int(span: Span, key: str) -> int:
+    value = span.attributes.get(key, 0)
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def runs_from_spans(spans: Iterable[Span]) -> list[ReportRun]:
+    """Each trace among ``spans`` as a run to report, in the order the traces first appear.
+
+    A trace keeps every time the waterfall needs (:func:`~hotloop.trace.steps_from_spans`), but
+    not the conversation, the final answer or the transport's counters: those stay empty, and
+    the report shows what the trace holds. A span seen twice (the same file read twice) counts
+    once. Raises :class:`~hotloop.errors.HotloopError` for a trace without a root span.
+    """
+    unique: dict[tuple[str, str], Span] = {}
+    for span in spans:
+        unique.setdefault((span.trace_id, span.span_id), span)
+    runs: list[ReportRun] = []
+    for trace_id, trace in group_traces(unique.values()).items():
+        root = next((span for span in trace if span.parent_id is None), None)
+        if root is None:
+            raise HotloopError(f"trace {trace_id} has no root span (was the file cut short?)")
+        steps = steps_from_spans(trace)
+        run_name = str(root.attributes.get("hotloop.run.name", root.name))
+        result = RunResult(
+            final_output="",
+            items=(),
+            usage=Usage(
+                input_tokens=_attribute_int(root, "gen_ai.usage.input_tokens"),
+                output_tokens=_attribute_int(root, "gen_ai.usage.output_tokens"),
+            ),
+            steps=tuple(steps),
+            last_response_id=steps[-1].response_id if steps else None,
+            wall_ns=root.duration_ns,
+            started_ns=root.start_ns,
+        )
+        description = f"trace {trace_id}"
+        started = root.attributes.get("hotloop.run.start_unix_ns")
+        if isinstance(started, int):
+            when = datetime.fromtimestamp(started / 1e9, UTC)
+            description += f" · started {when:%Y-%m-%d %H:%M:%S} UTC"
+        slug = re.sub(r"[^\w.-]+", "-", run_name).strip("-") or "run"
+        runs.append(ReportRun(slug, run_name, description, result))
+    return runs
+
+
+def _distinct(runs: Sequence[ReportRun]) -> list[ReportRun]:
+    """``runs`` with repeated names and titles numbered (``run #1``, ``run #2``, …).
+
+    Names become element ids and titles column headings, so both must tell runs apart; a trace
+    file of many runs of one agent repeats the same run name.
+    """
+    names = Counter(run.name for run in runs)
+    titles = Counter(run.title for run in runs)
+    seen_names: Counter[str] = Counter()
+    seen_titles: Counter[str] = Counter()
+    distinct = []
+    for run in runs:
+        seen_names[run.name] += 1
+        seen_titles[run.title] += 1
+        name = f"{run.name}-{seen_names[run.name]}" if names[run.name] > 1 else run.name
+        title = f"{run.title} #{seen_titles[run.title]}" if titles[run.title] > 1 else run.title
+        distinct.append(
+            replace(run, name=name, title=title) if run.name != name or run.title != title else run
+        )
+    return distinct
+
+
+def _as_runs(
+    runs: Sequence[ReportRun] | Iterable[Span] | MemorySink,
+) -> tuple[list[ReportRun], bool]:
+    """The runs to draw, and whether they came from a trace (spans) rather than as runs."""
+    items: list[object] = list(runs.spans if isinstance(runs, MemorySink) else runs)
+    if not items:
+        raise HotloopError("nothing to report: no runs (and no spans)")
+    if all(isinstance(item, Span) for item in items):
+        return runs_from_spans(item for item in items if isinstance(item, Span)), True
+    if all(isinstance(item, ReportRun) for item in items):
+        return [item for item in items if isinstance(item, ReportRun)], False
+    raise TypeError("write_report takes ReportRun objects, or the spans of a trace, not a mix")
 
 
 def tick_step(span_s: float, max_ticks: int = 12) -> float:
@@ -321,11 +417,15 @@ def _ratio(new: float, old: float) -> str:
     return f"{new / old:.2f}&times;" if old else "&ndash;"
 
 
-def _comparison(runs: Sequence[ReportRun]) -> str:
-    """The headline figures, and a table of every run side by side."""
+def _comparison(runs: Sequence[ReportRun], versus: bool) -> str:
+    """The headline figures, and a table of every run side by side.
+
+    With ``versus`` the first run is the baseline and the last the contender (the demo): the
+    headline and the last column compare those two. Runs read from traces have no such roles.
+    """
     done = [run for run in runs if run.result is not None]
     headline = ""
-    if len(done) >= 2 and done[0].result is not None and done[-1].result is not None:
+    if versus and len(done) >= 2 and done[0].result is not None and done[-1].result is not None:
         base, best = done[0], done[-1]
         assert base.result is not None and best.result is not None
         speedup = base.result.wall_ns / max(1, best.result.wall_ns)
@@ -346,7 +446,7 @@ def _comparison(runs: Sequence[ReportRun]) -> str:
     header = "".join(f"<th>{html.escape(run.title)}</th>" for run in runs)
     ratio_head = (
         f"<th>{html.escape(runs[-1].title)} / {html.escape(runs[0].title)}</th>"
-        if len(runs) >= 2
+        if versus and len(runs) >= 2
         else ""
     )
     rows = []
@@ -360,7 +460,7 @@ def _comparison(runs: Sequence[ReportRun]) -> str:
             for value in values
         )
         ratio = ""
-        if len(values) >= 2:
+        if versus and len(values) >= 2:
             first, last = values[0], values[-1]
             comparable = runs[0].result is not None and runs[-1].result is not None
             shown = _ratio(last, first) if comparable and first and last is not None else None
@@ -368,8 +468,9 @@ def _comparison(runs: Sequence[ReportRun]) -> str:
         rows.append(f"<tr><td>{name}</td>{cells}{ratio}</tr>")
     return (
         headline
-        + f'<table class="compare"><thead><tr><th></th>{header}{ratio_head}</tr></thead>'
-        + f"<tbody>{''.join(rows)}</tbody></table>"
+        + '<div class="chart"><table class="compare">'
+        + f"<thead><tr><th></th>{header}{ratio_head}</tr></thead>"
+        + f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
@@ -423,33 +524,49 @@ footer { margin-top: 28px; color: #6b7280; font-size: 12px; }
 
 
 def render_report(
-    runs: Sequence[ReportRun],
-    scenario: Scenario,
-    profile: LatencyProfile | str,
+    runs: Sequence[ReportRun] | Iterable[Span] | MemorySink,
+    scenario: Scenario | None = None,
+    profile: LatencyProfile | str | None = None,
     *,
     title: str | None = None,
     subtitle: str | None = None,
+    versus: bool | None = None,
 ) -> str:
     """The report as one HTML document (see :func:`write_report`)."""
-    profile_name = profile if isinstance(profile, str) else profile.name
-    spans = [run.result.wall_ns for run in runs if run.result is not None]
+    drawn, from_trace = _as_runs(runs)
+    if versus is None:
+        versus = not from_trace
+    drawn = _distinct(drawn)
+    spans = [run.result.wall_ns for run in drawn if run.result is not None]
     span_ns = max([1, *spans])
-    # Round the shared axis up to a whole tick, so both waterfalls end on a labelled tick.
+    # Round the shared axis up to a whole tick, so every waterfall ends on a labelled tick.
     step_ns = int(tick_step(span_ns / 1e9) * 1e9)
     span_ns = max(step_ns, math.ceil(span_ns / step_ns) * step_ns)
-    failed = [run for run in runs if not run.ok]
+    failed = [run for run in drawn if not run.ok]
     status = (
-        f'<div class="failure" id="status"><strong>{len(failed)} of {len(runs)} runs FAILED'
+        f'<div class="failure" id="status"><strong>{len(failed)} of {len(drawn)} runs FAILED'
         "</strong> — see below.</div>"
         if failed
         else ""
     )
-    title = title or f"hotloop demo — scenario {scenario.name}, profile {profile_name}"
-    subtitle = subtitle or (
-        f"{scenario.total_calls} tool calls over {len(scenario.turns)} model turns, played by "
-        "the embedded simulated model; tools run at the scenario's latency. Both waterfalls "
-        "share one time axis."
-    )
+    if scenario is not None:
+        profile_name = (
+            "" if profile is None else profile if isinstance(profile, str) else profile.name
+        )
+        title = title or f"hotloop demo — scenario {scenario.name}, profile {profile_name}"
+        subtitle = subtitle or (
+            f"{scenario.total_calls} tool calls over {len(scenario.turns)} model turns, played "
+            "by the embedded simulated model; tools run at the scenario's latency. Both "
+            "waterfalls share one time axis."
+        )
+        task = f'<div class="task">{html.escape(scenario.task)}</div>'
+        producer = "hotloop demo"
+    else:
+        count = f"{len(drawn)} run" + ("s" if len(drawn) != 1 else "")
+        title = title or f"hotloop report — {count}"
+        subtitle = subtitle or f"{count}, drawn from traces. Every waterfall shares one time axis."
+        task = ""
+        producer = "hotloop report"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -457,12 +574,12 @@ def render_report(
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         f'<p class="sub">{html.escape(subtitle)}</p>'
-        f'<div class="task">{html.escape(scenario.task)}</div>'
+        + task
         + status
-        + _comparison(runs)
+        + _comparison(drawn, versus)
         + _legend()
-        + "".join(_run_section(run, span_ns) for run in runs)
-        + "<footer>Written by <code>hotloop demo</code>. Hover a bar for its timings. "
+        + "".join(_run_section(run, span_ns) for run in drawn)
+        + f"<footer>Written by <code>{producer}</code>. Hover a bar for its timings. "
         "Bars of one phase may overlap; their totals add up and can exceed the wall time."
         "</footer></body></html>\n"
     )
@@ -470,20 +587,27 @@ def render_report(
 
 def write_report(
     path: str | Path,
-    runs: Sequence[ReportRun],
-    scenario: Scenario,
-    profile: LatencyProfile | str,
+    runs: Sequence[ReportRun] | Iterable[Span] | MemorySink,
+    scenario: Scenario | None = None,
+    profile: LatencyProfile | str | None = None,
     *,
     title: str | None = None,
     subtitle: str | None = None,
+    versus: bool | None = None,
 ) -> Path:
-    """Write the report of ``runs`` (first the baseline, last the contender) to ``path``.
+    """Write the report of ``runs`` to ``path``; returns the path written.
 
-    ``title`` and ``subtitle`` replace the ones that describe a run on the simulated model.
-    Creates missing parent folders; returns the path written.
+    ``runs`` are :class:`ReportRun` objects (the demo: first the baseline, last the contender,
+    compared in the headline), or the spans of one or more traces, or the
+    :class:`~hotloop.trace.MemorySink` holding them (flush the tracer first): every trace is
+    one run, drawn in the order the traces appear. ``versus`` says whether the headline and
+    the last column compare the last run with the first (default: for runs, not for spans).
+    ``scenario`` and ``profile`` describe what the demo played; ``title`` and ``subtitle``
+    replace the default heading. Creates missing parent folders. Raises
+    :class:`~hotloop.errors.HotloopError` when there is nothing to draw.
     """
+    page = render_report(runs, scenario, profile, title=title, subtitle=subtitle, versus=versus)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    page = render_report(runs, scenario, profile, title=title, subtitle=subtitle)
     target.write_text(page, encoding="utf-8")
     return target

@@ -30,13 +30,17 @@ SUPPORT = load_scenario("support")
 NAMES = [strategy.name for strategy in STRATEGIES]
 
 
-def _table_rows(markdown: str) -> dict[str, list[str]]:
+def _table_rows(text: str, columns: int = 10, border: str = "|") -> dict[str, list[str]]:
+    """The rows of a table (Markdown ``|``, or rich's ``│``) with ``columns`` cells, by name."""
     rows: dict[str, list[str]] = {}
-    for line in markdown.splitlines():
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) == 10 and cells[0] in NAMES:
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip(border).split(border)]
+        if len(cells) == columns and cells[0] in NAMES:
             rows[cells[0]] = cells
     return rows
+
+
+PHASES_CAPTION = "Where the time goes (medians, s)"
 
 
 def test_bench_runs_every_strategy_and_writes_matching_reports(
@@ -72,6 +76,17 @@ def test_bench_runs_every_strategy_and_writes_matching_reports(
     # Deterministic proxies: naive re-sends the whole history every turn.
     assert naive["bytes_sent"] > full["bytes_sent"]
     assert naive["ratio_to_naive"] == 1
+    # Where the time goes: on the terminal too, after the strategies, the same cells as the file.
+    markdown = md_path.read_text()
+    terminal = captured.out[captured.out.index(PHASES_CAPTION) :]
+    assert PHASES_CAPTION in markdown
+    phases = _table_rows(terminal, columns=6, border="│")
+    assert list(phases) == NAMES
+    assert phases == _table_rows(markdown[markdown.index(PHASES_CAPTION) :], columns=6)
+    for name, entry in report["strategies"].items():
+        keys = ("model_s", "tool_wait_s", "loop_s", "tool_hidden_s")
+        figures = [entry["median_wall_s"], *(entry["phases"][key] for key in keys)]
+        assert phases[name][1:] == [f"{value:.3f}" for value in figures]
     details = report["runs_detail"]
     assert len(details) == len(NAMES)
     assert all(run["ok"] and run["turns"] == len(SUPPORT.turns) for run in details)

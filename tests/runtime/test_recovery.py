@@ -350,7 +350,7 @@ async def test_drop_with_a_write_running_and_a_conflicting_one_waiting(
     ]
 
 
-async def test_a_turn_that_cannot_be_recovered_cancels_its_dispatched_write(
+async def test_a_turn_that_cannot_be_recovered_lets_its_dispatched_write_finish(
     gateway_factory: GatewayFactory,
 ) -> None:
     writes = GatedWrites()
@@ -363,13 +363,23 @@ async def test_a_turn_that_cannot_be_recovered_cancels_its_dispatched_write(
         async with WebSocketProxy(server.websocket_url) as proxy:
             # One attempt only: the drop after the first write's item ends the run.
             proxy.drop_client_after(n_events=drop_at, on_turn=1)
+            run = asyncio.create_task(run_gated(proxy.url, writes, max_attempts=1))
+            while not any(connection.dropped for connection in proxy.connections):
+                await asyncio.sleep(0.01)
+            # The run has failed, but a write (eagerly dispatched) is half done: the run waits
+            # for it rather than cut it off (a cut-off run ends within milliseconds of the drop
+            # on loopback; a second is a wide margin), and keeps its result.
+            done, _ = await asyncio.wait([run], timeout=1.0)
+            assert not done and writes.running == 1
+            writes.gate.set()
             with pytest.raises(TransportError) as caught:
-                await run_gated(proxy.url, writes, max_attempts=1)
+                await run
 
     assert caught.value.replay_safe
     assert caught.value.code == "connection_lost"
-    # The write had started; the failed run cancelled it instead of leaving it running.
-    await asyncio.sleep(0)
-    assert writes.cancelled == 1
-    assert writes.running == 0
-    assert writes.log.count() == 0
+    assert writes.cancelled == 0 and writes.running == 0
+    assert writes.log.count() == 1
+    partial = caught.value.partial
+    assert partial is not None
+    assert [call.name for call in partial.finished] == [WRITE]
+    assert partial.finished[0].output.startswith("patched ")

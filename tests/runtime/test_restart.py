@@ -249,6 +249,8 @@ async def test_finished_reads_of_a_cut_turn_are_reused_and_its_held_write_runs_o
         log = ExecutionLog()
         tools = scenario_tools(SUPPORT, time_scale=0, log=log)
         ready = asyncio.Event()
+        if not eager:
+            ready.set()  # a lazy agent starts no read before its response completes
         on_first_execution(tools, "lookup", _set(ready))
         agent = Agent(MODEL, tools=tools, eager=eager)
         client = CutBeforeCompleted(connect(gateway.base_url), cut=1, ready=ready)
@@ -265,7 +267,6 @@ async def test_finished_reads_of_a_cut_turn_are_reused_and_its_held_write_runs_o
             else:
                 # A lazy agent starts nothing before its response completes.
                 assert log.count("lookup") == 0 and partial.finished == ()
-                ready.set()
             assert partial.turns == 0 and partial.items == partial.input
 
             # The input is the run's own: another one is refused, the same one continues it.

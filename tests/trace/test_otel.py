@@ -1,7 +1,8 @@
 """OpenTelemetry export end to end: real runs → Tracer → OTelSink → the SDK's in-memory exporter.
 
-One OTel trace per run, spans nested as ours are (same names under the same parents), the
-attributes carried over, and monotonic times turned into wall-clock times with one offset.
+One OTel trace per run, spans nested as ours are (our names kept as ``hotloop.span``; the GenAI
+operations named as the GenAI semantic conventions name them), the attributes carried over, and
+monotonic times turned into wall-clock times with one offset.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracerProvider, SpanKind
 
+from hotloop.backends.sim import DEFAULT_MODEL
 from hotloop.runtime import RunResult
 from hotloop.trace import MemorySink, Span, Tracer, group_traces, spans_from_result
 from hotloop.trace.otel import OTelSink
+from support import ten_turn_scenario
+
+MODEL = f"{DEFAULT_MODEL}:{ten_turn_scenario().name}"
 
 RunTen = Callable[..., Awaitable[RunResult]]
 
@@ -28,10 +33,19 @@ def shape(spans: Sequence[Span]) -> Counter[tuple[str, str | None]]:
     return Counter((span.name, names.get(span.parent_id or "")) for span in spans)
 
 
+def internal(span: ReadableSpan) -> str:
+    """Our name of an exported span."""
+    assert span.attributes is not None
+    kind = span.attributes["hotloop.span"]
+    assert isinstance(kind, str)
+    return kind
+
+
 def otel_shape(spans: Sequence[ReadableSpan]) -> Counter[tuple[str, str | None]]:
-    names = {span.context.span_id: span.name for span in spans}
+    """(our name, parent's) of every exported span."""
+    names = {span.context.span_id: internal(span) for span in spans}
     return Counter(
-        (span.name, names.get(span.parent.span_id) if span.parent is not None else None)
+        (internal(span), names.get(span.parent.span_id) if span.parent is not None else None)
         for span in spans
     )
 
@@ -59,7 +73,7 @@ async def test_each_run_is_one_otel_trace_nested_as_ours(run_ten: RunTen) -> Non
     for theirs, mine in zip(by_trace.values(), ours, strict=True):
         ids = {span.context.span_id for span in theirs if span.context is not None}
         roots = [span for span in theirs if span.parent is None]
-        assert [root.name for root in roots] == ["run"]
+        assert [root.name for root in roots] == ["invoke_agent agent"]
         root = roots[0]
         assert root.attributes is not None
         assert root.attributes["hotloop.run.name"] == "hotloop"
@@ -84,20 +98,22 @@ async def test_each_run_is_one_otel_trace_nested_as_ours(run_ten: RunTen) -> Non
                 assert parent.start_time is not None and parent.end_time is not None
                 assert parent.start_time <= span.start_time <= span.end_time <= parent.end_time
         # Kinds and attributes.
-        requests = [span for span in theirs if span.name == "model.request"]
+        requests = [span for span in theirs if internal(span) == "model.request"]
         assert len(requests) == 10
         for request in requests:
+            assert request.name == f"chat {MODEL}"
             assert request.kind is SpanKind.CLIENT
             assert request.attributes is not None
             assert isinstance(request.attributes["hotloop.server.decode_ns"], int)
             assert isinstance(request.attributes["hotloop.network_ns"], int)
             assert isinstance(request.attributes["gen_ai.response.id"], str)
-        calls = [span for span in theirs if span.name == "tool.call"]
+        calls = [span for span in theirs if internal(span) == "tool.call"]
         assert len(calls) == 10
         for call in calls:
             assert call.kind is SpanKind.INTERNAL
             assert call.attributes is not None
             assert call.attributes["gen_ai.tool.name"] == "get_weather"
+            assert call.name == "execute_tool get_weather"
     provider.shutdown()
 
 

@@ -38,6 +38,11 @@ class Backend(Protocol):
 
     ``models()`` lists the model ids ``GET /v1/models`` shows and requests may name (after
     ``start()``); ``open_session()`` is called for each client connection.
+
+    A backend whose model ids form a family too large to list (the simulated model's
+    ``hotloop-sim:generic:<turns>``) may also define ``accepts_model(model) -> bool``: the
+    gateway then accepts a request for an unlisted id the backend says it serves. It is
+    optional, so it is not part of this protocol.
     """
 
     async def start(self) -> None:

@@ -2,6 +2,10 @@
 
 Model ids: ``hotloop-sim`` plays the gateway's default scenario; ``hotloop-sim:<name>`` plays
 the bundled (or given) scenario ``<name>``, so one gateway can serve every scenario.
+``hotloop-sim:generic`` is the generic mode, which drives any agent with the tools it offers
+(3 tool turns; ``hotloop-sim:generic:<N>`` makes N): ``GET /v1/models`` lists the first, and
+the gateway accepts every ``<N>`` through :meth:`SimBackend.accepts_model`, since a family of
+a thousand ids has no place in a model list.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from hotloop.sim.engine import SimEngine
 from hotloop.sim.latency import LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario, bundled_scenarios, load_scenario
 
-__all__ = ["DEFAULT_MODEL", "SimBackend"]
+__all__ = ["DEFAULT_MODEL", "GENERIC_MODEL", "SimBackend"]
 
 DEFAULT_MODEL = "hotloop-sim"
+#: The generic mode's model id (``GENERIC_MODEL:<N>`` for N tool turns).
+GENERIC_MODEL = f"{DEFAULT_MODEL}:generic"
 
 
 class SimBackend:
@@ -42,10 +48,14 @@ class SimBackend:
             scenarios[f"{DEFAULT_MODEL}:{name}"] = extra
         self.scenario = default
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
-        self.engine = SimEngine(scenarios, self.profile)
+        self.engine = SimEngine(scenarios, self.profile, generic_model=GENERIC_MODEL)
 
     def models(self) -> Sequence[str]:
-        return list(self.engine.scenarios)
+        return [*self.engine.scenarios, GENERIC_MODEL]
+
+    def accepts_model(self, model: str) -> bool:
+        """True for every model id the engine plays, listed or not (``hotloop-sim:generic:8``)."""
+        return self.engine.serves(model)
 
     async def start(self) -> None:
         return None

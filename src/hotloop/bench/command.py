@@ -2,9 +2,10 @@
 
     hotloop bench --scenario coding --profile fast --runs 5 [--rtt-ms 40]
 
-Prints the table on stdout, progress on stderr, and writes the report as JSON and Markdown
-(default ``reports/bench-<scenario>-<profile>-rtt<ms>.{json,md}``). Exits 1 when a run did not
-complete the scenario (the run is in the table and the files), 2 on a usage error.
+Prints the tables on stdout (the strategies' figures, then where the time goes), progress on
+stderr, and writes the report as JSON and Markdown (default
+``reports/bench-<scenario>-<profile>-rtt<ms>.{json,md}``). Exits 1 when a run did not complete
+the scenario (the run is in the table and the files), 2 on a usage error.
 """
 
 from __future__ import annotations

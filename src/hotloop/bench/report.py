@@ -1,8 +1,11 @@
-"""``hotloop bench``'s report: per-strategy figures, as a terminal table, JSON and Markdown.
+"""``hotloop bench``'s report: per-strategy figures, as terminal tables, JSON and Markdown.
 
-All three are drawn from one :func:`summarize` dictionary, so their numbers always match.
-Warm-up runs are left out of the figures; failed runs are counted and their errors listed,
-never dropped.
+All three are drawn from one :func:`summarize` dictionary, so their numbers always match. The
+two tables (the strategies' figures, and where the time goes) are each defined once, as a
+:class:`TextTable` of formatted cells (:func:`strategy_table`, :func:`phase_table`); the
+terminal and the Markdown only lay those cells out, so a figure cannot be formatted one way
+on screen and another in the file. Warm-up runs are left out of the figures; failed runs are
+counted and their errors listed, never dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 import platform
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,16 @@ from hotloop.bench.runner import BenchConfig, scaled_tools
 from hotloop.bench.strategies import RunRecord
 from hotloop.wire import codec
 
-__all__ = ["default_report_stem", "render_table", "summarize", "to_markdown", "write_reports"]
+__all__ = [
+    "TextTable",
+    "default_report_stem",
+    "phase_table",
+    "render_table",
+    "strategy_table",
+    "summarize",
+    "to_markdown",
+    "write_reports",
+]
 
 _PHASES = ("model_s", "tool_wait_s", "loop_s", "tool_hidden_s")
 
@@ -108,38 +120,25 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-_COLUMNS = (
-    "strategy",
-    "ok",
-    "median s",
-    "min s",
-    "max s",
-    "CPU s",
-    "requests",
-    "bytes sent",
-    "/naive",
-    "/bound",
-)
+@dataclass(frozen=True, slots=True)
+class TextTable:
+    """A table as formatted cells: what both the terminal and the Markdown show.
+
+    ``styles`` holds one rich style per row (``None``: plain), for the terminal only; the first
+    column is left-aligned, the others right-aligned, in both renderings.
+    """
+
+    caption: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    styles: tuple[str | None, ...]
 
 
-def _rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for name, entry in report["strategies"].items():
-        rows.append(
-            [
-                name,
-                f"{entry['completed']}/{entry['runs']}",
-                _fmt(entry["median_wall_s"], ".3f"),
-                _fmt(entry["min_wall_s"], ".3f"),
-                _fmt(entry["max_wall_s"], ".3f"),
-                _fmt(entry["median_client_cpu_s"], ".3f"),
-                _fmt(entry["requests"], ".0f"),
-                _fmt(entry["bytes_sent"], ",.0f"),
-                _fmt(entry["ratio_to_naive"], ".3f"),
-                _fmt(entry["ratio_to_lower_bound"], ".3f"),
-            ]
-        )
-    return rows
+def _row_style(name: str, entry: dict[str, Any]) -> str | None:
+    """Failures in red, hotloop in green: the rows to look at first."""
+    if entry["failed"] or entry["warmup_failed"] or not entry["runs"]:
+        return "bold red"
+    return "bold green" if name == "hotloop" else None
 
 
 def _title(report: dict[str, Any]) -> str:
@@ -150,6 +149,70 @@ def _title(report: dict[str, Any]) -> str:
         f"RTT {report['rtt_ms']:g} ms · tools x{report['tool_time_scale']:g} · "
         f"{report['runs']} interleaved runs{warm} · lower bound {report['lower_bound_s']:.3f} s"
         + (f" ({report['lower_bound_with_rtt_s']:.3f} s with the RTT)" if report["rtt_ms"] else "")
+    )
+
+
+def strategy_table(report: dict[str, Any]) -> TextTable:
+    """Each strategy's runs, wall times, CPU, traffic, and ratios to naive and to the bound."""
+    rows = []
+    styles = []
+    for name, entry in report["strategies"].items():
+        rows.append(
+            (
+                name,
+                f"{entry['completed']}/{entry['runs']}",
+                _fmt(entry["median_wall_s"], ".3f"),
+                _fmt(entry["min_wall_s"], ".3f"),
+                _fmt(entry["max_wall_s"], ".3f"),
+                _fmt(entry["median_client_cpu_s"], ".3f"),
+                _fmt(entry["requests"], ".0f"),
+                _fmt(entry["bytes_sent"], ",.0f"),
+                _fmt(entry["ratio_to_naive"], ".3f"),
+                _fmt(entry["ratio_to_lower_bound"], ".3f"),
+            )
+        )
+        styles.append(_row_style(name, entry))
+    columns = (
+        "strategy",
+        "ok",
+        "median s",
+        "min s",
+        "max s",
+        "CPU s",
+        "requests",
+        "bytes sent",
+        "/naive",
+        "/bound",
+    )
+    return TextTable(_title(report), columns, tuple(rows), tuple(styles))
+
+
+def phase_table(report: dict[str, Any]) -> TextTable:
+    """Where each strategy's median run spent its time; strategies without a good run are
+    left out (they have no phases to split)."""
+    rows = []
+    styles = []
+    for name, entry in report["strategies"].items():
+        p = entry["phases"]
+        if p:
+            rows.append(
+                (
+                    name,
+                    _fmt(entry["median_wall_s"], ".3f"),
+                    f"{p['model_s']:.3f}",
+                    f"{p['tool_wait_s']:.3f}",
+                    f"{p['loop_s']:.3f}",
+                    f"{p['tool_hidden_s']:.3f}",
+                )
+            )
+            styles.append(_row_style(name, entry))
+    return TextTable(
+        "Where the time goes (medians, s): model = request sent → response done; tool wait = "
+        "response done → last tool result; loop = the rest; hidden = tool time overlapping "
+        "the model's stream.",
+        ("strategy", "wall", "model", "tool wait", "loop", "hidden"),
+        tuple(rows),
+        tuple(styles),
     )
 
 
@@ -165,47 +228,49 @@ def _failures(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _rich_table(table: TextTable) -> Table:
+    rich = Table()
+    for index, column in enumerate(table.columns):
+        rich.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
+    for row, style in zip(table.rows, table.styles, strict=True):
+        rich.add_row(*row, style=style)
+    return rich
+
+
 def render_table(report: dict[str, Any], console: Console) -> None:
-    """Print the report's table (and any failures) to ``console``."""
-    console.print(_title(report), style="bold", highlight=False, soft_wrap=True)
-    table = Table()
-    for index, column in enumerate(_COLUMNS):
-        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
-    for row, entry in zip(_rows(report), report["strategies"].values(), strict=True):
-        style = "bold green" if row[0] == "hotloop" else None
-        if entry["failed"] or entry["warmup_failed"] or not entry["runs"]:
-            style = "bold red"
-        table.add_row(*row, style=style)
-    console.print(table)
+    """Print the report's tables (and any failures, last, where they are seen) to ``console``.
+
+    The same tables as :func:`to_markdown` writes; where the time goes is left out when no
+    strategy completed a run.
+    """
+    summary = strategy_table(report)
+    console.print(summary.caption, style="bold", highlight=False, soft_wrap=True)
+    console.print(_rich_table(summary))
+    phases = phase_table(report)
+    if phases.rows:
+        console.print(phases.caption, highlight=False, soft_wrap=True)
+        console.print(_rich_table(phases))
     for line in _failures(report):
         console.print(f"[bold red]FAILED[/] {line}", highlight=False, soft_wrap=True)
 
 
+def _markdown_table(table: TextTable) -> list[str]:
+    return [
+        "| " + " | ".join(table.columns) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(table.columns) - 1)) + "|",
+        *("| " + " | ".join(row) + " |" for row in table.rows),
+    ]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown section (a heading line, the table, failures, phases)."""
-    lines = [f"**{_title(report)}**", ""]
-    lines.append("| " + " | ".join(_COLUMNS) + " |")
-    lines.append("|" + "|".join([":---"] + ["---:"] * (len(_COLUMNS) - 1)) + "|")
-    lines += ["| " + " | ".join(row) + " |" for row in _rows(report)]
+    summary = strategy_table(report)
+    lines = [f"**{summary.caption}**", "", *_markdown_table(summary)]
     failures = _failures(report)
     if failures:
         lines += ["", "Failed runs:", ""] + [f"* {line}" for line in failures]
-    lines += [
-        "",
-        "Where the time goes (medians, s): model = request sent → response done; tool wait = "
-        "response done → last tool result; loop = the rest; hidden = tool time overlapping "
-        "the model's stream.",
-        "",
-        "| strategy | wall | model | tool wait | loop | hidden |",
-        "|:---|---:|---:|---:|---:|---:|",
-    ]
-    for name, entry in report["strategies"].items():
-        p = entry["phases"]
-        if p:
-            lines.append(
-                f"| {name} | {_fmt(entry['median_wall_s'], '.3f')} | {p['model_s']:.3f} | "
-                f"{p['tool_wait_s']:.3f} | {p['loop_s']:.3f} | {p['tool_hidden_s']:.3f} |"
-            )
+    phases = phase_table(report)
+    lines += ["", phases.caption, "", *_markdown_table(phases)]
     return "\n".join(lines) + "\n"
 
 

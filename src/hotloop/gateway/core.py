@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hotloop.backends.base import Backend, BackendSession
 from hotloop.errors import APIError
@@ -129,13 +130,19 @@ class Gateway:
     # -- the per-turn input path: only new items ------------------------------------------
 
     def check_model(self, model: str) -> None:
-        if model not in self._models:
+        """404 unless the backend serves ``model``: one it lists, or one of a family it
+        accepts beyond its list (``accepts_model``, see :class:`~hotloop.backends.base.Backend`)."""
+        if model not in self._models and not self._accepts(model):
             raise APIError(
                 f"The model '{model}' does not exist or you do not have access to it.",
                 status=404,
                 code="model_not_found",
                 param="model",
             )
+
+    def _accepts(self, model: str) -> bool:
+        accepts = getattr(self.backend, "accepts_model", None)
+        return bool(accepts(model)) if callable(accepts) else False
 
     def check_input(self, items: Sequence[Item]) -> None:
         """The input pipeline: limits and guard hooks, on the request's new items only."""
@@ -354,7 +361,12 @@ class ResponseRun:
             )
             for event in closing:
                 yield event
-            terminal = builder.annotate(terminal, {"hotloop": self._timing_report()})
+            report: dict[str, Any] = dict(self._timing_report())
+            if builder.warnings:
+                # What the backend warned about travels beside the timings: the client's
+                # runtime reports it (a log line, a run event) without guessing from output.
+                report["warnings"] = list(builder.warnings)
+            terminal = builder.annotate(terminal, {"hotloop": report})
             metrics.responses.labels(prepared.transport, final.status).inc()
             self._log(started)
             yield terminal

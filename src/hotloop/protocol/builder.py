@@ -89,7 +89,9 @@ class ResponseBuilder:
     and output are the builder's to set. Call :meth:`start` first, then open, stream and close
     items (or add whole ones), and end with :meth:`finish` or :meth:`fail`. A backend records
     the turn's token usage with :meth:`set_usage` (and a cut-off with :meth:`set_incomplete`);
-    whoever calls :meth:`finish` decides when the terminal event goes out.
+    whoever calls :meth:`finish` decides when the terminal event goes out. A backend that has
+    something to tell the client about the turn itself (not model output: a scenario calling a
+    tool the request does not offer) records it with :meth:`warn`.
     """
 
     __slots__ = (
@@ -102,6 +104,7 @@ class ResponseBuilder:
         "_seq",
         "_started",
         "_usage",
+        "_warnings",
     )
 
     def __init__(self, response: ResponseObject) -> None:
@@ -114,6 +117,7 @@ class ResponseBuilder:
         self._incomplete: str | None = None
         self._started = False
         self._ended = False
+        self._warnings: list[str] = []
 
     # -- state ---------------------------------------------------------------------------
 
@@ -147,6 +151,21 @@ class ResponseBuilder:
     def set_usage(self, usage: Usage) -> None:
         """Record the turn's token usage; the terminal response carries it."""
         self._usage = usage
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the backend warned about (:meth:`warn`), in order."""
+        return tuple(self._warnings)
+
+    def warn(self, message: str) -> None:
+        """Record a warning about this turn for the client.
+
+        It is not an item of the output (the model did not say it): whoever finishes the
+        response reports it beside the output, in the gateway's ``hotloop`` extension object.
+        A repeated message is kept once.
+        """
+        if message not in self._warnings:
+            self._warnings.append(message)
 
     def set_incomplete(self, reason: str) -> None:
         """Record that generation stopped early (``max_output_tokens``, ``content_filter``)."""

@@ -20,6 +20,7 @@ __all__ = [
     "MessageFinished",
     "MessageStarted",
     "ModelTurnFinished",
+    "ModelWarning",
     "PartialRun",
     "RunEvent",
     "RunFinished",
@@ -84,6 +85,13 @@ class StepRecord:
     request_written_ns: int | None = None
     request_bytes: int = 0
     incremental: bool = False
+    #: The model that answered, as the response names it.
+    response_model: str | None = None
+    #: Where this turn's items sit in :attr:`RunResult.items`: its new input items start at
+    #: ``input_from``, the model's output items at ``output_from`` (up to the next turn's
+    #: ``input_from``, or the end). ``None`` when unknown (a step read back from a trace).
+    input_from: int | None = None
+    output_from: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +113,11 @@ class RunResult:
     started_ns: int = 0
     #: The final answer as a value of the agent's ``output_type`` (``None`` without one).
     output: Any = None
+    #: The agent's name and model, and the URL of the server the run talked to (when its
+    #: transport exposes one): what traces name the run and its model requests by.
+    agent_name: str | None = None
+    model: str | None = None
+    server_url: str | None = None
 
     @property
     def turns(self) -> int:
@@ -230,6 +243,18 @@ class ModelTurnFinished:
     tool_calls: int
 
 
+@dataclass(frozen=True, slots=True)
+class ModelWarning:
+    """The server warned about a model turn (a simulated scenario calls a tool the agent does
+    not have, say): not model output, but why the run may not go as expected.
+
+    Reported before that turn's :class:`ModelTurnFinished`; the runner also logs it.
+    """
+
+    turn: int
+    message: str
+
+
 class ApprovalRequested:
     """A call waits for approval before it runs: call :meth:`approve` or :meth:`deny`.
 
@@ -287,5 +312,6 @@ RunEvent: TypeAlias = (
     | ToolCallStarted
     | ToolCallFinished
     | ModelTurnFinished
+    | ModelWarning
     | RunFinished
 )

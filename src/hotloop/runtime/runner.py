@@ -53,6 +53,7 @@ from hotloop.runtime.events import (
     MessageFinished,
     MessageStarted,
     ModelTurnFinished,
+    ModelWarning,
     PartialRun,
     RunEvent,
     RunFinished,
@@ -757,7 +758,12 @@ async def _run(
     tasks: list[asyncio.Future[_Outcome]] = []
     try:
         for turn in range(1, max_turns + 1):
-            record = StepRecord(turn=turn, request_sent_ns=time.perf_counter_ns() - origin)
+            record = StepRecord(
+                turn=turn,
+                request_sent_ns=time.perf_counter_ns() - origin,
+                input_from=new_from,
+                output_from=len(history),
+            )
             steps.append(record)
             request = ModelRequest(
                 model=agent.model,
@@ -786,12 +792,14 @@ async def _run(
                 )
             record.response_done_ns = time.perf_counter_ns() - origin
             record.response_id = response.id
+            record.response_model = response.model or None
             record.usage = response.usage
             reported = response.extra.get("hotloop") if response.extra else None
             if isinstance(reported, dict):
                 record.server = {
                     key: value for key, value in reported.items() if isinstance(value, int)
                 }
+                _report_warnings(reported.get("warnings"), turn, emit)
             usage = _add(usage, response.usage)
             function_calls = [item for item in response.output if isinstance(item, FunctionCall)]
             if not agent.eager:
@@ -835,6 +843,9 @@ async def _run(
                     wall_ns=time.perf_counter_ns() - origin,
                     started_ns=origin,
                     output=output,
+                    agent_name=agent.name,
+                    model=agent.model,
+                    server_url=getattr(run.client, "url", None),
                 )
                 if trace is not None:
                     trace(result)
@@ -872,6 +883,21 @@ async def _run(
                 task.cancel()
         if threads is not None:
             threads.close()
+
+
+def _report_warnings(warnings: Any, turn: int, emit: Emit | None) -> None:
+    """Log and emit what the server warned about a turn (the gateway's ``hotloop.warnings``).
+
+    A warning is not model output, so nothing else would show it: an agent whose tools do not
+    match a simulated scenario would just get a short answer, with no hint why.
+    """
+    if not isinstance(warnings, list):
+        return
+    for message in warnings:
+        if isinstance(message, str):
+            _log.warning("model turn %d: %s", turn, message)
+            if emit is not None:
+                emit(ModelWarning(turn, message))
 
 
 def _retry_message(errors: str) -> Message:

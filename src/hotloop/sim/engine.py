@@ -9,17 +9,27 @@ prefill of the prompt tokens missing from the engine's prefix cache, then one de
 
 The turn is derived from the conversation itself (how many tool results it holds), so any
 client works: the gateway, the official SDKs, a hand-written loop.
+
+Besides scenarios, the engine has a **generic mode** (model id ``<generic_model>`` or
+``<generic_model>:<turns>``) that drives any agent with no script: it calls the tools the
+request offers, with arguments synthesized from their schemas, for a number of tool turns,
+then answers. A scenario whose scripted call names a tool the request does not offer still
+plays without it, but the turn carries a warning (and the engine logs it once), because an
+agent that silently gets a one-turn answer looks like a bug in the agent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hotloop.errors import ScenarioError
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
 from hotloop.protocol.generation import Generation, GenerationRequest
@@ -32,13 +42,34 @@ from hotloop.wire.events import Event
 from hotloop.wire.items import FunctionCall, Item, Message
 from hotloop.wire.responses import Usage
 
-__all__ = ["PlannedItem", "PrefixCache", "SimEngine"]
+__all__ = [
+    "GENERIC_PARALLEL_CALLS",
+    "GENERIC_TURNS",
+    "MAX_GENERIC_TURNS",
+    "PlannedItem",
+    "PrefixCache",
+    "SimEngine",
+    "TurnPlan",
+]
 
 #: Characters per streamed delta: one delta per (estimated) token.
 CHARS_PER_TOKEN = 4
 #: In the ``zero`` profile, yield to the event loop every this many deltas so other lanes and
 #: connections make progress and cancellation is prompt.
 _YIELD_EVERY = 64
+#: Tool turns the generic model makes when its model id does not say how many.
+GENERIC_TURNS = 3
+#: The most tool turns a generic model id may ask for (``<generic_model>:<turns>``).
+MAX_GENERIC_TURNS = 1000
+#: Different tools the generic model calls per turn when the request allows parallel calls.
+GENERIC_PARALLEL_CALLS = 3
+#: (scenario, tool) pairs remembered for "log once"; past this many, no new pair is logged, so
+#: clients sending ever new tool names cannot grow the set (or the log) without bound.
+_MAX_WARNED = 1024
+
+logger = logging.getLogger("hotloop.sim")
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +82,21 @@ class PlannedItem:
     @property
     def is_call(self) -> bool:
         return self.name is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """What the model does on one turn: its items, and what the client should be told.
+
+    ``missing_tools`` are tools the scenario's turn calls that the request does not offer
+    (their calls were dropped), ``warnings`` says so for the client, one message per tool;
+    ``scenario`` names the scenario (None in generic mode).
+    """
+
+    items: tuple[PlannedItem, ...]
+    scenario: str | None = None
+    missing_tools: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 class PrefixCache:
@@ -88,7 +134,8 @@ class PrefixCache:
 class SimEngine:
     """A deterministic scripted model with a faithful latency model.
 
-    ``scenarios`` maps model names to the scenario each one plays. ``sleep`` and ``clock`` are
+    ``scenarios`` maps model names to the scenario each one plays. ``generic_model`` names the
+    generic mode (see :meth:`generic_turns`); None turns it off. ``sleep`` and ``clock`` are
     injectable so tests can run on a fake clock.
     """
 
@@ -100,8 +147,16 @@ class SimEngine:
         prefix_cache_entries: int = 4096,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        generic_model: str | None = None,
     ) -> None:
         self.scenarios = dict(scenarios)
+        self.generic_model = generic_model
+        if generic_model is not None:
+            taken = [name for name in self.scenarios if self.generic_turns(name) is not None]
+            if taken:
+                raise ScenarioError(
+                    f"model id {taken[0]!r} is the generic model's; name the scenario otherwise"
+                )
         self.profile = profile
         self.prefix_cache = PrefixCache(prefix_cache_entries)
         self._clock = clock
@@ -109,25 +164,47 @@ class SimEngine:
 
     # -- what the model says ---------------------------------------------------------------
 
+    def generic_turns(self, model: str) -> int | None:
+        """How many tool turns ``model`` asks of the generic mode; None if it is not generic.
+
+        ``<generic_model>`` makes :data:`GENERIC_TURNS`; ``<generic_model>:<N>`` makes N
+        (0 to :data:`MAX_GENERIC_TURNS`, decimal digits only).
+        """
+        base = self.generic_model
+        if base is None:
+            return None
+        if model == base:
+            return GENERIC_TURNS
+        suffix = model.removeprefix(f"{base}:")
+        if suffix == model or not (suffix.isascii() and suffix.isdigit()) or len(suffix) > 4:
+            return None
+        turns = int(suffix)
+        return turns if turns <= MAX_GENERIC_TURNS else None
+
+    def serves(self, model: str) -> bool:
+        """True for a scenario's model id and for every generic model id."""
+        return model in self.scenarios or self.generic_turns(model) is not None
+
     def plan(self, request: GenerationRequest) -> list[PlannedItem]:
         """The items the model outputs for ``request``: scripted, or generic behaviour."""
-        scenario = self.scenarios[request.model]
+        return list(self.plan_turn(request).items)
+
+    def plan_turn(self, request: GenerationRequest) -> TurnPlan:
+        """The turn for ``request``: its items, and the scenario's tools it lacks."""
         context = request.context
         offered = {tool.name: tool for tool in request.tools}
-        position = scenario.turn_for(context.tool_results)
-        text: str | None = None
-        calls: list[ScriptedCall] = []
-        if position is not None:
-            turn = scenario.turns[position]
-            answered = context.tool_results - scenario.calls_before(position)
-            if not turn.calls and context.answers_since_result > 0:
-                position = None  # the final answer was given: the script is over
-            else:
-                # Only calls the request offers are ever made: never a tool it did not offer.
-                calls = [call for call in turn.calls[answered:] if call.name in offered]
-                text = turn.text if answered == 0 else None
+        scenario_name: str | None = None
+        missing: list[str] = []
+        tool_turns = self.generic_turns(request.model)
+        if tool_turns is not None:
+            text, calls = self._generic_turn(request, tool_turns)
+        else:
+            scenario = self.scenarios[request.model]
+            scenario_name = scenario.name
+            text, calls, missing = self._scripted_turn(request, scenario)
         if request.tool_choice == "none":
             calls = []
+            missing = []  # the request wants no call at all: a missing tool changes nothing
             if text is None:
                 text = self._generic_text(context)
         elif request.forced_function is not None:
@@ -139,7 +216,7 @@ class SimEngine:
             calls = [self._synthesized_call(request.tools, next(iter(offered)))]
         if not request.parallel_tool_calls:
             calls = calls[:1]
-        if position is None and not calls and text is None:
+        if not calls and text is None:
             text = self._generic_text(context)
         if text and not calls:
             # A final answer asked to follow a JSON schema (``text.format``) is a value of it.
@@ -148,7 +225,87 @@ class SimEngine:
         items.extend(PlannedItem(call.arguments, call.name) for call in calls)
         if not items:
             items.append(PlannedItem(self._generic_text(context)))
-        return items
+        missing_tools = tuple(dict.fromkeys(missing))
+        return TurnPlan(
+            tuple(items),
+            scenario_name,
+            missing_tools,
+            tuple(self._missing_tool_warning(scenario_name, name) for name in missing_tools),
+        )
+
+    def _missing_tool_warning(self, scenario: str | None, tool: str) -> str:
+        """What a client is told when the scenario calls ``tool`` and the request lacks it:
+        an agent with tools of its own otherwise just gets a short answer, with no hint why."""
+        advice = "offer the scenario's tools"
+        if self.generic_model is not None:
+            advice += f", or use model {self.generic_model!r} to drive an agent with its own tools"
+        return (
+            f"scenario {scenario!r} calls tool {tool!r}, which the request does not offer: "
+            f"the call was dropped, so the run will not follow the scenario ({advice})"
+        )
+
+    def _scripted_turn(
+        self, request: GenerationRequest, scenario: Scenario
+    ) -> tuple[str | None, list[ScriptedCall], list[str]]:
+        """The scenario's turn: its text (None once said), the calls still to make that the
+        request offers, and the tools of the other calls (not offered, so dropped)."""
+        context = request.context
+        offered = {tool.name for tool in request.tools}
+        position = scenario.turn_for(context.tool_results)
+        if position is None:
+            return None, [], []
+        turn = scenario.turns[position]
+        answered = context.tool_results - scenario.calls_before(position)
+        if not turn.calls and context.answers_since_result > 0:
+            return None, [], []  # the final answer was given: the script is over
+        remaining = turn.calls[answered:]
+        # Only calls the request offers are ever made: never a tool it did not offer.
+        calls = [call for call in remaining if call.name in offered]
+        missing = [call.name for call in remaining if call.name not in offered]
+        return (turn.text if answered == 0 else None), calls, missing
+
+    def _generic_turn(
+        self, request: GenerationRequest, tool_turns: int
+    ) -> tuple[str | None, list[ScriptedCall]]:
+        """The generic model's turn: calls of the offered tools, or the final answer.
+
+        Calls are numbered across the conversation, call *k* naming the offered tool
+        ``k mod len(tools)`` (in the order the request lists them), so consecutive turns
+        rotate through every tool. A turn makes ``width`` calls (up to
+        :data:`GENERIC_PARALLEL_CALLS` different tools with parallel calls, else one), and
+        the conversation's tool results say where it is: turn ``results // width``, whose
+        calls not yet answered are still to make — the same rule as a scenario's partial
+        turn. After ``tool_turns`` turns (or with no tools) it answers with text, unless the
+        request demands a call (``tool_choice`` ``"required"`` or a function): then it goes on
+        calling, as the API requires.
+        """
+        context = request.context
+        results = context.tool_results
+        if request.forced_function is not None:
+            # A forced function is called on every turn, past ``tool_turns`` too: the request
+            # says the turn must be that call.
+            return None, [self._synthesized_call(request.tools, request.forced_function)]
+        names = list(dict.fromkeys(tool.name for tool in request.tools))
+        if not names or request.tool_choice == "none":
+            return self._generic_answer(context, results), []
+        width = min(len(names), GENERIC_PARALLEL_CALLS) if request.parallel_tool_calls else 1
+        turn = results // width
+        if turn >= tool_turns and request.tool_choice != "required":
+            return self._generic_answer(context, results), []
+        return None, [
+            self._synthesized_call(request.tools, names[index % len(names)])
+            for index in range(results, (turn + 1) * width)
+        ]
+
+    @classmethod
+    def _generic_answer(cls, context: Conversation, results: int) -> str:
+        """The generic model's final answer: how many results it had, and a quote of the
+        user's last message, so a reader of a transcript sees what happened."""
+        reply = cls._generic_text(context)
+        if not results:
+            return reply
+        plural = "" if results == 1 else "s"
+        return f"Done after {results} tool result{plural}. {reply}"
 
     @staticmethod
     def _synthesized_call(tools: Sequence[ToolDef], name: str) -> ScriptedCall:
@@ -184,7 +341,13 @@ class SimEngine:
         """Stream the planned turn into ``out`` with the profile's timing; records usage."""
         profile = self.profile
         started = self._clock()
-        items = self.plan(request)
+        plan = self.plan_turn(request)
+        items = plan.items
+        for message in plan.warnings:
+            out.warn(message)
+        if plan.scenario is not None:
+            for name in plan.missing_tools:
+                _log_missing_tool(request.model, plan.scenario, name)
         context = request.context
         instruction_tokens = estimate_tokens(request.instructions or "")
         cached = self.prefix_cache.cached_tokens(context)
@@ -249,6 +412,26 @@ class SimEngine:
         delay = deadline - self._clock()
         if delay > 0:
             await self._sleep(delay)
+
+
+def _log_missing_tool(model: str, scenario: str, tool: str) -> None:
+    """Log, once per process for each (scenario, tool), that a request lacked the tool.
+
+    Each response carries its own warning; the log is for whoever runs the gateway, who needs
+    to hear of the mismatch once, not on every turn of every run.
+    """
+    key = (scenario, tool)
+    with _warned_lock:
+        if key in _warned or len(_warned) >= _MAX_WARNED:
+            return
+        _warned.add(key)
+    logger.warning(
+        "model %r: scenario %r calls tool %r, which the request does not offer; the call is "
+        "dropped (logged once per scenario and tool)",
+        model,
+        scenario,
+        tool,
+    )
 
 
 def _formatted_answer(text_setting: Any, text: str) -> str:

@@ -10,10 +10,13 @@
 from hotloop.trace.render import format_ns, render_trace, render_waterfall
 from hotloop.trace.sinks import JSONLSink, MemorySink, SpanSink, Tracer, read_spans
 from hotloop.trace.spans import (
+    GENAI_SPANS,
     AttributeValue,
+    GenAIOperation,
     Span,
     group_traces,
     span_from_dict,
+    span_kind,
     span_to_dict,
     spans_from_result,
     steps_from_spans,
@@ -28,9 +31,11 @@ from hotloop.trace.timeline import (
 )
 
 __all__ = [
+    "GENAI_SPANS",
     "PHASES",
     "AttributeValue",
     "Bar",
+    "GenAIOperation",
     "JSONLSink",
     "MemorySink",
     "Span",
@@ -43,6 +48,7 @@ __all__ = [
     "render_trace",
     "render_waterfall",
     "span_from_dict",
+    "span_kind",
     "span_to_dict",
     "spans_from_result",
     "steps_from_spans",

@@ -13,6 +13,11 @@ module, so hotloop works without it::
     with Tracer([OTelSink(provider)]) as tracer:
         await Runner.run(agent, task, client=client, trace=tracer)
 
+Spans are named as the OpenTelemetry GenAI semantic conventions name them
+(:data:`~hotloop.trace.spans.GENAI_SPANS`): ``invoke_agent {agent}``, ``chat {model}`` (kind
+``CLIENT``), ``execute_tool {tool}``; the others keep our names. Every span carries our name as
+``hotloop.span``, and a failed tool call (``error.type``) has status ``ERROR``.
+
 OTel assigns its own trace and span ids; ours are kept as ``hotloop.trace_id`` on the root span.
 Our times are monotonic (``perf_counter_ns``); OTel wants wall-clock nanoseconds, so one
 offset, taken when the sink is made, converts them all (durations stay exact).
@@ -25,13 +30,17 @@ from collections.abc import Sequence
 
 from opentelemetry import trace as otel
 from opentelemetry.context import Context
+from opentelemetry.trace import Status, StatusCode
 
-from hotloop.trace.spans import Span
+from hotloop.trace.spans import (
+    GENAI_SPANS,
+    SPAN_KIND_ATTRIBUTE,
+    Span,
+    exported_name,
+    span_kind,
+)
 
 __all__ = ["OTelSink"]
-
-#: The span that is the client side of a network request; everything else is internal.
-_CLIENT_SPANS = frozenset({"model.request"})
 
 
 def _depth(span: Span, parents: dict[str, str | None]) -> int:
@@ -63,16 +72,26 @@ class OTelSink:
             parent = created.get(span.parent_id) if span.parent_id is not None else None
             # An empty context, not the current one: every run is a trace of its own.
             context = otel.set_span_in_context(parent) if parent is not None else Context()
+            kind = span_kind(span)
+            operation = GENAI_SPANS.get(kind)
             attributes = dict(span.attributes)
+            attributes[SPAN_KIND_ATTRIBUTE] = kind
+            if operation is not None:
+                # Traces written before the spans carried it still get the operation.
+                attributes.setdefault("gen_ai.operation.name", operation.operation)
             if span.parent_id is None:
                 attributes["hotloop.trace_id"] = span.trace_id
+            client = operation is not None and operation.client
             created[span.span_id] = started = self._tracer.start_span(
-                span.name,
+                exported_name(span),
                 context=context,
-                kind=otel.SpanKind.CLIENT if span.name in _CLIENT_SPANS else otel.SpanKind.INTERNAL,
+                kind=otel.SpanKind.CLIENT if client else otel.SpanKind.INTERNAL,
                 attributes=attributes,
                 start_time=span.start_ns + offset,
             )
+            error = attributes.get("error.type")
+            if error is not None:
+                started.set_status(Status(StatusCode.ERROR, str(error)))
             started.end(end_time=span.end_ns + offset)
         self.exported += len(ordered)
 

@@ -21,6 +21,7 @@ reading the sinks; both wait for the worker threads, so from async code run them
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -34,9 +35,30 @@ from hotloop.runtime.events import RunResult
 from hotloop.trace.spans import Span, span_from_dict, span_to_dict, spans_from_result
 from hotloop.wire import codec
 
-__all__ = ["JSONLSink", "MemorySink", "SpanSink", "Tracer", "read_spans"]
+__all__ = [
+    "CAPTURE_CONTENT_ENV",
+    "JSONLSink",
+    "MemorySink",
+    "SpanSink",
+    "Tracer",
+    "capture_content_from_env",
+    "read_spans",
+]
 
 T = TypeVar("T")
+
+#: OpenTelemetry's switch for recording GenAI message content, honoured by :class:`Tracer`.
+CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+
+def capture_content_from_env() -> bool:
+    """Whether :data:`CAPTURE_CONTENT_ENV` asks for content on spans.
+
+    ``true`` does, as do ``span_only`` and ``span_and_event`` (the values of newer GenAI
+    instrumentations); anything else, or nothing, does not.
+    """
+    value = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower()
+    return value in ("true", "span_only", "span_and_event")
 
 
 class SpanSink(Protocol):
@@ -210,13 +232,25 @@ class Tracer:
     ``run_name``; ``trace=tracer.named("naive")`` under another name. At most ``max_queue``
     runs wait for the worker; beyond that a run is dropped and counted in :attr:`dropped`.
     Wall-clock times for sinks that want them come from one offset taken here.
+
+    ``capture_content=True`` records prompts, completions, tool arguments and tool results on
+    the spans every sink gets; ``None`` (the default) follows
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` (off unless it says ``true``).
     """
 
     def __init__(
-        self, sinks: Sequence[SpanSink], *, max_queue: int = 256, run_name: str = "run"
+        self,
+        sinks: Sequence[SpanSink],
+        *,
+        max_queue: int = 256,
+        run_name: str = "run",
+        capture_content: bool | None = None,
     ) -> None:
         self.sinks = tuple(sinks)
         self.run_name = run_name
+        self.capture_content = (
+            capture_content_from_env() if capture_content is None else capture_content
+        )
         self.epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
         self._worker: _BatchWorker[tuple[RunResult, str]] = _BatchWorker(
             "hotloop-tracer", self._export, max_queue, batch_size=16
@@ -256,7 +290,10 @@ class Tracer:
         failed: Exception | None = None
         for result, run_name in batch:
             spans = spans_from_result(
-                result, run_name=run_name, epoch_offset_ns=self.epoch_offset_ns
+                result,
+                run_name=run_name,
+                epoch_offset_ns=self.epoch_offset_ns,
+                capture_content=self.capture_content,
             )
             for sink in self.sinks:
                 try:

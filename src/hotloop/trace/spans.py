@@ -16,6 +16,18 @@
        │  └─ tool.run                         started → finished
        └─ loop.next_request                   tool results → next request sent
 
+The spans keep these names wherever hotloop writes them (memory, JSONL); the three that are
+operations of the OpenTelemetry GenAI semantic conventions also carry its attributes
+(``gen_ai.operation.name``, ``gen_ai.request.model``, ...). :data:`GENAI_SPANS` is the one table
+of that correspondence: :mod:`hotloop.trace.otel` exports ``run`` as
+``invoke_agent {gen_ai.agent.name}``, ``model.request`` as ``chat {gen_ai.request.model}`` and
+``tool.call`` as ``execute_tool {gen_ai.tool.name}``, each with ``hotloop.span`` = our name, and
+:func:`span_kind` reads either form back.
+
+Prompts, completions, tool arguments and results are recorded only when asked for
+(``capture_content=True``): ``gen_ai.input.messages`` / ``gen_ai.output.messages`` on
+``model.request``, ``gen_ai.tool.call.arguments`` / ``gen_ai.tool.call.result`` on ``tool.call``.
+
 Times are absolute ``time.perf_counter_ns()`` values: the ``run`` span starts at the run's
 origin (:attr:`RunResult.started_ns`), so spans of several runs share one time axis. The
 gateway's own timings of each response (``hotloop.server.*``) sit on ``model.request`` and
@@ -30,15 +42,25 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 from hotloop.errors import HotloopError
 from hotloop.runtime.events import RunResult, StepRecord, ToolRecord
 from hotloop.trace.timeline import Bar, timeline_from_steps
+from hotloop.wire import codec
+from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning
 
 __all__ = [
+    "GENAI_PROVIDER",
+    "GENAI_SPANS",
+    "SPAN_KIND_ATTRIBUTE",
     "AttributeValue",
+    "GenAIOperation",
     "Span",
+    "exported_name",
+    "span_kind",
     "group_traces",
     "span_from_dict",
     "span_to_dict",
@@ -60,6 +82,177 @@ _SPAN_ID_MASK = (1 << 64) - 1
 
 def _trace_id() -> str:
     return f"{_ids.getrandbits(128) or 1:032x}"
+
+
+# -- the GenAI semantic conventions -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GenAIOperation:
+    """How one of our spans is an operation of the OpenTelemetry GenAI conventions.
+
+    Exported, the span is named ``{operation} {attributes[name_from]}`` (just ``operation``
+    when that attribute is missing) and has kind ``CLIENT`` when ``client`` (a call over the
+    network), else ``INTERNAL``.
+    """
+
+    operation: str
+    name_from: str
+    client: bool = False
+
+
+#: Our span names → their GenAI operation: the one table of the correspondence. Spans not in
+#: it (``turn``, the phases, ``loop.next_request``) are exported under their own names.
+GENAI_SPANS: Mapping[str, GenAIOperation] = MappingProxyType(
+    {
+        "run": GenAIOperation("invoke_agent", "gen_ai.agent.name"),
+        "model.request": GenAIOperation("chat", "gen_ai.request.model", client=True),
+        "tool.call": GenAIOperation("execute_tool", "gen_ai.tool.name"),
+    }
+)
+
+#: ``gen_ai.provider.name``: hotloop speaks OpenAI's APIs (Responses, Chat Completions),
+#: whichever server answers (``server.address`` and the model names tell which one it is).
+GENAI_PROVIDER = "openai"
+
+#: The attribute that keeps our span name on a span exported under a GenAI name.
+SPAN_KIND_ATTRIBUTE = "hotloop.span"
+
+
+def span_kind(span: Span) -> str:
+    """Our name of ``span`` (``model.request``, ...), whether it is named ours or GenAI's."""
+    kind = span.attributes.get(SPAN_KIND_ATTRIBUTE)
+    return kind if isinstance(kind, str) else span.name
+
+
+def exported_name(span: Span) -> str:
+    """The span's name under the GenAI conventions: ``chat gpt-4o``, ``execute_tool search``."""
+    operation = GENAI_SPANS.get(span_kind(span))
+    if operation is None:
+        return span.name
+    subject = span.attributes.get(operation.name_from)
+    return (
+        f"{operation.operation} {subject}"
+        if isinstance(subject, str) and subject
+        else (operation.operation)
+    )
+
+
+def _operation(name: str) -> dict[str, AttributeValue]:
+    return {"gen_ai.operation.name": GENAI_SPANS[name].operation}
+
+
+def _server(url: str | None) -> dict[str, AttributeValue]:
+    """``server.address`` and ``server.port`` of the server at ``url``."""
+    if not url:
+        return {}
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return {}
+    if not parts.hostname:
+        return {}
+    if port is None:
+        port = 443 if parts.scheme in ("https", "wss") else 80
+    return {"server.address": parts.hostname, "server.port": port}
+
+
+def _json(value: Any) -> str:
+    return codec.dumps(value).decode()
+
+
+def _structured(text: str) -> Any:
+    """JSON text as a value (best effort, as the conventions ask); the text itself otherwise."""
+    try:
+        return codec.loads(text)
+    except HotloopError:
+        return text
+
+
+def _parts(item: Item) -> tuple[str, list[dict[str, Any]]]:
+    """An item as (role, message parts) of the conventions' input/output messages schema."""
+    if isinstance(item, Message):
+        if isinstance(item.content, str):
+            return item.role, [{"type": "text", "content": item.content}]
+        return item.role, [
+            {"type": "text", "content": part.text} if part.text is not None else {"type": part.type}
+            for part in item.content
+        ]
+    if isinstance(item, FunctionCall):
+        part = {
+            "type": "tool_call",
+            "id": item.call_id,
+            "name": item.name,
+            "arguments": _structured(item.arguments),
+        }
+        return "assistant", [part]
+    if isinstance(item, FunctionCallOutput):
+        return "tool", [{"type": "tool_call_response", "id": item.call_id, "response": item.text}]
+    if isinstance(item, Reasoning):
+        summary = "".join(part.text or "" for part in item.summary)
+        return "assistant", [{"type": "reasoning", "content": summary}]
+    return "user", [{"type": item.type}]
+
+
+def _messages(items: Sequence[Item]) -> list[dict[str, Any]]:
+    """Items as chat messages: consecutive items of one role are one message."""
+    messages: list[dict[str, Any]] = []
+    for item in items:
+        role, parts = _parts(item)
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["parts"].extend(parts)
+        else:
+            messages.append({"role": role, "parts": parts})
+    return messages
+
+
+def _output_messages(items: Sequence[Item]) -> list[dict[str, Any]]:
+    """A response's output items as its one output message (one response, one choice)."""
+    parts = [part for item in items for part in _parts(item)[1]]
+    if not parts:
+        return []
+    calls = any(isinstance(item, FunctionCall) for item in items)
+    return [
+        {"role": "assistant", "parts": parts, "finish_reason": "tool_call" if calls else "stop"}
+    ]
+
+
+class _Run:
+    """What the spans of one run read besides its step records."""
+
+    __slots__ = ("_outputs", "capture", "result")
+
+    def __init__(self, result: RunResult, capture: bool) -> None:
+        self.result = result
+        self.capture = capture
+        self._outputs: dict[str, FunctionCallOutput] | None = None
+
+    def output(self, call_id: str) -> FunctionCallOutput | None:
+        """The result the model got for ``call_id``."""
+        if self._outputs is None:
+            self._outputs = {
+                item.call_id: item
+                for item in self.result.items
+                if isinstance(item, FunctionCallOutput)
+            }
+        return self._outputs.get(call_id)
+
+    def error_type(self, tool: ToolRecord) -> str:
+        """``error.type`` of a failed call: the exception's class for a tool that raised, else
+        the kind of error the model was told (``timeout``, ``denied``, ``invalid_arguments``...).
+        """
+        output = self.output(tool.call_id)
+        kind = None
+        if output is not None:
+            error = _structured(output.text)
+            detail = error.get("error") if isinstance(error, dict) else None
+            kind = detail.get("type") if isinstance(detail, dict) else None
+        if kind == "tool_error" and tool.error is not None:
+            name, colon, _ = tool.error.partition(": ")
+            if colon and name.replace(".", "").replace("_", "").isalnum():
+                return name
+        return kind if isinstance(kind, str) and kind else "_OTHER"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,22 +333,41 @@ def _server_attributes(step: StepRecord) -> dict[str, AttributeValue]:
     return attributes
 
 
-def _model_spans(trace: _Builder, step: StepRecord, parent: str) -> None:
+def _model_spans(
+    trace: _Builder, run: _Run, step: StepRecord, later: StepRecord | None, parent: str
+) -> None:
     sent = step.request_sent_ns
     done = step.response_done_ns
     first_event = step.first_event_ns
     first_token = step.first_token_ns if step.first_token_ns is not None else first_event
     end = done if done is not None else (first_token if first_token is not None else sent)
     server = _server_attributes(step)
+    result = run.result
     attributes: dict[str, AttributeValue] = {
+        **_operation("model.request"),
+        "gen_ai.provider.name": GENAI_PROVIDER,
+        **_server(result.server_url),
         "hotloop.turn": step.turn,
         "hotloop.attempts": step.attempts,
         "hotloop.request.bytes": step.request_bytes,
         "hotloop.request.incremental": step.incremental,
         **server,
     }
+    if result.model:
+        attributes["gen_ai.request.model"] = result.model
+    if step.response_model:
+        attributes["gen_ai.response.model"] = step.response_model
     if step.response_id is not None:
         attributes["gen_ai.response.id"] = step.response_id
+    if run.capture and step.input_from is not None and step.output_from is not None:
+        items = result.items
+        output_to = later.input_from if later is not None else None
+        attributes["gen_ai.input.messages"] = _json(
+            _messages(items[step.input_from : step.output_from])
+        )
+        attributes["gen_ai.output.messages"] = _json(
+            _output_messages(items[step.output_from : output_to])
+        )
     if step.usage is not None:
         attributes["gen_ai.usage.input_tokens"] = step.usage.input_tokens
         attributes["gen_ai.usage.output_tokens"] = step.usage.output_tokens
@@ -195,17 +407,27 @@ def _model_spans(trace: _Builder, step: StepRecord, parent: str) -> None:
             trace.add("model.generation", request, first_token, done, dict(server))
 
 
-def _tool_spans(trace: _Builder, step: StepRecord, tool: ToolRecord, parent: str) -> int | None:
+def _tool_spans(
+    trace: _Builder, run: _Run, step: StepRecord, tool: ToolRecord, parent: str
+) -> int | None:
     if tool.started_ns is None or tool.finished_ns is None:
         return None  # never ran (the run ended first): no interval to show
     attributes: dict[str, AttributeValue] = {
+        **_operation("tool.call"),
         "hotloop.turn": step.turn,
         "gen_ai.tool.name": tool.name,
         "gen_ai.tool.call.id": tool.call_id,
+        "gen_ai.tool.type": "function",
         "hotloop.tool.reused": tool.reused,
     }
     if tool.error is not None:
         attributes["hotloop.tool.error"] = tool.error
+        attributes["error.type"] = run.error_type(tool)
+    if run.capture:
+        attributes["gen_ai.tool.call.arguments"] = tool.arguments
+        output = run.output(tool.call_id) if tool.error is None else None
+        if output is not None:
+            attributes["gen_ai.tool.call.result"] = output.text
     if tool.approval is not None:
         attributes["hotloop.tool.approval"] = tool.approval
     call = trace.add("tool.call", parent, tool.args_complete_ns, tool.finished_ns, attributes)
@@ -222,7 +444,7 @@ def _tool_spans(trace: _Builder, step: StepRecord, tool: ToolRecord, parent: str
         origin = trace.origin
         trace.origin = subrun.started_ns
         try:
-            _run_spans(trace, subrun, call, "subrun")
+            _run_spans(trace, subrun, call, "subrun", capture=run.capture)
         finally:
             trace.origin = origin
     return tool.finished_ns
@@ -234,14 +456,16 @@ def spans_from_result(
     run_name: str = "run",
     trace_id: str | None = None,
     epoch_offset_ns: int | None = None,
+    capture_content: bool = False,
 ) -> list[Span]:
     """The trace of a finished run: its spans, parents before children.
 
     ``epoch_offset_ns`` (``time.time_ns() - time.perf_counter_ns()``, taken once) adds the
     run's wall-clock start to the root span as ``hotloop.run.start_unix_ns``.
+    ``capture_content`` records the messages and tool arguments and results (see the module).
     """
     trace = _Builder(trace_id or _trace_id(), result.started_ns)
-    _run_spans(trace, result, None, run_name, epoch_offset_ns)
+    _run_spans(trace, result, None, run_name, epoch_offset_ns, capture=capture_content)
     return trace.spans
 
 
@@ -251,15 +475,24 @@ def _run_spans(
     parent: str | None,
     run_name: str,
     epoch_offset_ns: int | None = None,
+    *,
+    capture: bool = False,
 ) -> None:
     """The spans of one run, under ``parent`` (``None``: the trace's root), at its origin."""
+    run = _Run(result, capture)
     root_attributes: dict[str, AttributeValue] = {
+        **_operation("run"),
+        "gen_ai.provider.name": GENAI_PROVIDER,
         "hotloop.run.name": run_name,
         "hotloop.run.turns": result.turns,
         "hotloop.run.tool_calls": result.tool_calls,
         "gen_ai.usage.input_tokens": result.usage.input_tokens,
         "gen_ai.usage.output_tokens": result.usage.output_tokens,
     }
+    if result.agent_name:
+        root_attributes["gen_ai.agent.name"] = result.agent_name
+    if result.model:
+        root_attributes["gen_ai.request.model"] = result.model
     if epoch_offset_ns is not None:
         root_attributes["hotloop.run.start_unix_ns"] = result.started_ns + epoch_offset_ns
     root = trace.add("run", parent, 0, result.wall_ns, root_attributes)
@@ -269,10 +502,10 @@ def _run_spans(
         turn_index = len(trace.spans)
         turn = trace.span_id()
         trace.spans.append(Span("turn", trace.trace_id, turn, root, 0, 0))  # filled in below
-        _model_spans(trace, step, turn)
+        _model_spans(trace, run, step, later, turn)
         end = step.response_done_ns or step.request_sent_ns
         for tool in step.tools:
-            finished = _tool_spans(trace, step, tool, turn)
+            finished = _tool_spans(trace, run, step, tool, turn)
             if finished is not None:
                 end = max(end, finished)
         if later is not None and step.tools_done_ns is not None:
@@ -368,14 +601,15 @@ def steps_from_spans(spans: Sequence[Span]) -> list[StepRecord]:
         if span.parent_id is not None:
             children.setdefault(span.parent_id, []).append(span)
     steps: list[StepRecord] = []
-    for turn in (s for s in children.get(root.span_id, []) if s.name == "turn"):
+    for turn in (s for s in children.get(root.span_id, []) if span_kind(s) == "turn"):
         step = StepRecord(turn=_int(turn.attributes, "hotloop.turn"), request_sent_ns=0)
         for child in children.get(turn.span_id, []):
-            if child.name == "model.request":
+            kind = span_kind(child)
+            if kind == "model.request":
                 _read_model(step, child, children.get(child.span_id, []), origin)
-            elif child.name == "tool.call":
+            elif kind == "tool.call":
                 step.tools.append(_read_tool(child, children.get(child.span_id, []), origin))
-            elif child.name == "loop.next_request":
+            elif kind == "loop.next_request":
                 step.tools_done_ns = child.start_ns - origin
         steps.append(step)
     steps.sort(key=lambda step: step.request_sent_ns)
@@ -391,6 +625,8 @@ def _read_model(step: StepRecord, request: Span, phases: Sequence[Span], origin:
     step.incremental = bool(attributes.get("hotloop.request.incremental", False))
     response_id = attributes.get("gen_ai.response.id")
     step.response_id = response_id if isinstance(response_id, str) else None
+    response_model = attributes.get("gen_ai.response.model")
+    step.response_model = response_model if isinstance(response_model, str) else None
     server = {
         key.removeprefix("hotloop.server."): int(value)
         for key, value in attributes.items()
@@ -399,15 +635,16 @@ def _read_model(step: StepRecord, request: Span, phases: Sequence[Span], origin:
     step.server = server or None
     for phase in phases:
         start, end = phase.start_ns - origin, phase.end_ns - origin
-        if phase.name == "model.connect":
+        kind = span_kind(phase)
+        if kind == "model.connect":
             step.connect_start_ns, step.connect_end_ns = start, end
-        elif phase.name == "model.encode":
+        elif kind == "model.encode":
             step.request_encoded_ns = end
-        elif phase.name == "model.send":
+        elif kind == "model.send":
             step.request_written_ns = end
-        elif phase.name == "model.first_event":
+        elif kind == "model.first_event":
             step.first_event_ns = end
-        elif phase.name == "model.first_token":
+        elif kind == "model.first_token":
             step.first_token_ns = end
 
 
@@ -424,7 +661,7 @@ def _read_tool(call: Span, phases: Sequence[Span], origin: int) -> ToolRecord:
         reused=bool(attributes.get("hotloop.tool.reused", False)),
     )
     for phase in phases:
-        if phase.name == "tool.run":
+        if span_kind(phase) == "tool.run":
             record.started_ns = phase.start_ns - origin
             record.finished_ns = phase.end_ns - origin
     if record.started_ns is None:

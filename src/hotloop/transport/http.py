@@ -216,6 +216,7 @@ class HTTPTransport(IteratingTransport):
         ssl_context: ssl.SSLContext | None = None,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
+        self.url = base_url
         self.incremental = incremental
         self.reconnect_timeout = reconnect_timeout
         self.stats = TransportStats()
@@ -271,6 +272,7 @@ class ChatTransport(IteratingTransport):
         ssl_context: ssl.SSLContext | None = None,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
+        self.url = base_url
         self.reconnect_timeout = reconnect_timeout
         self.stats = TransportStats()
         self.session = ClientSession(HTTP_RULES, Chaining.NEVER)
