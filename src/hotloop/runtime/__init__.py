@@ -19,6 +19,7 @@ from hotloop.runtime.events import (
     ToolRecord,
 )
 from hotloop.runtime.output import OutputValidationError
+from hotloop.runtime.policies import Fallback, Policy, RetryOnTimeout, RouteTurns, TurnState
 from hotloop.runtime.runner import Approver, MaxTurnsExceeded, ModelError, RunHook, Runner
 from hotloop.runtime.scheduler import Admission, CallEffects
 from hotloop.runtime.tools import (
@@ -37,6 +38,7 @@ __all__ = [
     "Agent",
     "CallEffects",
     "Effects",
+    "Fallback",
     "FinishedCall",
     "MaxTurnsExceeded",
     "ModelError",
@@ -46,6 +48,9 @@ __all__ = [
     "ModelWarning",
     "OutputValidationError",
     "PartialRun",
+    "Policy",
+    "RetryOnTimeout",
+    "RouteTurns",
     "RunContext",
     "RunEvent",
     "RunFinished",
@@ -60,5 +65,6 @@ __all__ = [
     "ToolCallStarted",
     "ToolDefinitionError",
     "ToolRecord",
+    "TurnState",
     "tool",
 ]

@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from hotloop.runtime.output import OutputSpec
+from hotloop.runtime.policies import Policy
 from hotloop.runtime.tools import (
     Effects,
     ResourceSpec,
@@ -46,6 +47,9 @@ class Agent:
     asks for JSON of its schema, and an answer that does not validate goes back to the model
     with the errors, up to ``output_retries`` times (then ``OutputValidationError``).
 
+    ``policies`` decide what each attempt of a turn sends and which failures get another
+    attempt (``hotloop.runtime.policies``: fallbacks, timeouts that act, per-turn routing).
+
     ``approval``: ``"writes"`` makes every call that may write (a tool that declares ``writes``
     or declares nothing) wait for approval before it runs, ``"all"`` every call; tools can ask
     for it themselves (``@tool(approval=True)``). See ``Runner.run``'s ``approver``.
@@ -67,6 +71,7 @@ class Agent:
         "name",
         "output",
         "output_retries",
+        "policies",
         "settings",
         "stall_timeout",
         "tools",
@@ -93,6 +98,7 @@ class Agent:
         approval: Literal["writes", "all"] | None = None,
         output_type: Any = None,
         output_retries: int = 1,
+        policies: Sequence[Policy] = (),
     ) -> None:
         wrapped = [_as_tool(entry) for entry in tools]
         names = [tool.name for tool in wrapped]
@@ -120,6 +126,7 @@ class Agent:
             # The answer's format rides in ``text``, next to whatever else it holds.
             merged["text"] = {**(merged.get("text") or {}), **self.output.format}
         self.output_retries = output_retries
+        self.policies: tuple[Policy, ...] = tuple(policies)
         self.settings: Mapping[str, Any] = MappingProxyType(merged)
         self.max_turns = max_turns
         self.eager = eager

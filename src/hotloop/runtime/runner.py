@@ -65,6 +65,7 @@ from hotloop.runtime.events import (
 )
 from hotloop.runtime.events import TextDelta as TextDeltaEvent
 from hotloop.runtime.output import OutputValidationError, problems
+from hotloop.runtime.policies import Policy, TurnState
 from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
 from hotloop.runtime.tools import (
     RunContext,
@@ -275,6 +276,8 @@ class _Run:
     origin: int
     threads: ToolThreads | None
     approver: Approver | None = None
+    #: Each policy's own memory for this run (``TurnState.memo``), by policy.
+    memos: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 class _TurnCalls:
@@ -1015,16 +1018,20 @@ async def _stream_turn(
     agent, client = run.agent, run.client
     skip = REDUNDANT_EVENTS if run.emit is not None else _NOT_STREAMING
     watch = _Watchdog(run.deadlines) if run.deadlines is not None else None
+    policies = agent.policies
     attempt = 0
     while True:
         attempt += 1
         record.attempts = attempt
         if attempt > 1 and request.timings is not None:
             request = dataclasses.replace(request, timings=RequestTimings())
+        if policies:
+            request = _before_request(run, request, turn, attempt)
         stream = ResponseStream()
         calls = _TurnCalls(run, turn, ledger, record)
         record.tools.clear()
         on_event = _turn_handler(run, stream, calls, record, turn, watch)
+        failure: HotloopError
         try:
             if watch is None:
                 await client.stream_to(request, on_event, skip=skip)
@@ -1035,16 +1042,64 @@ async def _stream_turn(
             return stream, calls
         except TurnTimeout as exc:
             calls._stopped = True  # nothing more starts from this attempt
-            if exc.code != "first_event_timeout" or attempt >= agent.max_attempts:
-                raise
             # Nothing was delivered: the turn goes out again (the transport left the socket or
             # lane that swallowed it).
+            retry = exc.code == "first_event_timeout"
+            failure = exc
         except TransportError as exc:
             # This attempt is over: its running calls are reused by the next one, but calls it
             # had not started yet must not start from it (the next attempt submits them again).
             calls._stopped = True
-            if not exc.replay_safe or attempt >= agent.max_attempts:
+            retry = exc.replay_safe
+            failure = exc
+        except ModelError as exc:
+            if not policies:
                 raise
+            calls._stopped = True
+            retry = False
+            failure = exc
+        if attempt >= agent.max_attempts:
+            raise failure
+        if policies:
+            delivered = record.first_event_ns is not None
+            decided = _after_failure(run, request, turn, attempt, failure, delivered)
+            if decided is not None:
+                request, retry = decided, True
+        if not retry:
+            raise failure
+
+
+def _policy_state(
+    run: _Run, policy: Policy, request: ModelRequest, turn: int, attempt: int
+) -> TurnState:
+    memo = run.memos.setdefault(id(policy), {})
+    return TurnState(run.agent, turn, attempt, request, memo=memo)
+
+
+def _before_request(run: _Run, request: ModelRequest, turn: int, attempt: int) -> ModelRequest:
+    for policy in run.agent.policies:
+        changed = policy.before_request(_policy_state(run, policy, request, turn, attempt))
+        if changed is not None:
+            request = changed
+    return request
+
+
+def _after_failure(
+    run: _Run,
+    request: ModelRequest,
+    turn: int,
+    attempt: int,
+    failure: HotloopError,
+    delivered: bool,
+) -> ModelRequest | None:
+    """The request of the next attempt, if a policy asks for one."""
+    for policy in run.agent.policies:
+        state = _policy_state(run, policy, request, turn, attempt)
+        state.failure, state.delivered = failure, delivered
+        decided = policy.after_failure(state)
+        if decided is not None:
+            return decided
+    return None
 
 
 async def _watched(
