@@ -140,3 +140,47 @@ async def test_a_stalled_turn_is_sent_again_and_no_tool_runs_twice(gateway_facto
     assert check_run(TEN, result, log) == ()
     assert result.steps[1].attempts == 2
     assert set(log.by_arguments().values()) == {1}
+
+
+class Requests:
+    """A transport that keeps every request it is asked to send."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.stats = inner.stats
+        self.sent: list[ModelRequest] = []
+
+    async def stream_to(self, request: ModelRequest, on_event: Any, *, skip: Any = ()) -> None:
+        self.sent.append(request)
+        await self.inner.stream_to(request, on_event, skip=skip)
+
+    def stream(self, request: ModelRequest) -> Any:
+        return self.inner.stream(request)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_switching_back_to_a_model_continues_its_own_chain(gateway: GatewayServer) -> None:
+    # Two model ids playing the same script: odd turns on one, even turns on the other.
+    other = f"{MODEL}:{TEN.name}"
+    route = RouteTurns(lambda state: other if state.turn % 2 == 0 else None)
+    log = ExecutionLog()
+    agent = Agent(
+        MODEL, TEN.instructions, scenario_tools(TEN, time_scale=0, log=log), policies=[route]
+    )
+    client = Requests(connect(gateway.base_url))
+    async with client.inner:
+        result = await Runner.run(agent, TEN.task, client=client)
+    assert check_run(TEN, result, log) == ()
+    sent, steps = client.sent, result.steps
+    assert [request.model for request in sent[:4]] == [MODEL, other, MODEL, other]
+    # Turn 2 is the other model's first: it continues the run's last response.
+    assert sent[1].previous_response_id == steps[0].response_id
+    # Turn 3 goes back: it continues turn 1's response, not turn 2's, with everything since.
+    assert sent[2].previous_response_id == steps[0].response_id
+    assert sent[3].previous_response_id == steps[1].response_id
+    # ... so its new items start where turn 2's did: right after turn 1's output.
+    assert sent[2].new_from == sent[1].new_from < sent[3].new_from
+    # Over one WebSocket both chains live on the connection: every switch stays incremental.
+    assert all(step.incremental for step in steps[1:])

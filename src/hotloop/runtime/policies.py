@@ -134,10 +134,13 @@ class Fallback(Policy):
 class RouteTurns(Policy):
     """Per-step routing: ``choose(state)`` names the model for each turn (``None``: the agent's).
 
-    A turn continues the run's last response, whichever model produced it (the gateway keeps
-    the conversation, not the model); the step record's ``request_bytes``, ``incremental`` and
-    ``usage`` show what a switch cost. ``state.turn`` and ``state.request`` (its history, and
-    which items are new) are what a choice usually rests on.
+    Each model keeps its own chain: a turn switched to a model that answered before in this run
+    continues that model's last response (whose prompt its cache holds), sending every item
+    that came after it; over a WebSocket that response must still live on the connection, or
+    the whole history goes. A model's first turn continues the run's last response. The step
+    record's ``request_bytes``, ``incremental`` and ``usage`` show what a switch cost.
+    ``state.turn`` and ``state.request`` (its history, and which items are new) are what a
+    choice usually rests on.
     """
 
     def __init__(self, choose: Callable[[TurnState], str | None]) -> None:

@@ -278,6 +278,11 @@ class _Run:
     approver: Approver | None = None
     #: Each policy's own memory for this run (``TurnState.memo``), by policy.
     memos: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: With policies: each model's own chain, its last response and the items after it, so
+    #: that a turn switched back to a model continues that model's response.
+    chains: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
+    #: The model the last successful attempt was sent to.
+    last_model: str | None = None
 
 
 class _TurnCalls:
@@ -864,6 +869,8 @@ async def _run(
             history.extend(outputs)
             previous_id = response.id
             ledger = {}
+            if agent.policies and run.last_model is not None:
+                run.chains[run.last_model] = (previous_id, new_from)
         raise MaxTurnsExceeded(max_turns, history)
     except HotloopError as exc:
         # The run stops here: keep what it did, so that it can be continued from this point.
@@ -1039,6 +1046,7 @@ async def _stream_turn(
                 await _watched(client, request, on_event, skip, watch)
             if request.timings is not None:
                 _record_timings(record, request.timings, run.origin)
+            run.last_model = request.model
             return stream, calls
         except TurnTimeout as exc:
             calls._stopped = True  # nothing more starts from this attempt
@@ -1081,6 +1089,12 @@ def _before_request(run: _Run, request: ModelRequest, turn: int, attempt: int) -
         changed = policy.before_request(_policy_state(run, policy, request, turn, attempt))
         if changed is not None:
             request = changed
+    chain = run.chains.get(request.model)
+    switched = run.last_model is not None and request.model != run.last_model
+    if switched and chain is not None and chain[0] != request.previous_response_id:
+        # Switched to a model that answered before in this run: continue its own response
+        # (its cache holds that prefix), sending everything that came after it.
+        request = dataclasses.replace(request, previous_response_id=chain[0], new_from=chain[1])
     return request
 
 
