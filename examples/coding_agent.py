@@ -14,7 +14,7 @@ What to notice: `read_file`, `list_dir` and `grep` declare what they read, so th
 them concurrently, and starts each one the moment its arguments are complete in the stream;
 `apply_patch` declares the file it writes, so patches to one file keep their order while
 patches to different files overlap; `run_tests` reads the whole repository, so it waits for
-pending patches.
+pending patches (resource keys are hierarchical: `repo` covers every `repo/<path>`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ FILES: dict[str, str] = {
 PATCHED: set[str] = set()
 
 
-@tool(reads=["dir:{path}"])
+@tool(reads=["repo/{path}"])
 async def list_dir(path: str) -> list[str]:
     """List the files under a directory of the repository.
 
@@ -58,7 +58,7 @@ async def list_dir(path: str) -> list[str]:
     return sorted(name for name in FILES if name.startswith(path.rstrip("/") + "/"))
 
 
-@tool(reads=["file:{path}"])
+@tool(reads=["repo/{path}"])
 async def read_file(path: str, start_line: int | None = None, end_line: int | None = None) -> str:
     """Read a text file of the repository.
 
@@ -109,7 +109,7 @@ async def git_diff(ref: str, paths: list[str] | None = None) -> str:
     return "\n".join(f"M {name}" for name in sorted(PATCHED)) or f"no changes since {ref}"
 
 
-@tool(writes=["file:{path}"])
+@tool(writes=["repo/{path}"])
 async def apply_patch(path: str, patch: str) -> str:
     """Apply a unified diff to one file.
 

@@ -11,13 +11,18 @@ resource the other reads or writes. Reads of the same resource, and calls on dif
 resources, overlap. So writes keep the model's order against every access to their resource,
 exclusive tools run alone, and everything else runs concurrently. :class:`Admission` holds no
 tasks and does no I/O; the runner's executor asks it what to start and tells it what finished.
+
+Resource keys are hierarchical: a key covers every key below it, ``/`` separating the levels.
+``repo`` covers ``repo/src`` and ``repo/src/a.py``; ``repo/src`` covers ``repo/src/a.py`` but
+not ``repo/srcs``. So a call that reads ``repo`` waits for a write to ``repo/src/a.py``, and
+one declaration serves ordering at every level.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Admission", "CallEffects"]
+__all__ = ["Admission", "CallEffects", "covers", "overlap"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +36,25 @@ class CallEffects:
     def conflicts_with(self, other: CallEffects) -> bool:
         if self.exclusive or other.exclusive:
             return True
-        if self.writes and (self.writes & other.reads or self.writes & other.writes):
+        if self.writes and (
+            overlap(self.writes, other.reads) or overlap(self.writes, other.writes)
+        ):
             return True
-        return bool(other.writes and other.writes & self.reads)
+        return bool(other.writes) and overlap(other.writes, self.reads)
+
+
+def covers(key: str, other: str) -> bool:
+    """Whether resource ``key`` is ``other`` or one of its ancestors (``repo`` ⊇ ``repo/a``)."""
+    return key == other or (other.startswith(key) and other[len(key)] == "/")
+
+
+def overlap(keys: frozenset[str], others: frozenset[str]) -> bool:
+    """Whether some key of ``keys`` and some of ``others`` cover one another."""
+    if not keys or not others:
+        return False
+    if keys & others:
+        return True
+    return any(covers(a, b) or covers(b, a) for a in keys for b in others)
 
 
 #: A call that cannot run at all (invalid arguments, unknown tool): it conflicts with nothing.
