@@ -32,6 +32,28 @@ def _latency_overrides(pairs: Sequence[str]) -> dict[str, float]:
     return overrides
 
 
+def _model_profile(entry: str) -> tuple[str, str]:
+    """``NAME=PROFILE``: a simulated model ``hotloop-sim@NAME`` with a named profile."""
+    name, sep, profile = entry.partition("=")
+    if not sep or not name or not profile:
+        raise argparse.ArgumentTypeError(f"expected NAME=PROFILE, got {entry!r}")
+    if profile not in PROFILES:
+        raise argparse.ArgumentTypeError(
+            f"unknown profile {profile!r} in {entry!r}; known: {', '.join(sorted(PROFILES))}"
+        )
+    return name, profile
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
 def _api_key(entry: str) -> tuple[str, str]:
     """``KEY`` or ``KEY=TENANT`` (the key itself cannot contain ``=``)."""
     key, _, tenant = entry.partition("=")
@@ -123,7 +145,36 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one latency parameter, e.g. --latency ttft_s=0.5",
+        help="override one latency parameter of the default model, e.g. --latency ttft_s=0.5",
+    )
+    gateway.add_argument(
+        "--model-profile",
+        action="append",
+        default=[],
+        type=_model_profile,
+        metavar="NAME=PROFILE",
+        help="also serve simulated model hotloop-sim@NAME (every scenario: "
+        "hotloop-sim@NAME:<scenario>) with latency profile PROFILE, e.g. large=frontier-tail",
+    )
+    gateway.add_argument(
+        "--replicas",
+        type=_positive,
+        default=1,
+        help="replicas of each simulated model, each with its own queue, prefix cache and "
+        "tail draws (default: 1)",
+    )
+    gateway.add_argument(
+        "--replica-slots",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="responses one replica generates at once; more wait in its queue (default: no bound)",
+    )
+    gateway.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the tail profiles' draws (same seed, same order of requests: same run)",
     )
     gateway.add_argument("--host", default="127.0.0.1")
     gateway.add_argument("--port", type=int, default=8000)
@@ -288,6 +339,13 @@ def _upstream_backend(args: argparse.Namespace) -> Backend | None:
 async def _serve(args: argparse.Namespace) -> None:
     profile = get_profile(args.profile, _latency_overrides(args.latency))
     upstream = _upstream_backend(args)
+    if upstream is not None and (
+        args.model_profile or args.replicas != 1 or args.replica_slots or args.seed
+    ):
+        raise HotloopError(
+            "--model-profile, --replicas, --replica-slots and --seed configure the simulated "
+            "model; drop them with --upstream/--config"
+        )
     config = GatewayConfig(
         api_keys=frozenset(key for key, _ in args.api_key) if args.api_key else None,
         tenants={key: tenant for key, tenant in args.api_key if tenant},
@@ -298,7 +356,16 @@ async def _serve(args: argparse.Namespace) -> None:
         body_timeout=args.body_timeout,
     )
     server = GatewayServer(
-        upstream if upstream is not None else SimBackend(args.scenario, profile),
+        upstream
+        if upstream is not None
+        else SimBackend(
+            args.scenario,
+            profile,
+            models=dict(args.model_profile),
+            replicas=args.replicas,
+            seed=args.seed,
+            replica_slots=args.replica_slots,
+        ),
         config,
         host=args.host,
         port=args.port,
@@ -308,6 +375,8 @@ async def _serve(args: argparse.Namespace) -> None:
         f"upstream {', '.join(args.upstream) or args.config}"
         if upstream is not None
         else f"scenario {args.scenario!r}, profile {profile.name!r}"
+        + "".join(f", @{name} {name_profile!r}" for name, name_profile in args.model_profile)
+        + (f", {args.replicas} replicas" if args.replicas != 1 else "")
     )
 
     def ready() -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "Replicas",
     "UpstreamConfig",
     "UpstreamConfigError",
+    "rendezvous_score",
     "retryable",
     "upstream_error",
 ]
@@ -249,11 +250,9 @@ class Replicas:
         if len(self.all) == 1:
             return list(self.all)
         now = self._clock()
-        seed = conversation_key.to_bytes(8, "little", signed=True)
 
         def score(replica: Replica) -> tuple[bool, bytes]:
-            digest = hashlib.blake2b(seed + replica.url.encode(), digest_size=8).digest()
-            return (replica.healthy(now), digest)
+            return (replica.healthy(now), rendezvous_score(conversation_key, replica.url))
 
         return sorted(self.all, key=score, reverse=True)
 
@@ -320,6 +319,14 @@ class Replicas:
                 await self._health
         for replica in self.all:
             await replica.client.aclose()
+
+
+def rendezvous_score(key: int, name: str) -> bytes:
+    """The rendezvous-hashing score of replica ``name`` for ``key`` (a 64-bit conversation
+    key): the replica with the highest score serves the conversation. Shared by every kind of
+    replica (upstream URLs, simulated replicas) so they spread conversations alike."""
+    seed = key.to_bytes(8, "little", signed=True)
+    return hashlib.blake2b(seed + name.encode(), digest_size=8).digest()
 
 
 # -- errors ------------------------------------------------------------------------------------

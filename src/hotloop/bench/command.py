@@ -124,7 +124,15 @@ def _profile(args: argparse.Namespace) -> LatencyProfile:
         if not sep:
             raise HotloopError(f"--latency takes key=value, got {pair!r}")
         overrides[key.strip()] = value
-    return get_profile(args.profile, overrides)
+    profile = get_profile(args.profile, overrides)
+    if profile.has_tails:
+        # The report compares each run with a lower bound computed from the profile's
+        # constants; with drawn latencies and failures that bound would not bound anything.
+        raise HotloopError(
+            f"profile {profile.name!r} draws tails (random latencies or failures); "
+            "hotloop bench compares runs with a lower bound and needs a constant profile"
+        )
+    return profile
 
 
 def _config(args: argparse.Namespace) -> BenchConfig:

@@ -10,6 +10,16 @@ prefill of the prompt tokens missing from the engine's prefix cache, then one de
 The turn is derived from the conversation itself (how many tool results it holds), so any
 client works: the gateway, the official SDKs, a hand-written loop.
 
+With a tail profile (:attr:`~hotloop.sim.latency.LatencyProfile.has_tails`) each response
+draws its time to first token, an optional mid-stream stall and an optional failure once,
+from the engine's own generator, seeded by ``seed`` and ``stream``: response *k* of an engine
+gets draw *k*, whatever it asks, so a sequential client replays a run exactly, and a retry or
+a hedge, being another request, gets a fresh draw instead of the tail it is escaping. An
+engine is one replica: several engines of one model (``stream`` names each) draw
+independently. Failures are :class:`~hotloop.errors.APIError` s the gateway reports as
+documented: ``rate_limit_exceeded`` (429, with ``retry_after``), ``server_error`` (500,
+before any output) and ``stream_dropped`` (502, after some output).
+
 Besides scenarios, the engine has a **generic mode** (model id ``<generic_model>`` or
 ``<generic_model>:<turns>``) that drives any agent with no script: it calls the tools the
 request offers, with arguments synthesized from their schemas, for a number of tool turns,
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -29,12 +40,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hotloop.errors import ScenarioError
+from hotloop.errors import APIError, ScenarioError
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.conversation import Conversation
 from hotloop.protocol.generation import Generation, GenerationRequest
 from hotloop.protocol.requests import ToolDef
-from hotloop.sim.latency import LatencyProfile, estimate_tokens
+from hotloop.sim.latency import LatencyProfile, TailDraw, estimate_tokens
 from hotloop.sim.scenario import Scenario, ScriptedCall
 from hotloop.sim.synth import MAX_ARGUMENT_BYTES, synthesize
 from hotloop.wire import codec
@@ -137,6 +148,11 @@ class SimEngine:
     ``scenarios`` maps model names to the scenario each one plays. ``generic_model`` names the
     generic mode (see :meth:`generic_turns`); None turns it off. ``sleep`` and ``clock`` are
     injectable so tests can run on a fake clock.
+
+    ``seed`` and ``stream`` seed the generator a tail profile draws from (``stream`` names
+    this replica, say ``"large#1"``, so replicas with one seed draw independently); ``slots``
+    bounds the responses it generates at once (None: no bound), later ones wait in FIFO
+    order and their time in the queue adds to their latency, as on a busy server.
     """
 
     def __init__(
@@ -148,6 +164,9 @@ class SimEngine:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         generic_model: str | None = None,
+        seed: int = 0,
+        stream: str = "",
+        slots: int | None = None,
     ) -> None:
         self.scenarios = dict(scenarios)
         self.generic_model = generic_model
@@ -161,6 +180,23 @@ class SimEngine:
         self.prefix_cache = PrefixCache(prefix_cache_entries)
         self._clock = clock
         self._sleep = sleep
+        self.stream = stream
+        # String seeds are hashed with SHA-512, never with the process's salted hash().
+        self._rng = random.Random(f"{seed}/{stream}")
+        #: Responses that drew from the tail distributions so far (the next draw's index).
+        self.draws = 0
+        if slots is not None and slots < 1:
+            raise ScenarioError("a replica needs at least one slot")
+        self._slots = asyncio.Semaphore(slots) if slots is not None else None
+
+    def has_free_slot(self) -> bool:
+        """True when a response would start at once rather than wait in this replica's queue."""
+        return self._slots is None or not self._slots.locked()
+
+    def draw(self) -> TailDraw:
+        """The next response's draw from the profile's tails (see the module docstring)."""
+        self.draws += 1
+        return self.profile.draw(self._rng)
 
     # -- what the model says ---------------------------------------------------------------
 
@@ -337,8 +373,24 @@ class SimEngine:
 
     # -- how long it takes -----------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
-        """Stream the planned turn into ``out`` with the profile's timing; records usage."""
+    def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
+        """Stream the planned turn into ``out`` with the profile's timing; records usage.
+
+        With ``slots``, the response first waits for one of this replica's slots. Without,
+        the stream is the generator itself: no layer in between costs a thing per event.
+        """
+        if self._slots is None:
+            return self._generate(request, out)
+        return self._queued(self._slots, request, out)
+
+    async def _queued(
+        self, slots: asyncio.Semaphore, request: GenerationRequest, out: ResponseBuilder
+    ) -> Generation:
+        async with slots:
+            async for events in self._generate(request, out):
+                yield events
+
+    async def _generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
         profile = self.profile
         started = self._clock()
         plan = self.plan_turn(request)
@@ -353,13 +405,39 @@ class SimEngine:
         cached = self.prefix_cache.cached_tokens(context)
         uncached = context.tokens - cached
         prompt_tokens = context.tokens + instruction_tokens
-        deadline = (
-            started
-            + profile.service_time(request.processed_tokens)
-            + profile.first_token_time(uncached)
-        )
+        service_end = started + profile.service_time(request.processed_tokens)
         interval = profile.token_interval()
         budget = request.max_output_tokens
+        # ``marker`` is the next token index where a drawn event happens (a stall or a drop);
+        # -1 on the constant path, which thus pays one integer comparison per token.
+        marker = stall_at = drop_at = -1
+        stall_s = 0.0
+        if profile.has_tails:
+            tail = self.draw()
+            deadline = service_end + profile.first_token_time(uncached, tail.ttft_s)
+            if tail.failure == "rate_limit":
+                # The front end refuses at once: only the service work was spent.
+                await self._sleep_until(service_end)
+                raise _rate_limited(request.model, profile.retry_after_s)
+            if tail.failure == "server_error":
+                # The request got as far as its first token would have, then failed.
+                await self._sleep_until(deadline)
+                raise _server_error()
+            if tail.stall_s > 0 or tail.failure == "drop":
+                total = sum(-(-len(planned.text) // CHARS_PER_TOKEN) for planned in items)
+                if budget is not None:
+                    total = min(total, budget)
+                if tail.stall_s > 0 and total >= 2:
+                    # A stall is a gap between two tokens: after the first, before the last.
+                    stall_at = 1 + int(tail.stall_at * (total - 1))
+                    stall_s = tail.stall_s
+                if tail.failure == "drop":
+                    # At least one token is out; the cut may come after the last (before the
+                    # response completes).
+                    drop_at = 1 + int(tail.drop_at * max(total, 1))
+                marker = min((i for i in (stall_at, drop_at) if i >= 0), default=-1)
+        else:
+            deadline = service_end + profile.first_token_time(uncached)
         output_tokens = 0
         deltas = 0
         truncated = False
@@ -372,6 +450,12 @@ class SimEngine:
                 if budget is not None and output_tokens >= budget:
                     truncated = True
                     break
+                if deltas == marker:
+                    if deltas == drop_at:
+                        raise _dropped(deltas)
+                    deadline += stall_s
+                    await self._sleep_until(deadline)
+                    marker = drop_at if drop_at > deltas else -1
                 if interval or deltas == 0:
                     await self._sleep_until(deadline)
                     deadline += interval
@@ -398,6 +482,9 @@ class SimEngine:
             )
             if truncated:
                 break
+        if drop_at >= 0:
+            # The cut falls after the last token: the stream ends without completing.
+            raise _dropped(deltas)
         # The prompt and the prompt plus this turn's output are now in the engine's KV cache.
         self.prefix_cache.add(context.prefix_key, context.tokens)
         after = context.extend(produced)
@@ -412,6 +499,39 @@ class SimEngine:
         delay = deadline - self._clock()
         if delay > 0:
             await self._sleep(delay)
+
+
+def _rate_limited(model: str, retry_after: float) -> APIError:
+    """A simulated 429: the status and ``retry-after`` reach HTTP clients; a streamed
+    response's ``response.failed`` carries the code and says the wait in its message."""
+    return APIError(
+        f"Rate limit reached for {model} (simulated). Please try again in {retry_after:g} s.",
+        status=429,
+        type="rate_limit_error",
+        code="rate_limit_exceeded",
+        retry_after=retry_after,
+    )
+
+
+def _server_error() -> APIError:
+    """A simulated 500 before any output."""
+    return APIError(
+        "The server had an error while processing your request (simulated).",
+        status=500,
+        type="server_error",
+        code="server_error",
+    )
+
+
+def _dropped(tokens: int) -> APIError:
+    """A simulated stream cut after ``tokens`` output tokens: the response fails mid-stream,
+    the gateway's documented way to end a response that cannot complete."""
+    return APIError(
+        f"The stream was dropped after {tokens} output tokens (simulated).",
+        status=502,
+        type="server_error",
+        code="stream_dropped",
+    )
 
 
 def _log_missing_tool(model: str, scenario: str, tool: str) -> None:
