@@ -19,7 +19,14 @@ from hotloop.runtime.events import (
     ToolRecord,
 )
 from hotloop.runtime.output import OutputValidationError
-from hotloop.runtime.policies import Fallback, Policy, RetryOnTimeout, RouteTurns, TurnState
+from hotloop.runtime.policies import (
+    Fallback,
+    Hedge,
+    Policy,
+    RetryOnTimeout,
+    RouteTurns,
+    TurnState,
+)
 from hotloop.runtime.runner import Approver, MaxTurnsExceeded, ModelError, RunHook, Runner
 from hotloop.runtime.scheduler import Admission, CallEffects
 from hotloop.runtime.tools import (
@@ -40,6 +47,7 @@ __all__ = [
     "Effects",
     "Fallback",
     "FinishedCall",
+    "Hedge",
     "MaxTurnsExceeded",
     "ModelError",
     "MessageFinished",

@@ -22,18 +22,29 @@ run and policy); a policy object itself is shared by every run of its agent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable, Collection
+import statistics
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hotloop.errors import HotloopError
-from hotloop.transport.base import ModelRequest, TransportError
+from hotloop.transport.base import ModelRequest, OnEvent, RequestTimings, TransportError
+from hotloop.wire.events import (
+    ERROR_EVENTS,
+    RESPONSE_END_EVENTS,
+    Event,
+    FunctionCallArgumentsDelta,
+    OutputItemAdded,
+    OutputTextDelta,
+)
 
 if TYPE_CHECKING:
     from hotloop.runtime.agent import Agent
 
-__all__ = ["Fallback", "Policy", "RetryOnTimeout", "RouteTurns", "TurnState"]
+__all__ = ["Fallback", "Hedge", "Policy", "RetryOnTimeout", "RouteTurns", "Send", "TurnState"]
 
 
 @dataclass(slots=True)
@@ -54,8 +65,12 @@ class TurnState:
     memo: dict[str, Any] = field(default_factory=dict)
 
 
+#: Sends one attempt and hands its events over: the transport, or the policies inside.
+Send = Callable[[ModelRequest, OnEvent, Collection[str]], Awaitable[None]]
+
+
 class Policy:
-    """A policy around model calls; override the hooks it needs (both default to no change)."""
+    """A policy around model calls; override the hooks it needs (all default to no change)."""
 
     def before_request(self, state: TurnState) -> ModelRequest | None:
         """The request to send for this attempt instead of ``state.request``, or ``None``."""
@@ -65,6 +80,26 @@ class Policy:
         """The request for another attempt after ``state.failure``, or ``None`` to let the
         runner decide (it re-sends only replay-safe failures)."""
         return None
+
+    async def send(
+        self,
+        state: TurnState,
+        request: ModelRequest,
+        on_event: OnEvent,
+        skip: Collection[str],
+        send: Send,
+    ) -> None:
+        """Send one attempt through ``send`` (the transport, or the policies inside this one).
+
+        Override it to wrap the call itself, as :class:`Hedge` does; every event handed to
+        ``on_event`` must belong to one response. The turn's deadlines cover the whole call.
+        """
+        await send(request, on_event, skip)
+
+    @property
+    def sends(self) -> bool:
+        """Whether this policy wraps the call (overrides :meth:`send`)."""
+        return type(self).send is not Policy.send
 
 
 def _code(failure: HotloopError | None) -> str | None:
@@ -153,3 +188,151 @@ class RouteTurns(Policy):
         if model is None or model == state.request.model:
             return None
         return dataclasses.replace(state.request, model=model)
+
+
+#: Events that show a response is producing output (or has ended): the first one decides a race.
+_DECISIVE: frozenset[type] = (
+    frozenset({OutputItemAdded, OutputTextDelta, FunctionCallArgumentsDelta})
+    | RESPONSE_END_EVENTS
+    | ERROR_EVENTS
+)
+
+
+class _Race:
+    """Two attempts of one turn; the first to produce output wins, the other's events are dropped.
+
+    Events before a response's first output (``response.created``, ``in_progress``) are held
+    per attempt and handed over only if that attempt wins, so the caller sees one response.
+    """
+
+    def __init__(self, on_event: OnEvent) -> None:
+        self.on_event = on_event
+        self.winner: int | None = None
+        self.held: tuple[list[Event], list[Event]] = ([], [])
+        self.decided: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def handler(self, index: int) -> OnEvent:
+        def on_event(event: Event) -> None:
+            winner = self.winner
+            if winner is None:
+                if type(event) not in _DECISIVE:
+                    self.held[index].append(event)
+                    return
+                self.winner = index
+                self.decided.set_result(index)
+                for earlier in self.held[index]:
+                    self.on_event(earlier)
+                self.held[index].clear()
+                self.on_event(event)
+            elif winner == index:
+                self.on_event(event)
+
+        return on_event
+
+
+class Hedge(Policy):
+    """Hedged requests: a turn with no output after a delay is sent again; the first wins.
+
+    If the first attempt has produced no output ``delay`` seconds after it went out, the same
+    request goes out a second time (on another lane or connection of the client; to ``model``
+    if given). Whichever produces output first wins; the other is cancelled at once (over HTTP
+    that ends its request, and the server stops generating). Only the winner's events reach the
+    run, so tools are only ever dispatched from the winner.
+
+    ``delay=None`` adapts it: the ``percentile`` of the time to first output seen so far (after
+    ``min_samples`` turns; no hedging before). ``budget`` caps hedges at that share of the
+    turns this policy has seen (0.1: at most 10% extra requests). Counters are the policy's
+    own, shared by every run of its agent.
+    """
+
+    def __init__(
+        self,
+        delay: float | None = None,
+        *,
+        percentile: float = 0.95,
+        min_samples: int = 20,
+        budget: float = 0.1,
+        model: str | None = None,
+    ) -> None:
+        if delay is not None and delay < 0:
+            raise ValueError("delay must not be negative")
+        if not 0 < percentile < 1 or budget < 0:
+            raise ValueError("percentile must be in (0, 1) and budget non-negative")
+        self.delay = delay
+        self.percentile = percentile
+        self.min_samples = min_samples
+        self.budget = budget
+        self.model = model
+        self.requests = 0
+        self.hedges = 0
+        self.wins = 0
+        self._samples: list[float] = []
+
+    def hedge_delay(self) -> float | None:
+        """The delay before a hedge now (``None``: no hedge, too few samples)."""
+        if self.delay is not None:
+            return self.delay
+        if len(self._samples) < self.min_samples:
+            return None
+        cuts = statistics.quantiles(self._samples[-1000:], n=100, method="inclusive")
+        return cuts[min(98, max(0, round(self.percentile * 100) - 1))]
+
+    async def send(
+        self,
+        state: TurnState,
+        request: ModelRequest,
+        on_event: OnEvent,
+        skip: Collection[str],
+        send: Send,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.requests += 1
+        delay = self.hedge_delay()
+        race = _Race(on_event)
+        started = loop.time()
+        first = asyncio.ensure_future(send(request, race.handler(0), skip))
+        tasks = [first]
+        requests = [request]
+        try:
+            affordable = self.hedges + 1 <= self.budget * self.requests
+            if delay is not None and affordable:
+                waiting: set[asyncio.Future[Any]] = {first, race.decided}
+                await asyncio.wait(waiting, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                if race.winner is None and not first.done():
+                    self.hedges += 1
+                    hedge = dataclasses.replace(
+                        request,
+                        model=self.model or request.model,
+                        timings=RequestTimings() if request.timings is not None else None,
+                    )
+                    requests.append(hedge)
+                    tasks.append(asyncio.ensure_future(send(hedge, race.handler(1), skip)))
+            while race.winner is None:
+                pending = [task for task in tasks if not task.done()]
+                if not pending:
+                    break  # every attempt ended without output: the first one's outcome stands
+                watched: set[asyncio.Future[Any]] = {*pending, race.decided}
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if race.winner is None:
+                await first
+                return
+            self._samples.append(loop.time() - started)
+            for index, task in enumerate(tasks):
+                if index != race.winner:
+                    task.cancel()  # the loser stops now
+            await tasks[race.winner]
+            if race.winner == 1:
+                self.wins += 1
+                won, timings = requests[1].timings, request.timings
+                if won is not None and timings is not None:
+                    # The step's timings describe the request that answered.
+                    for name in ("connect_start_ns", "connect_end_ns", "encoded_ns", "sent_ns"):
+                        setattr(timings, name, getattr(won, name))
+                    timings.body_bytes, timings.incremental = won.body_bytes, won.incremental
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task

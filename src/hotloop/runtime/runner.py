@@ -32,7 +32,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,7 +65,7 @@ from hotloop.runtime.events import (
 )
 from hotloop.runtime.events import TextDelta as TextDeltaEvent
 from hotloop.runtime.output import OutputValidationError, problems
-from hotloop.runtime.policies import Policy, TurnState
+from hotloop.runtime.policies import Policy, Send, TurnState
 from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
 from hotloop.runtime.tools import (
     RunContext,
@@ -75,7 +75,7 @@ from hotloop.runtime.tools import (
     ToolThreads,
 )
 from hotloop.transport import Transport, TransportError, connect
-from hotloop.transport.base import ModelRequest, RequestTimings
+from hotloop.transport.base import ModelRequest, OnEvent, RequestTimings
 from hotloop.wire import codec
 from hotloop.wire.events import (
     ContentPartAdded,
@@ -1038,12 +1038,15 @@ async def _stream_turn(
         calls = _TurnCalls(run, turn, ledger, record)
         record.tools.clear()
         on_event = _turn_handler(run, stream, calls, record, turn, watch)
+        call = _sender(run, turn, attempt) if policies else None
         failure: HotloopError
         try:
-            if watch is None:
+            if watch is not None:
+                await _watched(client, request, on_event, skip, watch, call)
+            elif call is None:
                 await client.stream_to(request, on_event, skip=skip)
             else:
-                await _watched(client, request, on_event, skip, watch)
+                await call(request, on_event, skip)
             if request.timings is not None:
                 _record_timings(record, request.timings, run.origin)
             run.last_model = request.model
@@ -1075,6 +1078,36 @@ async def _stream_turn(
                 request, retry = decided, True
         if not retry:
             raise failure
+
+
+def _sender(run: _Run, turn: int, attempt: int) -> Send | None:
+    """The policies that wrap the call, around the transport; ``None`` when none does."""
+    senders = [policy for policy in run.agent.policies if policy.sends]
+    if not senders:
+        return None
+    client = run.client
+
+    async def transport(request: ModelRequest, on_event: OnEvent, skip: Collection[str]) -> None:
+        await client.stream_to(request, on_event, skip=skip)
+
+    call: Send = transport
+    for policy in reversed(senders):
+        call = functools.partial(_through, policy, run, turn, attempt, call)
+    return call
+
+
+async def _through(
+    policy: Policy,
+    run: _Run,
+    turn: int,
+    attempt: int,
+    inner: Send,
+    request: ModelRequest,
+    on_event: OnEvent,
+    skip: Collection[str],
+) -> None:
+    state = _policy_state(run, policy, request, turn, attempt)
+    await policy.send(state, request, on_event, skip, inner)
 
 
 def _policy_state(
@@ -1122,11 +1155,16 @@ async def _watched(
     on_event: Callable[[Event], None],
     skip: frozenset[str],
     watch: _Watchdog,
+    call: Send | None = None,
 ) -> None:
-    """``client.stream_to`` under the turn's deadlines; raises :class:`TurnTimeout`."""
+    """``client.stream_to`` (or ``call``, the policies around it) under the turn's deadlines;
+    raises :class:`TurnTimeout`."""
     watch.start()
     try:
-        await client.stream_to(request, on_event, skip=skip)
+        if call is None:
+            await client.stream_to(request, on_event, skip=skip)
+        else:
+            await call(request, on_event, skip)
     except asyncio.CancelledError:
         code = watch.fired
         task = asyncio.current_task()
