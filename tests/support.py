@@ -45,6 +45,21 @@ class LoopThread:
         self.loop.close()
 
 
+class FakeClock:
+    """A clock that only moves when the code under test sleeps (``clock=``, ``sleep=``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+
+
 WEATHER_TOOL = ToolSpec(
     name="get_weather",
     description="Current weather for a city.",

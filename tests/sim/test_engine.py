@@ -19,7 +19,7 @@ from hotloop.sim.latency import LatencyProfile, get_profile
 from hotloop.wire import events as ev
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
 from hotloop.wire.responses import ResponseObject, Usage
-from support import CITIES, WEATHER_TOOL, ten_turn_scenario
+from support import CITIES, WEATHER_TOOL, FakeClock, ten_turn_scenario
 
 MODEL = "ten"
 TASK = "Check the weather in ten cities."
@@ -387,21 +387,6 @@ async def test_max_output_tokens_truncates_with_incomplete_reason() -> None:
 
 
 # -- latency, on a fake clock -----------------------------------------------------------------
-
-
-class FakeClock:
-    """A clock that only moves when the engine sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        self.now += delay
 
 
 PROFILE = LatencyProfile(

@@ -33,26 +33,11 @@ from hotloop.sim.latency import DRAW_UNIFORMS, PROFILES, LatencyProfile, get_pro
 from hotloop.sim.scenario import Scenario
 from hotloop.wire.items import Message
 from hotloop.wire.responses import ResponseObject
-from support import ten_turn_scenario
+from support import FakeClock, ten_turn_scenario
 
 MODEL = "ten"
 #: A long answer (50 tokens of 4 characters) so stalls and drops have room mid-stream.
 ANSWER = "abcd" * 50
-
-
-class FakeClock:
-    """A clock that only moves when the engine sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        self.now += delay
 
 
 def answer_scenario() -> Scenario:
