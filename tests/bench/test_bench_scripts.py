@@ -27,3 +27,23 @@ def test_runtime_cpu_measures_every_mode(tmp_path: Path) -> None:
         assert len(entry["samples_ms"]) == 2, mode
         assert all(sample > 0 for sample in entry["samples_ms"]), mode
     assert "end to end above the socket floor" in done.stdout
+
+
+def test_hedging_compares_plain_and_hedged_rollouts() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "hedging.py"),
+            *("--rollouts", "4", "--turns", "2", "--concurrency", "2", "--budget", "1.0"),
+            *("--profile", "fast-tail"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("4 rollouts per strategy, 3 turns each, profile fast-tail")
+    assert lines[1].lstrip().startswith("plain") and lines[2].lstrip().startswith("hedged")
+    assert "hedged/plain: p50 " in lines[3] and "extra model requests" in lines[3]
