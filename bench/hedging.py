@@ -5,8 +5,9 @@ A rollout is one agent run of ``--turns`` tool turns on the simulated model's ge
 gateway whose model draws its latency from a tail profile (``--profile``, default
 ``fast-tail``: lognormal time to first token with p99/p50 = 10, 1% stalls) on ``--replicas``
 replicas, each with its own seeded draws. Two strategies, run interleaved, ``--concurrency``
-rollouts at a time: ``plain`` (no policy) and ``hedged`` (``Hedge()``: adaptive delay, the
-p95 of the times to first output seen so far, at most 10% extra requests). It prints, per
+rollouts at a time: ``plain`` (no policy) and ``hedged`` (``Hedge(stall=0.3)``: adaptive delay,
+the p95 of the times to first output seen so far; a response quiet for 0.3 s after its output
+started is sent again; at most 10% extra requests in all). It prints, per
 strategy: rollouts, p50 and p99 of the rollout wall time, extra model requests, and the ratios.
 
 ``hotloop bench`` compares loops against a lower bound computed from a profile's constants, so
@@ -59,7 +60,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     backend = SimBackend(profile=args.profile, replicas=args.replicas, seed=args.seed)
     config = GatewayConfig()
     model = f"hotloop-sim:generic:{args.turns}"
-    hedge = Hedge(budget=args.budget)
+    hedge = Hedge(budget=args.budget, stall=args.stall or None)
     agents = {
         "plain": Agent(model, tools=[lookup], max_turns=args.turns + 2),
         "hedged": Agent(model, tools=[lookup], max_turns=args.turns + 2, policies=[hedge]),
@@ -86,7 +87,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {done}/{args.rollouts} rollouts per strategy", file=sys.stderr)
     requests = hedge.requests - baseline_requests
     hedges = hedge.hedges - baseline_hedges
-    return {"walls": walls, "requests": requests, "hedges": hedges, "wins": hedge.wins}
+    return {
+        "walls": walls,
+        "requests": requests,
+        "hedges": hedges,
+        "wins": hedge.wins,
+        "stalls": hedge.stall_resends,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=10, help="rollouts at a time")
     parser.add_argument("--budget", type=float, default=0.1, help="share of hedged requests")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=0.3,
+        help="seconds without an event after output started before a re-send (0: never)",
+    )
     args = parser.parse_args(argv)
     report = asyncio.run(measure(args))
     walls = report["walls"]
@@ -116,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"hedged/plain: p50 {hedged50 / plain50:.3f}x, p99 {hedged99 / plain99:.3f}x; "
         f"extra model requests {extra:.1%} ({report['hedges']} of {report['requests']}), "
-        f"hedges that won {report['wins']}"
+        f"hedges that won {report['wins']}, stall re-sends {report['stalls']}"
     )
     return 0
 

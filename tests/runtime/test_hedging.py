@@ -159,3 +159,46 @@ async def test_hedged_turns_over_a_real_gateway_run_every_tool_once(
     assert check_run(TEN, result, log) == ()
     assert set(log.by_arguments().values()) == {1}  # tools only from the winners
     assert hedge.requests == len(TEN.turns) and hedge.hedges == len(TEN.turns)
+
+
+class StallsMidway(Scripted):
+    """Like :class:`Scripted`, but each attempt's output starts before its gate: a stall."""
+
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
+    ) -> None:
+        index = len(self.sent)
+        self.sent.append(request)
+        out = ResponseBuilder(
+            ResponseObject(id=f"resp_{index}", created_at=0, model=MODEL, status="x")
+        )
+        for event in (*out.start(), *out.open_text(), *out.delta(f"answer {index}")):
+            on_event(event)
+        try:
+            await self.gates[index].wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(index)
+            raise
+        for event in (*out.close_item(), *out.finish()):
+            on_event(event)
+
+
+async def test_a_response_that_stalls_after_its_output_started_is_sent_again() -> None:
+    hedge = Hedge(stall=0.05, budget=1.0, min_samples=1000)  # no first-output hedging here
+    client = StallsMidway(gates(False, True))
+    result = await Runner.run(Agent(MODEL, policies=[hedge]), "hi", client=client)
+    assert result.final_output == "answer 1" and client.cancelled == [0]
+    assert result.steps[0].attempts == 2  # the runner sent the turn again
+    assert (hedge.stall_resends, hedge.hedges) == (1, 1)
+
+
+async def test_a_stall_over_budget_is_waited_out() -> None:
+    hedge = Hedge(stall=0.02, budget=0.0, min_samples=1000)
+    first = asyncio.Event()
+    client = StallsMidway([first])
+    run = asyncio.create_task(Runner.run(Agent(MODEL, policies=[hedge]), "hi", client=client))
+    await asyncio.sleep(0.1)  # five stall periods: no budget, so no re-send
+    first.set()
+    result = await run
+    assert result.final_output == "answer 0" and len(client.sent) == 1
+    assert hedge.stall_resends == 0

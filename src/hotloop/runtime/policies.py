@@ -206,10 +206,14 @@ class _Race:
     """
 
     def __init__(self, on_event: OnEvent) -> None:
+        loop = asyncio.get_running_loop()
         self.on_event = on_event
         self.winner: int | None = None
         self.held: tuple[list[Event], list[Event]] = ([], [])
-        self.decided: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.decided: asyncio.Future[int] = loop.create_future()
+        self.clock = loop.time
+        #: When the winner last handed over an event.
+        self.last = 0.0
 
     def handler(self, index: int) -> OnEvent:
         def on_event(event: Event) -> None:
@@ -223,8 +227,10 @@ class _Race:
                 for earlier in self.held[index]:
                     self.on_event(earlier)
                 self.held[index].clear()
+                self.last = self.clock()
                 self.on_event(event)
             elif winner == index:
+                self.last = self.clock()
                 self.on_event(event)
 
         return on_event
@@ -240,9 +246,12 @@ class Hedge(Policy):
     run, so tools are only ever dispatched from the winner.
 
     ``delay=None`` adapts it: the ``percentile`` of the time to first output seen so far (after
-    ``min_samples`` turns; no hedging before). ``budget`` caps hedges at that share of the
-    turns this policy has seen (0.1: at most 10% extra requests). Counters are the policy's
-    own, shared by every run of its agent.
+    ``min_samples`` turns; no hedging before). ``stall``: a response that produced output and
+    then nothing for that many seconds is abandoned and the turn sent again (a replay-safe
+    ``TransportError`` ``stalled``: the runner re-sends it, reusing the calls that started).
+    ``budget`` caps hedges and stall re-sends together at that share of the turns this policy
+    has seen (0.1: at most 10% extra requests). Counters are the policy's own, shared by every
+    run of its agent.
     """
 
     def __init__(
@@ -253,9 +262,10 @@ class Hedge(Policy):
         min_samples: int = 20,
         budget: float = 0.1,
         model: str | None = None,
+        stall: float | None = None,
     ) -> None:
-        if delay is not None and delay < 0:
-            raise ValueError("delay must not be negative")
+        if (delay is not None and delay < 0) or (stall is not None and stall <= 0):
+            raise ValueError("delay must not be negative, and stall must be positive")
         if not 0 < percentile < 1 or budget < 0:
             raise ValueError("percentile must be in (0, 1) and budget non-negative")
         self.delay = delay
@@ -263,9 +273,11 @@ class Hedge(Policy):
         self.min_samples = min_samples
         self.budget = budget
         self.model = model
+        self.stall = stall
         self.requests = 0
         self.hedges = 0
         self.wins = 0
+        self.stall_resends = 0
         self._samples: list[float] = []
 
     def hedge_delay(self) -> float | None:
@@ -276,6 +288,27 @@ class Hedge(Policy):
             return None
         cuts = statistics.quantiles(self._samples[-1000:], n=100, method="inclusive")
         return cuts[min(98, max(0, round(self.percentile * 100) - 1))]
+
+    async def _unless_stalled(self, race: _Race, winner: asyncio.Future[None]) -> None:
+        """Wait for the winner; give it up when it stalls longer than ``stall`` (budget
+        permitting), so that the runner sends the turn again."""
+        stall = self.stall
+        while stall is not None and not winner.done():
+            watched: set[asyncio.Future[Any]] = {winner}
+            await asyncio.wait(watched, timeout=stall)
+            quiet = race.clock() - race.last
+            if not winner.done() and quiet >= stall:
+                if self.hedges + 1 > self.budget * self.requests:
+                    break  # over budget: wait it out
+                self.hedges += 1
+                self.stall_resends += 1
+                winner.cancel()
+                raise TransportError(
+                    f"the response stalled for {quiet:.2f} s; sent again",
+                    code="stalled",
+                    replay_safe=True,
+                )
+        await winner
 
     async def send(
         self,
@@ -320,7 +353,7 @@ class Hedge(Policy):
             for index, task in enumerate(tasks):
                 if index != race.winner:
                     task.cancel()  # the loser stops now
-            await tasks[race.winner]
+            await self._unless_stalled(race, tasks[race.winner])
             if race.winner == 1:
                 self.wins += 1
                 won, timings = requests[1].timings, request.timings
