@@ -52,13 +52,17 @@ class Scripted:
         head, body = answer(f"resp_{index}", f"answer {index}")
         for event in head:
             on_event(event)
+        await self.wait(index)
+        for event in body:
+            on_event(event)
+
+    async def wait(self, index: int) -> None:
+        """Until attempt ``index`` may go on; a cancelled attempt is recorded."""
         try:
             await self.gates[index].wait()
         except asyncio.CancelledError:
             self.cancelled.append(index)
             raise
-        for event in body:
-            on_event(event)
 
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         raise NotImplementedError
@@ -174,11 +178,7 @@ class StallsMidway(Scripted):
         )
         for event in (*out.start(), *out.open_text(), *out.delta(f"answer {index}")):
             on_event(event)
-        try:
-            await self.gates[index].wait()
-        except asyncio.CancelledError:
-            self.cancelled.append(index)
-            raise
+        await self.wait(index)
         for event in (*out.close_item(), *out.finish()):
             on_event(event)
 
