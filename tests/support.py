@@ -8,6 +8,7 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+from hotloop.runtime import Tool, tool
 from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec, Turn
 from hotloop.wire import codec
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
@@ -161,3 +162,20 @@ def cache_lookups(server: Any, result: str) -> float:
         "hotloop_cache_lookups_total", {"result": result}
     )
     return value or 0.0
+
+
+def weather_failing_in(failing_city: str) -> Tool:
+    """``get_weather`` as a runtime tool that raises ``LookupError`` for ``failing_city``."""
+
+    @tool(reads=["weather:{city}"])
+    async def get_weather(city: str) -> str:
+        """Current weather for a city.
+
+        Args:
+            city: The city.
+        """
+        if city == failing_city:
+            raise LookupError(f"no station in {failing_city}")
+        return "sunny"
+
+    return get_weather

@@ -63,6 +63,7 @@ from hotloop.gateway import GatewayConfig, GatewayServer
 from hotloop.protocol.chat_stream import ChatStreamDecoder
 from hotloop.protocol.sse import ResponsesSSEDecoder, SSEDecoder
 from hotloop.wire import codec
+from support import WEATHER_FUNCTION as WEATHER
 from support import ten_turn_scenario
 
 MODEL = "hotloop-sim"
@@ -198,16 +199,6 @@ class ErrorLog(logging.Handler):
 #: Replaced by a real response id when the frame is sent (see :meth:`Fuzzer.resolve`).
 LAST_ID, STORED_ID, FOREIGN_ID = "$last$", "$stored$", "$foreign$"
 
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
-}
 
 unicode_text = st.one_of(
     st.text(max_size=20),

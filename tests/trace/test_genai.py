@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from hotloop.backends.sim import DEFAULT_MODEL
 from hotloop.gateway import GatewayServer
-from hotloop.runtime import Agent, Runner, RunResult, tool
+from hotloop.runtime import Agent, Runner, RunResult
 from hotloop.trace import (
     GENAI_SPANS,
     MemorySink,
@@ -37,7 +37,7 @@ from hotloop.trace.otel import OTelSink
 from hotloop.trace.sinks import CAPTURE_CONTENT_ENV
 from hotloop.trace.spans import exported_name
 from hotloop.transport import connect
-from support import ten_turn_scenario
+from support import ten_turn_scenario, weather_failing_in
 
 RunTen = Callable[..., Awaitable[RunResult]]
 SCENARIO = ten_turn_scenario()
@@ -185,17 +185,7 @@ async def test_content_is_captured_only_when_asked_for(
 
 
 async def test_a_failed_tool_call_has_an_error_type(gateway: GatewayServer) -> None:
-    @tool(reads=["weather:{city}"])
-    async def get_weather(city: str) -> str:
-        """Current weather for a city.
-
-        Args:
-            city: The city.
-        """
-        if city == "Rome":
-            raise LookupError("no station in Rome")
-        return "sunny"
-
+    get_weather = weather_failing_in("Rome")
     agent = Agent(MODEL, SCENARIO.instructions, [get_weather], name="forecaster")
     client = connect(gateway.base_url, transport="http")
     try:

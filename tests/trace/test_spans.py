@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from hotloop.gateway import GatewayServer
-from hotloop.runtime import Agent, RunFinished, Runner, RunResult, tool
+from hotloop.runtime import Agent, RunFinished, Runner, RunResult
 from hotloop.testing import scenario_tools
 from hotloop.trace import (
     MemorySink,
@@ -37,7 +37,7 @@ from hotloop.transport import (
     connect,
 )
 from hotloop.wire.items import items_from_input
-from support import ten_turn_scenario
+from support import ten_turn_scenario, weather_failing_in
 from wsproxy import WebSocketProxy
 
 RunTen = Callable[..., Awaitable[RunResult]]
@@ -303,17 +303,7 @@ def test_a_malformed_span_is_an_error() -> None:
 
 
 async def test_a_failed_tool_keeps_its_error(gateway: GatewayServer) -> None:
-    @tool(reads=["weather:{city}"])
-    async def get_weather(city: str) -> str:
-        """Current weather for a city.
-
-        Args:
-            city: The city.
-        """
-        if city == "Rome":
-            raise LookupError("no station in Rome")
-        return "sunny"
-
+    get_weather = weather_failing_in("Rome")
     agent = Agent(f"hotloop-sim:{SCENARIO.name}", SCENARIO.instructions, [get_weather])
     client = connect(gateway.base_url)
     memory = MemorySink()

@@ -244,11 +244,12 @@ class Transport(Protocol):
     async def __aexit__(self, *exc_info: object) -> None: ...
 
 
-class Closing:
+class Closing(abc.ABC):
     """``async with transport:`` closes it on the way out (with :meth:`close`)."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Close the connection(s); turns after this raise ``TransportError`` ``closed``."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -257,7 +258,7 @@ class Closing:
         await self.close()
 
 
-class IteratingTransport(Closing, abc.ABC):
+class IteratingTransport(Closing):
     """For transports whose natural form is :meth:`stream`: ``stream_to`` on top of it."""
 
     stats: TransportStats
@@ -265,9 +266,6 @@ class IteratingTransport(Closing, abc.ABC):
     @abc.abstractmethod
     def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
         """The events of one turn as an async iterator; raises :class:`TransportError`."""
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
 
     def stream_skipping(self, request: ModelRequest, skip: Collection[str]) -> AsyncIterator[Event]:
         """:meth:`stream`, for a caller with no use for the event types in ``skip``.
