@@ -223,3 +223,14 @@ def test_ctrl_c_ends_a_command_with_one_line() -> None:
 async def test_run_sync_in_a_running_loop_says_what_to_do() -> None:
     with pytest.raises(RuntimeError, match=r"inside a running event loop .* `await Runner\.run"):
         Runner.run_sync(Agent("hotloop-sim"), "hi", base_url="http://127.0.0.1:1/v1")
+
+
+def test_gateway_hedging_options_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["gateway", "--hedge", "soon"])
+    assert exited.value.code == 2
+    assert "expected seconds (>= 0) or auto" in capsys.readouterr().err
+    assert main(["gateway", "--hedge", "auto"]) == 2
+    assert "--hedge needs --replicas 2 or more" in capsys.readouterr().err
+    assert main(["gateway", "--hedge", "0.5", "--replicas", "2", "--hedge-budget", "-1"]) == 2
+    assert "--hedge-budget must not be negative" in capsys.readouterr().err

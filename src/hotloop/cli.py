@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hotloop.backends.base import Backend
+from hotloop.backends.hedging import HedgeSettings
 from hotloop.backends.sim import SimBackend
 from hotloop.errors import HotloopError
 from hotloop.gateway.app import GatewayServer
@@ -52,6 +53,33 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
+
+
+def _hedge_delay(value: str) -> float | str:
+    """``auto`` (the adaptive delay) or a non-negative number of seconds."""
+    if value == "auto":
+        return value
+    try:
+        delay = float(value)
+    except ValueError:
+        delay = -1.0
+    if not delay >= 0 or delay == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds (>= 0) or auto, got {value!r}")
+    return delay
+
+
+def _hedging(args: argparse.Namespace) -> HedgeSettings | None:
+    """The gateway's hedging across replicas (None: --hedge not given)."""
+    if getattr(args, "hedge", None) is None:
+        return None
+    if args.config is not None:
+        raise HotloopError("with --config, set hedge and hedge_budget in its [[upstream]] tables")
+    if args.hedge_budget < 0:
+        raise HotloopError("--hedge-budget must not be negative")
+    if not args.upstream and args.replicas < 2:
+        raise HotloopError("--hedge needs --replicas 2 or more (a hedge goes to another one)")
+    delay = None if args.hedge == "auto" else float(args.hedge)
+    return HedgeSettings(delay=delay, budget=args.hedge_budget)
 
 
 def _api_key(entry: str) -> tuple[str, str]:
@@ -175,6 +203,23 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="seed of the tail profiles' draws (same seed, same order of requests: same run)",
+    )
+    gateway.add_argument(
+        "--hedge",
+        type=_hedge_delay,
+        default=None,
+        metavar="SECONDS|auto",
+        help="hedge each turn across a model's replicas: a turn with no output after SECONDS "
+        "(auto: the p95 of the times to first output seen so far) also goes to another "
+        "replica, the first to answer wins; a turn that fails before output moves to another "
+        "replica (needs --replicas 2 or more, or several upstream URLs)",
+    )
+    gateway.add_argument(
+        "--hedge-budget",
+        type=float,
+        default=0.1,
+        metavar="SHARE",
+        help="with --hedge: hedges at most this share of turns (default: 0.1)",
     )
     gateway.add_argument("--host", default="127.0.0.1")
     gateway.add_argument("--port", type=int, default=8000)
@@ -324,6 +369,7 @@ def _upstream_backend(args: argparse.Namespace) -> Backend | None:
                 api_key_env=args.api_key_env,
                 chain=args.chain,
                 websocket=args.websocket,
+                hedging=_hedging(args),
             )
         ]
     elif args.backend == "upstream":
@@ -338,6 +384,7 @@ def _upstream_backend(args: argparse.Namespace) -> Backend | None:
 
 async def _serve(args: argparse.Namespace) -> None:
     profile = get_profile(args.profile, _latency_overrides(args.latency))
+    hedging = _hedging(args)
     upstream = _upstream_backend(args)
     if upstream is not None and (
         args.model_profile or args.replicas != 1 or args.replica_slots or args.seed
@@ -365,6 +412,7 @@ async def _serve(args: argparse.Namespace) -> None:
             replicas=args.replicas,
             seed=args.seed,
             replica_slots=args.replica_slots,
+            hedging=hedging,
         ),
         config,
         host=args.host,

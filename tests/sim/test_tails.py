@@ -120,15 +120,30 @@ async def test_a_constant_profile_never_draws_and_times_exactly() -> None:
 # -- distributions ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["fast-tail", "frontier-tail"])
+@pytest.mark.parametrize("name", ["fast-tail", "frontier-tail", "fast-jitter"])
 def test_ttft_is_lognormal_with_the_configured_median_and_p99(name: str) -> None:
-    profile = PROFILES[name]
+    profile = PROFILES[name].override(spike_probability=0)
     rng = random.Random(1)
     draws = [profile.draw(rng).ttft_s for _ in range(20_000)]
     median = quantile(draws, 0.5)
     p99 = quantile(draws, 0.99)
     assert median == pytest.approx(profile.ttft_s, rel=0.04)
     assert p99 / median == pytest.approx(profile.ttft_p99_ratio, rel=0.10)
+
+
+def test_spikes_come_at_their_rate_and_follow_their_lognormal() -> None:
+    profile = PROFILES["fast-tail"]
+    rng = random.Random(5)
+    draws = [profile.draw(rng).ttft_s for _ in range(40_000)]
+    # The body's p99 is 3 x 0.2 s: a first token later than 1.5 s is a spike.
+    spikes = [draw for draw in draws if draw > 1.5]
+    assert len(spikes) / len(draws) == pytest.approx(profile.spike_probability, abs=0.002)
+    assert quantile(spikes, 0.5) == pytest.approx(profile.spike_s + profile.ttft_s, rel=0.15)
+    only = get_profile("zero").override(spike_probability=1, spike_s=2.0, spike_p99_ratio=3)
+    rng = random.Random(6)
+    alone = [only.draw(rng).ttft_s for _ in range(20_000)]
+    assert quantile(alone, 0.5) == pytest.approx(2.0, rel=0.04)
+    assert quantile(alone, 0.99) == pytest.approx(6.0, rel=0.10)
 
 
 def test_stall_durations_follow_their_lognormal() -> None:
@@ -168,7 +183,12 @@ def test_a_draw_consumes_a_fixed_count_of_numbers() -> None:
     """Draw k depends on the seed and k only: whatever earlier draws drew (stalls, failures),
     each took exactly ``DRAW_UNIFORMS`` numbers."""
     profile = get_profile("zero").override(
-        ttft_p99_ratio=3, stall_probability=0.5, stall_s=1, drop_probability=0.5
+        ttft_p99_ratio=3,
+        spike_probability=0.5,
+        spike_s=1,
+        stall_probability=0.5,
+        stall_s=1,
+        drop_probability=0.5,
     )
     rng = random.Random(9)
     for _ in range(100):

@@ -13,13 +13,17 @@ response builder); the base does the rest the same way for all of them:
 * the first output must come within ``first_token_timeout`` and each later chunk within
   ``stall_timeout``;
 * every failure on the way is one of the documented errors of
-  :func:`~hotloop.backends.upstream.upstream_error`.
+  :func:`~hotloop.backends.upstream.upstream_error`;
+* with ``hedging`` configured and several replicas, a turn with no output after the hedge
+  delay is also sent from the next replica on, and the first to produce output wins
+  (:mod:`hotloop.backends.hedging`); each of the two runs the steps above on its own.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Protocol
@@ -27,6 +31,7 @@ from typing import ClassVar, Protocol
 import httpx
 
 from hotloop.backends.base import BackendSession, StatelessSession
+from hotloop.backends.hedging import hedging_for
 from hotloop.backends.upstream import (
     Replica,
     Replicas,
@@ -90,6 +95,13 @@ class ForwardingBackend(abc.ABC):
         self.config = config
         self.replicas = Replicas(config, clock=clock, transport=transport)
         self._models = dict(config.models)
+        #: Hedging across the replicas (None: off, or a single URL). Each attempt retries and
+        #: fails over by itself, so the race holds two attempts at most.
+        settings = config.hedging
+        self.hedging = hedging_for(
+            None if settings is None else dataclasses.replace(settings, max_attempts=2),
+            config.urls,
+        )
 
     async def start(self) -> None:
         """Learn the upstream's models when none were configured; start health checks."""
@@ -131,11 +143,21 @@ class ForwardingBackend(abc.ABC):
 
     # -- the shared half -------------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
+    def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
         """Send the turn (retrying while nothing reached the client) and stream it to ``out``."""
+        hedging = self.hedging
+        if hedging is None:
+            return self._generate(request, out, 0)
+        return hedging.generate(lambda index, staged: self._generate(request, staged, index), out)
+
+    async def _generate(
+        self, request: GenerationRequest, out: ResponseBuilder, first: int
+    ) -> Generation:
+        """The turn from the conversation's replica ``first`` on in its order (a hedge: 1)."""
         full = False
         payload = self.payload(request, full=full)
         order = self.replicas.order(request.context.root_key)
+        order = order[first:] + order[:first]
         attempt = 0
         while True:
             replica = order[attempt % len(order)]

@@ -21,6 +21,11 @@ responses in flight (running or queued); ties go to the conversation's rendezvou
 rule :class:`~hotloop.backends.upstream.Replicas` uses for upstream URLs), so a sequential
 conversation keeps to one replica and its prefix cache, while a hedge — the same request sent
 again while the first is running — lands on another replica.
+
+**Hedging at the gateway.** With ``hedging=HedgeSettings(...)`` and two replicas or more, the
+gateway itself sends a turn that has produced no output after a delay to a second replica,
+keeps the first to answer and cancels the other, and moves a turn that failed before any
+output to another replica (:mod:`hotloop.backends.hedging`): a client gets it whatever it is.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 from hotloop.backends.base import StatelessSession
+from hotloop.backends.hedging import HedgeSettings, ReplicaHedging, hedging_for
 from hotloop.backends.upstream import rendezvous_score
 from hotloop.errors import APIError, ScenarioError
 from hotloop.protocol.builder import ResponseBuilder
@@ -61,25 +67,42 @@ def model_id(name: str | None, scenario: str | None = None) -> str:
 class _Model:
     """One simulated model: its profile and its replicas, with their load."""
 
-    def __init__(self, engines: Sequence[SimEngine]) -> None:
+    def __init__(self, engines: Sequence[SimEngine], hedging: HedgeSettings | None) -> None:
         self.engines = list(engines)
         #: Responses each replica is running or queueing.
         self.load = [0] * len(self.engines)
+        #: The gateway's hedging across this model's replicas (None: off, or one replica).
+        self.hedging = hedging_for(hedging, self.engines)
 
-    def pick(self, context: Conversation) -> int:
-        """The replica for a request: fewest in flight, then the conversation's preference."""
+    def pick(self, context: Conversation, avoid: Collection[int] = ()) -> int:
+        """The replica for a request: one this turn has not tried (``avoid``), then the
+        fewest in flight, then the conversation's preference."""
         key = _conversation_key(context)
         load = self.load
         engines = self.engines
         return max(
             range(len(engines)),
-            key=lambda index: (-load[index], rendezvous_score(key, engines[index].stream)),
+            key=lambda index: (
+                index not in avoid,
+                -load[index],
+                rendezvous_score(key, engines[index].stream),
+            ),
         )
 
-    async def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
+    def generate(self, request: GenerationRequest, out: ResponseBuilder) -> Generation:
+        hedging = self.hedging
+        if hedging is None:
+            return self._on_replica(request, out, [])
+        tried: list[int] = []
+        return hedging.generate(lambda _, staged: self._on_replica(request, staged, tried), out)
+
+    async def _on_replica(
+        self, request: GenerationRequest, out: ResponseBuilder, tried: list[int]
+    ) -> Generation:
         # Picked at the first step, which the gateway takes as soon as it has the stream:
         # no other request is placed in between, so concurrent requests see each other.
-        index = self.pick(request.context)
+        index = self.pick(request.context, tried)
+        tried.append(index)
         self.load[index] += 1
         try:
             async for events in self.engines[index].generate(request, out):
@@ -93,8 +116,9 @@ class SimBackend:
 
     Its sessions are stateless: every connection shares the engines. ``models`` maps model
     names to profiles (see the module docstring); ``replicas``, ``seed`` and
-    ``replica_slots`` apply to every model; ``clock`` and ``sleep`` reach every engine, for
-    tests on a fake clock.
+    ``replica_slots`` apply to every model; ``hedging`` makes the gateway hedge and fail over
+    each model's turns across its replicas (:mod:`hotloop.backends.hedging`); ``clock`` and
+    ``sleep`` reach every engine, for tests on a fake clock.
     """
 
     def __init__(
@@ -107,6 +131,7 @@ class SimBackend:
         replicas: int = 1,
         seed: int = 0,
         replica_slots: int | None = None,
+        hedging: HedgeSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -150,7 +175,8 @@ class SimBackend:
                         sleep=sleep,
                     )
                     for index in range(replicas)
-                ]
+                ],
+                hedging,
             )
         #: The default model's first replica (the only engine of a plain backend).
         self.engine = self._models[None].engines[0]
@@ -160,6 +186,10 @@ class SimBackend:
     def engines(self, name: str | None = None) -> Sequence[SimEngine]:
         """The replicas of model ``name`` (None: the default model)."""
         return self._models[name].engines
+
+    def replica_hedging(self, name: str | None = None) -> ReplicaHedging | None:
+        """Model ``name``'s hedging across its replicas, with its counters (None: off)."""
+        return self._models[name].hedging
 
     def models(self) -> Sequence[str]:
         listed: list[str] = []

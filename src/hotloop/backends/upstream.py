@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from hotloop.backends.hedging import HedgeSettings
 from hotloop.errors import APIError, HotloopError
 from hotloop.wire import codec
 
@@ -91,6 +92,9 @@ class UpstreamConfig:
     pin_slots: bool = False
     #: llama.cpp only: the chat template (Jinja text); by default the server's own.
     chat_template: str | None = None
+    #: Hedging across the replicas (``urls``) of an HTTP upstream (None: off); see
+    #: :mod:`hotloop.backends.hedging`.
+    hedging: HedgeSettings | None = None
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -104,6 +108,10 @@ class UpstreamConfig:
             )
         if self.max_attempts < 1:
             raise UpstreamConfigError("max_attempts must be at least 1")
+        if self.hedging is not None and (len(self.urls) < 2 or self.websocket):
+            raise UpstreamConfigError(
+                "hedging needs two replica URLs or more, over HTTP (not websocket = true)"
+            )
 
     def api_key(self) -> str | None:
         """The key from ``api_key_env``; a named variable that is unset is an error."""
@@ -136,6 +144,8 @@ class UpstreamConfig:
             "websocket",
             "pin_slots",
             "chat_template_file",
+            "hedge",
+            "hedge_budget",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -182,9 +192,27 @@ class UpstreamConfig:
             websocket=bool(data.get("websocket", False)),
             pin_slots=bool(data.get("pin_slots", False)),
             chat_template=_read_template(data.get("chat_template_file"), where),
+            hedging=_read_hedging(data, where),
             **numbers,
             **counts,
         )
+
+
+def _read_hedging(data: Mapping[str, Any], where: str) -> HedgeSettings | None:
+    """``hedge = "auto"`` or seconds, and ``hedge_budget`` (a share of turns)."""
+    if "hedge" not in data:
+        if "hedge_budget" in data:
+            raise UpstreamConfigError(f'{where}.hedge_budget needs hedge (seconds or "auto")')
+        return None
+    delay = data["hedge"]
+    if delay == "auto":
+        delay = None
+    elif not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
+        raise UpstreamConfigError(f'{where}.hedge must be "auto" or a number of seconds >= 0')
+    budget = data.get("hedge_budget", 0.1)
+    if not isinstance(budget, int | float) or isinstance(budget, bool) or budget < 0:
+        raise UpstreamConfigError(f"{where}.hedge_budget must be a share of turns >= 0")
+    return HedgeSettings(delay=None if delay is None else float(delay), budget=float(budget))
 
 
 @dataclass(slots=True, eq=False)

@@ -19,6 +19,9 @@ A *tail profile* draws, once per response (never per token), from distributions 
 
 * the time to first token ``ttft_s`` is the **median** of a lognormal whose p99 is
   ``ttft_p99_ratio`` times the median (1 = constant); prefill and service time stay exact;
+* with probability ``spike_probability`` the first token comes after a **spike**: a rare long
+  wait (a saturated replica's queue, a cold route, a retry inside the provider) of lognormal
+  duration, median ``spike_s`` and p99/p50 ``spike_p99_ratio``, added to the drawn time;
 * with probability ``stall_probability`` the stream **stalls** once, at a uniformly drawn
   token after the first, for a lognormal duration of median ``stall_s`` and p99/p50
   ``stall_p99_ratio``;
@@ -60,7 +63,7 @@ __all__ = [
 #: The standard normal's 99th percentile: a lognormal with p99/p50 = r has sigma = ln r / Z99.
 Z99 = NormalDist().inv_cdf(0.99)
 #: Uniform numbers one :meth:`LatencyProfile.draw` consumes, whatever it draws.
-DRAW_UNIFORMS = 6
+DRAW_UNIFORMS = 8
 _STANDARD_NORMAL = NormalDist()
 
 #: How a response fails: ``rate_limit`` (429), ``server_error`` (500 before any output) or
@@ -68,12 +71,13 @@ _STANDARD_NORMAL = NormalDist()
 Failure = Literal["rate_limit", "server_error", "drop"]
 
 _PROBABILITIES = (
+    "spike_probability",
     "stall_probability",
     "rate_limit_probability",
     "server_error_probability",
     "drop_probability",
 )
-_RATIOS = ("ttft_p99_ratio", "stall_p99_ratio")
+_RATIOS = ("ttft_p99_ratio", "spike_p99_ratio", "stall_p99_ratio")
 
 #: Bytes per token of the token estimate (OpenAI's rule of thumb: ~4 characters per token
 #: of English text).
@@ -91,10 +95,10 @@ def estimate_tokens(text: str) -> int:
 class TailDraw:
     """What one response drew from a tail profile.
 
-    ``ttft_s`` replaces the profile's ``ttft_s``; ``stall_s`` (0: no stall) is inserted
-    before the output token at fraction ``stall_at`` of the way through the output;
-    ``failure`` says how the response fails (None: it does not), ``drop_at`` where a dropped
-    stream is cut (a fraction of the output, like ``stall_at``).
+    ``ttft_s`` replaces the profile's ``ttft_s`` (a spike included); ``stall_s`` (0: no
+    stall) is inserted before the output token at fraction ``stall_at`` of the way through
+    the output; ``failure`` says how the response fails (None: it does not), ``drop_at`` where
+    a dropped stream is cut (a fraction of the output, like ``stall_at``).
     """
 
     ttft_s: float
@@ -116,6 +120,10 @@ class LatencyProfile:
     service_s_per_1k_tokens: float = 0.0
     #: p99 / p50 of the lognormal time to first token (``ttft_s`` is its median); 1: constant.
     ttft_p99_ratio: float = 1.0
+    #: Probability of a spike before the first token, its median duration and p99/p50 ratio.
+    spike_probability: float = 0.0
+    spike_s: float = 0.0
+    spike_p99_ratio: float = 1.0
     #: Probability that a response stalls once mid-stream.
     stall_probability: float = 0.0
     #: Median stall duration (seconds) and the p99/p50 ratio of its lognormal.
@@ -152,6 +160,7 @@ class LatencyProfile:
             and self.decode_tokens_per_s <= 0
             and self.prefill_tokens_per_s <= 0
             and (self.stall_probability == 0 or self.stall_s == 0)
+            and (self.spike_probability == 0 or self.spike_s == 0)
         )
 
     @property
@@ -163,7 +172,10 @@ class LatencyProfile:
         """True when a response must draw (:meth:`draw`); False keeps every response exact,
         with no random numbers at all, so constant profiles cost what they always did."""
         return (
-            self.ttft_p99_ratio != 1 or self.stall_probability > 0 or self.failure_probability > 0
+            self.ttft_p99_ratio != 1
+            or self.spike_probability > 0
+            or self.stall_probability > 0
+            or self.failure_probability > 0
         )
 
     def draw(self, rng: random.Random) -> TailDraw:
@@ -173,10 +185,12 @@ class LatencyProfile:
         (not of what earlier draws happened to need), and lognormals come from the inverse
         normal CDF for the same reason (``random.gauss`` keeps a spare value between calls).
         """
-        u_ttft, u_stall, u_stall_s, u_stall_at, u_fail, u_fail_at = (
+        u_ttft, u_spike, u_spike_s, u_stall, u_stall_s, u_stall_at, u_fail, u_fail_at = (
             rng.random() for _ in range(DRAW_UNIFORMS)
         )
         ttft = self.ttft_s * _lognormal_factor(u_ttft, self.ttft_p99_ratio)
+        if u_spike < self.spike_probability:
+            ttft += self.spike_s * _lognormal_factor(u_spike_s, self.spike_p99_ratio)
         stall = 0.0
         if u_stall < self.stall_probability:
             stall = self.stall_s * _lognormal_factor(u_stall_s, self.stall_p99_ratio)
@@ -277,36 +291,53 @@ _CONSTANT: dict[str, LatencyProfile] = {
 }
 
 # Tail profiles: the constant profiles above, plus what a shared production endpoint adds.
-# The shapes are standard (a lognormal for waiting times, independent rare failures); the
-# numbers are round assumptions at a stress level, not measurements of any provider: they
-# are there to make hedging, retries and fallbacks measurable. ``docs/sim.md`` argues each.
+# The shapes are standard (a lognormal for waiting times, rare spikes and failures drawn
+# independently); the numbers are round assumptions at a stress level, not measurements of
+# any provider: they are there to make hedging, retries and fallbacks measurable.
+# ``docs/sim.md`` argues each.
 _FAST_TAIL = replace(
     _CONSTANT["fast"],
     name="fast-tail",
-    # p99 TTFT = 10 x median (0.2 s -> 2 s): a request that waits behind a full batch, or a
-    # cold route, waits seconds where the median waits a fraction of one.
-    ttft_p99_ratio=10.0,
+    # Normal service varies: p99 TTFT = 3 x median (0.2 s -> 0.6 s).
+    ttft_p99_ratio=3.0,
+    # 1 % of requests wait seconds before their first token (a saturated replica's queue, a
+    # cold route, a retry inside the provider): median 5 s, p99 15 s.
+    spike_probability=0.01,
+    spike_s=5.0,
+    spike_p99_ratio=3.0,
     # 1 % of responses pause once mid-stream (preemption, KV-cache eviction and recompute,
     # a network hiccup): median 1 s, p99 5 s.
     stall_probability=0.01,
     stall_s=1.0,
     stall_p99_ratio=5.0,
-    source="fast + assumed tails: lognormal TTFT p99/p50 = 10; 1% stalls of 1 s median",
+    source="fast + assumed tails: TTFT p99/p50 = 3; 1% spikes of 5 s; 1% stalls of 1 s",
 )
 
 PROFILES: Mapping[str, LatencyProfile] = {
     **_CONSTANT,
     "fast-tail": _FAST_TAIL,
-    # A frontier model's TTFT is already long, so the same queueing adds relatively less:
-    # p99/p50 = 5 (0.8 s -> 4 s); the same stalls.
+    # A frontier model's TTFT is already long, so normal variation adds relatively less
+    # (p99/p50 = 2: 0.8 s -> 1.6 s); the same spikes and stalls.
     "frontier-tail": replace(
         _FAST_TAIL,
         name="frontier-tail",
         ttft_s=0.800,
         decode_tokens_per_s=65.0,
         prefill_tokens_per_s=5_000.0,
-        ttft_p99_ratio=5.0,
-        source="frontier + assumed tails: lognormal TTFT p99/p50 = 5; 1% stalls of 1 s median",
+        ttft_p99_ratio=2.0,
+        source="frontier + assumed tails: TTFT p99/p50 = 2; 1% spikes of 5 s; 1% stalls of 1 s",
+    ),
+    # The other shape of a tail: no rare spikes, but a wide body (p99 TTFT = 10 x median).
+    # Every turn varies a lot and no single turn dominates a rollout, which is where a delayed
+    # duplicate helps least; kept to measure that.
+    "fast-jitter": replace(
+        _FAST_TAIL,
+        name="fast-jitter",
+        ttft_p99_ratio=10.0,
+        spike_probability=0.0,
+        spike_s=0.0,
+        spike_p99_ratio=1.0,
+        source="fast + assumed tails: lognormal TTFT p99/p50 = 10, no spikes; 1% stalls of 1 s",
     ),
     # fast-tail on a bad day: 4 % of requests fail — 2 % rate limited (retry after 1 s),
     # 1 % server errors before output, 1 % streams dropped mid-way.

@@ -1,0 +1,313 @@
+"""Hedging and failover across the replicas of one model, inside the gateway.
+
+A client that cannot hedge (any SDK) still gets it here: :class:`ReplicaHedging` races the
+attempts of one turn on different replicas and hands the gateway the events of the first one
+to produce output.
+
+* The first attempt goes out at once. If it has produced no output ``delay`` seconds later
+  (a fixed delay, or adaptive: the ``percentile`` of the times to first output this model
+  showed so far, after ``min_samples`` of them), the same turn goes out again, to another
+  replica. The first to produce output wins; the other is cancelled at once, which stops its
+  generation (the simulated engine stops, an upstream's HTTP stream is closed).
+* Failover: an attempt that fails before producing any output (a 429, a 500, a refused or
+  timed-out upstream) is replaced at once by an attempt on another replica, while the turn
+  has attempts left (``max_attempts``); a failure after output was delivered stands.
+* ``budget`` caps hedges at that share of the turns (0.1: at most 10% extra requests);
+  failovers are not counted against it, since the failed attempt produced nothing.
+
+Only the winner ever writes to the turn's :class:`~hotloop.protocol.builder.ResponseBuilder`:
+each attempt writes through a :class:`StagedBuilder`, which holds what the attempt records
+before its first output (usage, warnings) and decides the race at its first output call. The
+client sees one response, exactly as if one replica had answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hotloop.errors import APIError
+from hotloop.protocol.builder import ResponseBuilder
+from hotloop.protocol.generation import Generation
+from hotloop.wire.events import Event
+from hotloop.wire.items import Item
+from hotloop.wire.responses import ResponseObject, Usage
+
+__all__ = ["HedgeSettings", "ReplicaHedging", "StagedBuilder"]
+
+#: Errors before output that another replica may not repeat: worth a failover.
+_FAILOVER_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeSettings:
+    """How the gateway hedges a model's turns across its replicas.
+
+    ``delay``: seconds without output before the turn goes to another replica (``None``:
+    adaptive, the ``percentile`` of the times to first output seen so far, once
+    ``min_samples`` were seen; no hedge before). ``budget``: hedges as a share of turns.
+    ``max_attempts``: attempts per turn in all (the first, a hedge, failovers).
+    """
+
+    delay: float | None = None
+    percentile: float = 0.95
+    min_samples: int = 20
+    budget: float = 0.1
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if self.delay is not None and self.delay < 0:
+            raise ValueError("the hedge delay must not be negative")
+        if not 0 < self.percentile < 1:
+            raise ValueError("the hedge percentile must be between 0 and 1")
+        if self.budget < 0 or self.min_samples < 1 or self.max_attempts < 1:
+            raise ValueError("budget must be >= 0, min_samples and max_attempts >= 1")
+
+
+class _Race:
+    """The attempts of one turn; ``winner`` is the first to produce output."""
+
+    __slots__ = ("out", "tasks", "winner")
+
+    def __init__(self, out: ResponseBuilder) -> None:
+        self.out = out
+        self.winner: int | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def win(self, index: int) -> None:
+        self.winner = index
+        for other, task in enumerate(self.tasks):
+            if other != index:
+                task.cancel()  # the loser stops now
+
+
+class _Lost(Exception):
+    """An attempt that lost the race tried to write (it is being cancelled)."""
+
+
+class StagedBuilder(ResponseBuilder):
+    """The builder one attempt writes to: nothing reaches the turn's builder until the
+    attempt's first output, which decides the race; from then on every call passes through.
+
+    Usage, warnings and a cut-off recorded before output are held and replayed on a win.
+    An attempt that lost raises at its next write (it is cancelled at once anyway).
+    """
+
+    __slots__ = ("_held", "_index", "_race")
+
+    def __init__(self, race: _Race, index: int) -> None:
+        super().__init__(race.out.response)
+        self._race = race
+        self._index = index
+        self._held: list[Callable[[ResponseBuilder], object]] = []
+
+    def _target(self) -> ResponseBuilder:
+        race = self._race
+        if race.winner is None:
+            race.win(self._index)
+            for replay in self._held:
+                replay(race.out)
+            self._held.clear()
+        elif race.winner != self._index:
+            raise _Lost
+        return race.out
+
+    def claim(self) -> None:
+        """Win the race without output (an attempt that ended with none)."""
+        self._target()
+
+    def _hold(self, replay: Callable[[ResponseBuilder], object]) -> None:
+        if self._race.winner is None:
+            self._held.append(replay)
+        elif self._race.winner == self._index:
+            replay(self._race.out)
+
+    # -- state (the turn's) --------------------------------------------------------------
+
+    @property
+    def response(self) -> ResponseObject:
+        return self._race.out.response
+
+    @property
+    def output(self) -> tuple[Item, ...]:
+        return self._race.out.output if self._race.winner == self._index else ()
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._race.out.usage
+
+    @property
+    def item_open(self) -> bool:
+        return self._race.winner == self._index and self._race.out.item_open
+
+    # -- held until the attempt wins -----------------------------------------------------
+
+    def set_usage(self, usage: Usage) -> None:
+        self._hold(lambda out: out.set_usage(usage))
+
+    def warn(self, message: str) -> None:
+        self._hold(lambda out: out.warn(message))
+
+    def set_incomplete(self, reason: str) -> None:
+        self._hold(lambda out: out.set_incomplete(reason))
+
+    # -- output: the first call decides the race -----------------------------------------
+
+    def open_message(self, *, item_id: str | None = None) -> tuple[Event, ...]:
+        return self._target().open_message(item_id=item_id)
+
+    def open_text(self, *, item_id: str | None = None) -> tuple[Event, ...]:
+        return self._target().open_text(item_id=item_id)
+
+    def open_reasoning(self, *, item_id: str | None = None) -> tuple[Event, ...]:
+        return self._target().open_reasoning(item_id=item_id)
+
+    def open_call(
+        self, name: str, *, call_id: str | None = None, item_id: str | None = None
+    ) -> tuple[Event, ...]:
+        return self._target().open_call(name, call_id=call_id, item_id=item_id)
+
+    def open_part(self, kind: str) -> tuple[Event, ...]:
+        return self._target().open_part(kind)
+
+    def delta(self, text: str) -> tuple[Event, ...]:
+        return self._target().delta(text)
+
+    def close_item(self, *, encrypted_content: str | None = None) -> tuple[Event, ...]:
+        return self._target().close_item(encrypted_content=encrypted_content)
+
+    def add_item(self, item: Item) -> tuple[Event, ...]:
+        return self._target().add_item(item)
+
+
+#: What an attempt is: the turn generated on replica ``index`` into ``out``.
+Attempt = Callable[[int, ResponseBuilder], Generation]
+
+_END: Any = object()
+
+
+class ReplicaHedging:
+    """Races the attempts of one model's turns across its replicas; see the module docstring.
+
+    One per model: its counters and the adaptive delay's samples are that model's.
+    ``requests`` counts turns, ``hedges`` hedged attempts sent, ``wins`` hedges that won,
+    ``failovers`` attempts sent after a failure before output.
+    """
+
+    def __init__(self, settings: HedgeSettings, replicas: int) -> None:
+        self.settings = settings
+        self.replicas = replicas
+        self.requests = 0
+        self.hedges = 0
+        self.wins = 0
+        self.failovers = 0
+        self._samples: list[float] = []
+
+    def delay(self) -> float | None:
+        """The delay before a hedge now (``None``: no hedge yet, too few samples)."""
+        settings = self.settings
+        if settings.delay is not None:
+            return settings.delay
+        if len(self._samples) < settings.min_samples:
+            return None
+        cuts = statistics.quantiles(self._samples[-1000:], n=100, method="inclusive")
+        return cuts[min(98, max(0, round(settings.percentile * 100) - 1))]
+
+    async def generate(self, attempt: Attempt, out: ResponseBuilder) -> Generation:
+        """The turn's events, from whichever attempt produces output first."""
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        self.requests += 1
+        race = _Race(out)
+        inbox: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        started = loop.time()
+        live: set[int] = set()
+        hedged: set[int] = set()
+
+        async def pump(index: int) -> None:
+            staged = StagedBuilder(race, index)
+            try:
+                async for events in attempt(index, staged):
+                    if events:
+                        inbox.put_nowait((index, events))
+                if race.winner is None:
+                    staged.claim()  # a turn with no output at all: this attempt answered it
+            except _Lost:
+                return
+            except Exception as exc:
+                inbox.put_nowait((index, exc))
+                return
+            inbox.put_nowait((index, _END))
+
+        def launch() -> None:
+            index = len(race.tasks)
+            live.add(index)
+            race.tasks.append(asyncio.create_task(pump(index)))
+
+        launch()
+        delay = self.delay()
+        hedge_at = started + delay if delay is not None and self.replicas > 1 else None
+        sampled = False
+        try:
+            while True:
+                timeout = None
+                if hedge_at is not None and race.winner is None:
+                    timeout = max(0.0, hedge_at - loop.time())
+                try:
+                    async with asyncio.timeout(timeout):
+                        index, item = await inbox.get()
+                except TimeoutError:
+                    hedge_at = None
+                    if self._affordable() and len(race.tasks) < settings.max_attempts:
+                        self.hedges += 1
+                        hedged.add(len(race.tasks))
+                        launch()
+                    continue
+                winner = race.winner
+                if winner is not None and index != winner:
+                    continue  # a loser's failure: it never wrote, and it is cancelled
+                if not sampled and winner == index:
+                    sampled = True
+                    self._samples.append(loop.time() - started)
+                    if index in hedged:
+                        self.wins += 1
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    live.discard(index)
+                    if winner is None:
+                        # Nothing of this attempt reached the client: another may answer.
+                        if self._fails_over(item) and len(race.tasks) < settings.max_attempts:
+                            self.failovers += 1
+                            launch()
+                            continue
+                        if live:
+                            continue
+                    raise item
+                yield item
+        finally:
+            for task in race.tasks:
+                task.cancel()
+            for task in race.tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def _affordable(self) -> bool:
+        return self.hedges + 1 <= self.settings.budget * self.requests
+
+    @staticmethod
+    def _fails_over(error: Exception) -> bool:
+        return isinstance(error, APIError) and error.status in _FAILOVER_STATUSES
+
+
+def hedging_for(
+    settings: HedgeSettings | None, replicas: Sequence[object]
+) -> ReplicaHedging | None:
+    """A :class:`ReplicaHedging` for a model with these replicas (None: no hedging)."""
+    if settings is None or len(replicas) < 2:
+        return None
+    return ReplicaHedging(settings, len(replicas))
