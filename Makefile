@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser demo test check lint typecheck layers pytest bench-gateway bench-cpu faults fuzz soak format clean
+.PHONY: setup browser demo test check lint typecheck layers pytest bench-gateway bench-cpu faults failures fuzz soak format clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,11 @@ soak: setup
 # run is lost or a write executes twice.
 faults: setup
 	$(BIN)/python bench/faults.py
+
+# Agent runs against a simulated model that fails some of its requests (the `flaky` profile:
+# 429s, 500s, dropped streams): fails if a run is lost or a tool call executes twice.
+failures: setup
+	$(BIN)/python bench/failures.py
 
 # The long fuzz run (tests/fuzz): 100,000 inputs against a live gateway, about 5-10 min on
 # 2 cores; FUZZ_INPUTS=N for another size. Exits non-zero on any crash, hang, undocumented

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
+from hotloop.protocol.builder import ResponseBuilder
+from hotloop.protocol.conversation import Conversation
+from hotloop.protocol.generation import GenerationRequest
+from hotloop.protocol.requests import CreateRequest
 from hotloop.runtime import Tool, tool
 from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec, Turn
 from hotloop.wire import codec
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
+from hotloop.wire.responses import ResponseObject
 
 T = TypeVar("T")
 
@@ -179,3 +188,109 @@ def weather_failing_in(failing_city: str) -> Tool:
         return "sunny"
 
     return get_weather
+
+
+# -- scripted responses: the raw events of one response, for transports that replay them -----
+
+
+def _scripted_call(index: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": f"fc_{index}",
+        "call_id": f"call_{index}",
+        "name": name,
+        "arguments": json.dumps(arguments),
+        "status": "completed",
+    }
+
+
+def turn_events(
+    response_id: str,
+    calls: Sequence[tuple[str, dict[str, Any]]],
+    end: str = "completed",
+    code: str = "server_error",
+) -> list[dict[str, Any]]:
+    """The raw events of one response with ``calls``, ending ``end`` (``completed``,
+    ``incomplete``, ``failed`` with error ``code``, or cut before its end: ``"cut"``)."""
+    response = {"id": response_id, "object": "response", "status": "in_progress", "output": []}
+    events: list[dict[str, Any]] = [{"type": "response.created", "response": response}]
+    items = []
+    for index, (name, arguments) in enumerate(calls):
+        item = _scripted_call(index, name, arguments)
+        items.append(item)
+        events += [
+            {
+                "type": "response.output_item.added",
+                "output_index": index,
+                "item": {**item, "arguments": "", "status": "in_progress"},
+            },
+            {
+                "type": "response.function_call_arguments.done",
+                "output_index": index,
+                "item_id": item["id"],
+                "arguments": item["arguments"],
+            },
+            {"type": "response.output_item.done", "output_index": index, "item": item},
+        ]
+    if end == "cut":
+        return events
+    final = {**response, "status": end, "output": items}
+    if end == "incomplete":
+        final["incomplete_details"] = {"reason": "max_output_tokens"}
+    if end == "failed":
+        final["error"] = {"code": code, "message": f"simulated {code}"}
+    events.append({"type": f"response.{end}", "response": final})
+    return events
+
+
+def answer_events(response_id: str) -> list[dict[str, Any]]:
+    """The raw events of a response that answers ``done``."""
+    message = {
+        "type": "message",
+        "id": "msg_1",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": "done", "annotations": []}],
+    }
+    response = {"id": response_id, "object": "response", "status": "completed", "output": []}
+    return [
+        {"type": "response.created", "response": response},
+        {"type": "response.output_item.added", "output_index": 0, "item": message},
+        {"type": "response.output_item.done", "output_index": 0, "item": message},
+        {"type": "response.completed", "response": {**response, "output": [message]}},
+    ]
+
+
+#: The benchmark scripts' folder.
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/<script>`` with ``args`` in this interpreter; its output, whatever its code."""
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+# -- one generation, for tests that drive an engine or a backend directly --------------------
+
+
+def generation_request(text: str = "go", model: str = "m") -> GenerationRequest:
+    """A first turn of ``model`` whose input is one user message ``text``."""
+    context = Conversation.start([Message(role="user", content=text)])
+    return GenerationRequest(
+        request=CreateRequest(model=model, input=()),
+        context=context,
+        processed_tokens=context.tokens,
+    )
+
+
+def started_builder(model: str = "m") -> ResponseBuilder:
+    """A response builder past ``start()``, ready for output."""
+    out = ResponseBuilder(ResponseObject(id="resp_t", created_at=0, model=model, status=""))
+    out.start()
+    return out

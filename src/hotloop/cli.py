@@ -76,10 +76,12 @@ def _hedging(args: argparse.Namespace) -> HedgeSettings | None:
         raise HotloopError("with --config, set hedge and hedge_budget in its [[upstream]] tables")
     if args.hedge_budget < 0:
         raise HotloopError("--hedge-budget must not be negative")
+    if args.hedge_stall is not None and not args.hedge_stall > 0:
+        raise HotloopError("--hedge-stall must be a positive number of seconds")
     if not args.upstream and args.replicas < 2:
         raise HotloopError("--hedge needs --replicas 2 or more (a hedge goes to another one)")
     delay = None if args.hedge == "auto" else float(args.hedge)
-    return HedgeSettings(delay=delay, budget=args.hedge_budget)
+    return HedgeSettings(delay=delay, budget=args.hedge_budget, stall=args.hedge_stall)
 
 
 def _api_key(entry: str) -> tuple[str, str]:
@@ -213,6 +215,14 @@ def _parser() -> argparse.ArgumentParser:
         "(auto: the p95 of the times to first output seen so far) also goes to another "
         "replica, the first to answer wins; a turn that fails before output moves to another "
         "replica (needs --replicas 2 or more, or several upstream URLs)",
+    )
+    gateway.add_argument(
+        "--hedge-stall",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --hedge: a turn whose output went quiet this long is generated again on "
+        "another replica, which takes over once it has reproduced the output sent so far",
     )
     gateway.add_argument(
         "--hedge-budget",

@@ -23,15 +23,13 @@ from hotloop.backends.upstream import UpstreamConfig, UpstreamConfigError
 from hotloop.errors import APIError
 from hotloop.gateway import GatewayConfig, GatewayServer
 from hotloop.protocol.builder import ResponseBuilder
-from hotloop.protocol.conversation import Conversation
-from hotloop.protocol.generation import Generation, GenerationRequest
-from hotloop.protocol.requests import CreateRequest
+from hotloop.protocol.generation import Generation
 from hotloop.sim.engine import SimEngine
 from hotloop.sim.latency import LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario
 from hotloop.wire.events import Event
-from hotloop.wire.items import Message
-from hotloop.wire.responses import ResponseObject, Usage
+from hotloop.wire.responses import Usage
+from support import generation_request, started_builder
 
 MODEL = "m"
 ANSWER = "abcd" * 50
@@ -53,21 +51,6 @@ def engines(*profiles: LatencyProfile) -> list[SimEngine]:
     ]
 
 
-def request() -> GenerationRequest:
-    context = Conversation.start([Message(role="user", content="go")])
-    return GenerationRequest(
-        request=CreateRequest(model=MODEL, input=()),
-        context=context,
-        processed_tokens=context.tokens,
-    )
-
-
-def builder() -> ResponseBuilder:
-    out = ResponseBuilder(ResponseObject(id="resp_t", created_at=0, model=MODEL, status=""))
-    out.start()
-    return out
-
-
 class Replicas:
     """Attempt ``i`` runs on ``engines[order[i]]``; records when each started and ended."""
 
@@ -83,7 +66,7 @@ class Replicas:
         self.started.append((replica, asyncio.get_running_loop().time()))
         self.running += 1
         try:
-            async for events in self.sims[replica].generate(request(), out):
+            async for events in self.sims[replica].generate(generation_request(), out):
                 yield events
         except asyncio.CancelledError:
             self.cancelled.append(replica)
@@ -117,7 +100,7 @@ def text_of(out: ResponseBuilder) -> str:
 async def test_the_hedge_fires_at_its_delay_and_the_fast_replica_wins() -> None:
     replicas = Replicas(engines(SLOW, FAST))
     hedging = ReplicaHedging(HedgeSettings(delay=0.5, budget=1.0), 2)
-    out = builder()
+    out = started_builder()
     events, first = await collect(hedging, replicas, out)
     # The hedge went out at exactly 0.5 s, to the other replica; its first token came 0.2 s
     # (plus the service time) later, and the slow replica was cancelled at once.
@@ -125,8 +108,8 @@ async def test_the_hedge_fires_at_its_delay_and_the_fast_replica_wins() -> None:
         (0, pytest.approx(replicas.started[0][1])),
         (1, pytest.approx(replicas.started[0][1] + 0.5)),
     ]
-    service = FAST.service_time(request().processed_tokens)
-    first_token = FAST.first_token_time(request().context.tokens)
+    service = FAST.service_time(generation_request().processed_tokens)
+    first_token = FAST.first_token_time(generation_request().context.tokens)
     assert first == pytest.approx(0.5 + service + first_token)
     assert replicas.cancelled == [0] and replicas.running == 0
     assert text_of(out) == ANSWER  # one response, exactly the answer, once
@@ -139,7 +122,7 @@ async def test_the_hedge_fires_at_its_delay_and_the_fast_replica_wins() -> None:
 async def test_no_hedge_when_the_first_replica_answers_in_time() -> None:
     replicas = Replicas(engines(FAST, FAST))
     hedging = ReplicaHedging(HedgeSettings(delay=0.5, budget=1.0), 2)
-    out = builder()
+    out = started_builder()
     await collect(hedging, replicas, out)
     assert [replica for replica, _ in replicas.started] == [0]
     assert hedging.hedges == 0 and replicas.cancelled == [] and text_of(out) == ANSWER
@@ -151,7 +134,7 @@ async def test_the_first_replica_can_still_win_after_the_hedge_went_out() -> Non
     first_at = FAST.override(ttft_s=0.6)
     replicas = Replicas(engines(first_at, SLOW))
     hedging = ReplicaHedging(HedgeSettings(delay=0.5, budget=1.0), 2)
-    out = builder()
+    out = started_builder()
     await collect(hedging, replicas, out)
     assert [replica for replica, _ in replicas.started] == [0, 1]
     assert replicas.cancelled == [1] and text_of(out) == ANSWER
@@ -162,7 +145,7 @@ async def test_the_first_replica_can_still_win_after_the_hedge_went_out() -> Non
 async def test_the_budget_caps_the_share_of_hedged_turns() -> None:
     hedging = ReplicaHedging(HedgeSettings(delay=0.5, budget=0.1), 2)
     for _ in range(30):
-        await collect(hedging, Replicas(engines(SLOW, FAST)), builder())
+        await collect(hedging, Replicas(engines(SLOW, FAST)), started_builder())
     assert hedging.requests == 30 and hedging.hedges == 3 and hedging.wins == 3
 
 
@@ -171,15 +154,15 @@ async def test_the_adaptive_delay_waits_for_samples_then_takes_the_percentile() 
     hedging = ReplicaHedging(HedgeSettings(percentile=0.5, min_samples=5, budget=1.0), 2)
     for _ in range(5):
         replicas = Replicas(engines(FAST, FAST))
-        await collect(hedging, replicas, builder())
+        await collect(hedging, replicas, started_builder())
         assert len(replicas.started) == 1  # too few samples: no hedge yet
     delay = hedging.delay()
-    service = FAST.service_time(request().processed_tokens)
+    service = FAST.service_time(generation_request().processed_tokens)
     # (looptime keeps its clock in microseconds)
-    expected = service + FAST.first_token_time(request().context.tokens)
+    expected = service + FAST.first_token_time(generation_request().context.tokens)
     assert delay == pytest.approx(expected, abs=1e-5)
     replicas = Replicas(engines(SLOW, FAST))
-    await collect(hedging, replicas, builder())
+    await collect(hedging, replicas, started_builder())
     assert replicas.started[1][1] - replicas.started[0][1] == pytest.approx(expected, abs=1e-5)
 
 
@@ -188,7 +171,7 @@ async def test_a_failure_before_output_fails_over_to_another_replica() -> None:
     failing = FAST.override(server_error_probability=1)
     replicas = Replicas(engines(failing, FAST))
     hedging = ReplicaHedging(HedgeSettings(delay=None, budget=0.0), 2)  # no hedges at all
-    out = builder()
+    out = started_builder()
     await collect(hedging, replicas, out)
     assert [replica for replica, _ in replicas.started] == [0, 1]
     assert text_of(out) == ANSWER
@@ -201,7 +184,7 @@ async def test_a_failure_after_output_stands() -> None:
     replicas = Replicas(engines(dropping, FAST))
     hedging = ReplicaHedging(HedgeSettings(delay=None, budget=0.0), 2)
     with pytest.raises(APIError) as raised:
-        await collect(hedging, replicas, builder())
+        await collect(hedging, replicas, started_builder())
     assert raised.value.code == "stream_dropped"
     assert [replica for replica, _ in replicas.started] == [0]  # nothing re-sent mid-output
 
@@ -212,12 +195,49 @@ async def test_attempts_are_bounded_and_the_last_failure_is_raised() -> None:
     replicas = Replicas(engines(failing, failing, failing))
     hedging = ReplicaHedging(HedgeSettings(budget=0.0, max_attempts=3), 3)
     with pytest.raises(APIError) as raised:
-        await collect(hedging, replicas, builder())
+        await collect(hedging, replicas, started_builder())
     assert raised.value.code == "server_error" and len(replicas.started) == 3
 
 
+#: Outputs its first token at once, then stalls 60 s mid-stream.
+STALLING = FAST.override(stall_probability=1, stall_s=60.0)
+
+
+@pytest.mark.looptime
+async def test_a_stalled_turn_is_taken_over_by_a_replica_that_reproduces_it() -> None:
+    replicas = Replicas(engines(STALLING, FAST))
+    hedging = ReplicaHedging(HedgeSettings(delay=5.0, stall=1.0, budget=1.0), 2)
+    out = started_builder()
+    events, _ = await collect(hedging, replicas, out)
+    # The second replica started 1 s after the first one's last token, caught up with what
+    # the client had been sent, and took over; the stalled one was cancelled.
+    assert [replica for replica, _ in replicas.started] == [0, 1]
+    assert replicas.cancelled == [0] and replicas.running == 0
+    assert text_of(out) == ANSWER  # every character once, in order
+    deltas = "".join(getattr(event, "delta", "") for event in events)
+    assert deltas == ANSWER
+    assert (hedging.stall_hedges, hedging.stall_wins, hedging.hedges) == (1, 1, 1)
+
+
+@pytest.mark.looptime
+async def test_a_stall_hedge_that_says_something_else_never_takes_over() -> None:
+    loop = asyncio.get_running_loop()
+    other = Scenario.from_dict({"name": "other", "task": "x", "turns": [{"text": "zzzz" * 50}]})
+    sims = [
+        SimEngine({MODEL: scenario()}, STALLING.override(stall_s=3.0), clock=loop.time),
+        SimEngine({MODEL: other}, FAST, clock=loop.time),
+    ]
+    replicas = Replicas(sims)
+    hedging = ReplicaHedging(HedgeSettings(delay=5.0, stall=1.0, budget=1.0), 2)
+    out = started_builder()
+    await collect(hedging, replicas, out)
+    assert text_of(out) == ANSWER  # the stalled replica finished its own answer
+    assert (hedging.stall_hedges, hedging.stall_wins) == (1, 0)
+    assert replicas.running == 0
+
+
 def test_a_staged_builder_holds_usage_and_warnings_until_it_wins() -> None:
-    out = builder()
+    out = started_builder()
     race = _Race(out)
     first, second = StagedBuilder(race, 0), StagedBuilder(race, 1)
     usage = Usage(input_tokens=3, output_tokens=1)
@@ -324,3 +344,7 @@ def test_upstream_hedging_is_read_from_a_config_table() -> None:
         UpstreamConfig.from_dict({"url": "http://a/v1", "hedge": "soon"})
     with pytest.raises(UpstreamConfigError, match="needs hedge"):
         UpstreamConfig.from_dict({"url": "http://a/v1", "hedge_budget": 0.1})
+    stalls = UpstreamConfig.from_dict({"urls": two, "hedge": "auto", "hedge_stall": 0.3})
+    assert stalls.hedging == HedgeSettings(stall=0.3)
+    with pytest.raises(UpstreamConfigError, match="hedge_stall must be"):
+        UpstreamConfig.from_dict({"urls": two, "hedge": "auto", "hedge_stall": 0})

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
+from support import run_bench
 
 
 def test_runtime_cpu_measures_every_mode(tmp_path: Path) -> None:
     report_path = tmp_path / "cpu.json"
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "runtime_cpu.py"), "--runs", "2", "--json", str(report_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_bench("runtime_cpu.py", "--runs", "2", "--json", str(report_path))
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(report_path.read_text())
     assert report["failures"] == []
@@ -30,17 +22,10 @@ def test_runtime_cpu_measures_every_mode(tmp_path: Path) -> None:
 
 
 def test_hedging_compares_plain_and_hedged_rollouts() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "hedging.py"),
-            *("--rollouts", "4", "--turns", "2", "--concurrency", "2", "--budget", "1.0"),
-            *("--profile", "fast-tail"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    done = run_bench(
+        "hedging.py",
+        *("--rollouts", "4", "--turns", "2", "--concurrency", "2", "--budget", "1.0"),
+        *("--profile", "fast-tail"),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()

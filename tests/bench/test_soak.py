@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
+from support import BENCH
 
 
 @pytest.fixture

@@ -168,7 +168,7 @@ WS_CASES: list[tuple[str, Any, dict[str, Any]]] = [
     ("binary-invalid-json", b"\xff\xfe", {"code": "invalid_json"}),
     (
         "unknown-type",
-        {"type": "response.cancel", "model": MODEL},
+        {"type": "response.pause", "model": MODEL},
         {"code": "unknown_event_type", "param": "type"},
     ),
     (

@@ -31,6 +31,7 @@ from hotloop.protocol.server_session import (
     NO_PARENT,
     Action,
     CacheHit,
+    Cancel,
     Close,
     Job,
     Queued,
@@ -128,7 +129,7 @@ def queued(actions: tuple[Action, ...]) -> Job:
 
 
 def test_the_frame_table_names_create_steer_and_a_missing_type() -> None:
-    assert set(FRAME_RULES) == {"response.create", "response.steer", None}
+    assert set(FRAME_RULES) == {"response.create", "response.cancel", "response.steer", None}
 
 
 @pytest.mark.parametrize(
@@ -140,7 +141,7 @@ def test_the_frame_table_names_create_steer_and_a_missing_type() -> None:
         ('"\\ud800"', "invalid_json", None),
         ("{}", "missing_required_parameter", "type"),
         ('{"type": null}', "missing_required_parameter", "type"),
-        ('{"type": "response.cancel"}', "unknown_event_type", "type"),
+        ('{"type": "response.pause"}', "unknown_event_type", "type"),
         ('{"type": 7}', "unknown_event_type", "type"),
         ('{"type": ["response.create"]}', "unknown_event_type", "type"),
         ('{"type": {"a": 1}}', "unknown_event_type", "type"),
@@ -372,14 +373,15 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
     max_leaves=10,
 )
-#: Frames that are never an admissible create or a steer: bytes, text, any JSON value, and
-#: objects whose ``type`` is anything but ``response.create`` or ``response.steer``.
+FRAME_TYPES = ("response.create", "response.cancel", "response.steer")
+#: Frames that are never an admissible create, cancel or steer: bytes, text, any JSON value,
+#: and objects whose ``type`` is none of those.
 GARBAGE = st.one_of(
     st.binary(max_size=64),
     st.text(max_size=64),
     JSON_VALUES.map(json.dumps),
     st.fixed_dictionaries(
-        {"type": JSON_VALUES.filter(lambda t: t not in ("response.create", "response.steer"))},
+        {"type": JSON_VALUES.filter(lambda t: t not in FRAME_TYPES)},
         optional={"model": JSON_VALUES, "input": JSON_VALUES, "stream_id": JSON_VALUES},
     ).map(json.dumps),
 )
@@ -523,6 +525,22 @@ class SessionMachine(RuleBasedStateMachine):
             assert_error(actions, "message_too_large", status=413)
         else:
             assert actions == ()
+
+    @rule(lane=LANES)
+    def send_cancel(self, lane: str | None) -> None:
+        session = self.session
+        open_ = session.state is SessionState.OPEN
+        busy = session.busy
+        job = session.running(lane)
+        again = job is not None and session.cancelled(job)
+        frame = {"type": "response.cancel"} | ({"stream_id": lane} if lane else {})
+        actions = session.receive(json.dumps(frame), self.now)
+        assert session.busy == busy  # a cancel admits nothing and drops nothing queued
+        if not open_ or job is None or again:
+            assert actions == ()  # nothing running (or cancelled already): no answer
+            return
+        assert actions == (Cancel(job),) and session.cancelled(job)
+        # The job stays running until the driver reports it ended (complete, fail, teardown).
 
     @rule(steer=JSON_VALUES)
     def send_steer(self, steer: Any) -> None:

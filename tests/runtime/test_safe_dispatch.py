@@ -19,73 +19,9 @@ from hotloop.transport import ModelRequest, OnEvent, TransportError, TransportSt
 from hotloop.wire import codec
 from hotloop.wire.events import Event
 from hotloop.wire.items import FunctionCallOutput
+from support import answer_events, turn_events
 
 MODEL = "scripted"
-
-
-def _call(index: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "function_call",
-        "id": f"fc_{index}",
-        "call_id": f"call_{index}",
-        "name": name,
-        "arguments": json.dumps(arguments),
-        "status": "completed",
-    }
-
-
-def turn_events(
-    response_id: str, calls: Sequence[tuple[str, dict[str, Any]]], end: str = "completed"
-) -> list[dict[str, Any]]:
-    """The events of one response with ``calls``, ending ``end`` (or cut: ``"cut"``)."""
-    response = {"id": response_id, "object": "response", "status": "in_progress", "output": []}
-    events: list[dict[str, Any]] = [{"type": "response.created", "response": response}]
-    items = []
-    for index, (name, arguments) in enumerate(calls):
-        item = _call(index, name, arguments)
-        items.append(item)
-        events.append(
-            {
-                "type": "response.output_item.added",
-                "output_index": index,
-                "item": {**item, "arguments": "", "status": "in_progress"},
-            }
-        )
-        events.append(
-            {
-                "type": "response.function_call_arguments.done",
-                "output_index": index,
-                "item_id": item["id"],
-                "arguments": item["arguments"],
-            }
-        )
-        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
-    if end == "cut":
-        return events
-    final = {**response, "status": end, "output": items}
-    if end == "incomplete":
-        final["incomplete_details"] = {"reason": "max_output_tokens"}
-    if end == "failed":
-        final["error"] = {"code": "server_error", "message": "boom"}
-    events.append({"type": f"response.{end}", "response": final})
-    return events
-
-
-def answer(response_id: str) -> list[dict[str, Any]]:
-    message = {
-        "type": "message",
-        "id": "msg_1",
-        "role": "assistant",
-        "status": "completed",
-        "content": [{"type": "output_text", "text": "done", "annotations": []}],
-    }
-    response = {"id": response_id, "object": "response", "status": "completed", "output": []}
-    return [
-        {"type": "response.created", "response": response},
-        {"type": "response.output_item.added", "output_index": 0, "item": message},
-        {"type": "response.output_item.done", "output_index": 0, "item": message},
-        {"type": "response.completed", "response": {**response, "output": [message]}},
-    ]
 
 
 class Scripted:
@@ -152,7 +88,7 @@ CALLS = [("look", {"path": "a"}), ("warm", {}), ("patch", {"path": "b"}), ("depl
 
 async def test_reads_start_before_the_response_completes_and_writes_after() -> None:
     log: list[str] = []
-    client = Scripted([turn_events("r1", CALLS), answer("r2")], log)
+    client = Scripted([turn_events("r1", CALLS), answer_events("r2")], log)
     result = await Runner.run(Agent(MODEL, tools=effect_tools(log)), "go", client=client)
 
     assert result.final_output == "done"
@@ -166,7 +102,7 @@ async def test_reads_start_before_the_response_completes_and_writes_after() -> N
 
 async def test_eager_writes_dispatches_writes_while_streaming() -> None:
     log: list[str] = []
-    client = Scripted([turn_events("r1", [CALLS[0], CALLS[2]]), answer("r2")], log)
+    client = Scripted([turn_events("r1", [CALLS[0], CALLS[2]]), answer_events("r2")], log)
     agent = Agent(MODEL, tools=effect_tools(log), eager_writes=True)
     await Runner.run(agent, "go", client=client)
     assert log.index("run:patch:b") < log.index("response.completed")
@@ -174,7 +110,7 @@ async def test_eager_writes_dispatches_writes_while_streaming() -> None:
 
 async def test_no_write_runs_from_an_incomplete_response() -> None:
     log: list[str] = []
-    client = Scripted([turn_events("r1", CALLS, end="incomplete"), answer("r2")], log)
+    client = Scripted([turn_events("r1", CALLS, end="incomplete"), answer_events("r2")], log)
     result = await Runner.run(Agent(MODEL, tools=effect_tools(log)), "go", client=client)
 
     ran = [entry for entry in log if entry.startswith("run:")]
@@ -189,7 +125,7 @@ async def test_no_write_runs_from_an_incomplete_response() -> None:
 async def test_no_write_runs_from_a_failed_response() -> None:
     log: list[str] = []
     client = Scripted([turn_events("r1", CALLS, end="failed")], log)
-    with pytest.raises(Exception, match="boom"):
+    with pytest.raises(Exception, match="simulated server_error"):
         await Runner.run(Agent(MODEL, tools=effect_tools(log)), "go", client=client)
     await asyncio.sleep(0)
     assert [entry for entry in log if entry.startswith("run:")] == ["run:look:a", "run:warm"]
@@ -227,7 +163,7 @@ async def test_hung_sync_tools_do_not_starve_an_instant_one() -> None:
         [
             turn_events("r1", [("hang", {"n": n}) for n in range(hangs)]),
             turn_events("r2", [("instant", {})]),
-            answer("r3"),
+            answer_events("r3"),
         ],
         log,
     )
@@ -259,7 +195,7 @@ async def test_exhausted_tool_threads_are_reported_as_such() -> None:
         [
             turn_events("r1", [("hang", {"n": n}) for n in range(2)]),
             turn_events("r2", [("instant", {})]),
-            answer("r3"),
+            answer_events("r3"),
         ],
         log,
     )

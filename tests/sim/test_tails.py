@@ -25,15 +25,11 @@ from hotloop.cli import _parser
 from hotloop.errors import APIError, ScenarioError
 from hotloop.gateway import GatewayConfig, GatewayServer
 from hotloop.protocol.builder import ResponseBuilder
-from hotloop.protocol.conversation import Conversation
 from hotloop.protocol.generation import GenerationRequest
-from hotloop.protocol.requests import CreateRequest
 from hotloop.sim.engine import SimEngine
 from hotloop.sim.latency import DRAW_UNIFORMS, PROFILES, LatencyProfile, get_profile
 from hotloop.sim.scenario import Scenario
-from hotloop.wire.items import Message
-from hotloop.wire.responses import ResponseObject
-from support import FakeClock, ten_turn_scenario
+from support import FakeClock, generation_request, started_builder, ten_turn_scenario
 
 MODEL = "ten"
 #: A long answer (50 tokens of 4 characters) so stalls and drops have room mid-stream.
@@ -49,18 +45,11 @@ def engine(profile: LatencyProfile, clock: FakeClock, **kwargs: Any) -> SimEngin
 
 
 def request(text: str = "go", model: str = MODEL) -> GenerationRequest:
-    context = Conversation.start([Message(role="user", content=text)])
-    return GenerationRequest(
-        request=CreateRequest(model=model, input=()),
-        context=context,
-        processed_tokens=context.tokens,
-    )
+    return generation_request(text, model)
 
 
 def builder() -> ResponseBuilder:
-    out = ResponseBuilder(ResponseObject(id="resp_t", created_at=0, model=MODEL, status=""))
-    out.start()
-    return out
+    return started_builder(MODEL)
 
 
 async def run(sim: SimEngine, clock: FakeClock, req: GenerationRequest) -> tuple[list[float], str]:

@@ -146,6 +146,7 @@ class UpstreamConfig:
             "chat_template_file",
             "hedge",
             "hedge_budget",
+            "hedge_stall",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -212,7 +213,16 @@ def _read_hedging(data: Mapping[str, Any], where: str) -> HedgeSettings | None:
     budget = data.get("hedge_budget", 0.1)
     if not isinstance(budget, int | float) or isinstance(budget, bool) or budget < 0:
         raise UpstreamConfigError(f"{where}.hedge_budget must be a share of turns >= 0")
-    return HedgeSettings(delay=None if delay is None else float(delay), budget=float(budget))
+    stall = data.get("hedge_stall")
+    if stall is not None and (
+        not isinstance(stall, int | float) or isinstance(stall, bool) or stall <= 0
+    ):
+        raise UpstreamConfigError(f"{where}.hedge_stall must be a positive number of seconds")
+    return HedgeSettings(
+        delay=None if delay is None else float(delay),
+        budget=float(budget),
+        stall=None if stall is None else float(stall),
+    )
 
 
 @dataclass(slots=True, eq=False)

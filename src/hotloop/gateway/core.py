@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,7 +310,7 @@ class ResponseRun:
     def response_id(self) -> str:
         return self.builder.response.id
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         """The canonical event sequence of this response, terminal event last."""
         gateway = self.gateway
         metrics = gateway.metrics
@@ -329,9 +329,12 @@ class ResponseRun:
             timings.generation_start = time.perf_counter_ns()
             if request.generate:
                 try:
-                    async for events in self._generate():
-                        for event in events:
-                            yield event
+                    # Closed here, not when collected: a run closed between two events (a
+                    # cancelled response, a client gone) stops its generation at once.
+                    async with contextlib.aclosing(self._generate()) as generation:
+                        async for events in generation:
+                            for event in events:
+                                yield event
                 except Exception as exc:
                     for event in self._fail(exc):
                         yield event
@@ -373,7 +376,7 @@ class ResponseRun:
         finally:
             metrics.active_responses.dec()
 
-    async def _generate(self) -> AsyncIterator[Sequence[Event]]:
+    async def _generate(self) -> AsyncGenerator[Sequence[Event], None]:
         prepared = self.prepared
         request = prepared.request
         generation = GenerationRequest(
@@ -421,6 +424,14 @@ class ResponseRun:
             "decode_ns": last - first,
             "gateway_post_ns": timings.post_ns,
         }
+
+    def cancel(self, message: str) -> Sequence[Event]:
+        """The client cancelled the response while it was generating (close :meth:`events`
+        first): it ends as ``failed`` with ``response_cancelled``, and nothing is committed."""
+        events = self.builder.fail("response_cancelled", message)
+        self.gateway.metrics.responses.labels(self.prepared.transport, "cancelled").inc()
+        self._log(None)
+        return events
 
     def _fail(self, exc: BaseException, *, instead_of: Event | None = None) -> Sequence[Event]:
         if isinstance(exc, APIError):

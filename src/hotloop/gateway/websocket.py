@@ -8,8 +8,13 @@ This module only moves things between it and the socket: each frame read goes to
 (send a frame, start a create as a task, close the socket). A started create resolves its
 parent (the session's cache, else the store), runs through the gateway's execution core,
 sends its events with the lane's ``stream_id``, and tells the session when it ends, which
-may start the next create of its lane or of a lane waiting for a slot. When the client goes
-away every running create is cancelled, which cancels its generation, and the cache is
+may start the next create of its lane or of a lane waiting for a slot. A ``Cancel`` (the
+client's ``response.cancel`` for a lane) cancels that create's task, which closes its
+generation; its lane then gets ``response.failed`` / ``response_cancelled`` (an ``error`` with
+that code when no event of the response had gone out yet), nothing is committed, and the
+lane's next create starts as usual. A create whose response already ended (being committed,
+or its terminal event being sent) is not cancelled: its terminal event stands. When the client
+goes away every running create is cancelled, which cancels its generation, and the cache is
 dropped.
 """
 
@@ -20,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
@@ -32,15 +38,17 @@ from hotloop.protocol.requests import parse_create
 from hotloop.protocol.server_session import (
     NO_PARENT,
     Action,
+    Cancel,
     Close,
     Job,
     ParentLookup,
     Send,
     ServerSession,
+    SessionState,
     Start,
 )
 from hotloop.wire import codec
-from hotloop.wire.events import ResponseFailed
+from hotloop.wire.events import ResponseFailed, WebSocketError
 from hotloop.wire.responses import ResponseObject
 
 __all__ = ["Connection", "serve_websocket"]
@@ -50,6 +58,26 @@ __all__ = ["Connection", "serve_websocket"]
 _CLIENT_GONE = (WebSocketDisconnect, WebSocketDisconnected, ClientDisconnected, ConnectionError)
 
 logger = logging.getLogger("hotloop.gateway")
+
+#: What a cancelled response's ``response.failed`` (or ``error``) says.
+CANCELLED_MESSAGE = "The response was cancelled by the client."
+
+
+@dataclass(slots=True)
+class _Running:
+    """One started create: its task and how far it got."""
+
+    task: asyncio.Task[None]
+    #: Its task began to run (a task cancelled before that would never run a line).
+    begun: bool = False
+    #: Its response, once prepared.
+    run: ResponseRun | None = None
+    #: An event of its response reached the client (``response.created`` first).
+    announced: bool = False
+    #: Its ``error`` frame is going out (refused, or failed): too late to cancel.
+    final: bool = False
+    #: It was cancelled for the client's ``response.cancel``.
+    cancelled: bool = False
 
 
 class Connection:
@@ -74,6 +102,8 @@ class Connection:
         #: The connection's use of the backend, shared by its creates on every lane.
         self.backend = gateway.backend.open_session()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Started creates by job number, until they end.
+        self._running: dict[int, _Running] = {}
 
     # -- sending --------------------------------------------------------------------------
 
@@ -94,6 +124,8 @@ class Connection:
         for action in actions:
             if isinstance(action, Start):
                 self._start(action.job)
+            elif isinstance(action, Cancel):
+                self._cancel(action.job)
             elif isinstance(action, Send):
                 if action.error is not None:
                     error = action.error
@@ -148,8 +180,22 @@ class Connection:
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._create(job))
+        self._running[job.number] = _Running(task)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _cancel(self, job: Job) -> None:
+        """The client cancelled ``job``: cancel its task unless its response already ended."""
+        running = self._running.get(job.number)
+        if running is None or running.cancelled or running.final:
+            return
+        run = running.run
+        if run is not None and run.builder.ended:
+            return  # being committed, or its terminal event being sent: too late to cancel
+        running.cancelled = True
+        if running.begun:
+            running.task.cancel()
+        # Otherwise the task sees the flag as it begins.
 
     async def _create(self, job: Job) -> None:
         """Run one started create to its end, then tell the session (which may start more)."""
@@ -159,7 +205,11 @@ class Connection:
         dequeued_ns = time.perf_counter_ns()
         lookup: ParentLookup = NO_PARENT
         run: ResponseRun | None = None
+        running = self._running[job.number]
+        running.begun = True
         try:
+            if running.cancelled:
+                raise asyncio.CancelledError  # cancelled before its task began to run
             try:
                 request = parse_create(job.frame, websocket=True)
                 lookup = session.lookup_parent(request.previous_response_id)
@@ -175,6 +225,7 @@ class Connection:
                     tenant=self.tenant,
                 )
             except APIError as exc:
+                running.final = True
                 await self.perform(session.fail(job, lookup, exc))
                 return
 
@@ -184,18 +235,45 @@ class Connection:
                 session.commit(job, response.id, conversation, stored)
 
             send = self.send
-            run = gateway.run(prepared, commit, self.backend)
-            async for event in run.events():
-                if isinstance(event, ResponseFailed):
-                    session.fail(job, lookup)
-                await send(codec.encode_event(event, stream_id))
+            run = running.run = gateway.run(prepared, commit, self.backend)
+            # Closed as soon as the loop ends, however it ends: a cancelled response stops
+            # generating before its lane hears of it.
+            async with contextlib.aclosing(run.events()) as events:
+                async for event in events:
+                    if isinstance(event, ResponseFailed):
+                        session.fail(job, lookup)
+                    await send(codec.encode_event(event, stream_id))
+                    running.announced = True
         except _CLIENT_GONE:
             return
+        except asyncio.CancelledError:
+            if not running.cancelled or session.state is SessionState.CLOSED:
+                raise  # the connection is going: nothing to tell anyone
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            with contextlib.suppress(*_CLIENT_GONE):
+                await self._cancelled(job, run if running.announced else None)
         except Exception as exc:
+            running.final = True
             await self._report(job, lookup, run, exc)
         finally:
+            del self._running[job.number]
             for start in session.finish(job, self.clock()):
                 self._start(start.job)
+
+    async def _cancelled(self, job: Job, run: ResponseRun | None) -> None:
+        """Tell ``job``'s lane its response was cancelled: ``response.failed`` when the
+        client saw it start, else an ``error``. Nothing was committed, and a cancel is not a
+        failure of the request: its parent stays cached."""
+        if run is not None:
+            for event in run.cancel(CANCELLED_MESSAGE):
+                await self.send(codec.encode_event(event, job.stream_id))
+            return
+        self.gateway.metrics.responses.labels("websocket", "cancelled").inc()
+        error = APIError(CANCELLED_MESSAGE, code="response_cancelled")
+        event = WebSocketError(status=error.status, error=error.body(), stream_id=job.stream_id)
+        await self.send(codec.encode_event(event))
 
     async def _report(
         self, job: Job, lookup: ParentLookup, run: ResponseRun | None, exc: Exception

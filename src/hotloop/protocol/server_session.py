@@ -7,18 +7,31 @@ and carries out the actions that come back, runs each started create as a task, 
 the session when a create ends.
 
 The actions: :class:`Start` (run this create now), :class:`Queued` (it waits on its lane;
-nothing to do), :class:`Send` (one encoded text frame), :class:`Close` (close the socket with
-this code and reason). A started create then goes through :meth:`ServerSession.lookup_parent`
-(the driver fetches a store lookup), :meth:`~ServerSession.fail` or
-:meth:`~ServerSession.commit`, and always :meth:`~ServerSession.finish`, which returns the
-creates that may start in its place. What the session decides:
+nothing to do), :class:`Cancel` (stop this running create), :class:`Send` (one encoded text
+frame), :class:`Close` (close the socket with this code and reason). A started create then
+goes through :meth:`ServerSession.lookup_parent` (the driver fetches a store lookup),
+:meth:`~ServerSession.fail` or :meth:`~ServerSession.commit`, and always
+:meth:`~ServerSession.finish`, which returns the creates that may start in its place. What
+the session decides:
 
 * **frames** — a table maps a frame's ``type`` to its handler (:data:`FRAME_RULES`):
-  ``response.create`` is admitted to a lane or refused, ``response.steer`` is refused with
+  ``response.create`` is admitted to a lane or refused, ``response.cancel`` cancels the
+  response running on a lane (below), ``response.steer`` is refused with
   ``response.steer.failed`` / ``steering_not_supported``, a missing ``type`` is
   ``missing_required_parameter`` and any other ``type`` is ``unknown_event_type``. Before
   that, a frame over the size limit is ``message_too_large`` (413) and a frame that is not a
   JSON object is ``invalid_json``; these connection-level errors carry no ``stream_id``.
+* **cancelling** — ``{"type": "response.cancel", "stream_id": ...}`` (a hotloop extension;
+  no ``stream_id``: the default lane; a malformed one is ``invalid_stream_id``) names a lane,
+  not a response: the create *running* on that lane gets a :class:`Cancel` (once), and the
+  driver stops it and ends its response with ``response.failed`` / ``response_cancelled``.
+  Creates queued behind it on that lane are not touched: they were sent after the response
+  the client gave up on and start as usual once it ended (a client that wants them gone
+  cancels each when it runs). A lane with nothing running gets no answer at all: the response
+  the cancel meant has already ended and its terminal event is on its way, so a client racing
+  the end of its response never gets an error for it. The driver may still find the running
+  create too far along (its response already ended and is being committed or sent): that
+  terminal event stands, exactly as if the cancel had arrived a moment later.
 * **lanes** — a create runs on the lane its ``stream_id`` names (``None``: the default lane).
   ``stream_id`` is 1-256 characters of ``[A-Za-z0-9_.-]`` (else ``invalid_stream_id``). A lane
   runs its creates one at a time in the order they arrived; different lanes run concurrently,
@@ -64,6 +77,7 @@ __all__ = [
     "STREAM_ID_PATTERN",
     "Action",
     "CacheHit",
+    "Cancel",
     "Close",
     "Job",
     "NoParent",
@@ -171,7 +185,16 @@ class Close:
     reason: str
 
 
-Action = Start | Queued | Send | Close
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """The client cancelled the running ``job``: stop it (and so its generation) and end its
+    lane's response with ``response.failed`` / ``response_cancelled``, committing nothing.
+    :meth:`ServerSession.finish` follows as for any create that ends."""
+
+    job: Job
+
+
+Action = Start | Queued | Cancel | Send | Close
 
 
 # -- resolving previous_response_id ---------------------------------------------------------
@@ -233,6 +256,8 @@ def evicted_by_failure(stream_id: str | None, lookup: ParentLookup) -> str | Non
 class _Lane:
     pending: deque[Job] = field(default_factory=deque)
     active: Job | None = None
+    #: A Cancel was decided for ``active`` (one per create).
+    cancelled: bool = False
 
 
 class ServerSession:
@@ -300,6 +325,11 @@ class ServerSession:
         lane = self._lanes.get(stream_id)
         return lane.active if lane is not None else None
 
+    def cancelled(self, job: Job) -> bool:
+        """Whether a :class:`Cancel` was decided for ``job`` (running, not finished)."""
+        lane = self._lanes.get(job.stream_id)
+        return lane is not None and lane.active is job and lane.cancelled
+
     # -- frames -----------------------------------------------------------------------------
 
     def receive(self, data: str | bytes, now: float, received_ns: int = 0) -> tuple[Action, ...]:
@@ -349,16 +379,8 @@ class ServerSession:
     ) -> tuple[Action, ...]:
         config = self.config
         raw_id = frame.get("stream_id")
-        if raw_id is not None and (
-            not isinstance(raw_id, str) or not STREAM_ID_PATTERN.fullmatch(raw_id)
-        ):
-            return self._error(
-                APIError(
-                    "'stream_id' must be 1-256 characters of [A-Za-z0-9_.-]",
-                    code="invalid_stream_id",
-                    param="stream_id",
-                )
-            )
+        if not _valid_stream_id(raw_id):
+            return self._invalid_stream_id()
         stream_id: str | None = raw_id
         if now - self.opened_at >= config.connection_lifetime:
             error = APIError(
@@ -430,6 +452,29 @@ class ServerSession:
         # The lane is busy, or every slot is: the create waits its turn, never rejected.
         return (Queued(job),)
 
+    def _invalid_stream_id(self) -> tuple[Send]:
+        return self._error(
+            APIError(
+                "'stream_id' must be 1-256 characters of [A-Za-z0-9_.-]",
+                code="invalid_stream_id",
+                param="stream_id",
+            )
+        )
+
+    def _on_cancel(
+        self, frame: Mapping[str, Any], now: float, received_ns: int
+    ) -> tuple[Action, ...]:
+        raw_id = frame.get("stream_id")
+        if not _valid_stream_id(raw_id):
+            return self._invalid_stream_id()
+        lane = self._lanes.get(raw_id)  # never creates a lane: a cancel holds nothing
+        if lane is None or lane.active is None or lane.cancelled:
+            # Nothing running (its response ended and its terminal event is on its way), or
+            # already cancelled: nothing to do, and no error for a client racing the end.
+            return ()
+        lane.cancelled = True
+        return (Cancel(lane.active),)
+
     def _on_steer(
         self, frame: Mapping[str, Any], now: float, received_ns: int
     ) -> tuple[Action, ...]:
@@ -466,7 +511,7 @@ class ServerSession:
         return self._error(
             APIError(
                 f"Unknown event type {frame.get('type')!r}; "
-                "expected 'response.create' or 'response.steer'.",
+                "expected 'response.create', 'response.cancel' or 'response.steer'.",
                 code="unknown_event_type",
                 param="type",
             )
@@ -503,6 +548,7 @@ class ServerSession:
         if lane is None or lane.active is not job:
             raise ValueError(f"job {job.number} is not running")
         lane.active = None
+        lane.cancelled = False
         self._active -= 1
         self.busy -= 1
         self.last_active = now
@@ -564,11 +610,17 @@ class ServerSession:
         self.queued_bytes = 0
 
 
+def _valid_stream_id(raw: object) -> bool:
+    """``None`` (the default lane) or 1-256 characters of ``[A-Za-z0-9_.-]``."""
+    return raw is None or (isinstance(raw, str) and STREAM_ID_PATTERN.fullmatch(raw) is not None)
+
+
 _FrameRule = Callable[[ServerSession, Mapping[str, Any], float, int], tuple[Action, ...]]
 
 #: A frame's ``type`` → what the session does with it; any other type is unknown.
 FRAME_RULES: Final[Mapping[str | None, _FrameRule]] = {
     "response.create": ServerSession._on_create,
+    "response.cancel": ServerSession._on_cancel,
     "response.steer": ServerSession._on_steer,
     None: ServerSession._on_missing_type,
 }

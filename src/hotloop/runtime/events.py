@@ -87,6 +87,11 @@ class StepRecord:
     incremental: bool = False
     #: The model that answered, as the response names it.
     response_model: str | None = None
+    #: When a policy gave up the turn's call for another model's in flight (``RouteTurns``
+    #: sends an answer begun by a model in its ``answers`` to the answering model): the model
+    #: given up, and when (``rerouted_ns - request_sent_ns`` is the time it took).
+    rerouted_from: str | None = None
+    rerouted_ns: int | None = None
     #: Where this turn's items sit in :attr:`RunResult.items`: its new input items start at
     #: ``input_from``, the model's output items at ``output_from`` (up to the next turn's
     #: ``input_from``, or the end). ``None`` when unknown (a step read back from a trace).

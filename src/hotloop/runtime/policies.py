@@ -26,20 +26,23 @@ import asyncio
 import contextlib
 import dataclasses
 import statistics
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from hotloop.errors import HotloopError
 from hotloop.transport.base import ModelRequest, OnEvent, RequestTimings, TransportError
 from hotloop.wire.events import (
     ERROR_EVENTS,
     RESPONSE_END_EVENTS,
+    ContentPartAdded,
     Event,
     FunctionCallArgumentsDelta,
     OutputItemAdded,
+    OutputItemDone,
     OutputTextDelta,
 )
+from hotloop.wire.items import FunctionCallOutput, Item, Message, Reasoning
 
 if TYPE_CHECKING:
     from hotloop.runtime.agent import Agent
@@ -63,6 +66,25 @@ class TurnState:
     failure: HotloopError | None = None
     delivered: bool = False
     memo: dict[str, Any] = field(default_factory=dict)
+    #: Set by the runner for :meth:`rerouted` (``send`` only).
+    _reroute: Callable[[str], ModelRequest] | None = field(default=None, repr=False)
+
+    def rerouted(self, model: str) -> ModelRequest:
+        """This attempt's request sent to ``model`` instead, for a :meth:`Policy.send` that
+        gives up its call for another model's.
+
+        The request continues ``model``'s own chain in this run, as if ``before_request`` had
+        chosen it (the whole history without per-model chains), with fresh ``timings``. The
+        runner takes the turn as ``model``'s, and the step record shows the model given up
+        (``rerouted_from``) and when (``rerouted_ns``). Outside a run the request sends the
+        whole history.
+        """
+        if self._reroute is not None:
+            return self._reroute(model)
+        timings = RequestTimings() if self.request.timings is not None else None
+        return dataclasses.replace(
+            self.request, model=model, previous_response_id=None, timings=timings
+        )
 
 
 #: Sends one attempt and hands its events over: the transport, or the policies inside.
@@ -112,7 +134,7 @@ class RetryOnTimeout(Policy):
 
     The runner re-sends a turn that missed its first event by itself; a stall after events
     arrived is not replay safe, so it raises. With this policy that turn goes out again too (on
-    a fresh lane or socket: the transport retires the one that stalled), and calls it had
+    a fresh lane or socket: the stalled response is cancelled), and calls it had
     started are reused. ``codes`` are the :class:`~hotloop.runtime.runner.TurnTimeout` codes it
     acts on; the whole-turn deadline is never retried.
     """
@@ -172,14 +194,75 @@ class RouteTurns(Policy):
     Each model keeps its own chain: a turn switched to a model that answered before in this run
     continues that model's last response (whose prompt its cache holds), sending every item
     that came after it; over a WebSocket that response must still live on the connection, or
-    the whole history goes. A model's first turn continues the run's last response. The step
-    record's ``request_bytes``, ``incremental`` and ``usage`` show what a switch cost.
-    ``state.turn`` and ``state.request`` (its history, and which items are new) are what a
-    choice usually rests on.
+    the whole history goes. A model's first turn continues the run's last response. With
+    ``keep_chains=False`` a switched turn sends the whole history instead (the run's last
+    response is another model's), which is what a switch costs without chains. The step
+    record's ``response_model``, ``request_bytes``, ``incremental`` and ``usage`` show what a
+    switch cost. ``state.turn`` and ``state.request`` (its history, and which items are new)
+    are what a choice usually rests on.
+
+    ``answers`` maps a model to the one that gives its answers (``None``: the agent's model).
+    A turn sent to such a model is held until its first output item that is not reasoning: a
+    function call (or any other item) lets the turn stream on as usual; a message means the
+    model is answering, so that call is cancelled at once and the same turn goes to the
+    answering model (continuing that model's chain), whose events alone reach the run. The
+    given-up call counts in ``escalations`` and ``escalated_s`` (seconds from sending it to
+    giving it up; both shared by every run of the agent), and its step record shows
+    ``rerouted_from`` and ``rerouted_ns``. It is no failed attempt: ``attempts`` stays as it
+    was. A response that starts with a message goes over even if it would have called tools
+    after it.
+
+    :meth:`digest` is the usual rule: turns that only digest tool results go to a small model,
+    and the final answer comes from the large one.
     """
 
-    def __init__(self, choose: Callable[[TurnState], str | None]) -> None:
+    def __init__(
+        self,
+        choose: Callable[[TurnState], str | None],
+        *,
+        keep_chains: bool = True,
+        answers: Mapping[str, str | None] | None = None,
+    ) -> None:
         self.choose = choose
+        self.keep_chains = keep_chains
+        self.answers: dict[str, str | None] = dict(answers or {})
+        #: Calls given up because their model started to answer, and the seconds they ran.
+        self.escalations = 0
+        self.escalated_s = 0.0
+
+    @classmethod
+    def digest(
+        cls,
+        small: str,
+        large: str | None = None,
+        *,
+        answer: Literal["large", "small"] = "large",
+        keep_chains: bool = True,
+    ) -> Self:
+        """Turns that only digest tool results go to ``small``; the others, and the final
+        answer, to ``large``.
+
+        A turn *only digests* when its new input (``state.request.new_items``: what came
+        after the run's last response) is nothing but function-call outputs. Every other turn
+        goes to ``large`` (``None``: the agent's model): the first turn of a run, whose input
+        is the user's (it plans), and any turn whose new input holds a message (a follow-up,
+        or the runner's request to fix an answer that did not match ``output_type``).
+
+        Whether a digest turn gives the final answer shows only in its output. With
+        ``answer="large"`` (the default) a digest turn whose response starts with a message
+        is cancelled there and sent to ``large`` (see ``answers``): the answer costs the small
+        model's time to its first output item, then a large-model turn. With
+        ``answer="small"`` the small model's answer stands. A re-sent attempt keeps its model,
+        as with any ``RouteTurns``.
+        """
+        if answer not in ("large", "small"):
+            raise ValueError('answer must be "large" or "small"')
+
+        def choose(state: TurnState) -> str | None:
+            return small if _only_digests(state.request) else large
+
+        answers = {small: large} if answer == "large" else None
+        return cls(choose, keep_chains=keep_chains, answers=answers)
 
     def before_request(self, state: TurnState) -> ModelRequest | None:
         if state.attempt > 1:
@@ -188,6 +271,115 @@ class RouteTurns(Policy):
         if model is None or model == state.request.model:
             return None
         return dataclasses.replace(state.request, model=model)
+
+    @property
+    def sends(self) -> bool:
+        # Only a policy that holds answers wraps the call (or a subclass with its own send).
+        return bool(self.answers) or type(self).send is not RouteTurns.send
+
+    async def send(
+        self,
+        state: TurnState,
+        request: ModelRequest,
+        on_event: OnEvent,
+        skip: Collection[str],
+        send: Send,
+    ) -> None:
+        if request.model not in self.answers:
+            await send(request, on_event, skip)
+            return
+        answering = self.answers[request.model] or state.agent.model
+        if answering == request.model:
+            await send(request, on_event, skip)
+            return
+        loop = asyncio.get_running_loop()
+        gate = _Gate(on_event)
+        started = loop.time()
+        first = asyncio.ensure_future(send(request, gate.on_event, skip))
+        try:
+            waiting: set[asyncio.Future[Any]] = {first, gate.answering}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not gate.answering.done():
+                await first  # not an answer (or it failed): the call stands as it went
+                return
+            first.cancel()  # the small model stops now; none of its events reached the run
+            with contextlib.suppress(BaseException):
+                await first
+            self.escalations += 1
+            self.escalated_s += loop.time() - started
+            answer = state.rerouted(answering)
+            await send(answer, on_event, skip)
+            if request.timings is not None and answer.timings is not None:
+                _adopt_timings(request.timings, answer.timings)
+        finally:
+            if not first.done():
+                first.cancel()
+                with contextlib.suppress(BaseException):
+                    await first
+
+
+def _only_digests(request: ModelRequest) -> bool:
+    """Whether the turn's new input is only function-call outputs (and not empty)."""
+    new = request.new_items
+    return bool(new) and all(isinstance(item, FunctionCallOutput) for item in new)
+
+
+def _answers(items: Collection[Item]) -> bool | None:
+    """Whether the first item that is not reasoning is a message (``None``: only reasoning)."""
+    for item in items:
+        if not isinstance(item, Reasoning):
+            return isinstance(item, Message)
+    return None
+
+
+class _Gate:
+    """Holds one response's events until its first output item that is not reasoning shows
+    whether the model is answering: then ``answering`` is set and every event is dropped, or
+    the held events are handed over and the rest streams through."""
+
+    def __init__(self, on_event: OnEvent) -> None:
+        self.forward = on_event
+        self.open = False
+        self.held: list[Event] = []
+        self.answering: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_event(self, event: Event) -> None:
+        if self.open:
+            self.forward(event)
+            return
+        if self.answering.done():
+            return  # the answer goes to another model: nothing of this one reaches the run
+        kind = type(event)
+        verdict: bool | None
+        if kind is OutputItemAdded or kind is OutputItemDone:
+            verdict = _answers((event.item,))  # type: ignore[union-attr]
+        elif kind is OutputTextDelta or kind is ContentPartAdded:
+            verdict = True  # text without its output_item.added: a message
+        elif kind in RESPONSE_END_EVENTS:
+            # Ended before any item event: its output says what it was.
+            verdict = _answers(event.response.output) is True  # type: ignore[union-attr]
+        elif kind is FunctionCallArgumentsDelta or kind in ERROR_EVENTS:
+            verdict = False
+        else:
+            verdict = None  # created, in progress, reasoning: not decided yet
+        if verdict is None:
+            self.held.append(event)
+        elif verdict:
+            self.held.clear()
+            self.answering.set_result(None)
+        else:
+            self.open = True
+            held, self.held = self.held, []
+            for earlier in held:
+                self.forward(earlier)
+            self.forward(event)
+
+
+def _adopt_timings(timings: RequestTimings, won: RequestTimings) -> None:
+    """The step's timings describe the request that answered."""
+    for name in ("connect_start_ns", "connect_end_ns", "encoded_ns", "sent_ns"):
+        setattr(timings, name, getattr(won, name))
+    timings.body_bytes, timings.incremental = won.body_bytes, won.incremental
 
 
 #: Events that show a response is producing output (or has ended): the first one decides a race.
@@ -241,9 +433,10 @@ class Hedge(Policy):
 
     If the first attempt has produced no output ``delay`` seconds after it went out, the same
     request goes out a second time (on another lane or connection of the client; to ``model``
-    if given). Whichever produces output first wins; the other is cancelled at once (over HTTP
-    that ends its request, and the server stops generating). Only the winner's events reach the
-    run, so tools are only ever dispatched from the winner.
+    if given). Whichever produces output first wins; the other is cancelled at once, and the
+    server stops generating it (over HTTP its request ends; over a WebSocket its lane sends
+    ``response.cancel``). Only the winner's events reach the run, so tools are only ever
+    dispatched from the winner.
 
     ``delay=None`` adapts it: the ``percentile`` of the time to first output seen so far (after
     ``min_samples`` turns; no hedging before). ``stall``: a response that produced output and
@@ -358,10 +551,7 @@ class Hedge(Policy):
                 self.wins += 1
                 won, timings = requests[1].timings, request.timings
                 if won is not None and timings is not None:
-                    # The step's timings describe the request that answered.
-                    for name in ("connect_start_ns", "connect_end_ns", "encoded_ns", "sent_ns"):
-                        setattr(timings, name, getattr(won, name))
-                    timings.body_bytes, timings.incremental = won.body_bytes, won.incremental
+                    _adopt_timings(timings, won)
         finally:
             for task in tasks:
                 if not task.done():

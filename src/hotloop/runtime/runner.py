@@ -65,7 +65,7 @@ from hotloop.runtime.events import (
 )
 from hotloop.runtime.events import TextDelta as TextDeltaEvent
 from hotloop.runtime.output import OutputValidationError, problems
-from hotloop.runtime.policies import Policy, Send, TurnState
+from hotloop.runtime.policies import Policy, RouteTurns, Send, TurnState
 from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
 from hotloop.runtime.tools import (
     RunContext,
@@ -99,6 +99,7 @@ from hotloop.wire.responses import Usage
 
 __all__ = [
     "REDUNDANT_EVENTS",
+    "RESENT_FAILURES",
     "STREAMED_TEXT_EVENTS",
     "MaxTurnsExceeded",
     "ModelError",
@@ -147,11 +148,27 @@ _NOT_STREAMING = REDUNDANT_EVENTS | STREAMED_TEXT_EVENTS
 
 
 class ModelError(HotloopError):
-    """The model's response failed, or the server ended the stream with an error."""
+    """The model's response failed, or the server ended the stream with an error.
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    ``replay_safe`` is true when the runner may send the turn again (see
+    :data:`RESENT_FAILURES`).
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, replay_safe: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.replay_safe = replay_safe
+
+
+#: ``response.failed`` codes the runner sends the turn again for (up to ``max_attempts``), as
+#: the transport does for the same failures out of band: a rate limit or a server error with
+#: no output is a 429 or 5xx before the turn's first event; a stream the server cut is a
+#: connection lost mid-turn (calls that started are reused, held ones never ran).
+RESENT_FAILURES: dict[str, Literal["no_output", "any"]] = {
+    "rate_limit_exceeded": "no_output",
+    "server_error": "no_output",
+    "stream_dropped": "any",
+}
 
 
 class MaxTurnsExceeded(HotloopError):
@@ -283,6 +300,8 @@ class _Run:
     chains: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
     #: The model the last successful attempt was sent to.
     last_model: str | None = None
+    #: The model the current attempt went to instead, when a policy rerouted it in flight.
+    rerouted_to: str | None = None
 
 
 class _TurnCalls:
@@ -1026,6 +1045,23 @@ async def _stream_turn(
     skip = REDUNDANT_EVENTS if run.emit is not None else _NOT_STREAMING
     watch = _Watchdog(run.deadlines) if run.deadlines is not None else None
     policies = agent.policies
+    # What the turn continues before any policy changed it: a call rerouted in flight starts
+    # from here.
+    continues = (request.previous_response_id, request.new_from)
+
+    def reroute(given_up: ModelRequest, model: str) -> ModelRequest:
+        run.rerouted_to = model
+        record.rerouted_from = given_up.model
+        record.rerouted_ns = time.perf_counter_ns() - run.origin
+        rerouted = dataclasses.replace(
+            given_up,
+            model=model,
+            previous_response_id=continues[0],
+            new_from=continues[1],
+            timings=RequestTimings() if given_up.timings is not None else None,
+        )
+        return _chained(run, rerouted)
+
     attempt = 0
     while True:
         attempt += 1
@@ -1037,8 +1073,9 @@ async def _stream_turn(
         stream = ResponseStream()
         calls = _TurnCalls(run, turn, ledger, record)
         record.tools.clear()
+        run.rerouted_to = record.rerouted_from = record.rerouted_ns = None
         on_event = _turn_handler(run, stream, calls, record, turn, watch)
-        call = _sender(run, turn, attempt) if policies else None
+        call = _sender(run, turn, attempt, reroute) if policies else None
         failure: HotloopError
         try:
             if watch is not None:
@@ -1049,7 +1086,10 @@ async def _stream_turn(
                 await call(request, on_event, skip)
             if request.timings is not None:
                 _record_timings(record, request.timings, run.origin)
-            run.last_model = request.model
+            failed = _failed_response(stream)
+            if failed is not None:
+                raise failed  # an attempt that failed: re-sent, or a policy's to decide
+            run.last_model = run.rerouted_to or request.model
             return stream, calls
         except TurnTimeout as exc:
             calls._stopped = True  # nothing more starts from this attempt
@@ -1064,10 +1104,10 @@ async def _stream_turn(
             retry = exc.replay_safe
             failure = exc
         except ModelError as exc:
-            if not policies:
+            if not policies and not exc.replay_safe:
                 raise
             calls._stopped = True
-            retry = False
+            retry = exc.replay_safe
             failure = exc
         if attempt >= agent.max_attempts:
             raise failure
@@ -1080,8 +1120,29 @@ async def _stream_turn(
             raise failure
 
 
-def _sender(run: _Run, turn: int, attempt: int) -> Send | None:
-    """The policies that wrap the call, around the transport; ``None`` when none does."""
+def _failed_response(stream: ResponseStream) -> ModelError | None:
+    """The error of an attempt whose response ended ``failed`` (``None``: it did not)."""
+    response = stream.final_response
+    if response is None or response.status != "failed":
+        return None
+    error = response.error or {}
+    code = error.get("code")
+    resent = RESENT_FAILURES.get(code) if isinstance(code, str) else None
+    replay_safe = resent == "any" or (resent == "no_output" and not response.output)
+    return ModelError(
+        f"the model failed: {error.get('message', 'no message')}",
+        code=code,
+        replay_safe=replay_safe,
+    )
+
+
+def _sender(
+    run: _Run, turn: int, attempt: int, reroute: Callable[[ModelRequest, str], ModelRequest]
+) -> Send | None:
+    """The policies that wrap the call, around the transport; ``None`` when none does.
+
+    ``reroute(request, model)`` is what :meth:`TurnState.rerouted` returns for ``request``.
+    """
     senders = [policy for policy in run.agent.policies if policy.sends]
     if not senders:
         return None
@@ -1092,7 +1153,7 @@ def _sender(run: _Run, turn: int, attempt: int) -> Send | None:
 
     call: Send = transport
     for policy in reversed(senders):
-        call = functools.partial(_through, policy, run, turn, attempt, call)
+        call = functools.partial(_through, policy, run, turn, attempt, reroute, call)
     return call
 
 
@@ -1101,12 +1162,14 @@ async def _through(
     run: _Run,
     turn: int,
     attempt: int,
+    reroute: Callable[[ModelRequest, str], ModelRequest],
     inner: Send,
     request: ModelRequest,
     on_event: OnEvent,
     skip: Collection[str],
 ) -> None:
     state = _policy_state(run, policy, request, turn, attempt)
+    state._reroute = functools.partial(reroute, request)
     await policy.send(state, request, on_event, skip, inner)
 
 
@@ -1122,13 +1185,32 @@ def _before_request(run: _Run, request: ModelRequest, turn: int, attempt: int) -
         changed = policy.before_request(_policy_state(run, policy, request, turn, attempt))
         if changed is not None:
             request = changed
-    chain = run.chains.get(request.model)
+    return _chained(run, request)
+
+
+def _chained(run: _Run, request: ModelRequest) -> ModelRequest:
+    """``request`` continuing its model's own chain, when it switches models."""
     switched = run.last_model is not None and request.model != run.last_model
-    if switched and chain is not None and chain[0] != request.previous_response_id:
+    if not switched:
+        return request
+    if not _keeps_chains(run.agent):
+        # No per-model chains: the run's last response is another model's, so the whole
+        # history goes.
+        if request.previous_response_id is not None:
+            request = dataclasses.replace(request, previous_response_id=None)
+        return request
+    chain = run.chains.get(request.model)
+    if chain is not None and chain[0] != request.previous_response_id:
         # Switched to a model that answered before in this run: continue its own response
         # (its cache holds that prefix), sending everything that came after it.
         request = dataclasses.replace(request, previous_response_id=chain[0], new_from=chain[1])
     return request
+
+
+def _keeps_chains(agent: Agent) -> bool:
+    """Whether a switched turn may continue a response by id (no ``RouteTurns`` turned the
+    per-model chains off)."""
+    return all(policy.keep_chains for policy in agent.policies if isinstance(policy, RouteTurns))
 
 
 def _after_failure(

@@ -357,6 +357,10 @@ def _model_spans(
         attributes["gen_ai.request.model"] = result.model
     if step.response_model:
         attributes["gen_ai.response.model"] = step.response_model
+    if step.rerouted_from is not None and step.rerouted_ns is not None:
+        # The call given up for another model's: which model, and how long it ran.
+        attributes["hotloop.rerouted_from"] = step.rerouted_from
+        attributes["hotloop.rerouted_after_ns"] = step.rerouted_ns - sent
     if step.response_id is not None:
         attributes["gen_ai.response.id"] = step.response_id
     if run.capture and step.input_from is not None and step.output_from is not None:
@@ -627,6 +631,10 @@ def _read_model(step: StepRecord, request: Span, phases: Sequence[Span], origin:
     step.response_id = response_id if isinstance(response_id, str) else None
     response_model = attributes.get("gen_ai.response.model")
     step.response_model = response_model if isinstance(response_model, str) else None
+    rerouted_from = attributes.get("hotloop.rerouted_from")
+    if isinstance(rerouted_from, str):
+        step.rerouted_from = rerouted_from
+        step.rerouted_ns = step.request_sent_ns + _int(attributes, "hotloop.rerouted_after_ns")
     server = {
         key.removeprefix("hotloop.server."): int(value)
         for key, value in attributes.items()

@@ -206,6 +206,8 @@ class TransportStats:
     bytes_sent: int = 0
     reconnects: int = 0
     cache_misses: int = 0
+    #: Responses abandoned mid-stream that the server was asked to stop (WebSocket mode).
+    cancels: int = 0
 
 
 class Transport(Protocol):

@@ -28,6 +28,23 @@ decodes each message and hands the event, by ``stream_id``, straight to the turn
 never reaches the session. When no live turn wants events of some type (``skip``: the runner
 has no use for argument deltas, for instance, since ``arguments.done`` carries the whole
 arguments), they are recognised by their first bytes and dropped unread.
+
+A turn abandoned before its response ended (its task cancelled: a hedge that lost, a
+deadline; or its ``on_event`` raised) sends ``{"type": "response.cancel", "stream_id": lane}``
+(a hotloop gateway extension) while the socket is open: the gateway stops generating and ends
+the response with ``response.failed`` / ``response_cancelled``. The lane stays out of use only
+until that lane's terminal event (``response.completed`` / ``failed`` / ``incomplete`` or
+``error``) arrives, so no late event of the old response can reach the lane's next turn; the
+socket and its connection cache stay. If the socket changes first, the lane is freed then.
+
+Otherwise the lane is *retired*: out of use until the socket changes, and a socket with no
+turn left is closed (which is what stops a server that cannot cancel, and what recovers a
+stalled socket). That happens to a turn that had no event yet (a silent server: only a fresh
+socket helps), to a cancel whose end does not come within ``cancel_timeout`` (the socket may
+be stalled), and to every abandoned turn once the server showed it does not know the frame:
+it answers an ``error`` about the frame's ``type`` (``unknown_event_type``), which is
+recognised and dropped (never handed to a live turn, even without a ``stream_id``), and no
+more cancels are sent on this transport.
 """
 
 from __future__ import annotations
@@ -74,11 +91,16 @@ from hotloop.transport.base import (
     request_headers,
 )
 from hotloop.wire import codec
-from hotloop.wire.events import ERROR_EVENTS, RESPONSE_END_EVENTS, Event
+from hotloop.wire.events import ERROR_EVENTS, RESPONSE_END_EVENTS, Event, WebSocketError
 
-__all__ = ["WebSocketTransport", "request_body"]
+__all__ = ["CANCEL_TIMEOUT", "WebSocketTransport", "request_body"]
 
 _END: Any = object()
+#: Seconds a cancelled response's lane waits for that response's end before the socket is
+#: suspected (stalled) and the lane retired until the socket changes.
+CANCEL_TIMEOUT = 5.0
+#: The events that end a response's stream on its lane: its own end, or an ``error``.
+_LANE_ENDS = RESPONSE_END_EVENTS | ERROR_EVENTS
 _CLOSED_MESSAGE = "the WebSocket closed during the turn"
 #: Incoming messages have no practical size limit (the SDKs use ``max_size=None``).
 _MAX_FRAME_BYTES = 1 << 30
@@ -112,30 +134,43 @@ class _Turn:
     (a :class:`Failure`), or ``on_event`` raising.
     """
 
-    __slots__ = ("delivered", "future", "generation", "on_event")
+    __slots__ = ("delivered", "ended", "future", "generation", "on_event")
 
     def __init__(self, generation: int, on_event: OnEvent) -> None:
         self.generation = generation
         self.on_event = on_event
         self.delivered = False
+        #: The response's terminal event (or an error) arrived: nothing more comes on the lane.
+        self.ended = False
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def receive(self, event: Event) -> None:
         future = self.future
-        if future.done():
-            return  # settled: whatever still arrives for this turn is not its caller's
         kind = type(event)
+        if future.done():
+            # Settled (cancelled, or its caller raised): whatever still arrives is not the
+            # caller's, but whether the response ended decides what happens to the lane.
+            if kind in _LANE_ENDS:
+                self.ended = True
+            return
         if kind in ERROR_EVENTS:
+            self.ended = True
             future.set_result(event)  # stream_to decides: retry, or raise
             return
         self.delivered = True
+        if kind in RESPONSE_END_EVENTS:
+            self.ended = True
+            try:
+                self.on_event(event)
+            except Exception as exc:
+                future.set_exception(exc)
+                return
+            future.set_result(event)
+            return
         try:
             self.on_event(event)
         except Exception as exc:
             future.set_exception(exc)
-            return
-        if kind in RESPONSE_END_EVENTS:
-            future.set_result(event)
 
     def closed(self, failure: Failure) -> None:
         if not self.future.done():
@@ -190,6 +225,10 @@ class WebSocketTransport(Closing):
     :class:`~hotloop.transport.base.Backoff` until ``reconnect_timeout`` seconds have passed,
     then :class:`TransportError` ``connect_failed`` is raised; any other refused upgrade (401,
     403, 404, ...) is raised at once.
+
+    ``cancel_timeout`` bounds the wait for the end of a response this transport cancelled
+    (see the module docstring): past it, the socket may be stalled, and the lane is retired
+    until the socket changes (a socket with no turn left is then closed).
     """
 
     def __init__(
@@ -203,11 +242,13 @@ class WebSocketTransport(Closing):
         headers: Mapping[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
+        cancel_timeout: float = CANCEL_TIMEOUT,
     ) -> None:
-        if reconnect_timeout < 0:
-            raise ValueError("reconnect_timeout must not be negative")
+        if reconnect_timeout < 0 or cancel_timeout < 0:
+            raise ValueError("reconnect_timeout and cancel_timeout must not be negative")
         self.url = url
         self.reconnect_timeout = reconnect_timeout
+        self.cancel_timeout = cancel_timeout
         self.store = store
         self.stats = TransportStats()
         self._headers = request_headers(api_key, headers)
@@ -226,8 +267,17 @@ class WebSocketTransport(Closing):
         # that no live turn wants is dropped unread, recognised by its first bytes.
         self._skips: dict[object, frozenset[str]] = {}
         self._drop: tuple[bytes, ...] = ()
-        # Lanes whose turn was abandoned mid-response (cancelled, e.g. by a deadline): the
-        # server may still stream on them, so they stay out of use until the socket changes.
+        # Lanes whose turn was abandoned mid-response and whose response was asked to stop
+        # (``response.cancel``), with the generation of their socket and the timer of
+        # ``cancel_timeout``: each stays out of use until its terminal event arrives, or the
+        # socket changes, or the timer retires it.
+        self._cancelling: dict[str | None, tuple[int, asyncio.TimerHandle]] = {}
+        # Whether the server may understand ``response.cancel`` (until it says it does not),
+        # and whether one was ever sent (only then can an error be the answer to one).
+        self._can_cancel = True
+        self._cancel_sent = False
+        # Lanes abandoned mid-response that could not be cancelled: the server may still
+        # stream on them, so they stay out of use until the socket changes.
         self._retired: list[str | None] = []
         self._closed = False
 
@@ -303,9 +353,14 @@ class WebSocketTransport(Closing):
             event = codec.decode_event(payload)
         except HotloopError:
             return  # a frame we cannot read cannot belong to a waiting turn
+        if self._cancel_sent and type(event) in ERROR_EVENTS and _refuses_cancel(event):
+            self._cancel_refused()  # the answer to a cancel, whatever lane it names
+            return
         turn = self._turns.get(event.stream_id)
         if turn is not None and turn.generation == generation:
             turn.receive(event)
+        elif self._cancelling:
+            self._cancel_settled(event, generation)
 
     def _disconnected(self, socket: WSTransport, generation: int, close_code: int | None) -> None:
         if self._socket is socket:
@@ -334,20 +389,88 @@ class WebSocketTransport(Closing):
         return socket
 
     def _free_retired(self) -> None:
+        """The socket changed: nothing of the old one can reach a lane any more."""
         retired, self._retired = self._retired, []
+        retired.extend(self._stop_cancelling())
         for lane in retired:
             self._release_lane(lane)
 
-    def _abandon(self, lane: str | None) -> None:
-        """The turn on ``lane`` was cancelled before its response ended.
+    def _abandon(self, lane: str | None, live: _Turn | None) -> None:
+        """The turn on ``lane`` ended before its response did (cancelled, or its ``on_event``
+        raised); ``live`` is its last send.
 
-        Its response may still arrive on that lane, so the lane leaves the socket: alone on
-        it, the socket is closed (the next turn opens a fresh one); otherwise the lane stays
-        unused until the socket changes, or until no turn is left on it.
+        If the response ended after all, or its socket is gone, the lane is free now. Else,
+        once an event of it arrived, the server is asked to cancel it and the lane waits for
+        its terminal event. Otherwise (a server that cannot cancel, or one that never
+        answered this turn: a silent socket, which only a fresh one recovers) the lane leaves
+        the socket: alone on it, the socket is closed (the next turn opens a fresh one, and
+        the server stops generating); else the lane stays unused until the socket changes,
+        or until no turn is left on it.
         """
+        socket = self._socket
+        if (
+            live is None
+            or live.ended
+            or socket is None
+            or socket.is_disconnected
+            or live.generation != self.session.generation
+        ):
+            self._release_lane(lane)
+            if self._retired and not self._turns:
+                self._drop_now()
+            return
+        if self._can_cancel and live.delivered:
+            frame: dict[str, Any] = {"type": "response.cancel"}
+            if lane is not None:
+                frame["stream_id"] = lane
+            socket.send(WSMsgType.TEXT, codec.dumps(frame))
+            self._cancel_sent = True
+            self.stats.cancels += 1
+            timer = asyncio.get_running_loop().call_later(
+                self.cancel_timeout, self._cancel_overdue, lane, live.generation
+            )
+            self._cancelling[lane] = (live.generation, timer)
+            return
         self._retired.append(lane)
         if not self._turns:
             self._drop_now()
+
+    def _cancel_settled(self, event: Event, generation: int) -> None:
+        """An event for no live turn: a lane being cancelled is free once its response ends."""
+        lane = event.stream_id
+        waiting = self._cancelling.get(lane)
+        if waiting is not None and waiting[0] == generation and type(event) in _LANE_ENDS:
+            del self._cancelling[lane]
+            waiting[1].cancel()
+            self._release_lane(lane)
+
+    def _cancel_overdue(self, lane: str | None, generation: int) -> None:
+        """No end came for the cancelled response on ``lane`` within ``cancel_timeout``: the
+        socket may be stalled, so the lane is retired (until the socket changes), and a
+        socket with no turn left is closed, as for a response that could not be cancelled."""
+        waiting = self._cancelling.get(lane)
+        if waiting is None or waiting[0] != generation:
+            return
+        del self._cancelling[lane]
+        self._retired.append(lane)
+        if not self._turns:
+            self._drop_now()
+
+    def _cancel_refused(self) -> None:
+        """The server does not know ``response.cancel``: no more cancels on this transport;
+        the lanes waiting for one are retired until the socket changes."""
+        self._can_cancel = False
+        self._retired.extend(self._stop_cancelling())
+        if self._retired and not self._turns:
+            self._drop_now()
+
+    def _stop_cancelling(self) -> list[str | None]:
+        """Forget every lane waiting for a cancelled response's end; return them."""
+        lanes = list(self._cancelling)
+        for _, timer in self._cancelling.values():
+            timer.cancel()
+        self._cancelling.clear()
+        return lanes
 
     async def close(self) -> None:
         """Close the socket; turns after this raise ``TransportError`` ``closed``."""
@@ -402,6 +525,7 @@ class WebSocketTransport(Closing):
         token = object()
         self._skipping(token, frozenset(skip))
         abandoned = False
+        live: _Turn | None = None
         try:
             turn = session.start_turn(previous, request.new_from, lane)
             timings = request.timings
@@ -441,8 +565,10 @@ class WebSocketTransport(Closing):
                         stats.full_resends += 1
                     try:
                         end = await live.future
-                    except asyncio.CancelledError:
-                        abandoned = True  # the response may still stream on this lane
+                    except BaseException:
+                        # Cancelled, or on_event raised: the response may still stream on
+                        # this lane.
+                        abandoned = True
                         raise
                 finally:
                     if self._turns.get(lane) is live:
@@ -465,7 +591,7 @@ class WebSocketTransport(Closing):
         finally:
             self._skipping(token, None)
             if abandoned:
-                self._abandon(lane)
+                self._abandon(lane, live)
             else:
                 self._release_lane(lane)
                 if self._retired and not self._turns:
@@ -502,3 +628,17 @@ class WebSocketTransport(Closing):
 
 def _error_code(body: bytes | None) -> str | None:
     return codec.error_body(body or b"")[1]
+
+
+def _refuses_cancel(event: Event) -> bool:
+    """Whether an ``error`` answers a ``response.cancel`` the server does not know.
+
+    The transport sends only two frame types, and ``response.create`` is always known: an
+    error about a frame's ``type`` (``unknown_event_type``, or ``param: "type"``) can only be
+    about a cancel.
+    """
+    if getattr(event, "code", None) == "unknown_event_type":
+        return True
+    if isinstance(event, WebSocketError):
+        return event.error.get("param") == "type"
+    return getattr(event, "param", None) == "type"
