@@ -18,6 +18,7 @@ from hotloop.protocol.generation import GenerationRequest
 from hotloop.protocol.requests import CreateRequest
 from hotloop.runtime import Tool, tool
 from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec, Turn
+from hotloop.transport import ModelRequest
 from hotloop.wire import codec
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
 from hotloop.wire.responses import ResponseObject
@@ -294,3 +295,22 @@ def started_builder(model: str = "m") -> ResponseBuilder:
     out = ResponseBuilder(ResponseObject(id="resp_t", created_at=0, model=model, status=""))
     out.start()
     return out
+
+
+class RecordingTransport:
+    """A transport that keeps every request it is asked to send, and sends it with ``inner``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.stats = inner.stats
+        self.sent: list[ModelRequest] = []
+
+    async def stream_to(self, request: ModelRequest, on_event: Any, *, skip: Any = ()) -> None:
+        self.sent.append(request)
+        await self.inner.stream_to(request, on_event, skip=skip)
+
+    def stream(self, request: ModelRequest) -> Any:
+        return self.inner.stream(request)
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -129,7 +129,8 @@ async def test_the_budget_caps_the_share_of_hedged_turns() -> None:
 def test_the_adaptive_delay_is_a_percentile_of_what_was_seen() -> None:
     hedge = Hedge(percentile=0.9, min_samples=10)
     assert hedge.hedge_delay() is None  # no hedging before enough samples
-    hedge._samples.extend(float(n) for n in range(1, 101))
+    for n in range(1, 101):
+        hedge._delays.add(float(n))
     delay = hedge.hedge_delay()
     assert delay is not None and 89 <= delay <= 91
     with pytest.raises(ValueError):

@@ -28,7 +28,7 @@ from hotloop.sim.latency import get_profile
 from hotloop.testing import ExecutionLog, check_run, scenario_tools
 from hotloop.testing.faults import Fault, FaultProxy
 from hotloop.transport import ModelRequest, TransportError, connect
-from support import ten_turn_scenario
+from support import RecordingTransport, ten_turn_scenario
 
 MODEL = "hotloop-sim"
 TEN = ten_turn_scenario()
@@ -142,25 +142,6 @@ async def test_a_stalled_turn_is_sent_again_and_no_tool_runs_twice(gateway_facto
     assert set(log.by_arguments().values()) == {1}
 
 
-class Requests:
-    """A transport that keeps every request it is asked to send."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.stats = inner.stats
-        self.sent: list[ModelRequest] = []
-
-    async def stream_to(self, request: ModelRequest, on_event: Any, *, skip: Any = ()) -> None:
-        self.sent.append(request)
-        await self.inner.stream_to(request, on_event, skip=skip)
-
-    def stream(self, request: ModelRequest) -> Any:
-        return self.inner.stream(request)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 async def test_switching_back_to_a_model_continues_its_own_chain(gateway: GatewayServer) -> None:
     # Two model ids playing the same script: odd turns on one, even turns on the other.
     other = f"{MODEL}:{TEN.name}"
@@ -169,7 +150,7 @@ async def test_switching_back_to_a_model_continues_its_own_chain(gateway: Gatewa
     agent = Agent(
         MODEL, TEN.instructions, scenario_tools(TEN, time_scale=0, log=log), policies=[route]
     )
-    client = Requests(connect(gateway.base_url))
+    client = RecordingTransport(connect(gateway.base_url))
     async with client.inner:
         result = await Runner.run(agent, TEN.task, client=client)
     assert check_run(TEN, result, log) == ()

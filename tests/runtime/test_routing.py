@@ -30,6 +30,7 @@ from hotloop.wire.events import (
 )
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Message, Reasoning
 from hotloop.wire.responses import ResponseObject
+from support import RecordingTransport
 
 TURNS = 4
 SMALL = model_id("small", f"generic:{TURNS}")
@@ -184,25 +185,6 @@ async def lookup(query: str) -> str:
     return f"found {query}: " + "x" * 200
 
 
-class Requests:
-    """A transport that keeps every request it is asked to send."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.stats = inner.stats
-        self.sent: list[ModelRequest] = []
-
-    async def stream_to(self, request: ModelRequest, on_event: Any, *, skip: Any = ()) -> None:
-        self.sent.append(request)
-        await self.inner.stream_to(request, on_event, skip=skip)
-
-    def stream(self, request: ModelRequest) -> Any:
-        return self.inner.stream(request)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 @pytest.fixture
 async def two_models() -> AsyncIterator[GatewayServer]:
     """A gateway serving ``hotloop-sim@small`` and ``hotloop-sim@large`` (``zero`` profile)."""
@@ -215,7 +197,7 @@ async def run(
     gateway: GatewayServer, route: RouteTurns, **connect_args: Any
 ) -> tuple[RunResult, list[ModelRequest]]:
     agent = Agent(LARGE, tools=[lookup], max_turns=TURNS + 2, policies=[route])
-    client: Any = Requests(connect(gateway.base_url, **connect_args))
+    client: Any = RecordingTransport(connect(gateway.base_url, **connect_args))
     async with client.inner:
         result = await Runner.run(agent, "look into it", client=client)
     return result, client.sent

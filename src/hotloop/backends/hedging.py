@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 from hotloop.errors import APIError
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.generation import Generation
+from hotloop.transport.base import PercentileDelay
 from hotloop.wire import codec
 from hotloop.wire.events import Event
 from hotloop.wire.items import Item
@@ -317,17 +317,14 @@ class ReplicaHedging:
         self.failovers = 0
         self.stall_hedges = 0
         self.stall_wins = 0
-        self._samples: list[float] = []
+        self._delays = PercentileDelay(settings.percentile, settings.min_samples)
 
     def delay(self) -> float | None:
         """The delay before a hedge now (``None``: no hedge yet, too few samples)."""
         settings = self.settings
         if settings.delay is not None:
             return settings.delay
-        if len(self._samples) < settings.min_samples:
-            return None
-        cuts = statistics.quantiles(self._samples[-1000:], n=100, method="inclusive")
-        return cuts[min(98, max(0, round(settings.percentile * 100) - 1))]
+        return self._delays.value()
 
     async def generate(self, attempt: Attempt, out: ResponseBuilder) -> Generation:
         """The turn's events, from whichever attempt produces output first."""
@@ -400,7 +397,7 @@ class ReplicaHedging:
                     continue  # a loser's failure: it never wrote, and it is cancelled
                 if current != winner:
                     if current is None:
-                        self._samples.append(loop.time() - started)
+                        self._delays.add(loop.time() - started)
                         self.wins += index in hedged
                     else:
                         self.stall_wins += 1  # a stall hedge took over

@@ -25,13 +25,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import statistics
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from hotloop.errors import HotloopError
-from hotloop.transport.base import ModelRequest, OnEvent, RequestTimings, TransportError
+from hotloop.transport.base import (
+    ModelRequest,
+    OnEvent,
+    PercentileDelay,
+    RequestTimings,
+    TransportError,
+)
 from hotloop.wire.events import (
     ERROR_EVENTS,
     RESPONSE_END_EVENTS,
@@ -471,16 +476,13 @@ class Hedge(Policy):
         self.hedges = 0
         self.wins = 0
         self.stall_resends = 0
-        self._samples: list[float] = []
+        self._delays = PercentileDelay(percentile, min_samples)
 
     def hedge_delay(self) -> float | None:
         """The delay before a hedge now (``None``: no hedge, too few samples)."""
         if self.delay is not None:
             return self.delay
-        if len(self._samples) < self.min_samples:
-            return None
-        cuts = statistics.quantiles(self._samples[-1000:], n=100, method="inclusive")
-        return cuts[min(98, max(0, round(self.percentile * 100) - 1))]
+        return self._delays.value()
 
     async def _unless_stalled(self, race: _Race, winner: asyncio.Future[None]) -> None:
         """Wait for the winner; give it up when it stalls longer than ``stall`` (budget
@@ -542,7 +544,7 @@ class Hedge(Policy):
             if race.winner is None:
                 await first
                 return
-            self._samples.append(loop.time() - started)
+            self._delays.add(loop.time() - started)
             for index, task in enumerate(tasks):
                 if index != race.winner:
                     task.cancel()  # the loser stops now

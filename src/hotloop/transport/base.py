@@ -24,6 +24,8 @@ import abc
 import asyncio
 import contextlib
 import random
+import statistics
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -37,6 +39,7 @@ from hotloop.wire.items import Item
 __all__ = [
     "RECONNECT_TIMEOUT",
     "Backoff",
+    "PercentileDelay",
     "Closing",
     "refusal_message",
     "request_headers",
@@ -51,6 +54,35 @@ __all__ = [
 
 #: Seconds a transport keeps trying to reach a server before it gives up (``connect_failed``).
 RECONNECT_TIMEOUT = 30.0
+
+
+class PercentileDelay:
+    """A delay learned from the times seen: the ``percentile`` of the last ``window``
+    samples (interpolated between them), once ``min_samples`` were seen; ``None`` before.
+
+    What the hedges of the runtime and of the gateway wait before a second request.
+    """
+
+    __slots__ = ("min_samples", "percentile", "samples", "window")
+
+    def __init__(self, percentile: float, min_samples: int, window: int = 1000) -> None:
+        if not 0 < percentile < 1:
+            raise ValueError("percentile must be in (0, 1)")
+        self.percentile = percentile
+        self.min_samples = min_samples
+        self.window = window
+        self.samples: deque[float] = deque(maxlen=window)
+
+    def add(self, sample: float) -> None:
+        self.samples.append(sample)
+
+    def value(self) -> float | None:
+        if len(self.samples) < max(1, self.min_samples):
+            return None
+        if len(self.samples) == 1:
+            return self.samples[0]
+        cuts = statistics.quantiles(self.samples, n=100, method="inclusive")
+        return cuts[min(98, max(0, round(self.percentile * 100) - 1))]
 
 
 class Backoff:
