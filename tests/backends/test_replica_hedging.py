@@ -10,6 +10,7 @@ client, which knows nothing of hedging.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ from hotloop.backends.hedging import HedgeSettings, ReplicaHedging, StagedBuilde
 from hotloop.backends.responses import ResponsesBackend
 from hotloop.backends.sim import SimBackend
 from hotloop.backends.upstream import UpstreamConfig, UpstreamConfigError
-from hotloop.errors import APIError
+from hotloop.errors import APIError, HotloopError
 from hotloop.gateway import GatewayConfig, GatewayServer
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.generation import Generation
@@ -259,6 +260,8 @@ def test_settings_are_validated() -> None:
         HedgeSettings(percentile=1.0)
     with pytest.raises(ValueError, match="budget"):
         HedgeSettings(budget=-0.1)
+    with pytest.raises(ValueError, match="stall"):
+        HedgeSettings(stall=0)
 
 
 # -- a real gateway, an unmodified SDK -------------------------------------------------------
@@ -348,3 +351,88 @@ def test_upstream_hedging_is_read_from_a_config_table() -> None:
     assert stalls.hedging == HedgeSettings(stall=0.3)
     with pytest.raises(UpstreamConfigError, match="hedge_stall must be"):
         UpstreamConfig.from_dict({"urls": two, "hedge": "auto", "hedge_stall": 0})
+
+
+def test_a_staged_builder_reads_the_turns_state_and_claims_without_output() -> None:
+    out = started_builder()
+    race = _Race(out)
+    first, second = StagedBuilder(race, 0), StagedBuilder(race, 1)
+    assert first.response is out.response and first.usage is None
+    assert not first.item_open and first.output == ()
+    first.set_incomplete("max_output_tokens")  # held until it wins
+    assert out.incomplete_reason is None
+    first.claim()  # an attempt that ended with no output at all answered the turn
+    assert race.winner == 0 and out.incomplete_reason == "max_output_tokens"
+    first.open_text()
+    assert first.item_open and not second.item_open
+    with pytest.raises(_Lost):
+        second.claim()
+
+
+async def test_an_attempt_with_no_output_answers_the_turn() -> None:
+    hedging = ReplicaHedging(HedgeSettings(delay=5.0, budget=1.0), 2)
+
+    async def silent(index: int, out: ResponseBuilder) -> Generation:
+        out.set_usage(Usage(input_tokens=1))
+        return
+        yield ()  # an async generator that yields nothing
+
+    out = started_builder()
+    assert [events async for events in hedging.generate(silent, out)] == []
+    assert out.usage == Usage(input_tokens=1) and hedging.hedges == 0
+
+
+@pytest.mark.looptime
+async def test_a_refused_hedge_leaves_the_first_attempt_to_answer() -> None:
+    """A hedge that fails in a way another replica would repeat (a 400) is not failed over;
+    the first attempt, still running, answers."""
+    sims = engines(FAST.override(ttft_s=1.0))
+
+    async def attempt(index: int, out: ResponseBuilder) -> Generation:
+        if index == 1:
+            raise APIError("bad request", status=400, code="invalid_request")
+        async for events in sims[0].generate(generation_request(), out):
+            yield events
+
+    hedging = ReplicaHedging(HedgeSettings(delay=0.5, budget=1.0), 2)
+    out = started_builder()
+    async for _ in hedging.generate(attempt, out):
+        pass
+    assert text_of(out) == ANSWER
+    assert (hedging.hedges, hedging.wins, hedging.failovers) == (1, 0, 0)
+
+
+@pytest.mark.looptime
+async def test_a_stall_over_budget_is_waited_out() -> None:
+    replicas = Replicas(engines(STALLING.override(stall_s=3.0), FAST))
+    hedging = ReplicaHedging(HedgeSettings(delay=5.0, stall=1.0, budget=0.0), 2)
+    out = started_builder()
+    _, _ = await collect(hedging, replicas, out)
+    assert [replica for replica, _ in replicas.started] == [0]
+    assert text_of(out) == ANSWER and hedging.stall_hedges == 0
+
+
+def test_the_gateway_options_make_the_settings() -> None:
+    from hotloop.cli import _hedging
+
+    def namespace(**changes: object) -> argparse.Namespace:
+        fields: dict[str, object] = {
+            "hedge": "0.5",
+            "hedge_budget": 0.2,
+            "hedge_stall": None,
+            "config": None,
+            "upstream": [],
+            "replicas": 2,
+        }
+        fields.update(changes)
+        return argparse.Namespace(**fields)
+
+    assert _hedging(namespace(hedge=None)) is None
+    assert _hedging(namespace()) == HedgeSettings(delay=0.5, budget=0.2)
+    assert _hedging(namespace(hedge="auto", hedge_stall=0.3)) == HedgeSettings(
+        budget=0.2, stall=0.3
+    )
+    with pytest.raises(HotloopError, match="--config"):
+        _hedging(namespace(config="upstreams.toml"))
+    with pytest.raises(HotloopError, match="--hedge-stall"):
+        _hedging(namespace(hedge_stall=0.0))

@@ -136,3 +136,12 @@ async def test_the_budget_holds_over_many_turns() -> None:
         hedged += len(client.sent) == 2
         assert hedge.hedges <= 0.1 * hedge.requests
     assert hedged == hedge.hedges == 5 and hedge.requests == 50
+
+
+def test_hedge_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="delay must not be negative"):
+        Hedge(delay=-1.0)
+    with pytest.raises(ValueError, match="stall must be positive"):
+        Hedge(stall=0.0)
+    with pytest.raises(ValueError, match="percentile"):
+        Hedge(percentile=0.0)
