@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,8 +18,9 @@ from hotloop.protocol.generation import GenerationRequest
 from hotloop.protocol.requests import CreateRequest
 from hotloop.runtime import Tool, tool
 from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec, Turn
-from hotloop.transport import ModelRequest
+from hotloop.transport import ModelRequest, OnEvent, TransportStats
 from hotloop.wire import codec
+from hotloop.wire.events import Event
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
 from hotloop.wire.responses import ResponseObject
 
@@ -314,3 +315,26 @@ class RecordingTransport:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class ScriptedTransport:
+    """Serves one scripted response (raw events, see :func:`turn_events`) per request, in order."""
+
+    def __init__(self, turns: Sequence[list[dict[str, Any]]]) -> None:
+        self.turns = list(turns)
+        self.stats = TransportStats()
+        self.requests: list[ModelRequest] = []
+
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
+    ) -> None:
+        self.requests.append(request)
+        for raw in self.turns.pop(0):
+            on_event(codec.decode_event(json.dumps(raw).encode()))
+            await asyncio.sleep(0)  # let started tools run a step, as a socket would
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None

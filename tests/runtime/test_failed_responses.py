@@ -8,44 +8,15 @@ policies see every failed response as a failed attempt. A scripted transport pla
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 import pytest
 
 from hotloop.runtime import Agent, Fallback, Runner, tool
 from hotloop.runtime.runner import ModelError
-from hotloop.transport import ModelRequest, OnEvent, TransportStats
-from hotloop.wire import codec
-from hotloop.wire.events import Event
-from support import answer_events, turn_events
+from support import ScriptedTransport, answer_events, turn_events
 
 MODEL = "scripted"
-
-
-class Scripted:
-    """Serves one scripted response per request, in order."""
-
-    def __init__(self, turns: Sequence[list[dict[str, Any]]]) -> None:
-        self.turns = list(turns)
-        self.stats = TransportStats()
-        self.requests: list[ModelRequest] = []
-
-    async def stream_to(
-        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
-    ) -> None:
-        self.requests.append(request)
-        for raw in self.turns.pop(0):
-            on_event(codec.decode_event(json.dumps(raw).encode()))
-            await asyncio.sleep(0)  # let started tools run a step, as a socket would
-
-    def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        return None
 
 
 def counted_tools(runs: list[str]) -> list[Any]:
@@ -74,7 +45,7 @@ def counted_tools(runs: list[str]) -> list[Any]:
 
 @pytest.mark.parametrize("code", ["rate_limit_exceeded", "server_error"])
 async def test_a_failure_before_output_is_sent_again(code: str) -> None:
-    client = Scripted([turn_events("r1", [], "failed", code), answer_events("r2")])
+    client = ScriptedTransport([turn_events("r1", [], "failed", code), answer_events("r2")])
     result = await Runner.run(Agent(MODEL), "go", client=client)
     assert result.final_output == "done"
     assert result.steps[0].attempts == 2
@@ -84,7 +55,7 @@ async def test_a_failure_before_output_is_sent_again(code: str) -> None:
 async def test_a_dropped_stream_is_sent_again_and_no_call_runs_twice() -> None:
     runs: list[str] = []
     calls = [("look", {"path": "a"}), ("save", {"path": "b"})]
-    client = Scripted(
+    client = ScriptedTransport(
         [
             turn_events("r1", calls, "failed", "stream_dropped"),
             turn_events("r2", calls),
@@ -108,14 +79,16 @@ async def test_other_failures_still_raise() -> None:
         turn_events("r1", [("look", {"path": "a"})], "failed"),
         turn_events("r1", [], "failed", "invalid_prompt"),
     ):
-        client = Scripted([turn, answer_events("r2")])
+        client = ScriptedTransport([turn, answer_events("r2")])
         with pytest.raises(ModelError, match="simulated"):
             await Runner.run(Agent(MODEL, tools=counted_tools(runs)), "go", client=client)
         assert len(client.requests) == 1
 
 
 async def test_attempts_stay_bounded() -> None:
-    client = Scripted([turn_events(f"r{i}", [], "failed", "rate_limit_exceeded") for i in range(5)])
+    client = ScriptedTransport(
+        [turn_events(f"r{i}", [], "failed", "rate_limit_exceeded") for i in range(5)]
+    )
     with pytest.raises(ModelError) as raised:
         await Runner.run(Agent(MODEL, max_attempts=3), "go", client=client)
     assert raised.value.code == "rate_limit_exceeded"
@@ -124,7 +97,9 @@ async def test_attempts_stay_bounded() -> None:
 
 
 async def test_fallback_takes_a_failed_response_to_the_next_model() -> None:
-    client = Scripted([turn_events("r1", [], "failed", "rate_limit_exceeded"), answer_events("r2")])
+    client = ScriptedTransport(
+        [turn_events("r1", [], "failed", "rate_limit_exceeded"), answer_events("r2")]
+    )
     agent = Agent(MODEL, policies=[Fallback("backup")])
     result = await Runner.run(agent, "go", client=client)
     assert result.final_output == "done"

@@ -50,6 +50,12 @@ class ToolRecord:
     approval_requested_ns: int | None = None
     #: Runs of other agents made by this call (a sub-agent used as a tool), in order.
     subruns: list[RunResult] = field(default_factory=list)
+    #: For a tool with ``cache=``: ``"hit"`` (answered from the cache, not run), ``"miss"``
+    #: (run, its result kept) or ``"coalesced"`` (took the result of an identical call running
+    #: at the same time).
+    cache: str | None = None
+    #: Cached results this call dropped because it may write what they read.
+    invalidated: int = 0
 
 
 @dataclass(slots=True)
@@ -97,6 +103,9 @@ class StepRecord:
     #: ``input_from``, or the end). ``None`` when unknown (a step read back from a trace).
     input_from: int | None = None
     output_from: int | None = None
+    #: For a request a policy sent beside the turns (:attr:`RunResult.asides`): what it was
+    #: for (``"summary"``: a ``Compact`` summary); ``None`` for a turn.
+    purpose: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +116,9 @@ class RunResult:
     output and tool result); pass the result as ``previous=`` to continue the conversation.
     ``started_ns`` is the ``time.perf_counter_ns()`` value the run's relative times count from.
     ``output`` is the final answer validated into the agent's ``output_type``, if it has one.
+    ``asides`` are the requests policies sent beside the turns (a ``Compact`` summary), which
+    the loop did not wait for; their tokens count in ``usage``. With ``Compact``, ``items``
+    stays the whole conversation: only what the model was sent was compacted.
     """
 
     final_output: str
@@ -123,6 +135,8 @@ class RunResult:
     agent_name: str | None = None
     model: str | None = None
     server_url: str | None = None
+    #: Requests policies sent beside the turns, in the order they went out.
+    asides: tuple[StepRecord, ...] = ()
 
     @property
     def turns(self) -> int:

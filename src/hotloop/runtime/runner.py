@@ -47,6 +47,7 @@ from hotloop.protocol.assembler import (
     TextDelta,
 )
 from hotloop.runtime.agent import Agent
+from hotloop.runtime.asides import Asides
 from hotloop.runtime.events import (
     ApprovalRequested,
     FinishedCall,
@@ -64,6 +65,7 @@ from hotloop.runtime.events import (
     ToolRecord,
 )
 from hotloop.runtime.events import TextDelta as TextDeltaEvent
+from hotloop.runtime.executor import Outcome, ToolExecutor, error_output
 from hotloop.runtime.output import OutputValidationError, problems
 from hotloop.runtime.policies import Policy, RouteTurns, Send, TurnState
 from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
@@ -71,12 +73,10 @@ from hotloop.runtime.tools import (
     RunContext,
     Tool,
     ToolArgumentsError,
-    ToolPoolExhausted,
     ToolThreads,
 )
 from hotloop.transport import Transport, TransportError, connect
 from hotloop.transport.base import ModelRequest, OnEvent, RequestTimings
-from hotloop.wire import codec
 from hotloop.wire.events import (
     ContentPartAdded,
     ContentPartDone,
@@ -95,7 +95,7 @@ from hotloop.wire.items import (
     item_from_dict,
     items_from_input,
 )
-from hotloop.wire.responses import Usage
+from hotloop.wire.responses import ResponseObject, Usage
 
 __all__ = [
     "REDUNDANT_EVENTS",
@@ -119,7 +119,7 @@ Approver = Callable[[ApprovalRequested], "bool | Awaitable[bool | None] | None"]
 RunInput = str | Sequence[Item | dict[str, Any]]
 #: The calls one turn started, by (name, arguments), across its attempts: a later attempt (or
 #: a continued run) takes their results instead of executing them again.
-Ledger = dict[tuple[str, str], list["asyncio.Future[_Outcome]"]]
+Ledger = dict[tuple[str, str], list["asyncio.Future[Outcome]"]]
 #: Called once with the result when a run finishes (``hotloop.trace.Tracer`` is one): the
 #: runtime knows nothing of spans or sinks, so tracing costs the loop one call per run.
 RunHook = Callable[[RunResult], None]
@@ -270,18 +270,6 @@ class _Watchdog:
 
 
 @dataclass(slots=True)
-class _Outcome:
-    output: str
-    error: str | None
-    started_ns: int
-    finished_ns: int
-
-
-def _error_output(kind: str, message: str) -> str:
-    return codec.dumps({"error": {"type": kind, "message": message}}).decode()
-
-
-@dataclass(slots=True)
 class _Run:
     """What stays fixed for one run: shared by its turns, their attempts and their calls."""
 
@@ -302,6 +290,10 @@ class _Run:
     last_model: str | None = None
     #: The model the current attempt went to instead, when a policy rerouted it in flight.
     rerouted_to: str | None = None
+    #: Requests policies sent beside the turns (``TurnState.request_aside``), once one did.
+    asides: Asides | None = None
+    #: Every tool call of the run goes through it (cache, execution, invalidation).
+    executor: ToolExecutor | None = None
 
 
 class _TurnCalls:
@@ -322,8 +314,11 @@ class _TurnCalls:
         self.origin_ns = run.origin
         self.calls: list[FunctionCall] = []
         self.records: list[ToolRecord] = []
-        self.futures: list[asyncio.Future[_Outcome]] = []
-        self._pending: list[tuple[Tool, dict[str, Any]] | None] = []
+        self.futures: list[asyncio.Future[Outcome]] = []
+        self._pending: list[tuple[Tool, dict[str, Any], frozenset[str]] | None] = []
+        executor = run.executor
+        assert executor is not None
+        self.executor = executor
         self._claimed: dict[tuple[str, str], int] = {}
         self._reported: list[bool] = []
         self._stopped = False
@@ -358,14 +353,14 @@ class _TurnCalls:
             self.admission.submit(effects)
             self._pump()
             return
-        future: asyncio.Future[_Outcome] = loop.create_future()
+        future: asyncio.Future[Outcome] = loop.create_future()
         self._track(future)
         tool = self.agent.tool(call.name)
         if tool is None:
             known = ", ".join(t.name for t in self.agent.tools) or "none"
             self._resolve(
                 future,
-                _error_output("unknown_tool", f"no tool named {call.name!r}; available: {known}"),
+                error_output("unknown_tool", f"no tool named {call.name!r}; available: {known}"),
                 "unknown tool",
                 now,
             )
@@ -376,11 +371,12 @@ class _TurnCalls:
             args = tool.parse(call.arguments)
             reads, writes = tool.resources(args)
         except (ToolArgumentsError, KeyError, ValueError) as exc:
-            self._resolve(future, _error_output("invalid_arguments", str(exc)), str(exc), now)
+            self._resolve(future, error_output("invalid_arguments", str(exc)), str(exc), now)
             self._pending.append(None)
             self.admission.submit(NOTHING)
             return
-        self._pending.append((tool, args))
+        self._pending.append((tool, args, writes))
+        self.executor.admitted(tool, writes, tool_record)
         # A call that may write waits for its response to complete (release_held).
         held = not (self.eager_writes or tool.dispatch_early)
         self.admission.submit(CallEffects(reads, writes, tool.effects.exclusive), held=held)
@@ -401,22 +397,22 @@ class _TurnCalls:
         message = f"not run: {reason}"
         for index in sorted(held):
             self._pending[index] = None
-            self._resolve(self.futures[index], _error_output("not_executed", message), message, now)
+            self._resolve(self.futures[index], error_output("not_executed", message), message, now)
         self.admission.release()
         self._pump()
 
-    def _track(self, future: asyncio.Future[_Outcome]) -> None:
+    def _track(self, future: asyncio.Future[Outcome]) -> None:
         """A call's result: reported (record, ``ToolCallFinished``) the moment it is known."""
         index = len(self.futures)
         self.futures.append(future)
         self._reported.append(False)
         future.add_done_callback(functools.partial(self._done, index))
 
-    def _done(self, index: int, future: asyncio.Future[_Outcome]) -> None:
+    def _done(self, index: int, future: asyncio.Future[Outcome]) -> None:
         if not self._stopped and not future.cancelled() and future.exception() is None:
             self._report(index, future.result())
 
-    def _report(self, index: int, outcome: _Outcome) -> None:
+    def _report(self, index: int, outcome: Outcome) -> None:
         if self._reported[index]:
             return
         self._reported[index] = True
@@ -438,8 +434,8 @@ class _TurnCalls:
                 )
             )
 
-    def _resolve(self, future: asyncio.Future[_Outcome], output: str, error: str, now: int) -> None:
-        future.set_result(_Outcome(output, error, now, now))
+    def _resolve(self, future: asyncio.Future[Outcome], output: str, error: str, now: int) -> None:
+        future.set_result(Outcome(output, error, now, now))
 
     def _pump(self) -> None:
         if self._stopped:
@@ -454,8 +450,10 @@ class _TurnCalls:
                 else:
                     future.add_done_callback(functools.partial(self._after_reuse, index))
                 continue
-            tool, args = pending
-            task = asyncio.create_task(self._execute(index, tool, args, self.records[index]))
+            tool, args, writes = pending
+            task = asyncio.create_task(
+                self._execute(index, tool, args, writes, self.records[index])
+            )
             self.ledger.setdefault((tool.name, self.calls[index].arguments), []).append(task)
             task.add_done_callback(functools.partial(self._settle, future, index))
 
@@ -463,11 +461,11 @@ class _TurnCalls:
         self.admission.finish(index)
         self._pump()
 
-    def _after_reuse(self, index: int, _future: asyncio.Future[_Outcome]) -> None:
+    def _after_reuse(self, index: int, _future: asyncio.Future[Outcome]) -> None:
         self._finished(index)
 
     def _settle(
-        self, future: asyncio.Future[_Outcome], index: int, task: asyncio.Task[_Outcome]
+        self, future: asyncio.Future[Outcome], index: int, task: asyncio.Task[Outcome]
     ) -> None:
         if task.cancelled() or task.cancelling():
             # Only the run cancels a tool's task (a timeout is handled inside it and leaves
@@ -483,20 +481,20 @@ class _TurnCalls:
         self._finished(index)
 
     async def _execute(
-        self, index: int, tool: Tool, args: dict[str, Any], record: ToolRecord
-    ) -> _Outcome:
+        self,
+        index: int,
+        tool: Tool,
+        args: dict[str, Any],
+        writes: frozenset[str],
+        record: ToolRecord,
+    ) -> Outcome:
         call = self.calls[index]
         if self.agent.needs_approval(tool):
             reason = await self._approval(call, record)
             if reason is not None:
                 now = self._now()
                 message = f"not run: {reason}"
-                return _Outcome(_error_output("denied", message), message, now, now)
-        started = self._now()
-        record.started_ns = started
-        if self.emit is not None:
-            self.emit(ToolCallStarted(self.turn, call.call_id, call.name, call.arguments))
-        error: str | None = None
+                return Outcome(error_output("denied", message), message, now, now)
         context = None
         if tool.takes_context:
             context = RunContext(
@@ -507,27 +505,14 @@ class _TurnCalls:
                 self.agent.name,
                 functools.partial(self._sub_run, record),
             )
-        try:
-            async with asyncio.timeout(tool.timeout):
-                output = await tool.invoke(args, self.threads, context)
-        except ToolPoolExhausted as exc:
-            error = str(exc)
-            output = _error_output("tool_pool_exhausted", error)
-        except TimeoutError:
-            error = f"{tool.name} timed out after {tool.timeout} s"
-            output = _error_output("timeout", error)
-        except Exception as exc:  # a tool's failure is a result for the model, never a crash
-            error = f"{type(exc).__name__}: {exc}"
-            output = _error_output("tool_error", error)
-            _log.warning(
-                "tool %s raised (call %s, turn %d); the model gets the error",
-                tool.name,
-                call.call_id,
-                self.turn,
-                exc_info=exc,
-            )
-        finished = self._now()
-        return _Outcome(output, error, started, finished)
+
+        def started() -> None:
+            if self.emit is not None:
+                self.emit(ToolCallStarted(self.turn, call.call_id, call.name, call.arguments))
+
+        return await self.executor.execute(
+            tool, args, call.arguments, writes, record, context, started, self.turn
+        )
 
     async def _approval(self, call: FunctionCall, record: ToolRecord) -> str | None:
         """Wait for the call's approval; ``None`` when approved, else the denial's reason.
@@ -742,7 +727,9 @@ def _start(
     if any(not tool.is_async for tool in agent.tools):
         threads = ToolThreads(agent.max_tool_threads)
     origin = time.perf_counter_ns()
-    return _Run(agent, client, emit, deadlines, deps, origin, threads, approver)
+    run = _Run(agent, client, emit, deadlines, deps, origin, threads, approver)
+    run.executor = ToolExecutor(client, threads, lambda: time.perf_counter_ns() - origin)
+    return run
 
 
 def _input_items(input: RunInput) -> tuple[Item, ...]:
@@ -782,7 +769,7 @@ async def _run(
     steps: list[StepRecord] = []
     usage = Usage()
     output_retries = agent.output_retries
-    tasks: list[asyncio.Future[_Outcome]] = []
+    tasks: list[asyncio.Future[Outcome]] = []
     try:
         for turn in range(1, max_turns + 1):
             record = StepRecord(
@@ -874,6 +861,13 @@ async def _run(
                     model=agent.model,
                     server_url=getattr(run.client, "url", None),
                 )
+                if run.asides is not None:
+                    run.asides.close()  # a summary still on its way is of no use now
+                    result = dataclasses.replace(
+                        result,
+                        usage=_add(usage, run.asides.usage()),
+                        asides=tuple(run.asides.records),
+                    )
                 if trace is not None:
                     trace(result)
                 return result
@@ -912,6 +906,8 @@ async def _run(
                 task.cancel()
         if threads is not None:
             threads.close()
+        if run.asides is not None:
+            run.asides.close()
 
 
 def _report_warnings(warnings: Any, turn: int, emit: Emit | None) -> None:
@@ -944,8 +940,8 @@ def _ledger_of(finished: Sequence[FinishedCall]) -> Ledger:
     loop = asyncio.get_running_loop()
     ledger: Ledger = {}
     for call in finished:
-        future: asyncio.Future[_Outcome] = loop.create_future()
-        future.set_result(_Outcome(call.output, call.error, 0, 0))
+        future: asyncio.Future[Outcome] = loop.create_future()
+        future.set_result(Outcome(call.output, call.error, 0, 0))
         ledger.setdefault((call.name, call.arguments), []).append(future)
     return ledger
 
@@ -1048,19 +1044,22 @@ async def _stream_turn(
     # What the turn continues before any policy changed it: a call rerouted in flight starts
     # from here.
     continues = (request.previous_response_id, request.new_from)
+    history = request.history
 
     def reroute(given_up: ModelRequest, model: str) -> ModelRequest:
         run.rerouted_to = model
         record.rerouted_from = given_up.model
         record.rerouted_ns = time.perf_counter_ns() - run.origin
+        rewritten = given_up.history is not history
         rerouted = dataclasses.replace(
             given_up,
             model=model,
-            previous_response_id=continues[0],
-            new_from=continues[1],
+            # A history a policy replaced (compacted) is numbered its own way: it goes whole.
+            previous_response_id=None if rewritten else continues[0],
+            new_from=0 if rewritten else continues[1],
             timings=RequestTimings() if given_up.timings is not None else None,
         )
-        return _chained(run, rerouted)
+        return _chained(run, rerouted, rewritten)
 
     attempt = 0
     while True:
@@ -1069,7 +1068,7 @@ async def _stream_turn(
         if attempt > 1 and request.timings is not None:
             request = dataclasses.replace(request, timings=RequestTimings())
         if policies:
-            request = _before_request(run, request, turn, attempt)
+            request = _before_request(run, request, turn, attempt, history)
         stream = ResponseStream()
         calls = _TurnCalls(run, turn, ledger, record)
         record.tools.clear()
@@ -1177,25 +1176,42 @@ def _policy_state(
     run: _Run, policy: Policy, request: ModelRequest, turn: int, attempt: int
 ) -> TurnState:
     memo = run.memos.setdefault(id(policy), {})
-    return TurnState(run.agent, turn, attempt, request, memo=memo)
+    state = TurnState(run.agent, turn, attempt, request, memo=memo)
+    state._aside = functools.partial(_aside, run, turn)
+    return state
 
 
-def _before_request(run: _Run, request: ModelRequest, turn: int, attempt: int) -> ModelRequest:
+def _aside(
+    run: _Run, turn: int, request: ModelRequest, purpose: str
+) -> asyncio.Task[ResponseObject]:
+    """``TurnState.request_aside``: the request goes out beside the turn, recorded."""
+    if run.asides is None:
+        run.asides = Asides(run.client, run.origin)
+    return run.asides.start(turn, request, purpose)
+
+
+def _before_request(
+    run: _Run, request: ModelRequest, turn: int, attempt: int, history: Sequence[Item]
+) -> ModelRequest:
     for policy in run.agent.policies:
         changed = policy.before_request(_policy_state(run, policy, request, turn, attempt))
         if changed is not None:
             request = changed
-    return _chained(run, request)
+    return _chained(run, request, request.history is not history)
 
 
-def _chained(run: _Run, request: ModelRequest) -> ModelRequest:
-    """``request`` continuing its model's own chain, when it switches models."""
+def _chained(run: _Run, request: ModelRequest, rewritten: bool = False) -> ModelRequest:
+    """``request`` continuing its model's own chain, when it switches models.
+
+    ``rewritten``: a policy replaced the run's history with its own (a compacted context), in
+    which the chains' positions mean nothing.
+    """
     switched = run.last_model is not None and request.model != run.last_model
     if not switched:
         return request
-    if not _keeps_chains(run.agent):
-        # No per-model chains: the run's last response is another model's, so the whole
-        # history goes.
+    if rewritten or not _keeps_chains(run.agent):
+        # No per-model chains (or none in this history): the run's last response is another
+        # model's, so the whole history goes.
         if request.previous_response_id is not None:
             request = dataclasses.replace(request, previous_response_id=None)
         return request

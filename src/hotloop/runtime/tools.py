@@ -59,6 +59,7 @@ import pydantic
 import pydantic_core
 
 from hotloop.errors import HotloopError
+from hotloop.runtime.cache import Cache
 
 if TYPE_CHECKING:
     from hotloop.runtime.agent import Agent
@@ -303,6 +304,20 @@ def _strip_titles(schema: Any) -> Any:
     return schema
 
 
+def _checked_cache(name: str, effects: Effects, cache: Cache | None) -> Cache | None:
+    """``cache`` if a tool with ``effects`` may be cached: it cannot write."""
+    if cache is None:
+        return None
+    if not isinstance(cache, Cache):
+        raise ToolDefinitionError(f"tool {name!r}: cache= takes True or a Cache, not {cache!r}")
+    if effects.writes or (effects.exclusive and not effects.pure):
+        raise ToolDefinitionError(
+            f"tool {name!r}: only a tool that cannot write may be cached: declare its reads= "
+            "(and no writes=), or pure=True"
+        )
+    return cache
+
+
 class Tool:
     """A callable the model can use; build one with :func:`tool`."""
 
@@ -315,6 +330,7 @@ class Tool:
         effects: Effects,
         timeout: float | None = 60.0,
         approval: bool = False,
+        cache: Cache | None = None,
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
@@ -329,6 +345,8 @@ class Tool:
         self.timeout = timeout
         #: Each call waits for approval before it runs (see ``Runner.run``'s ``approver``).
         self.approval = approval
+        #: How its results are cached (None: never); see :mod:`hotloop.runtime.cache`.
+        self.cache = _checked_cache(self.name, effects, cache)
         self.is_async = inspect.iscoroutinefunction(fn)
         #: The function's first parameter is ``self``: a method not bound to an instance yet.
         self.unbound = _first_parameter(fn) == "self" and not inspect.ismethod(fn)
@@ -359,6 +377,7 @@ class Tool:
         effects: Effects,
         timeout: float | None = 60.0,
         approval: bool = False,
+        cache: Cache | None = None,
     ) -> Tool:
         """A tool described by a JSON schema instead of type hints (e.g. a scenario's tools).
 
@@ -371,6 +390,7 @@ class Tool:
         self.effects = effects
         self.timeout = timeout
         self.approval = approval
+        self.cache = _checked_cache(name, effects, cache)
         self.is_async = True
         self.unbound = False
         self.takes_context = False
@@ -531,6 +551,7 @@ def _copy(tool: Tool) -> Tool:
         "effects",
         "timeout",
         "approval",
+        "cache",
         "is_async",
         "unbound",
         "takes_context",
@@ -597,6 +618,7 @@ def tool(
     idempotent: bool = False,
     timeout: float | None = 60.0,
     approval: bool = False,
+    cache: bool | Cache = False,
 ) -> Callable[[_Fn], Tool]: ...
 
 
@@ -612,11 +634,15 @@ def tool(
     idempotent: bool = False,
     timeout: float | None = 60.0,
     approval: bool = False,
+    cache: bool | Cache = False,
 ) -> Tool | Callable[[_Fn], Tool]:
     """Turn a function into a :class:`Tool`; see the module docstring for the effects.
 
-    ``approval=True``: every call waits for approval before it runs.
+    ``approval=True``: every call waits for approval before it runs. ``cache=True`` (or a
+    :class:`~hotloop.runtime.cache.Cache`): a tool that only reads keeps its results, and a
+    repeated call gets them without running (see :mod:`hotloop.runtime.cache`).
     """
+    caching = Cache() if cache is True else (cache or None)
     declared = pure or reads is not None or writes is not None
     effects = Effects(
         reads=tuple(reads or ()),
@@ -634,6 +660,7 @@ def tool(
             effects=effects,
             timeout=timeout,
             approval=approval,
+            cache=caching,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -424,6 +424,10 @@ def _tool_spans(
         "gen_ai.tool.type": "function",
         "hotloop.tool.reused": tool.reused,
     }
+    if tool.cache is not None:
+        attributes["hotloop.tool.cache"] = tool.cache
+    if tool.invalidated:
+        attributes["hotloop.tool.invalidated"] = tool.invalidated
     if tool.error is not None:
         attributes["hotloop.tool.error"] = tool.error
         attributes["error.type"] = run.error_type(tool)
@@ -668,6 +672,12 @@ def _read_tool(call: Span, phases: Sequence[Span], origin: int) -> ToolRecord:
         error=error if isinstance(error, str) else None,
         reused=bool(attributes.get("hotloop.tool.reused", False)),
     )
+    cache = attributes.get("hotloop.tool.cache")
+    if isinstance(cache, str):
+        record.cache = cache
+    invalidated = attributes.get("hotloop.tool.invalidated")
+    if isinstance(invalidated, int):
+        record.invalidated = invalidated
     for phase in phases:
         if span_kind(phase) == "tool.run":
             record.started_ns = phase.start_ns - origin

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from hotloop.runtime.events import RunResult, StepRecord
+from hotloop.runtime.events import RunResult, StepRecord, ToolRecord
 
 __all__ = ["PHASES", "Bar", "phase_totals", "timeline_from_result", "timeline_from_steps"]
 
@@ -56,7 +56,7 @@ def _step_bars(step: StepRecord) -> list[Bar]:
         if tool.started_ns is None or tool.finished_ns is None:
             continue
         tool_row = f"turn {step.turn} · {tool.name}"
-        label = tool.error or ("reused" if tool.reused else "")
+        label = tool.error or _label(tool)
         if tool.started_ns > tool.args_complete_ns:
             bars.append(
                 Bar(tool_row, "tool.wait", tool.args_complete_ns, tool.started_ns, "", step.turn)
@@ -84,3 +84,15 @@ def phase_totals(bars: Sequence[Bar]) -> dict[str, int]:
     for bar in bars:
         totals[bar.kind] = totals.get(bar.kind, 0) + bar.duration_ns
     return totals
+
+
+def _label(tool: ToolRecord) -> str:
+    """What a tool bar says besides its error: reused, served from the cache, invalidations."""
+    parts = []
+    if tool.reused:
+        parts.append("reused")
+    if tool.cache in ("hit", "coalesced"):
+        parts.append(f"cache {tool.cache}")
+    if tool.invalidated:
+        parts.append(f"invalidated {tool.invalidated}")
+    return ", ".join(parts)

@@ -35,6 +35,7 @@ __all__ = [
     "error_body",
     "MAX_NESTING_DEPTH",
     "NestingTooDeep",
+    "canonical",
     "decode_event",
     "decode_object",
     "dumps",
@@ -74,6 +75,14 @@ def dumps(value: Any) -> bytes:
     """Encode a JSON-compatible value as compact UTF-8 JSON."""
     try:
         return orjson.dumps(value)
+    except TypeError as exc:
+        raise InvalidMessage(f"value is not JSON-serializable: {exc}") from exc
+
+
+def canonical(value: Any) -> bytes:
+    """Encode a JSON-compatible value with its object keys sorted: equal values, equal bytes."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
         raise InvalidMessage(f"value is not JSON-serializable: {exc}") from exc
 

@@ -1,0 +1,249 @@
+"""The tool-result cache: a read served again is never read twice, and never served stale.
+
+A tool opts in with ``@tool(reads=[...], cache=True)`` (or ``cache=Cache(ttl=..., scope=...)``).
+Only tools that cannot write may: a ``pure`` tool, or one that declares ``reads`` and no
+``writes``. A call's key is the tool's name and its validated arguments, canonicalised (keys
+sorted, compact JSON), so ``{"a": 1, "b": 2}`` and ``{"b":2,"a":1}`` are one call.
+
+What holds:
+
+* **A write invalidates at once.** When a call that may write is admitted (the moment its
+  arguments are complete, in the model's order), every cached result whose declared reads
+  overlap its writes is dropped — hierarchically: a write to ``repo/src/a.py`` drops a cached
+  read of ``repo``. A tool that declares no effects may touch anything: it drops everything.
+  The write invalidates again when it finishes, for reads that other runs sharing the store
+  started in between. So a read admitted after a write never gets a result from before it.
+* **A result from before a write is never stored after it.** A read remembers the store's
+  epoch when it starts; when it finishes, its result is stored only if no overlapping
+  invalidation happened since.
+* **Single flight.** Identical calls in flight at once run once: a second call with the same key
+  while the first runs waits for it and takes its result (``coalesced``), unless a write
+  overlapping its reads was admitted in between.
+* **Errors are not cached**, nor results past their ``ttl``.
+
+Scopes (where results are kept): ``"run"`` (this run only, the default), ``"client"`` (every
+run on the same client transport, across runs) and ``"process"``. A store is any
+:class:`ResultStore`; :class:`MemoryStore` is the default one, and ``Cache(store=...)`` takes
+another (a shared store, later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from hotloop.errors import InvalidMessage
+from hotloop.runtime.scheduler import overlap
+from hotloop.wire import codec
+
+__all__ = ["Cache", "CacheScope", "MemoryStore", "ResultStore", "RunResults"]
+
+CacheScope = Literal["run", "client", "process"]
+
+#: Invalidations a store remembers, to refuse results of reads that started before them.
+_LOG = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Cache:
+    """How a tool's results are cached: for ``ttl`` seconds (None: until invalidated), kept in
+    ``scope``, in ``store`` (None: an in-memory store per scope)."""
+
+    ttl: float | None = None
+    scope: CacheScope = "run"
+    store: ResultStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.ttl is not None and not self.ttl > 0:
+            raise ValueError("a cache ttl must be positive seconds (None: no expiry)")
+        if self.scope not in ("run", "client", "process"):
+            raise ValueError(f"cache scope must be run, client or process, not {self.scope!r}")
+
+
+@dataclass(slots=True)
+class _Entry:
+    output: str
+    reads: frozenset[str]
+    expires: float | None
+
+
+class ResultStore(Protocol):
+    """Where cached results live. ``epoch`` counts invalidations; see :class:`MemoryStore`."""
+
+    epoch: int
+
+    def get(self, key: str, now: float) -> str | None: ...
+
+    def put(
+        self, key: str, output: str, reads: frozenset[str], expires: float | None, since: int
+    ) -> bool: ...
+
+    def invalidate(self, writes: frozenset[str] | None) -> int: ...
+
+
+class MemoryStore:
+    """Results in a dict, at most ``max_entries`` (least recently used out first)."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self.epoch = 0
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        #: Recent invalidations: (epoch, writes; None: everything).
+        self._log: deque[tuple[int, frozenset[str] | None]] = deque(maxlen=_LOG)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, now: float) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires is not None and now >= entry.expires:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry.output
+
+    def put(
+        self, key: str, output: str, reads: frozenset[str], expires: float | None, since: int
+    ) -> bool:
+        """Store a result read from epoch ``since``, unless an invalidation since then
+        overlaps its reads (it may predate a write); True if stored."""
+        if self.changed_since(since, reads):
+            return False
+        self._entries[key] = _Entry(output, reads, expires)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return True
+
+    def changed_since(self, since: int, reads: frozenset[str]) -> bool:
+        """Whether an invalidation after epoch ``since`` may have changed what ``reads`` read."""
+        if since == self.epoch:
+            return False
+        if not self._log or self._log[0][0] > since + 1:
+            return True  # older than what is remembered: assume the worst
+        return any(
+            epoch > since and (writes is None or overlap(writes, reads))
+            for epoch, writes in self._log
+        )
+
+    def invalidate(self, writes: frozenset[str] | None) -> int:
+        """Drop every result whose reads overlap ``writes`` (None: all); how many."""
+        self.epoch += 1
+        self._log.append((self.epoch, writes))
+        if writes is None:
+            dropped = len(self._entries)
+            self._entries.clear()
+            return dropped
+        stale = [key for key, entry in self._entries.items() if overlap(writes, entry.reads)]
+        for key in stale:
+            del self._entries[key]
+        return len(stale)
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A call running now that identical calls may join."""
+
+    future: asyncio.Future[str | None]
+    reads: frozenset[str]
+    epoch: int
+
+
+_PROCESS = MemoryStore()
+_CLIENTS: weakref.WeakKeyDictionary[object, MemoryStore] = weakref.WeakKeyDictionary()
+#: Calls running now, by store and key: every run sharing a store joins the same flight.
+_FLIGHTS: dict[tuple[int, str], _Flight] = {}
+
+
+def canonical_key(name: str, args: Any, arguments: str) -> str:
+    """The cache key of a call: its tool and validated arguments, keys sorted."""
+    try:
+        encoded = codec.canonical(args)
+    except InvalidMessage:
+        encoded = codec.canonical(codec.loads(arguments or "{}"))
+    return f"{name}\0{encoded.decode()}"
+
+
+class RunResults:
+    """One run's view of the stores its tools cache in: lookups, joins, stores, invalidations.
+
+    The runner asks it before executing a cached tool (:meth:`lookup`), tells it what came back
+    (:meth:`finish`), and tells it of every write admitted and finished (:meth:`invalidate`).
+    """
+
+    def __init__(self, client: object, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._run = MemoryStore()
+        self._client = client
+        self._extra: list[ResultStore] = []
+
+    def store(self, cache: Cache) -> ResultStore:
+        if cache.store is not None:
+            if all(cache.store is not extra for extra in self._extra):
+                self._extra.append(cache.store)
+            return cache.store
+        if cache.scope == "run":
+            return self._run
+        if cache.scope == "process":
+            return _PROCESS
+        store = _CLIENTS.get(self._client)
+        if store is None:
+            try:
+                store = _CLIENTS[self._client] = MemoryStore()
+            except TypeError:  # a client that cannot be weakly referenced: this run only
+                return self._run
+        return store
+
+    def _stores(self) -> Iterable[ResultStore]:
+        seen: list[ResultStore] = [self._run, _PROCESS, *self._extra]
+        client = _CLIENTS.get(self._client)
+        if client is not None:
+            seen.append(client)
+        return seen
+
+    def lookup(
+        self, cache: Cache, key: str, reads: frozenset[str]
+    ) -> tuple[str, str | asyncio.Future[str | None] | None, int]:
+        """``("hit", output, epoch)``, ``("coalesced", future, epoch)`` (the running call's
+        result: ``None`` if it failed) or ``("miss", None, epoch)``; ``epoch`` is the store's
+        now, to give :meth:`finish`."""
+        store = self.store(cache)
+        output = store.get(key, self.clock())
+        if output is not None:
+            return "hit", output, store.epoch
+        flight = _FLIGHTS.get((id(store), key))
+        if flight is not None and not _changed(store, flight.epoch, reads):
+            return "coalesced", flight.future, store.epoch
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        _FLIGHTS[(id(store), key)] = _Flight(future, reads, store.epoch)
+        return "miss", None, store.epoch
+
+    def finish(
+        self, cache: Cache, key: str, reads: frozenset[str], epoch: int, output: str | None
+    ) -> None:
+        """A missed call ended: ``output`` (None: it failed, nothing is stored)."""
+        store = self.store(cache)
+        flight = _FLIGHTS.pop((id(store), key), None)
+        if flight is not None and not flight.future.done():
+            flight.future.set_result(output)
+        if output is not None:
+            expires = None if cache.ttl is None else self.clock() + cache.ttl
+            store.put(key, output, reads, expires, epoch)
+
+    def invalidate(self, writes: frozenset[str] | None) -> int:
+        """A call that may write ``writes`` (None: anything) was admitted or finished."""
+        return sum(store.invalidate(writes) for store in self._stores())
+
+
+def _changed(store: ResultStore, since: int, reads: frozenset[str]) -> bool:
+    changed = getattr(store, "changed_since", None)
+    if changed is None:
+        return store.epoch != since
+    return bool(changed(since, reads))

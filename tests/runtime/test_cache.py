@@ -1,0 +1,310 @@
+"""The tool-result cache: hits, single flight, invalidation by writes, and losslessness.
+
+A scripted transport plays the model's turns; the tools keep a versioned store, so a result
+read before a write differs from one read after it: a stale hit would show in what the model
+is sent next. Every test compares, where it matters, with the same run without the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hotloop.runtime import Agent, Runner, tool
+from hotloop.runtime.cache import Cache, MemoryStore
+from hotloop.runtime.tools import ToolDefinitionError
+from hotloop.trace.spans import spans_from_result, steps_from_spans
+from hotloop.trace.timeline import timeline_from_steps
+from hotloop.wire import codec
+from support import ScriptedTransport, answer_events, turn_events
+
+MODEL = "scripted"
+
+
+class Files:
+    """A versioned file store and tools over it; ``runs`` logs every execution."""
+
+    def __init__(self, *, cache: bool | Cache = True, slow: float = 0.0) -> None:
+        self.versions: dict[str, int] = {}
+        self.runs: list[str] = []
+        files = self
+
+        @tool(reads=["repo/{path}"], cache=cache)
+        async def read(path: str) -> str:
+            """Read a file.
+
+            Args:
+                path: The file.
+            """
+            files.runs.append(f"read {path}")
+            await asyncio.sleep(slow)
+            return f"{path} v{files.versions.get(path, 0)}"
+
+        @tool(reads=["repo"], cache=cache)
+        async def grep(pattern: str) -> str:
+            """Search every file.
+
+            Args:
+                pattern: What to find.
+            """
+            files.runs.append(f"grep {pattern}")
+            return f"{pattern}: " + ", ".join(
+                f"{k} v{v}" for k, v in sorted(files.versions.items())
+            )
+
+        @tool(writes=["repo/{path}"])
+        async def write(path: str) -> str:
+            """Change a file.
+
+            Args:
+                path: The file.
+            """
+            files.runs.append(f"write {path}")
+            files.versions[path] = files.versions.get(path, 0) + 1
+            return "written"
+
+        @tool
+        async def shell(command: str) -> str:
+            """Run anything (no declared effects: it may touch everything).
+
+            Args:
+                command: The command.
+            """
+            files.runs.append(f"shell {command}")
+            return "ok"
+
+        self.tools = [read, grep, write, shell]
+
+
+Turns = list[list[tuple[str, dict[str, Any]]]]
+
+
+async def play(turns: Turns, files: Files, client: Any = None) -> tuple[Any, ScriptedTransport]:
+    scripted = ScriptedTransport(
+        [turn_events(f"r{index}", calls) for index, calls in enumerate(turns)]
+        + [answer_events(f"r{len(turns)}")]
+    )
+    agent = Agent(MODEL, tools=files.tools)
+    result = await Runner.run(agent, "go", client=client or scripted)
+    return result, scripted
+
+
+def inputs(scripted: ScriptedTransport) -> list[bytes]:
+    """What the model was sent each turn, byte for byte."""
+    return [codec.dumps([item.to_dict() for item in r.history]) for r in scripted.requests]
+
+
+def cache_marks(result: Any) -> list[tuple[str, str | None]]:
+    return [(tool.name, tool.cache) for step in result.steps for tool in step.tools]
+
+
+async def same_as_uncached(turns: Turns) -> tuple[Any, Files]:
+    """Play ``turns`` with and without the cache; the model's inputs must be identical."""
+    cached, plain = Files(), Files(cache=False)
+    result, scripted = await play(turns, cached)
+    _, reference = await play(turns, plain)
+    assert inputs(scripted) == inputs(reference)
+    return result, cached
+
+
+async def test_a_repeated_read_is_answered_from_the_cache() -> None:
+    turns: Turns = [[("read", {"path": "a"})], [("read", {"path": "a"})], [("read", {"path": "b"})]]
+    result, files = await same_as_uncached(turns)
+    assert files.runs == ["read a", "read b"]
+    assert cache_marks(result) == [("read", "miss"), ("read", "hit"), ("read", "miss")]
+
+
+async def test_arguments_are_canonical() -> None:
+    runs: list[str] = []
+
+    @tool(pure=True, cache=True)
+    async def search(pattern: str, limit: int) -> str:
+        """Search.
+
+        Args:
+            pattern: What to find.
+            limit: How many.
+        """
+        runs.append(pattern)
+        return f"{pattern} {limit}"
+
+    # The same call with its keys in another order: one key.
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("search", {"pattern": "x", "limit": 2})]),
+            turn_events("r1", [("search", {"limit": 2, "pattern": "x"})]),
+            answer_events("r2"),
+        ]
+    )
+    result = await Runner.run(Agent(MODEL, tools=[search]), "go", client=scripted)
+    assert runs == ["x"]
+    assert cache_marks(result) == [("search", "miss"), ("search", "hit")]
+
+
+async def test_a_write_invalidates_what_it_overlaps_and_the_reread_sees_it() -> None:
+    turns: Turns = [
+        [("read", {"path": "a"}), ("read", {"path": "b"})],
+        [("write", {"path": "a"})],
+        [("read", {"path": "a"}), ("read", {"path": "b"})],
+    ]
+    result, files = await same_as_uncached(turns)
+    assert files.runs == ["read a", "read b", "write a", "read a"]  # b is still valid
+    writes = [tool for step in result.steps for tool in step.tools if tool.name == "write"]
+    assert writes[0].invalidated == 1  # read a, dropped when the write was admitted
+    assert cache_marks(result)[-2:] == [("read", "miss"), ("read", "hit")]
+
+
+async def test_resources_are_hierarchical() -> None:
+    # grep reads all of repo: a write to repo/a drops it; a read of repo/b stays.
+    turns: Turns = [
+        [("grep", {"pattern": "x"}), ("read", {"path": "b"})],
+        [("write", {"path": "a"})],
+        [("grep", {"pattern": "x"}), ("read", {"path": "b"})],
+    ]
+    _, files = await same_as_uncached(turns)
+    assert files.runs == ["grep x", "read b", "write a", "grep x"]
+
+
+async def test_a_tool_with_no_declared_effects_invalidates_everything() -> None:
+    turns: Turns = [
+        [("read", {"path": "a"})],
+        [("shell", {"command": "make"})],
+        [("read", {"path": "a"})],
+    ]
+    _, files = await same_as_uncached(turns)
+    assert files.runs == ["read a", "shell make", "read a"]
+
+
+async def test_a_read_running_across_a_write_is_never_stored() -> None:
+    """In one response: a slow read of a, then a write to a. The read was admitted first, so it
+    runs (and the write waits for it); it finishes after the write was admitted, so its
+    result — from before the write — is not kept, and the next turn reads again."""
+    turns: Turns = [
+        [("read", {"path": "a"}), ("write", {"path": "a"})],
+        [("read", {"path": "a"})],
+    ]
+    cached, plain = Files(slow=0.01), Files(cache=False, slow=0.01)
+    result, scripted = await play(turns, cached)
+    _, reference = await play(turns, plain)
+    assert inputs(scripted) == inputs(reference)
+    assert cached.runs == ["read a", "write a", "read a"]
+    assert cache_marks(result)[-1] == ("read", "miss")
+
+
+async def test_identical_calls_in_flight_run_once() -> None:
+    turns: Turns = [[("read", {"path": "a"}), ("read", {"path": "a"}), ("read", {"path": "a"})]]
+    cached, plain = Files(slow=0.01), Files(cache=False, slow=0.01)
+    result, scripted = await play(turns, cached)
+    _, reference = await play(turns, plain)
+    assert inputs(scripted) == inputs(reference)
+    assert cached.runs == ["read a"]
+    assert cache_marks(result) == [("read", "miss"), ("read", "coalesced"), ("read", "coalesced")]
+
+
+async def test_a_write_admitted_between_two_identical_reads_keeps_them_apart() -> None:
+    """read a, write a, read a in one response: the second read waits for the write and must
+    not join the first read, which started before it."""
+    turns: Turns = [[("read", {"path": "a"}), ("write", {"path": "a"}), ("read", {"path": "a"})]]
+    cached, plain = Files(slow=0.01), Files(cache=False, slow=0.01)
+    result, scripted = await play(turns, cached)
+    _, reference = await play(turns, plain)
+    assert inputs(scripted) == inputs(reference)
+    assert cached.runs == ["read a", "write a", "read a"]
+    assert [mark for _, mark in cache_marks(result)] == ["miss", None, "miss"]
+
+
+async def test_errors_are_not_cached() -> None:
+    failures: list[int] = []
+
+    @tool(pure=True, cache=True)
+    async def flaky(n: int) -> str:
+        """Fails the first time.
+
+        Args:
+            n: A number.
+        """
+        failures.append(n)
+        if len(failures) == 1:
+            raise RuntimeError("not yet")
+        return "fine"
+
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("flaky", {"n": 1})]),
+            turn_events("r1", [("flaky", {"n": 1})]),
+            answer_events("r2"),
+        ]
+    )
+    await Runner.run(Agent(MODEL, tools=[flaky]), "go", client=scripted)
+    assert failures == [1, 1]
+
+
+async def test_the_client_scope_shares_results_across_runs_and_writes_reach_them() -> None:
+    files = Files(cache=Cache(scope="client"))
+    shared = ScriptedTransport([])
+
+    async def run(calls: list[tuple[str, dict[str, Any]]]) -> None:
+        shared.turns = [turn_events("r0", calls), answer_events("r1")]
+        await Runner.run(Agent(MODEL, tools=files.tools), "go", client=shared)
+
+    await run([("read", {"path": "a"})])
+    await run([("read", {"path": "a"})])  # another run, the same client: a hit
+    assert files.runs == ["read a"]
+    await run([("write", {"path": "a"})])
+    await run([("read", {"path": "a"})])
+    assert files.runs == ["read a", "write a", "read a"]
+    # Another client keeps its own results.
+    other = ScriptedTransport([turn_events("r0", [("read", {"path": "a"})]), answer_events("r1")])
+    await Runner.run(Agent(MODEL, tools=files.tools), "go", client=other)
+    assert files.runs[-1] == "read a" and len(files.runs) == 4
+
+
+def test_results_expire_after_their_ttl() -> None:
+    store = MemoryStore()
+    assert store.put("k", "out", frozenset({"repo"}), expires=10.0, since=store.epoch)
+    assert store.get("k", 9.9) == "out"
+    assert store.get("k", 10.0) is None and len(store) == 0
+    with pytest.raises(ValueError, match="ttl"):
+        Cache(ttl=0)
+
+
+def test_a_store_refuses_results_read_before_an_overlapping_write() -> None:
+    store = MemoryStore()
+    since = store.epoch
+    store.invalidate(frozenset({"repo/b"}))
+    assert store.put("a", "old a", frozenset({"repo/a"}), None, since)  # b's write: unrelated
+    store.invalidate(frozenset({"repo"}))
+    assert not store.put("a2", "old a", frozenset({"repo/a"}), None, since)
+    assert store.get("a", 0.0) is None  # dropped by the write to repo
+
+
+def test_only_tools_that_cannot_write_may_be_cached() -> None:
+    with pytest.raises(ToolDefinitionError, match="only a tool that cannot write"):
+
+        @tool(writes=["repo/{path}"], cache=True)
+        async def save(path: str) -> str:
+            """Save."""
+            return path
+
+    with pytest.raises(ToolDefinitionError, match="only a tool that cannot write"):
+
+        @tool(cache=True)
+        async def anything(path: str) -> str:
+            """No declared effects: it may write."""
+            return path
+
+
+async def test_traces_and_the_waterfall_mark_hits_and_invalidations() -> None:
+    turns: Turns = [
+        [("read", {"path": "a"})],
+        [("read", {"path": "a"})],
+        [("write", {"path": "a"})],
+    ]
+    result, _ = await play(turns, Files())
+    steps = steps_from_spans(spans_from_result(result))
+    marks = [(tool.name, tool.cache, tool.invalidated) for step in steps for tool in step.tools]
+    assert marks == [("read", "miss", 0), ("read", "hit", 0), ("write", None, 1)]
+    labels = [bar.label for bar in timeline_from_steps(result.steps) if bar.kind == "tool.run"]
+    assert labels == ["", "cache hit", "invalidated 1"]
