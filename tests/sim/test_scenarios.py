@@ -15,7 +15,7 @@ from hotloop.sim.latency import get_profile
 from hotloop.sim.scenario import Scenario, ScriptedCall, Turn, bundled_scenarios, load_scenario
 from hotloop.wire import codec
 
-BUNDLED = ("coding", "research", "support")
+BUNDLED = ("coding", "research", "support", "coding-session", "support-research")
 
 
 # -- helpers -------------------------------------------------------------------------------

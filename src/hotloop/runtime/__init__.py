@@ -1,6 +1,8 @@
 """The runtime users write code against: typed tools, ``Agent`` and ``Runner``."""
 
 from hotloop.runtime.agent import Agent
+from hotloop.runtime.cache import Cache, MemoryStore, ResultStore
+from hotloop.runtime.compaction import Compact
 from hotloop.runtime.events import (
     ApprovalRequested,
     FinishedCall,
@@ -12,6 +14,7 @@ from hotloop.runtime.events import (
     RunEvent,
     RunFinished,
     RunResult,
+    SpeculationRecord,
     StepRecord,
     TextDelta,
     ToolCallFinished,
@@ -29,6 +32,7 @@ from hotloop.runtime.policies import (
 )
 from hotloop.runtime.runner import Approver, MaxTurnsExceeded, ModelError, RunHook, Runner
 from hotloop.runtime.scheduler import Admission, CallEffects
+from hotloop.runtime.speculation import Speculate
 from hotloop.runtime.tools import (
     Effects,
     RunContext,
@@ -43,12 +47,15 @@ __all__ = [
     "ApprovalRequested",
     "Approver",
     "Agent",
+    "Cache",
     "CallEffects",
+    "Compact",
     "Effects",
     "Fallback",
     "FinishedCall",
     "Hedge",
     "MaxTurnsExceeded",
+    "MemoryStore",
     "ModelError",
     "MessageFinished",
     "MessageStarted",
@@ -57,6 +64,7 @@ __all__ = [
     "OutputValidationError",
     "PartialRun",
     "Policy",
+    "ResultStore",
     "RetryOnTimeout",
     "RouteTurns",
     "RunContext",
@@ -65,6 +73,8 @@ __all__ = [
     "RunHook",
     "RunResult",
     "Runner",
+    "SpeculationRecord",
+    "Speculate",
     "StepRecord",
     "TextDelta",
     "Tool",

@@ -85,6 +85,8 @@ class ResultStore(Protocol):
 
     def invalidate(self, writes: frozenset[str] | None) -> int: ...
 
+    def drop(self, key: str) -> None: ...
+
 
 class MemoryStore:
     """Results in a dict, at most ``max_entries`` (least recently used out first)."""
@@ -121,6 +123,9 @@ class MemoryStore:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         return True
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
 
     def changed_since(self, since: int, reads: frozenset[str]) -> bool:
         """Whether an invalidation after epoch ``since`` may have changed what ``reads`` read."""
@@ -225,6 +230,21 @@ class RunResults:
         _FLIGHTS[(id(store), key)] = _Flight(future, reads, store.epoch)
         return "miss", None, store.epoch
 
+    def take(
+        self, cache: Cache, key: str, reads: frozenset[str]
+    ) -> str | asyncio.Future[str | None] | None:
+        """A kept result (removed: it serves once) or a valid flight to join, else ``None``;
+        registers nothing (the speculation store's lookup)."""
+        store = self.store(cache)
+        output = store.get(key, self.clock())
+        if output is not None:
+            store.drop(key)
+            return output
+        flight = _FLIGHTS.get((id(store), key))
+        if flight is not None and not _changed(store, flight.epoch, reads):
+            return flight.future
+        return None
+
     def finish(
         self, cache: Cache, key: str, reads: frozenset[str], epoch: int, output: str | None
     ) -> None:
@@ -239,7 +259,12 @@ class RunResults:
 
     def invalidate(self, writes: frozenset[str] | None) -> int:
         """A call that may write ``writes`` (None: anything) was admitted or finished."""
-        return sum(store.invalidate(writes) for store in self._stores())
+        dropped = 0
+        for store in self._stores():
+            if not _FLIGHTS and isinstance(store, MemoryStore) and not len(store):
+                continue  # nothing kept, nothing running that could keep a stale result
+            dropped += store.invalidate(writes)
+        return dropped
 
 
 def _changed(store: ResultStore, since: int, reads: frozenset[str]) -> bool:

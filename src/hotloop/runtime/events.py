@@ -25,6 +25,7 @@ __all__ = [
     "RunEvent",
     "RunFinished",
     "RunResult",
+    "SpeculationRecord",
     "StepRecord",
     "TextDelta",
     "ToolCallFinished",
@@ -56,6 +57,22 @@ class ToolRecord:
     cache: str | None = None
     #: Cached results this call dropped because it may write what they read.
     invalidated: int = 0
+
+
+@dataclass(slots=True)
+class SpeculationRecord:
+    """One speculative execution (``Speculate``): what ran, why, when, and whether a call of
+    the model used it. ``source`` is ``"follows"`` (a tool's declared follow-ups) or
+    ``"learned"`` (the client's transition model); ``used_ns`` is when the call that took its
+    result had complete arguments (None: never used, the execution was wasted)."""
+
+    name: str
+    arguments: str
+    source: str
+    started_ns: int
+    finished_ns: int | None = None
+    used_ns: int | None = None
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -137,6 +154,8 @@ class RunResult:
     server_url: str | None = None
     #: Requests policies sent beside the turns, in the order they went out.
     asides: tuple[StepRecord, ...] = ()
+    #: Speculative executions (``Speculate``), in the order they started.
+    speculations: tuple[SpeculationRecord, ...] = ()
 
     @property
     def turns(self) -> int:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hotloop.runtime.cache import RunResults, canonical_key
-from hotloop.runtime.events import ToolRecord
+from hotloop.errors import HotloopError
+from hotloop.runtime.cache import Cache, MemoryStore, RunResults, canonical_key
+from hotloop.runtime.events import SpeculationRecord, ToolRecord
+from hotloop.runtime.speculation import Speculate, transitions_of
 from hotloop.runtime.tools import RunContext, Tool, ToolPoolExhausted, ToolThreads
 from hotloop.wire import codec
 
@@ -55,10 +57,30 @@ class ToolExecutor:
     ``now`` gives the run's clock in nanoseconds (the step records' origin).
     """
 
-    def __init__(self, client: object, threads: ToolThreads | None, now: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        client: object,
+        threads: ToolThreads | None,
+        now: Callable[[], int],
+        *,
+        tools: Callable[[str], Tool | None] = lambda name: None,
+        speculate: Speculate | None = None,
+    ) -> None:
         self.results = RunResults(client)
         self.threads = threads
         self.now = now
+        self.tools = tools
+        #: Speculative prefetch (None: off); see :mod:`hotloop.runtime.speculation`.
+        self.speculate = speculate
+        self.speculations: list[SpeculationRecord] = []
+        self._speculated = Cache(store=MemoryStore())
+        self._by_key: dict[str, SpeculationRecord] = {}
+        self._transitions = transitions_of(client) if speculate and speculate.learn else None
+        self._previous: str | None = None
+        self._in_flight = 0
+        self._used = 0
+        self._executed = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def admitted(self, tool: Tool, writes: frozenset[str], record: ToolRecord) -> None:
         """A call was admitted: if it may write, cached results it may change are dropped."""
@@ -66,8 +88,37 @@ class ToolExecutor:
             record.invalidated += self.results.invalidate(None)
         elif writes:
             record.invalidated += self.results.invalidate(writes)
+        if self._transitions is not None:
+            key = _raw_key(tool.name, record.arguments)
+            if self._previous is not None:
+                self._transitions.saw(self._previous, (tool.name, record.arguments))
+            self._previous = key
 
-    async def execute(
+    def close(self) -> None:
+        """The run is over: speculations still running are of no use now."""
+        for task in self._tasks:
+            task.cancel()
+
+    def execute(
+        self,
+        tool: Tool,
+        args: Mapping[str, Any],
+        arguments: str,
+        writes: frozenset[str],
+        record: ToolRecord,
+        context: RunContext[Any] | None,
+        on_start: Callable[[], None],
+        turn: int,
+    ) -> Awaitable[Outcome]:
+        """Run one admitted call (or answer it from the cache): an awaitable of its outcome;
+        ``writes`` are the resources it may write (from :meth:`Tool.resources`)."""
+        if self.speculate is not None:
+            return self._speculating(tool, args, arguments, writes, record, context, on_start, turn)
+        if tool.cache is None:
+            return self._run(tool, args, writes, record, context, on_start, turn)
+        return self._cached(tool, args, arguments, writes, record, context, on_start, turn)
+
+    async def _speculating(
         self,
         tool: Tool,
         args: Mapping[str, Any],
@@ -78,11 +129,127 @@ class ToolExecutor:
         on_start: Callable[[], None],
         turn: int,
     ) -> Outcome:
-        """Run one admitted call (or answer it from the cache) and return its outcome;
-        ``writes`` are the resources it may write (from :meth:`Tool.resources`)."""
+        """A call while speculation is on: take a speculated result if there is one, then
+        predict what follows the call."""
+        key = canonical_key(tool.name, args, arguments)
+        outcome: Outcome | None = None
+        if _speculable(tool):
+            reads, _ = tool.resources(args)
+            taken = self.results.take(self._speculated, key, reads)
+            if isinstance(taken, asyncio.Future):
+                started = self.now()
+                joined = await asyncio.shield(taken)
+                if joined is not None:
+                    outcome = Outcome(joined, None, started, self.now())
+            elif taken is not None:
+                now = self.now()
+                outcome = Outcome(taken, None, now, now)
+            if outcome is not None:
+                record.cache = "speculated"
+                speculation = self._by_key.pop(key, None)
+                if speculation is not None:
+                    speculation.used_ns = record.args_complete_ns
+                    self._used += 1
+        if outcome is None:
+            if tool.cache is None:
+                outcome = await self._run(tool, args, writes, record, context, on_start, turn)
+            else:
+                outcome = await self._cached(
+                    tool, args, arguments, writes, record, context, on_start, turn
+                )
+        if outcome.error is None:
+            self._predict(tool, args, arguments, outcome.output)
+        return outcome
+
+    def _predict(self, tool: Tool, args: Mapping[str, Any], arguments: str, output: str) -> None:
+        speculate = self.speculate
+        assert speculate is not None
+        predictions: list[tuple[str, str, Mapping[str, Any] | str]] = []
+        if speculate.follow_ups and tool.follows is not None:
+            try:
+                for name, follow_args in tool.follows(args, output):
+                    predictions.append(("follows", name, follow_args))
+            except Exception as exc:
+                _log.warning("the follow-ups of %s raised; none used", tool.name, exc_info=exc)
+        if self._transitions is not None:
+            for name, seen in self._transitions.after(_raw_key(tool.name, arguments)):
+                predictions.append(("learned", name, seen))
+        for source, name, predicted in predictions[: speculate.per_call * 2]:
+            self._launch(source, name, predicted)
+
+    def _affordable(self) -> bool:
+        speculate = self.speculate
+        assert speculate is not None
+        if self._in_flight >= speculate.max_in_flight:
+            return False
+        unused = len(self.speculations) - self._used
+        # A grace of one, so that speculation can start before anything was executed.
+        return unused < speculate.max_waste * self._executed + 1
+
+    def _launch(self, source: str, name: str, given: Mapping[str, Any] | str) -> None:
+        tool = self.tools(name)
+        if tool is None or not _speculable(tool) or not self._affordable():
+            return
+        arguments = given if isinstance(given, str) else codec.dumps(dict(given)).decode()
+        try:
+            args = tool.parse(arguments)
+            reads, writes = tool.resources(args)
+        except (HotloopError, KeyError, ValueError):
+            return  # a prediction the tool would refuse: nothing to run
+        if writes:
+            return
+        key = canonical_key(tool.name, args, arguments)
+        if key in self._by_key:
+            return
+        if tool.cache is not None and self.results.store(tool.cache).get(key, 0.0) is not None:
+            return  # the cache answers it already
+        kind, _, epoch = self.results.lookup(self._speculated, key, reads)
+        if kind != "miss":
+            return
+        speculation = SpeculationRecord(tool.name, arguments, source, self.now())
+        self.speculations.append(speculation)
+        self._by_key[key] = speculation
+        self._in_flight += 1
+        task = asyncio.get_running_loop().create_task(
+            self._prefetch(tool, args, reads, key, epoch, speculation)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prefetch(
+        self,
+        tool: Tool,
+        args: Mapping[str, Any],
+        reads: frozenset[str],
+        key: str,
+        epoch: int,
+        speculation: SpeculationRecord,
+    ) -> None:
+        output: str | None = None
+        try:
+            record = ToolRecord("speculation", tool.name, speculation.arguments, self.now())
+            outcome = await self._run(tool, args, frozenset(), record, None, _nothing, 0)
+            speculation.error = outcome.error
+            if outcome.error is None:
+                output = outcome.output
+        finally:
+            speculation.finished_ns = self.now()
+            self._in_flight -= 1
+            self.results.finish(self._speculated, key, reads, epoch, output)
+
+    async def _cached(
+        self,
+        tool: Tool,
+        args: Mapping[str, Any],
+        arguments: str,
+        writes: frozenset[str],
+        record: ToolRecord,
+        context: RunContext[Any] | None,
+        on_start: Callable[[], None],
+        turn: int,
+    ) -> Outcome:
         cache = tool.cache
-        if cache is None:
-            return await self._run(tool, args, writes, record, context, on_start, turn)
+        assert cache is not None
         reads, _ = tool.resources(args)
         key = canonical_key(tool.name, args, arguments)
         kind, found, epoch = self.results.lookup(cache, key, reads)
@@ -123,6 +290,8 @@ class ToolExecutor:
         started = self.now()
         record.started_ns = started
         on_start()
+        if record.call_id != "speculation":
+            self._executed += 1
         error: str | None = None
         try:
             async with asyncio.timeout(tool.timeout):
@@ -151,3 +320,23 @@ class ToolExecutor:
             elif writes:
                 record.invalidated += self.results.invalidate(writes)
         return Outcome(output, error, started, self.now())
+
+
+def _nothing() -> None:
+    return None
+
+
+def _speculable(tool: Tool) -> bool:
+    """Whether calls of ``tool`` may run before the model asks: reads only, nothing else."""
+    effects = tool.effects
+    if effects.writes or tool.takes_context or tool.approval:
+        return False
+    return effects.pure or effects.idempotent or not effects.exclusive
+
+
+def _raw_key(name: str, arguments: str) -> str:
+    """A call's key for the transition model, from its JSON arguments (keys sorted)."""
+    try:
+        return f"{name}\0{codec.canonical(codec.loads(arguments or '{}')).decode()}"
+    except HotloopError:
+        return f"{name}\0{arguments}"

@@ -48,6 +48,7 @@ from hotloop.wire.events import (
     OutputTextDelta,
 )
 from hotloop.wire.items import FunctionCallOutput, Item, Message, Reasoning
+from hotloop.wire.responses import ResponseObject
 
 if TYPE_CHECKING:
     from hotloop.runtime.agent import Agent
@@ -61,7 +62,8 @@ class TurnState:
 
     ``turn`` and ``attempt`` count from 1. ``failure`` is why the previous attempt failed
     (``after_failure`` only) and ``delivered`` whether it had delivered events. ``memo`` is
-    this policy's own dict for this run.
+    this policy's own dict for this run. :meth:`request_aside` sends a model request of the
+    policy's own beside the turn.
     """
 
     agent: Agent
@@ -73,6 +75,25 @@ class TurnState:
     memo: dict[str, Any] = field(default_factory=dict)
     #: Set by the runner for :meth:`rerouted` (``send`` only).
     _reroute: Callable[[str], ModelRequest] | None = field(default=None, repr=False)
+    #: Set by the runner for :meth:`request_aside`.
+    _aside: Callable[[ModelRequest, str], asyncio.Future[ResponseObject]] | None = field(
+        default=None, repr=False
+    )
+
+    def request_aside(
+        self, request: ModelRequest, purpose: str
+    ) -> asyncio.Future[ResponseObject] | None:
+        """Send ``request`` through the run's client now, beside the turn, without waiting.
+
+        A plain model call: its response continues no chain of the run and joins no history.
+        The future's result is the final response (it raises what the call raised); the loop
+        never waits for it, and it is cancelled if still running when the run ends. The
+        call is recorded in :attr:`RunResult.asides <hotloop.runtime.events.RunResult.asides>`
+        with ``purpose``, and its tokens count in the run's ``usage``. ``None`` outside a run.
+        """
+        if self._aside is None:
+            return None
+        return self._aside(request, purpose)
 
     def rerouted(self, model: str) -> ModelRequest:
         """This attempt's request sent to ``model`` instead, for a :meth:`Policy.send` that

@@ -69,6 +69,7 @@ from hotloop.runtime.executor import Outcome, ToolExecutor, error_output
 from hotloop.runtime.output import OutputValidationError, problems
 from hotloop.runtime.policies import Policy, RouteTurns, Send, TurnState
 from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
+from hotloop.runtime.speculation import Speculate
 from hotloop.runtime.tools import (
     RunContext,
     Tool,
@@ -728,7 +729,14 @@ def _start(
         threads = ToolThreads(agent.max_tool_threads)
     origin = time.perf_counter_ns()
     run = _Run(agent, client, emit, deadlines, deps, origin, threads, approver)
-    run.executor = ToolExecutor(client, threads, lambda: time.perf_counter_ns() - origin)
+    speculate = next((p for p in agent.policies if isinstance(p, Speculate)), None)
+    run.executor = ToolExecutor(
+        client,
+        threads,
+        lambda: time.perf_counter_ns() - origin,
+        tools=agent.tool,
+        speculate=speculate,
+    )
     return run
 
 
@@ -861,6 +869,10 @@ async def _run(
                     model=agent.model,
                     server_url=getattr(run.client, "url", None),
                 )
+                executor = run.executor
+                if executor is not None and executor.speculate is not None:
+                    executor.close()  # what is still being fetched is of no use now
+                    result = dataclasses.replace(result, speculations=tuple(executor.speculations))
                 if run.asides is not None:
                     run.asides.close()  # a summary still on its way is of no use now
                     result = dataclasses.replace(

@@ -304,6 +304,10 @@ def _strip_titles(schema: Any) -> Any:
     return schema
 
 
+#: How a tool's result maps to the calls likely to follow: ``(tool name, arguments)`` pairs.
+FollowUps = Callable[[Mapping[str, Any], str], Iterable[tuple[str, Mapping[str, Any]]]]
+
+
 def _checked_cache(name: str, effects: Effects, cache: Cache | None) -> Cache | None:
     """``cache`` if a tool with ``effects`` may be cached: it cannot write."""
     if cache is None:
@@ -331,6 +335,7 @@ class Tool:
         timeout: float | None = 60.0,
         approval: bool = False,
         cache: Cache | None = None,
+        follows: FollowUps | None = None,
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
@@ -347,6 +352,8 @@ class Tool:
         self.approval = approval
         #: How its results are cached (None: never); see :mod:`hotloop.runtime.cache`.
         self.cache = _checked_cache(self.name, effects, cache)
+        #: The calls likely to follow one of its results (speculative prefetch), or None.
+        self.follows = follows
         self.is_async = inspect.iscoroutinefunction(fn)
         #: The function's first parameter is ``self``: a method not bound to an instance yet.
         self.unbound = _first_parameter(fn) == "self" and not inspect.ismethod(fn)
@@ -378,6 +385,7 @@ class Tool:
         timeout: float | None = 60.0,
         approval: bool = False,
         cache: Cache | None = None,
+        follows: FollowUps | None = None,
     ) -> Tool:
         """A tool described by a JSON schema instead of type hints (e.g. a scenario's tools).
 
@@ -391,6 +399,7 @@ class Tool:
         self.timeout = timeout
         self.approval = approval
         self.cache = _checked_cache(name, effects, cache)
+        self.follows = follows
         self.is_async = True
         self.unbound = False
         self.takes_context = False
@@ -552,6 +561,7 @@ def _copy(tool: Tool) -> Tool:
         "timeout",
         "approval",
         "cache",
+        "follows",
         "is_async",
         "unbound",
         "takes_context",
@@ -619,6 +629,7 @@ def tool(
     timeout: float | None = 60.0,
     approval: bool = False,
     cache: bool | Cache = False,
+    follows: FollowUps | None = None,
 ) -> Callable[[_Fn], Tool]: ...
 
 
@@ -635,12 +646,15 @@ def tool(
     timeout: float | None = 60.0,
     approval: bool = False,
     cache: bool | Cache = False,
+    follows: FollowUps | None = None,
 ) -> Tool | Callable[[_Fn], Tool]:
     """Turn a function into a :class:`Tool`; see the module docstring for the effects.
 
     ``approval=True``: every call waits for approval before it runs. ``cache=True`` (or a
     :class:`~hotloop.runtime.cache.Cache`): a tool that only reads keeps its results, and a
     repeated call gets them without running (see :mod:`hotloop.runtime.cache`).
+    ``follows(args, output)``: the calls likely to follow a result, as ``(tool name,
+    arguments)`` pairs, for speculative prefetch (see :mod:`hotloop.runtime.speculation`).
     """
     caching = Cache() if cache is True else (cache or None)
     declared = pure or reads is not None or writes is not None
@@ -661,6 +675,7 @@ def tool(
             timeout=timeout,
             approval=approval,
             cache=caching,
+            follows=follows,
         )
 
     return wrap(fn) if fn is not None else wrap

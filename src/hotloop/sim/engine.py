@@ -26,6 +26,12 @@ request offers, with arguments synthesized from their schemas, for a number of t
 then answers. A scenario whose scripted call names a tool the request does not offer still
 plays without it, but the turn carries a warning (and the engine logs it once), because an
 agent that silently gets a one-turn answer looks like a bug in the agent.
+
+A **summarisation request** (``metadata`` ``{"hotloop_purpose": "summary"}``, what the
+runtime's ``Compact`` policy sends) plays no turn: it gets a deterministic summary of
+``max_output_tokens`` tokens at the profile's decode speed, whose marker tells where the
+summarised conversation stood, so that a compacted conversation still plays the scenario's
+next turn (:mod:`hotloop.sim.summary`).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from hotloop.protocol.generation import Generation, GenerationRequest
 from hotloop.protocol.requests import ToolDef
 from hotloop.sim.latency import LatencyProfile, TailDraw, estimate_tokens
 from hotloop.sim.scenario import Scenario, ScriptedCall
+from hotloop.sim.summary import is_summary_request, is_summary_text, position, summary_text
 from hotloop.sim.synth import MAX_ARGUMENT_BYTES, synthesize
 from hotloop.wire import codec
 from hotloop.wire.events import Event
@@ -227,6 +234,9 @@ class SimEngine:
 
     def plan_turn(self, request: GenerationRequest) -> TurnPlan:
         """The turn for ``request``: its items, and the scenario's tools it lacks."""
+        if is_summary_request(request):
+            # A summary is no turn of the conversation: it neither follows nor advances it.
+            return TurnPlan((PlannedItem(summary_text(request)),))
         context = request.context
         offered = {tool.name: tool for tool in request.tools}
         scenario_name: str | None = None
@@ -287,12 +297,14 @@ class SimEngine:
         request offers, and the tools of the other calls (not offered, so dropped)."""
         context = request.context
         offered = {tool.name for tool in request.tools}
-        position = scenario.turn_for(context.tool_results)
-        if position is None:
+        # A compacted conversation counts the results its summary stands for.
+        results, answers = position(context)
+        at = scenario.turn_for(results)
+        if at is None:
             return None, [], []
-        turn = scenario.turns[position]
-        answered = context.tool_results - scenario.calls_before(position)
-        if not turn.calls and context.answers_since_result > 0:
+        turn = scenario.turns[at]
+        answered = results - scenario.calls_before(at)
+        if not turn.calls and answers > 0:
             return None, [], []  # the final answer was given: the script is over
         remaining = turn.calls[answered:]
         # Only calls the request offers are ever made: never a tool it did not offer.
@@ -316,7 +328,7 @@ class SimEngine:
         calling, as the API requires.
         """
         context = request.context
-        results = context.tool_results
+        results = position(context)[0]
         if request.forced_function is not None:
             # A forced function is called on every turn, past ``tool_turns`` too: the request
             # says the turn must be that call.
@@ -362,7 +374,11 @@ class SimEngine:
         last_user = ""
         for node in context.segments():
             for item in reversed(node.items):
-                if isinstance(item, Message) and item.role == "user":
+                if (
+                    isinstance(item, Message)
+                    and item.role == "user"
+                    and not is_summary_text(item.text)
+                ):
                     last_user = item.text
                     break
             if last_user:

@@ -2,7 +2,9 @@
 
 :func:`scenario_tools` turns a scenario's tool descriptions into runtime tools that behave as
 the scenario says (latency, output size, declared effects) and records every execution, so a
-test can check, for example, that each write ran exactly once. :class:`FaultProxy`
+test can check, for example, that each write ran exactly once. The tools it builds share one
+:class:`~hotloop.sim.tools.ScenarioState`, so a read's output shows the writes made before it
+(a stale read differs from a fresh one). :class:`FaultProxy`
 (:mod:`hotloop.testing.faults`) breaks the network between an agent and its server on
 purpose, and :func:`run_resuming` is the loop that continues a run after a failure.
 """
@@ -17,7 +19,7 @@ from typing import Any
 from hotloop.runtime.events import RunResult
 from hotloop.runtime.tools import Effects, Tool
 from hotloop.sim.scenario import Scenario, ToolSpec
-from hotloop.sim.tools import tool_latency, tool_output
+from hotloop.sim.tools import ScenarioState, tool_latency
 from hotloop.testing.faults import Fault, FaultPlan, FaultProxy, run_resuming
 from hotloop.wire import codec
 
@@ -27,6 +29,7 @@ __all__ = [
     "Fault",
     "FaultPlan",
     "FaultProxy",
+    "ScenarioState",
     "check_run",
     "run_resuming",
     "scenario_tools",
@@ -89,8 +92,15 @@ def scenario_tools(
     time_scale: float = 1.0,
     log: ExecutionLog | None = None,
     names: Sequence[str] | None = None,
+    state: ScenarioState | None = None,
 ) -> list[Tool]:
-    """Runtime tools playing ``scenario``'s tools; ``time_scale`` scales their latency."""
+    """Runtime tools playing ``scenario``'s tools; ``time_scale`` scales their latency.
+
+    The tools act on ``state``, a new :class:`~hotloop.sim.tools.ScenarioState` by default: a
+    call's output shows the versions of the resources it reads, so build the tools once per
+    run (or pass each run a state of its own). Runs that share a state see each other's writes.
+    """
+    world = ScenarioState() if state is None else state
     tools: list[Tool] = []
     for spec in scenario.tools.values():
         if names is not None and spec.name not in names:
@@ -98,11 +108,14 @@ def scenario_tools(
 
         async def run(_spec: ToolSpec = spec, **args: Any) -> str:
             started = time.perf_counter_ns()
-            await tool_latency(_spec, time_scale=time_scale)
             cpu = time.thread_time_ns()
             # Canonical arguments: the scenario's own encoding, whatever the model's spacing.
             arguments = codec.dumps(args).decode()
-            output = tool_output(_spec, arguments)
+            observed = world.observe(_spec, arguments)
+            cpu_before = time.thread_time_ns() - cpu
+            await tool_latency(_spec, time_scale=time_scale)
+            cpu = time.thread_time_ns()
+            output = world.complete(_spec, arguments, observed)
             if log is not None:
                 log.executions.append(
                     Execution(
@@ -110,7 +123,7 @@ def scenario_tools(
                         arguments,
                         started,
                         time.perf_counter_ns(),
-                        time.thread_time_ns() - cpu,
+                        cpu_before + time.thread_time_ns() - cpu,
                     )
                 )
             return output

@@ -15,6 +15,8 @@
        │  ├─ tool.wait                        arguments complete → started (scheduler)
        │  └─ tool.run                         started → finished
        └─ loop.next_request                   tool results → next request sent
+    model.aside (under run)                   a request a policy sent beside the turns
+                                              (a Compact summary): sent → response complete
 
 The spans keep these names wherever hotloop writes them (memory, JSONL); the three that are
 operations of the OpenTelemetry GenAI semantic conventions also carry its attributes
@@ -544,6 +546,32 @@ def _run_spans(
             result.started_ns + max(end, step.request_sent_ns),
             attributes,
         )
+    for aside in result.asides:
+        _aside_span(trace, result, aside, root)
+
+
+def _aside_span(trace: _Builder, result: RunResult, aside: StepRecord, parent: str) -> None:
+    """A request sent beside the turns: from sent to its response's end (or to the run's end,
+    when the run cancelled it)."""
+    done = aside.response_done_ns
+    attributes: dict[str, AttributeValue] = {
+        "hotloop.turn": aside.turn,
+        "hotloop.aside.purpose": aside.purpose or "",
+        "hotloop.aside.finished": done is not None,
+        "hotloop.request.bytes": aside.request_bytes,
+    }
+    if aside.response_model:
+        attributes["gen_ai.response.model"] = aside.response_model
+    if aside.response_id is not None:
+        attributes["gen_ai.response.id"] = aside.response_id
+    if aside.first_token_ns is not None:
+        attributes["hotloop.ttft_ns"] = aside.first_token_ns - aside.request_sent_ns
+    if aside.usage is not None:
+        attributes["gen_ai.usage.input_tokens"] = aside.usage.input_tokens
+        attributes["gen_ai.usage.output_tokens"] = aside.usage.output_tokens
+        attributes["hotloop.usage.cached_tokens"] = aside.usage.cached_tokens
+    end = done if done is not None else max(aside.request_sent_ns, result.wall_ns)
+    trace.add("model.aside", parent, aside.request_sent_ns, end, attributes)
 
 
 # -- reading traces back ------------------------------------------------------------------

@@ -1,0 +1,317 @@
+"""Background compaction: a long context is summarised beside the turns and switched to at a
+turn boundary, never waiting.
+
+The policy's cuts are pinned without sockets (a fake ``request_aside`` whose future the test
+resolves); end to end, a loopback gateway on the simulated model plays the ``research``
+scenario and the generic mode with large tool results, and every request the runner hands the
+transport is kept, so what the model got on each turn is checked exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from hotloop.backends.sim import model_id
+from hotloop.gateway import GatewayServer
+from hotloop.runtime import Agent, Compact, Runner, RunResult, TurnState, tool
+from hotloop.runtime.compaction import SUMMARY_HEADER, SUMMARY_METADATA
+from hotloop.sim.latency import get_profile
+from hotloop.sim.scenario import load_scenario
+from hotloop.sim.summary import SUMMARY_METADATA_KEY, SUMMARY_METADATA_VALUE
+from hotloop.testing import ExecutionLog, check_run, scenario_tools
+from hotloop.trace.spans import spans_from_result
+from hotloop.transport import ModelRequest, connect
+from hotloop.wire import codec
+from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning
+from hotloop.wire.responses import ResponseObject
+from support import RecordingTransport, normalized
+
+RESEARCH = load_scenario("research")
+#: Bytes of each generic-mode tool result (about 500 tokens).
+OUTPUT_BYTES = 2000
+_FILLER = "the quick brown fox jumps over the lazy dog; " * 64
+
+
+@tool(pure=True)
+async def fetch(query: str) -> str:
+    """Fetch a page.
+
+    Args:
+        query: What to fetch.
+    """
+    return (f"[{query}] " + _FILLER)[:OUTPUT_BYTES]
+
+
+def generic(turns: int) -> str:
+    return model_id(None, f"generic:{turns}")
+
+
+def model_requests(client: RecordingTransport) -> list[ModelRequest]:
+    """The turns' requests (not the summaries')."""
+    return [request for request in client.sent if "metadata" not in request.settings]
+
+
+def summary_requests(client: RecordingTransport) -> list[ModelRequest]:
+    return [request for request in client.sent if "metadata" in request.settings]
+
+
+def summary_at(history: Sequence[Item]) -> int | None:
+    """Where the summary message sits in a request's history (None: not compacted)."""
+    for index, item in enumerate(history):
+        if isinstance(item, Message) and item.text.startswith(SUMMARY_HEADER):
+            return index
+    return None
+
+
+def pairs_intact(history: Sequence[Item]) -> bool:
+    """Every function_call_output has its function_call before it."""
+    calls: set[str] = set()
+    for item in history:
+        if isinstance(item, FunctionCall):
+            calls.add(item.call_id)
+        elif isinstance(item, FunctionCallOutput) and item.call_id not in calls:
+            return False
+    return True
+
+
+async def run_recorded(
+    server: GatewayServer, agent: Agent, task: str
+) -> tuple[RunResult, RecordingTransport]:
+    async with connect(server.base_url) as inner:
+        client = RecordingTransport(inner)
+        result = await Runner.run(agent, task, client=client)
+    return result, client
+
+
+# -- the policy alone ------------------------------------------------------------------------
+
+
+class FakeAsides:
+    """``request_aside`` for a TurnState outside a run: futures the test resolves."""
+
+    def __init__(self) -> None:
+        self.sent: list[ModelRequest] = []
+        self.futures: list[asyncio.Future[ResponseObject]] = []
+
+    def __call__(self, request: ModelRequest, purpose: str) -> asyncio.Future[ResponseObject]:
+        assert purpose == "summary"
+        future: asyncio.Future[ResponseObject] = asyncio.get_running_loop().create_future()
+        self.sent.append(request)
+        self.futures.append(future)
+        return future
+
+    def answer(self, text: str) -> None:
+        output = (Message(role="assistant", content=text),)
+        self.futures[-1].set_result(ResponseObject("resp_s", 0, "m", "completed", output))
+
+
+def turn_items(index: int, calls: int) -> list[Item]:
+    """One model turn: reasoning, text, ``calls`` parallel calls of 400 characters, results."""
+    made = [
+        FunctionCall(call_id=f"c{index}.{k}", name="fetch", arguments="{}") for k in range(calls)
+    ]
+    out: list[Item] = [Reasoning(id=f"rs{index}", summary=()), Message("assistant", "go"), *made]
+    out.extend(FunctionCallOutput(call_id=call.call_id, output="r" * 400) for call in made)
+    return out
+
+
+async def test_the_policy_cuts_at_a_turn_boundary_and_switches_when_the_summary_is_in() -> None:
+    policy = Compact(threshold_tokens=500, keep_recent_tokens=250, summary_tokens=32)
+    asides = FakeAsides()
+    memo: dict[str, Any] = {}
+    agent = Agent("m", "be brief")
+    history: list[Item] = [Message("user", "the task")]
+    previous: str | None = None
+    new_from = 0
+    sent: list[ModelRequest] = []
+    originals: list[list[Item]] = []
+    for turn in range(1, 9):
+        request = ModelRequest("m", history, new_from, previous, "be brief")
+        originals.append(list(request.new_items))
+        state = TurnState(agent, turn, 1, request, memo=memo)
+        state._aside = asides
+        changed = policy.before_request(state)
+        sent.append(changed or request)
+        if turn == 4:
+            assert asides.sent, "past the threshold: a summary was started"
+            assert changed is None, "the turn goes out as it was: nothing waits for the summary"
+            # A re-sent attempt of this turn starts nothing more.
+            assert policy.before_request(state) is None and len(asides.sent) == 1
+        if turn == 5:
+            asides.answer("the story so far")
+        items = turn_items(turn, calls=1 + turn % 2)
+        history.extend(items)
+        new_from = len(history) - sum(isinstance(item, FunctionCallOutput) for item in items)
+        previous = f"resp_{turn}"
+    summary = asides.sent[0]
+    assert summary.tools == () and dict(summary.settings["metadata"]) == dict(SUMMARY_METADATA)
+    assert summary.settings["max_output_tokens"] == 32
+    older = list(summary.history[:-1])
+    assert older[0] == Message("user", "the task") and pairs_intact(older)
+    assert isinstance(older[-1], FunctionCallOutput), "the part summarised ends with results"
+    # Turn 6 is the first boundary after the summary came back: a fresh chain, compacted.
+    switch = sent[5]
+    assert switch.previous_response_id is None and switch.new_from == 0
+    at = summary_at(switch.history)
+    assert at == 1, "the task stays verbatim, the summary follows it"
+    kept = switch.history[at + 1 :]
+    assert isinstance(kept[0], Reasoning), "the kept part starts with a model output"
+    assert pairs_intact(switch.history)
+    assert list(kept) == history[len(older) : len(older) + len(kept)]
+    # The turn after it continues incrementally: the same new items, renumbered.
+    after = sent[6]
+    assert after.previous_response_id == "resp_6" and after.history[1] is switch.history[1]
+    assert list(after.new_items) == originals[6]
+    assert policy.summaries >= 1 and policy.compactions == 1
+    # A re-sent attempt of a compacted turn is left as it is.
+    again = TurnState(agent, 7, 2, after, memo=memo)
+    again._aside = asides
+    assert policy.before_request(again) is None
+
+
+def test_compact_validates_its_sizes() -> None:
+    with pytest.raises(ValueError):
+        Compact(threshold_tokens=100, keep_recent_tokens=100)
+    with pytest.raises(ValueError):
+        Compact(threshold_tokens=100, summary_tokens=200)
+    assert Compact(threshold_tokens=1000).keep_recent_tokens == 250
+    assert dict(SUMMARY_METADATA) == {SUMMARY_METADATA_KEY: SUMMARY_METADATA_VALUE}
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+async def test_off_by_default_nothing_changes(gateway: GatewayServer) -> None:
+    agent = Agent(generic(6), "Be brief.", [fetch])
+    plain, plain_client = await run_recorded(gateway, agent, "look into it")
+    unreached = Agent(generic(6), "Be brief.", [fetch], policies=[Compact(1_000_000)])
+    compacting, client = await run_recorded(gateway, unreached, "look into it")
+    assert normalized(compacting.items) == normalized(plain.items)
+    assert compacting.asides == () and plain.asides == ()
+    assert [(len(r.history), r.new_from) for r in client.sent] == [
+        (len(r.history), r.new_from) for r in plain_client.sent
+    ]
+    assert all(step.incremental for step in compacting.steps[1:])
+    assert not any(span.name == "model.aside" for span in spans_from_result(compacting))
+
+
+async def test_research_compacts_at_turn_boundaries_and_plays_its_script(
+    gateway: GatewayServer,
+) -> None:
+    log = ExecutionLog()
+    tools = scenario_tools(RESEARCH, time_scale=0, log=log)
+    model = model_id(None, "research")
+    whole, _ = await run_recorded(
+        gateway, Agent(model, RESEARCH.instructions, tools), RESEARCH.task
+    )
+    policy = Compact(threshold_tokens=6000, keep_recent_tokens=2000, summary_tokens=128)
+    agent = Agent(model, RESEARCH.instructions, tools, policies=[policy])
+    log = ExecutionLog()
+    tools = scenario_tools(RESEARCH, time_scale=0, log=log)
+    agent = Agent(model, RESEARCH.instructions, tools, policies=[policy])
+    result, client = await run_recorded(gateway, agent, RESEARCH.task)
+    assert check_run(RESEARCH, result, log) == ()
+    assert policy.compactions >= 1
+    # The run's history is the whole conversation; only the model's input was compacted.
+    assert normalized(result.items) == normalized(whole.items)
+    requests = model_requests(client)
+    assert len(requests) == len(result.steps)
+    compacted = [index for index, r in enumerate(requests) if summary_at(r.history) is not None]
+    assert compacted and compacted == list(range(compacted[0], len(requests)))
+    for index in compacted:
+        request = requests[index]
+        assert pairs_intact(request.history)
+        assert request.instructions == RESEARCH.instructions
+        assert list(request.tools) == list(agent.definitions)
+    # The switch is a fresh chain; the model's input shrank.
+    first = requests[compacted[0]]
+    assert first.previous_response_id is None and not result.steps[compacted[0]].incremental
+    for index in compacted:
+        used, unused = result.steps[index].usage, whole.steps[index].usage
+        assert used is not None and unused is not None
+        assert used.input_tokens < unused.input_tokens
+    # Each summary is recorded beside the turns, and counted in the run's tokens.
+    assert len(result.asides) == len(summary_requests(client)) >= 1
+    assert all(aside.purpose == "summary" for aside in result.asides)
+    done = [aside for aside in result.asides if aside.usage is not None]
+    assert done and all(aside.usage and aside.usage.output_tokens == 128 for aside in done)
+    steps_tokens = sum(step.usage.input_tokens for step in result.steps if step.usage)
+    aside_tokens = sum(aside.usage.input_tokens for aside in done if aside.usage)
+    assert result.usage.input_tokens == steps_tokens + aside_tokens
+    spans = [span for span in spans_from_result(result) if span.name == "model.aside"]
+    assert len(spans) == len(result.asides)
+    assert spans[0].attributes["hotloop.aside.purpose"] == "summary"
+
+
+async def test_the_context_stays_bounded_and_the_prefix_byte_identical(
+    gateway: GatewayServer,
+) -> None:
+    turns = 24
+    policy = Compact(threshold_tokens=4000, keep_recent_tokens=1200, summary_tokens=64)
+    agent = Agent(generic(turns), "Be brief.", [fetch], policies=[policy])
+    result, client = await run_recorded(gateway, agent, "read every page")
+    whole, _ = await run_recorded(gateway, Agent(generic(turns), "Be brief.", [fetch]), "x")
+    assert result.turns == turns + 1 and result.final_output.startswith(f"Done after {turns} ")
+    assert policy.compactions >= 2, "the compacted context passed the threshold again"
+    tokens = [step.usage.input_tokens for step in result.steps if step.usage]
+    unbounded = [step.usage.input_tokens for step in whole.steps if step.usage]
+    assert max(tokens) < 4000 + 3 * 600 < max(unbounded)
+    requests = model_requests(client)
+    # Between two switches, the prefix the model reads first is the same bytes every turn,
+    # and the turns after a switch continue its chain incrementally.
+    epochs: dict[bytes, list[int]] = {}
+    for index, request in enumerate(requests):
+        at = summary_at(request.history)
+        if at is None:
+            continue
+        prefix = codec.dumps(
+            {
+                "instructions": request.instructions,
+                "tools": list(request.tools),
+                "input": [item.to_dict() for item in request.history[: at + 1]],
+            }
+        )
+        epochs.setdefault(prefix, []).append(index)
+    assert len(epochs) == policy.compactions
+    for indices in epochs.values():
+        assert indices == list(range(indices[0], indices[-1] + 1))
+        assert not result.steps[indices[0]].incremental
+        assert all(result.steps[index].incremental for index in indices[1:])
+
+
+async def test_turns_do_not_wait_for_a_slow_summary(gateway_factory: Any) -> None:
+    # 400 tokens/s: a 256-token summary takes 0.64 s, a turn's few tokens a few ms.
+    slow = get_profile("zero").override(decode_tokens_per_s=400)
+    policy = Compact(threshold_tokens=3000, keep_recent_tokens=1000, summary_tokens=256)
+    agent = Agent(generic(60), "Be brief.", [fetch], policies=[policy], max_turns=70)
+    async with gateway_factory(profile=slow) as server:
+        result, client = await run_recorded(server, agent, "read every page")
+    assert result.turns == 61
+    first = result.asides[0]
+    assert first.response_done_ns is not None
+    started = first.turn
+    requests = model_requests(client)
+    switched = next(i for i, r in enumerate(requests) if summary_at(r.history) is not None)
+    switch_turn = switched + 1
+    # Turns kept going while the summary was generated; the switch came at the first turn
+    # boundary after it was in.
+    between = [step for step in result.steps if started < step.turn < switch_turn]
+    assert len(between) >= 3
+    assert all(step.request_sent_ns < first.response_done_ns for step in between)
+    assert result.steps[switch_turn - 1].request_sent_ns > first.response_done_ns
+    # The loop never waited for it: the summary's span is covered by turns in progress.
+    summary_ns = first.response_done_ns - first.request_sent_ns
+    turns_ns = [
+        (step.request_sent_ns, step.response_done_ns or 0)
+        for step in result.steps
+        if started <= step.turn < switch_turn
+    ]
+    busy = sum(
+        max(0, min(end, first.response_done_ns) - max(start, first.request_sent_ns))
+        for start, end in turns_ns
+    )
+    assert busy / summary_ns > 0.5  # model time alone; tools fill the rest

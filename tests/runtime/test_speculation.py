@@ -1,0 +1,160 @@
+"""Speculative prefetch: predicted reads run before the model asks, and nothing changes for it.
+
+A scripted transport plays the model; the tools keep a versioned store, so a read from before
+a write differs from one after it. Each case is also played without speculation, and the
+model's inputs must be byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from hotloop.runtime import Agent, Runner, tool
+from hotloop.runtime.speculation import Speculate
+from hotloop.wire import codec
+from support import ScriptedTransport, answer_events, turn_events
+
+MODEL = "scripted"
+
+Turns = list[list[tuple[str, dict[str, Any]]]]
+
+
+class Repo:
+    """Files with versions, and tools over them; ``runs`` logs every execution."""
+
+    def __init__(self, *, slow: float = 0.0, extra_follow_ups: int = 0) -> None:
+        self.versions: dict[str, int] = {}
+        self.runs: list[str] = []
+        repo = self
+
+        def matches(args: Mapping[str, Any], output: str) -> Iterable[tuple[str, dict[str, Any]]]:
+            names = output.split(": ", 1)[1].split(", ")
+            extra = [f"unused{index}" for index in range(extra_follow_ups)]
+            yield from (("read", {"path": name}) for name in [*names, *extra])
+            yield ("write", {"path": names[0]})  # a write is never speculated
+
+        @tool(reads=["repo"], follows=matches)
+        async def grep(pattern: str) -> str:
+            """Find files.
+
+            Args:
+                pattern: What to find.
+            """
+            repo.runs.append(f"grep {pattern}")
+            return f"{pattern}: a, b"
+
+        @tool(reads=["repo/{path}"])
+        async def read(path: str) -> str:
+            """Read a file.
+
+            Args:
+                path: The file.
+            """
+            repo.runs.append(f"read {path}")
+            await asyncio.sleep(slow)
+            return f"{path} v{repo.versions.get(path, 0)}"
+
+        @tool(writes=["repo/{path}"])
+        async def write(path: str) -> str:
+            """Change a file.
+
+            Args:
+                path: The file.
+            """
+            repo.runs.append(f"write {path}")
+            repo.versions[path] = repo.versions.get(path, 0) + 1
+            return "written"
+
+        self.tools = [grep, read, write]
+
+
+async def play(turns: Turns, repo: Repo, *, speculate: bool, client: Any = None) -> Any:
+    scripted = client or ScriptedTransport([])
+    scripted.turns = [turn_events(f"r{i}", calls) for i, calls in enumerate(turns)]
+    scripted.turns.append(answer_events(f"r{len(turns)}"))
+    scripted.requests = []
+    policies = [Speculate()] if speculate else []
+    result = await Runner.run(
+        Agent(MODEL, tools=repo.tools, policies=policies), "go", client=scripted
+    )
+    inputs = [codec.dumps([item.to_dict() for item in r.history]) for r in scripted.requests]
+    return result, inputs
+
+
+async def compare(turns: Turns, **repo: Any) -> tuple[Any, Repo, Repo]:
+    fast, plain = Repo(**repo), Repo(**repo)
+    result, inputs = await play(turns, fast, speculate=True)
+    _, reference = await play(turns, plain, speculate=False)
+    assert inputs == reference  # lossless
+    return result, fast, plain
+
+
+def marks(result: Any) -> list[tuple[str, str | None]]:
+    return [(tool.name, tool.cache) for step in result.steps for tool in step.tools]
+
+
+async def test_declared_follow_ups_are_fetched_before_the_model_asks() -> None:
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],
+        [("read", {"path": "a"}), ("read", {"path": "b"})],
+    ]
+    result, fast, plain = await compare(turns)
+    assert sorted(fast.runs) == sorted(plain.runs)  # each read ran once: before it was asked
+    assert marks(result)[1:] == [("read", "speculated"), ("read", "speculated")]
+    assert [(s.name, s.source, s.used_ns is not None) for s in result.speculations] == [
+        ("read", "follows", True),
+        ("read", "follows", True),
+    ]
+    assert all(s.name != "write" for s in result.speculations)  # never a write
+
+
+async def test_a_write_drops_a_speculation_even_while_it_runs() -> None:
+    """grep predicts read a; the model writes a, then reads it. The speculated read started
+    before the write: the model's read must not take it, and reads a again after the write."""
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],
+        [("write", {"path": "a"})],
+        [("read", {"path": "a"})],
+    ]
+    result, fast, _ = await compare(turns, slow=0.02)
+    assert marks(result)[-1] == ("read", None)
+    assert fast.runs.count("read a") == 2  # the speculation, wasted; then the real read
+    wasted = [s for s in result.speculations if s.arguments == '{"path":"a"}']
+    assert wasted and wasted[0].used_ns is None
+
+
+async def test_waste_stays_within_its_budget() -> None:
+    # grep predicts 2 useful reads and 20 that never come.
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],
+        [("read", {"path": "a"}), ("read", {"path": "b"})],
+    ]
+    result, fast, plain = await compare(turns, extra_follow_ups=20)
+    unused = [s for s in result.speculations if s.used_ns is None]
+    executed = len(plain.runs)
+    assert len(unused) <= 0.25 * executed + 1
+    assert len(fast.runs) - len(plain.runs) == len(unused)
+
+
+async def test_the_transition_model_learns_across_a_clients_runs() -> None:
+    """No declared follow-ups: the first run teaches the client that ``read b`` follows
+    ``read a``; in the second, ``read b`` is fetched as soon as ``read a`` finished."""
+    turns: Turns = [[("read", {"path": "a"})], [("read", {"path": "b"})]]
+    shared = ScriptedTransport([])
+    repo = Repo()
+    first, _ = await play(turns, repo, speculate=True, client=shared)
+    assert first.speculations == ()
+    second, _ = await play(turns, repo, speculate=True, client=shared)
+    assert [(s.name, codec.loads(s.arguments), s.source) for s in second.speculations] == [
+        ("read", {"path": "b"}, "learned")
+    ]
+    assert marks(second)[-1] == ("read", "speculated")
+
+
+def test_speculate_settings_are_validated() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Speculate(max_in_flight=0)
