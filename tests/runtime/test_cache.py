@@ -11,9 +11,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from hotloop.runtime import Agent, Runner, tool
-from hotloop.runtime.cache import Cache, MemoryStore
+from hotloop.runtime.cache import Cache, MemoryStore, RunResults
 from hotloop.runtime.tools import ToolDefinitionError
 from hotloop.trace.spans import spans_from_result, steps_from_spans
 from hotloop.trace.timeline import timeline_from_steps
@@ -21,6 +22,12 @@ from hotloop.wire import codec
 from support import ScriptedTransport, answer_events, turn_events
 
 MODEL = "scripted"
+
+
+class Where(BaseModel):
+    """A structured argument: not plain JSON once validated."""
+
+    path: str
 
 
 class Files:
@@ -308,3 +315,118 @@ async def test_traces_and_the_waterfall_mark_hits_and_invalidations() -> None:
     assert marks == [("read", "miss", 0), ("read", "hit", 0), ("write", None, 1)]
     labels = [bar.label for bar in timeline_from_steps(result.steps) if bar.kind == "tool.run"]
     assert labels == ["", "cache hit", "invalidated 1"]
+
+
+def test_stores_are_bounded_and_forget_old_invalidations_safely() -> None:
+    store = MemoryStore(max_entries=2)
+    for key in ("a", "b", "c"):
+        store.put(key, key, frozenset({f"repo/{key}"}), None, store.epoch)
+    assert len(store) == 2 and store.get("a", 0.0) is None  # the least recently used went
+    since = store.epoch
+    for _ in range(5000):  # more invalidations than a store remembers
+        store.invalidate(frozenset({"elsewhere"}))
+    # Whether one of the forgotten ones touched it cannot be told: the result is not kept.
+    assert not store.put("d", "d", frozenset({"repo/d"}), None, since)
+    with pytest.raises(ValueError, match="scope"):
+        Cache(scope="galaxy")  # type: ignore[arg-type]
+
+
+class Plain:
+    """A store with only the protocol's methods (a shared store, say)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.entries: dict[str, str] = {}
+
+    def get(self, key: str, now: float) -> str | None:
+        return self.entries.get(key)
+
+    def put(
+        self, key: str, output: str, reads: frozenset[str], expires: float | None, since: int
+    ) -> bool:
+        if since != self.epoch:
+            return False
+        self.entries[key] = output
+        return True
+
+    def invalidate(self, writes: frozenset[str] | None) -> int:
+        self.epoch += 1
+        dropped = len(self.entries)
+        self.entries.clear()
+        return dropped
+
+    def drop(self, key: str) -> None:
+        self.entries.pop(key, None)
+
+
+async def test_any_store_and_every_scope_serve() -> None:
+    plain = Plain()
+    for cache in (Cache(store=plain), Cache(scope="process")):
+        files = Files(cache=cache, slow=0.01)
+        turns: Turns = [
+            [("read", {"path": "p"}), ("read", {"path": "p"})],
+            [("read", {"path": "p"})],
+            [("write", {"path": "p"})],
+            [("read", {"path": "p"})],
+        ]
+        result, _ = await play(turns, files)
+        assert files.runs == ["read p", "write p", "read p"]
+        assert [mark for _, mark in cache_marks(result)] == [
+            "miss",
+            "coalesced",
+            "hit",
+            None,
+            "miss",
+        ]
+    # A client that cannot be weakly referenced keeps client-scoped results for its run only.
+    results = RunResults(("not", "weakly", "referenced"))
+    assert results.store(Cache(scope="client")) is results.store(Cache())
+    assert results.invalidate(frozenset({"nothing/here"})) == 0
+
+
+async def test_a_call_whose_twin_failed_runs_by_itself() -> None:
+    runs: list[int] = []
+
+    @tool(pure=True, cache=True)
+    async def once(n: int) -> str:
+        """Fails on its first run.
+
+        Args:
+            n: A number.
+        """
+        runs.append(n)
+        await asyncio.sleep(0.01)
+        if len(runs) == 1:
+            raise RuntimeError("first")
+        return "fine"
+
+    scripted = ScriptedTransport(
+        [turn_events("r0", [("once", {"n": 1}), ("once", {"n": 1})]), answer_events("r1")]
+    )
+    result = await Runner.run(Agent(MODEL, tools=[once]), "go", client=scripted)
+    assert runs == [1, 1]
+    assert [tool.error is None for tool in result.steps[0].tools] == [False, True]
+
+
+async def test_arguments_that_are_not_plain_json_still_make_a_key() -> None:
+    runs: list[str] = []
+
+    @tool(pure=True, cache=True)
+    async def locate(where: Where) -> str:
+        """Locate.
+
+        Args:
+            where: Where.
+        """
+        runs.append(where.path)
+        return where.path
+
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("locate", {"where": {"path": "a"}})]),
+            turn_events("r1", [("locate", {"where": {"path": "a"}})]),
+            answer_events("r2"),
+        ]
+    )
+    await Runner.run(Agent(MODEL, tools=[locate]), "go", client=scripted)
+    assert runs == ["a"]

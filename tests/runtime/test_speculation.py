@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hotloop.runtime import Agent, Runner, tool
-from hotloop.runtime.speculation import Speculate
+from hotloop.runtime.speculation import Speculate, Transitions, transitions_of
 from hotloop.wire import codec
 from support import ScriptedTransport, answer_events, turn_events
 
@@ -158,3 +158,75 @@ def test_speculate_settings_are_validated() -> None:
 
     with pytest.raises(ValueError, match="max_in_flight"):
         Speculate(max_in_flight=0)
+
+
+async def test_a_call_joins_a_speculation_still_running() -> None:
+    turns: Turns = [[("grep", {"pattern": "x"})], [("read", {"path": "a"})]]
+    result, fast, _ = await compare(turns, slow=0.05)
+    assert marks(result)[-1] == ("read", "speculated")
+    assert fast.runs.count("read a") == 1
+
+
+async def test_predictions_that_cannot_run_are_dropped() -> None:
+    """Unknown tools, arguments the tool refuses, writes, duplicates, a follow-up function
+    that raises and a full in-flight budget: none runs, and the run goes on."""
+    runs: list[str] = []
+
+    def odd(args: Mapping[str, Any], output: str) -> Iterable[tuple[str, Mapping[str, Any]]]:
+        yield ("nowhere", {})
+        yield ("look", {"wrong": 1})
+        yield ("look", {"path": "a"})
+        yield ("look", {"path": "a"})  # twice: once
+        yield ("look", {"path": "b"})  # over max_in_flight=1 while a runs
+        raise RuntimeError("a broken prediction")
+
+    @tool(pure=True, follows=odd)
+    async def start(n: int) -> str:
+        """Start.
+
+        Args:
+            n: A number.
+        """
+        return "go"
+
+    @tool(pure=True, cache=True)
+    async def look(path: str) -> str:
+        """Look.
+
+        Args:
+            path: Where.
+        """
+        runs.append(path)
+        await asyncio.sleep(0.02)
+        return path
+
+    scripted = ScriptedTransport(
+        [turn_events("r0", [("start", {"n": 1})]), turn_events("r1", [("look", {"path": "a"})])]
+    )
+    scripted.turns.append(answer_events("r2"))
+    agent = Agent(MODEL, tools=[start, look], policies=[Speculate(max_in_flight=1)])
+    result = await Runner.run(agent, "go", client=scripted)
+    assert [(s.name, codec.loads(s.arguments)) for s in result.speculations] == [
+        ("look", {"path": "a"})
+    ]
+    assert runs == ["a"] and marks(result)[-1] == ("look", "speculated")
+
+
+async def test_speculations_still_running_when_the_run_ends_are_cancelled() -> None:
+    turns: Turns = [[("grep", {"pattern": "x"})]]  # a and b are predicted, never asked for
+    repo = Repo(slow=5.0)
+    result, _ = await play(turns, repo, speculate=True)
+    assert [s.used_ns for s in result.speculations] == [None, None]
+    await asyncio.sleep(0)
+    assert all(s.finished_ns is not None for s in result.speculations)
+
+
+def test_the_transition_model_is_bounded() -> None:
+    model = Transitions(fanout=2, max_keys=2)
+    for previous in ("a", "b", "c"):
+        model.saw(previous, ("read", "x"))
+    assert model.after("a") == () and model.after("c") == (("read", "x"),)
+    for call in ("1", "2", "3", "2"):
+        model.saw("c", ("read", call))
+    assert model.after("c") == (("read", "2"), ("read", "3"))
+    assert isinstance(transitions_of(1), Transitions)  # no weak reference: a fresh one

@@ -198,17 +198,20 @@ class RunResults:
             return self._run
         if cache.scope == "process":
             return _PROCESS
-        store = _CLIENTS.get(self._client)
-        if store is None:
-            try:
+        try:
+            store = _CLIENTS.get(self._client)
+            if store is None:
                 store = _CLIENTS[self._client] = MemoryStore()
-            except TypeError:  # a client that cannot be weakly referenced: this run only
-                return self._run
+        except TypeError:  # a client that cannot be weakly referenced: this run only
+            return self._run
         return store
 
     def _stores(self) -> Iterable[ResultStore]:
         seen: list[ResultStore] = [self._run, _PROCESS, *self._extra]
-        client = _CLIENTS.get(self._client)
+        try:
+            client = _CLIENTS.get(self._client)
+        except TypeError:
+            client = None
         if client is not None:
             seen.append(client)
         return seen
