@@ -13,6 +13,7 @@ from typing import Any
 
 from hotloop.runtime import Agent, Runner, tool
 from hotloop.runtime.speculation import Speculate, Transitions, transitions_of
+from hotloop.trace.spans import spans_from_result, speculation_effect
 from hotloop.wire import codec
 from support import ScriptedTransport, answer_events, turn_events
 
@@ -230,3 +231,22 @@ def test_the_transition_model_is_bounded() -> None:
         model.saw("c", ("read", call))
     assert model.after("c") == (("read", "2"), ("read", "3"))
     assert isinstance(transitions_of(1), Transitions)  # no weak reference: a fresh one
+
+
+async def test_the_trace_shows_each_speculation_and_what_it_saved_or_wasted() -> None:
+    turns: Turns = [[("grep", {"pattern": "x"})], [("read", {"path": "a"})]]
+    result, _, _ = await compare(turns)
+    spans = [s for s in spans_from_result(result) if s.name == "tool.speculation"]
+    assert [
+        (s.attributes["gen_ai.tool.name"], s.attributes["hotloop.speculation.used"]) for s in spans
+    ] == [
+        ("read", True),
+        ("read", False),
+    ]
+    used, unused = result.speculations
+    saved, wasted = speculation_effect(used, result.wall_ns)
+    assert wasted == 0 and 0 <= saved <= used.finished_ns - used.started_ns
+    assert speculation_effect(unused, result.wall_ns) == (
+        0,
+        unused.finished_ns - unused.started_ns,
+    )

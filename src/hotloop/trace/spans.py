@@ -17,6 +17,8 @@
        └─ loop.next_request                   tool results → next request sent
     model.aside (under run)                   a request a policy sent beside the turns
                                               (a Compact summary): sent → response complete
+    tool.speculation (under run)              a read run before the model asked (Speculate):
+                                              started → finished
 
 The spans keep these names wherever hotloop writes them (memory, JSONL); the three that are
 operations of the OpenTelemetry GenAI semantic conventions also carry its attributes
@@ -49,7 +51,7 @@ from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 from hotloop.errors import HotloopError
-from hotloop.runtime.events import RunResult, StepRecord, ToolRecord
+from hotloop.runtime.events import RunResult, SpeculationRecord, StepRecord, ToolRecord
 from hotloop.trace.timeline import Bar, timeline_from_steps
 from hotloop.wire import codec
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning
@@ -62,6 +64,7 @@ __all__ = [
     "GenAIOperation",
     "Span",
     "exported_name",
+    "speculation_effect",
     "span_kind",
     "group_traces",
     "span_from_dict",
@@ -548,6 +551,36 @@ def _run_spans(
         )
     for aside in result.asides:
         _aside_span(trace, result, aside, root)
+    for speculation in result.speculations:
+        _speculation_span(trace, result, speculation, root)
+
+
+def speculation_effect(speculation: SpeculationRecord, wall_ns: int) -> tuple[int, int]:
+    """``(saved_ns, wasted_ns)`` of a speculative execution: a used one saved the part of its
+    run that came before the model asked (the call would have started then); an unused one
+    wasted its whole run (to the run's end, if the run cancelled it)."""
+    finished = speculation.finished_ns if speculation.finished_ns is not None else wall_ns
+    duration = max(0, finished - speculation.started_ns)
+    if speculation.used_ns is None:
+        return 0, duration
+    return max(0, min(duration, speculation.used_ns - speculation.started_ns)), 0
+
+
+def _speculation_span(
+    trace: _Builder, result: RunResult, speculation: SpeculationRecord, parent: str
+) -> None:
+    saved, wasted = speculation_effect(speculation, result.wall_ns)
+    attributes: dict[str, AttributeValue] = {
+        "gen_ai.tool.name": speculation.name,
+        "hotloop.speculation.source": speculation.source,
+        "hotloop.speculation.used": speculation.used_ns is not None,
+        "hotloop.speculation.saved_ns": saved,
+        "hotloop.speculation.wasted_ns": wasted,
+    }
+    if speculation.error is not None:
+        attributes["hotloop.tool.error"] = speculation.error
+    end = speculation.finished_ns if speculation.finished_ns is not None else result.wall_ns
+    trace.add("tool.speculation", parent, speculation.started_ns, end, attributes)
 
 
 def _aside_span(trace: _Builder, result: RunResult, aside: StepRecord, parent: str) -> None:
