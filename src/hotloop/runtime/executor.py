@@ -31,7 +31,7 @@ from hotloop.runtime.speculation import Speculate, transitions_of
 from hotloop.runtime.tools import RunContext, Tool, ToolPoolExhausted, ToolThreads
 from hotloop.wire import codec
 
-__all__ = ["Outcome", "ToolExecutor", "error_output"]
+__all__ = ["Call", "Outcome", "ToolExecutor", "error_output"]
 
 _log = logging.getLogger("hotloop.runtime")
 
@@ -44,6 +44,22 @@ class Outcome:
     error: str | None
     started_ns: int
     finished_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One admitted call, as the executor runs it: the tool, its validated ``args`` and the
+    model's JSON ``arguments``, the resources it may write, its record, the context it gets
+    (None: the tool takes none), what to do when it starts, and its turn."""
+
+    tool: Tool
+    args: Mapping[str, Any]
+    arguments: str
+    writes: frozenset[str]
+    record: ToolRecord
+    context: RunContext[Any] | None
+    on_start: Callable[[], None]
+    turn: int
 
 
 def error_output(kind: str, message: str) -> str:
@@ -99,38 +115,18 @@ class ToolExecutor:
         for task in self._tasks:
             task.cancel()
 
-    def execute(
-        self,
-        tool: Tool,
-        args: Mapping[str, Any],
-        arguments: str,
-        writes: frozenset[str],
-        record: ToolRecord,
-        context: RunContext[Any] | None,
-        on_start: Callable[[], None],
-        turn: int,
-    ) -> Awaitable[Outcome]:
-        """Run one admitted call (or answer it from the cache): an awaitable of its outcome;
-        ``writes`` are the resources it may write (from :meth:`Tool.resources`)."""
+    def execute(self, call: Call) -> Awaitable[Outcome]:
+        """Run one admitted call (or answer it from the cache): an awaitable of its outcome."""
         if self.speculate is not None:
-            return self._speculating(tool, args, arguments, writes, record, context, on_start, turn)
-        if tool.cache is None:
-            return self._run(tool, args, writes, record, context, on_start, turn)
-        return self._cached(tool, args, arguments, writes, record, context, on_start, turn)
+            return self._speculating(call)
+        if call.tool.cache is None:
+            return self._run(call)
+        return self._cached(call)
 
-    async def _speculating(
-        self,
-        tool: Tool,
-        args: Mapping[str, Any],
-        arguments: str,
-        writes: frozenset[str],
-        record: ToolRecord,
-        context: RunContext[Any] | None,
-        on_start: Callable[[], None],
-        turn: int,
-    ) -> Outcome:
+    async def _speculating(self, call: Call) -> Outcome:
         """A call while speculation is on: take a speculated result if there is one, then
         predict what follows the call."""
+        tool, args, arguments, record = call.tool, call.args, call.arguments, call.record
         key = canonical_key(tool.name, args, arguments)
         outcome: Outcome | None = None
         if _speculable(tool):
@@ -152,11 +148,9 @@ class ToolExecutor:
                     self._used += 1
         if outcome is None:
             if tool.cache is None:
-                outcome = await self._run(tool, args, writes, record, context, on_start, turn)
+                outcome = await self._run(call)
             else:
-                outcome = await self._cached(
-                    tool, args, arguments, writes, record, context, on_start, turn
-                )
+                outcome = await self._cached(call)
         if outcome.error is None:
             self._predict(tool, args, arguments, outcome.output)
         return outcome
@@ -228,7 +222,9 @@ class ToolExecutor:
         output: str | None = None
         try:
             record = ToolRecord("speculation", tool.name, speculation.arguments, self.now())
-            outcome = await self._run(tool, args, frozenset(), record, None, _nothing, 0)
+            outcome = await self._run(
+                Call(tool, args, speculation.arguments, frozenset(), record, None, _nothing, 0)
+            )
             speculation.error = outcome.error
             if outcome.error is None:
                 output = outcome.output
@@ -237,21 +233,12 @@ class ToolExecutor:
             self._in_flight -= 1
             self.results.finish(self._speculated, key, reads, epoch, output)
 
-    async def _cached(
-        self,
-        tool: Tool,
-        args: Mapping[str, Any],
-        arguments: str,
-        writes: frozenset[str],
-        record: ToolRecord,
-        context: RunContext[Any] | None,
-        on_start: Callable[[], None],
-        turn: int,
-    ) -> Outcome:
+    async def _cached(self, call: Call) -> Outcome:
+        tool, args, record = call.tool, call.args, call.record
         cache = tool.cache
         assert cache is not None
         reads, _ = tool.resources(args)
-        key = canonical_key(tool.name, args, arguments)
+        key = canonical_key(tool.name, args, call.arguments)
         kind, found, epoch = self.results.lookup(cache, key, reads)
         if kind == "hit":
             assert isinstance(found, str)
@@ -266,36 +253,28 @@ class ToolExecutor:
                 record.cache = "coalesced"
                 return Outcome(output, None, started, self.now())
             # The call it joined failed: this one runs by itself (and is not shared).
-            return await self._run(tool, args, writes, record, context, on_start, turn)
+            return await self._run(call)
         record.cache = "miss"
         stored: str | None = None
         try:
-            outcome = await self._run(tool, args, writes, record, context, on_start, turn)
+            outcome = await self._run(call)
             if outcome.error is None:
                 stored = outcome.output
             return outcome
         finally:
             self.results.finish(cache, key, reads, epoch, stored)
 
-    async def _run(
-        self,
-        tool: Tool,
-        args: Mapping[str, Any],
-        writes: frozenset[str],
-        record: ToolRecord,
-        context: RunContext[Any] | None,
-        on_start: Callable[[], None],
-        turn: int,
-    ) -> Outcome:
+    async def _run(self, call: Call) -> Outcome:
+        tool, args, record, writes = call.tool, call.args, call.record, call.writes
         started = self.now()
         record.started_ns = started
-        on_start()
+        call.on_start()
         if record.call_id != "speculation":
             self._executed += 1
         error: str | None = None
         try:
             async with asyncio.timeout(tool.timeout):
-                output = await tool.invoke(args, self.threads, context)
+                output = await tool.invoke(args, self.threads, call.context)
         except ToolPoolExhausted as exc:
             error = str(exc)
             output = error_output("tool_pool_exhausted", error)
@@ -309,7 +288,7 @@ class ToolExecutor:
                 "tool %s raised (call %s, turn %d); the model gets the error",
                 tool.name,
                 record.call_id,
-                turn,
+                call.turn,
                 exc_info=exc,
             )
         finally:

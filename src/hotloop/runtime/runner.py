@@ -65,7 +65,7 @@ from hotloop.runtime.events import (
     ToolRecord,
 )
 from hotloop.runtime.events import TextDelta as TextDeltaEvent
-from hotloop.runtime.executor import Outcome, ToolExecutor, error_output
+from hotloop.runtime.executor import Call, Outcome, ToolExecutor, error_output
 from hotloop.runtime.output import OutputValidationError, problems
 from hotloop.runtime.policies import Policy, RouteTurns, Send, TurnState
 from hotloop.runtime.scheduler import NOTHING, Admission, CallEffects
@@ -512,7 +512,7 @@ class _TurnCalls:
                 self.emit(ToolCallStarted(self.turn, call.call_id, call.name, call.arguments))
 
         return await self.executor.execute(
-            tool, args, call.arguments, writes, record, context, started, self.turn
+            Call(tool, args, call.arguments, writes, record, context, started, self.turn)
         )
 
     async def _approval(self, call: FunctionCall, record: ToolRecord) -> str | None:
