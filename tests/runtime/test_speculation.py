@@ -25,7 +25,9 @@ Turns = list[list[tuple[str, dict[str, Any]]]]
 class Repo:
     """Files with versions, and tools over them; ``runs`` logs every execution."""
 
-    def __init__(self, *, slow: float = 0.0, extra_follow_ups: int = 0) -> None:
+    def __init__(
+        self, *, slow: float = 0.0, extra_follow_ups: int = 0, reread: bool = False
+    ) -> None:
         self.versions: dict[str, int] = {}
         self.runs: list[str] = []
         repo = self
@@ -57,7 +59,10 @@ class Repo:
             await asyncio.sleep(slow)
             return f"{path} v{repo.versions.get(path, 0)}"
 
-        @tool(writes=["repo/{path}"])
+        def reread_it(args: Mapping[str, Any], output: str) -> Iterable[tuple[str, Any]]:
+            return [("read", {"path": args["path"]})] if reread else []
+
+        @tool(writes=["repo/{path}"], follows=reread_it)
         async def write(path: str) -> str:
             """Change a file.
 
@@ -71,12 +76,12 @@ class Repo:
         self.tools = [grep, read, write]
 
 
-async def play(turns: Turns, repo: Repo, *, speculate: bool, client: Any = None) -> Any:
+async def play(turns: Turns, repo: Repo, *, speculate: bool | Speculate, client: Any = None) -> Any:
     scripted = client or ScriptedTransport([])
     scripted.turns = [turn_events(f"r{i}", calls) for i, calls in enumerate(turns)]
     scripted.turns.append(answer_events(f"r{len(turns)}"))
     scripted.requests = []
-    policies = [Speculate()] if speculate else []
+    policies = [] if speculate is False else [Speculate() if speculate is True else speculate]
     result = await Runner.run(
         Agent(MODEL, tools=repo.tools, policies=policies), "go", client=scripted
     )
@@ -250,3 +255,22 @@ async def test_the_trace_shows_each_speculation_and_what_it_saved_or_wasted() ->
         0,
         unused.finished_ns - unused.started_ns,
     )
+
+
+async def test_a_read_dropped_by_a_write_is_speculated_again_after_it() -> None:
+    """grep predicts read a; a write to a drops that speculation; the write's own follow-up
+    predicts read a again, and this second speculation is used."""
+
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],
+        [("write", {"path": "a"})],
+        [("read", {"path": "a"})],
+    ]
+    fast, plain = Repo(slow=0.01, reread=True), Repo(slow=0.01, reread=True)
+    # A waste budget that lets the second speculation start (b was predicted and never used).
+    result, inputs = await play(turns, fast, speculate=Speculate(max_waste=1.0))
+    _, reference = await play(turns, plain, speculate=False)
+    assert inputs == reference
+    reads_of_a = [s for s in result.speculations if codec.loads(s.arguments) == {"path": "a"}]
+    assert len(reads_of_a) == 2 and reads_of_a[0].used_ns is None
+    assert reads_of_a[1].used_ns is not None and marks(result)[-1] == ("read", "speculated")

@@ -1,5 +1,5 @@
 """Benchmarks of agent loops on the embedded model: strategies, the lower bound, reports."""
 
-from hotloop.bench.lower_bound import LowerBound, TurnBound, lower_bound
+from hotloop.bench.lower_bound import LowerBound, Room, TurnBound, lower_bound, room
 
-__all__ = ["LowerBound", "TurnBound", "lower_bound"]
+__all__ = ["LowerBound", "Room", "TurnBound", "lower_bound", "room"]

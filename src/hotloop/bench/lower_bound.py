@@ -15,6 +15,22 @@ No client can finish a scenario faster than this, given how the simulated model 
   client and network overheads are zero.
 
 The per-turn figure is therefore ``max(model end, last tool end)``; the bound is their sum.
+
+**The room** (:func:`room`) is how much of that bound work avoidance could remove at most. Two
+kinds of call are taken off the critical path (their tool time set to zero; the model still
+gets their result, so what it is sent is unchanged):
+
+* **repeats**: a call of a tool that cannot write (its declared effects) made before, same tool
+  and canonical arguments, with no call in between (in script order) that may write what it
+  reads: hierarchically overlapping writes, or a tool that declares no effects. A perfect cache
+  serves it;
+* **predicted reads**: a call of such a tool that a call of an *earlier* turn's declared
+  ``follows`` predicts (from that call's arguments and its simulated output), again with no
+  overlapping write in between: it could run while the model generates.
+
+``room = lower bound - bound without the repeats and the predicted reads``. It is an upper
+limit on what a cache and speculation could recover: a prefetch started when its predictor
+finished may not be done when its call comes.
 """
 
 from __future__ import annotations
@@ -24,14 +40,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotloop.protocol.conversation import estimate_item_tokens
-from hotloop.runtime.scheduler import CallEffects
+from hotloop.runtime.scheduler import CallEffects, overlap
 from hotloop.sim.engine import CHARS_PER_TOKEN
 from hotloop.sim.latency import LatencyProfile
-from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec
-from hotloop.sim.tools import tool_output
+from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec, canonical_arguments
+from hotloop.sim.tools import follow_ups, tool_output
 from hotloop.wire import codec
 
-__all__ = ["LowerBound", "TurnBound", "lower_bound"]
+__all__ = ["Avoidable", "LowerBound", "Room", "TurnBound", "avoidable", "lower_bound", "room"]
+
+#: A call of a scenario: (0-based turn, index of the call in the turn).
+CallRef = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +100,10 @@ def _effects(spec: ToolSpec, arguments: str) -> CallEffects:
 
 
 def _tool_ends(
-    scenario: Scenario, calls: tuple[ScriptedCall, ...], ready: list[float]
+    scenario: Scenario,
+    calls: tuple[ScriptedCall, ...],
+    ready: list[float],
+    free: frozenset[int] = frozenset(),
 ) -> list[float]:
     effects = [_effects(scenario.tools[call.name], call.arguments) for call in calls]
     ends: list[float] = []
@@ -90,12 +112,18 @@ def _tool_ends(
         for earlier in range(index):
             if effects[index].conflicts_with(effects[earlier]):
                 start = max(start, ends[earlier])
-        ends.append(start + scenario.tools[call.name].latency_ms / 1000)
+        latency = 0.0 if index in free else scenario.tools[call.name].latency_ms / 1000
+        ends.append(start + latency)
     return ends
 
 
-def lower_bound(scenario: Scenario, profile: LatencyProfile) -> LowerBound:
-    """The critical-path lower bound of ``scenario`` under ``profile``; see the module doc."""
+def lower_bound(
+    scenario: Scenario, profile: LatencyProfile, *, free: frozenset[CallRef] = frozenset()
+) -> LowerBound:
+    """The critical-path lower bound of ``scenario`` under ``profile``; see the module doc.
+
+    The calls in ``free`` (turn, index) take no tool time (served or done ahead of time).
+    """
     interval = profile.token_interval()
     new_tokens = estimate_item_tokens(scenario.task)
     turns: list[TurnBound] = []
@@ -109,7 +137,8 @@ def lower_bound(scenario: Scenario, profile: LatencyProfile) -> LowerBound:
             emitted += _tokens(call.arguments)
             ready.append(first + (emitted - 1) * interval)
         model_end = first + max(emitted - 1, 0) * interval
-        ends = _tool_ends(scenario, turn.calls, ready)
+        mine = frozenset(call for at, call in free if at == index)
+        ends = _tool_ends(scenario, turn.calls, ready, mine)
         turns.append(TurnBound(index + 1, first, model_end, max(ends, default=0.0)))
         # What the next turn sends: this turn's tool results.
         new_tokens = sum(
@@ -117,3 +146,100 @@ def lower_bound(scenario: Scenario, profile: LatencyProfile) -> LowerBound:
             for call in turn.calls
         )
     return LowerBound(scenario.name, profile.name, tuple(turns))
+
+
+@dataclass(frozen=True, slots=True)
+class Avoidable:
+    """The calls of a scenario work avoidance could take off the critical path (see the
+    module doc): exact repeats a perfect cache serves, and reads an earlier turn's declared
+    follow-ups predict (and that are not repeats)."""
+
+    repeats: frozenset[CallRef]
+    predicted: frozenset[CallRef]
+
+
+def _writes_between(
+    effects: list[tuple[CallRef, CallEffects]], after: int, before: int, reads: frozenset[str]
+) -> bool:
+    """Whether a call strictly between positions ``after`` and ``before`` may write ``reads``."""
+    return any(
+        other.exclusive or overlap(other.writes, reads) for _, other in effects[after + 1 : before]
+    )
+
+
+def avoidable(scenario: Scenario) -> Avoidable:
+    """Which calls are repeats and which are predicted reads; see the module doc."""
+    flat: list[tuple[CallRef, ScriptedCall]] = [
+        ((turn, index), call)
+        for turn, scripted in enumerate(scenario.turns)
+        for index, call in enumerate(scripted.calls)
+    ]
+    effects = [(ref, _effects(scenario.tools[call.name], call.arguments)) for ref, call in flat]
+    keys = [(call.name, canonical_arguments(call.arguments)) for _, call in flat]
+    # What each call's follow-ups predict: (tool, canonical arguments) → positions predicting it.
+    predictions: list[set[tuple[str, str]]] = []
+    for _, call in flat:
+        spec = scenario.tools[call.name]
+        output = tool_output(spec, call.arguments)
+        predictions.append(
+            {
+                (name, codec.canonical(args).decode())
+                for name, args in follow_ups(spec, codec.loads(call.arguments), output)
+            }
+        )
+    repeats: set[CallRef] = set()
+    predicted: set[CallRef] = set()
+    for position, (ref, call) in enumerate(flat):
+        if not scenario.tools[call.name].writes_nothing:
+            continue
+        reads = effects[position][1].reads
+        # The calls since the last write that may change what this one reads, nearest first.
+        since: list[int] = []
+        for earlier in range(position - 1, -1, -1):
+            if _writes_between(effects, earlier, position, reads):
+                break
+            since.append(earlier)
+        if any(keys[earlier] == keys[position] for earlier in since):
+            repeats.add(ref)
+        elif any(
+            flat[earlier][0][0] < ref[0] and keys[position] in predictions[earlier]
+            for earlier in since
+        ):
+            predicted.add(ref)
+    return Avoidable(frozenset(repeats), frozenset(predicted))
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """The bound, and the bounds without the avoidable calls (s): what a runtime could save."""
+
+    bound: LowerBound
+    without_repeats: LowerBound
+    without_avoidable: LowerBound
+    calls: Avoidable
+
+    @property
+    def room_s(self) -> float:
+        return self.bound.total_s - self.without_avoidable.total_s
+
+    def describe(self) -> dict[str, Any]:
+        """The room as report data."""
+        return {
+            "lower_bound_s": self.bound.total_s,
+            "without_repeats_s": self.without_repeats.total_s,
+            "without_repeats_and_predicted_s": self.without_avoidable.total_s,
+            "room_s": self.room_s,
+            "repeats": len(self.calls.repeats),
+            "predicted_reads": len(self.calls.predicted),
+        }
+
+
+def room(scenario: Scenario, profile: LatencyProfile) -> Room:
+    """The lower bound with and without the calls work avoidance could skip (module doc)."""
+    calls = avoidable(scenario)
+    return Room(
+        lower_bound(scenario, profile),
+        lower_bound(scenario, profile, free=calls.repeats),
+        lower_bound(scenario, profile, free=calls.repeats | calls.predicted),
+        calls,
+    )

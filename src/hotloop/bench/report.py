@@ -21,13 +21,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hotloop.bench.lower_bound import lower_bound
+from hotloop.bench.lower_bound import room
 from hotloop.bench.runner import BenchConfig, scaled_tools
 from hotloop.bench.strategies import RunRecord
 from hotloop.wire import codec
 
 __all__ = [
     "TextTable",
+    "avoidance_table",
     "default_report_stem",
     "phase_table",
     "render_table",
@@ -51,7 +52,8 @@ def _median(values: Sequence[float]) -> float | None:
 
 def summarize(config: BenchConfig, records: Sequence[RunRecord]) -> dict[str, Any]:
     """The report as plain data (what the JSON file holds)."""
-    bound = lower_bound(scaled_tools(config.scenario, config.tool_time_scale), config.profile)
+    avoidable = room(scaled_tools(config.scenario, config.tool_time_scale), config.profile)
+    bound = avoidable.bound
     measured = [r for r in records if r.repetition > 0]
     warmups = [r for r in records if r.repetition == 0]
     strategies: dict[str, dict[str, Any]] = {}
@@ -81,9 +83,29 @@ def summarize(config: BenchConfig, records: Sequence[RunRecord]) -> dict[str, An
             "phases": {key: _median([r.phases[key] for r in good]) for key in _PHASES}
             if good
             else {},
+            "cache_hits": _median([r.cache_hits for r in good]),
+            "speculations_used": _median([r.speculations_used for r in good]),
+            "speculations_wasted": _median([r.speculations_wasted for r in good]),
+            "invalidations": _median([r.invalidations for r in good]),
+            "summaries": _median([r.summaries for r in good]),
+            "digests": sorted({r.outputs_digest for r in good}),
         }
     naive = strategies.get("naive", {}).get("median_wall_s")
+    plain = strategies.get("hotloop", {})
     for entry in strategies.values():
+        # The share of the room recovered, against plain hotloop's median (None without it).
+        wall, base = entry["median_wall_s"], plain.get("median_wall_s")
+        entry["room_recovered"] = (
+            (base - wall) / avoidable.room_s
+            if wall is not None and base is not None and avoidable.room_s > 0
+            else None
+        )
+        entry["speedup_vs_hotloop"] = base / wall if wall and base is not None else None
+        # Every good run got the tool results plain hotloop's runs got (None: nothing to compare).
+        reference = plain.get("digests") or []
+        entry["outputs_identical_to_hotloop"] = (
+            entry["digests"] == reference if len(reference) == 1 and entry["digests"] else None
+        )
         wall = entry["median_wall_s"]
         entry["ratio_to_naive"] = wall / naive if wall is not None and naive else None
         entry["ratio_to_lower_bound"] = (
@@ -102,6 +124,7 @@ def summarize(config: BenchConfig, records: Sequence[RunRecord]) -> dict[str, An
         "warmup_runs": config.warmup,
         "lower_bound_s": bound.total_s,
         "lower_bound_model_s": bound.model_s,
+        "room": avoidable.describe(),
         # Across a network every turn costs at least one more round trip, and the first one a
         # TCP handshake: the bound plus (turns + 1) RTTs (still a bound for any transport).
         "lower_bound_with_rtt_s": bound.total_s
@@ -187,6 +210,56 @@ def strategy_table(report: dict[str, Any]) -> TextTable:
     return TextTable(_title(report), columns, tuple(rows), tuple(styles))
 
 
+def avoidance_table(report: dict[str, Any]) -> TextTable:
+    """The strategies with work-avoidance policies, against plain hotloop and the room."""
+    rows = []
+    styles = []
+    for name, entry in report["strategies"].items():
+        if not entry.get("policies") and name != "hotloop":
+            continue
+        identical = entry.get("outputs_identical_to_hotloop")
+        rows.append(
+            (
+                name,
+                _fmt(entry["median_wall_s"], ".3f"),
+                _fmt(entry.get("speedup_vs_hotloop"), ".3f"),
+                _fmt(entry.get("room_recovered"), ".1%"),
+                _fmt(entry.get("cache_hits"), ".0f"),
+                _fmt(entry.get("speculations_used"), ".0f")
+                + "/"
+                + _fmt(entry.get("speculations_wasted"), ".0f"),
+                _fmt(entry.get("invalidations"), ".0f"),
+                _fmt(entry.get("summaries"), ".0f"),
+                "—" if identical is None else ("yes" if identical else "NO"),
+            )
+        )
+        styles.append(_row_style(name, entry))
+    room = report["room"]
+    caption = (
+        f"Avoidable work (medians): room {room['room_s']:.3f} s = lower bound "
+        f"{room['lower_bound_s']:.3f} s - {room['without_repeats_and_predicted_s']:.3f} s "
+        f"without {room['repeats']} cacheable repeats ({room['without_repeats_s']:.3f} s without "
+        f"those alone) and {room['predicted_reads']} predicted reads; recovered = (hotloop - "
+        "strategy) / room; same results = every tool result the model got equals hotloop's."
+    )
+    return TextTable(
+        caption,
+        (
+            "strategy",
+            "median s",
+            "speed-up",
+            "recovered",
+            "hits",
+            "spec used/wasted",
+            "invalidated",
+            "summaries",
+            "same results",
+        ),
+        tuple(rows),
+        tuple(styles),
+    )
+
+
 def phase_table(report: dict[str, Any]) -> TextTable:
     """Where each strategy's median run spent its time; strategies without a good run are
     left out (they have no phases to split)."""
@@ -250,6 +323,10 @@ def render_table(report: dict[str, Any], console: Console) -> None:
     if phases.rows:
         console.print(phases.caption, highlight=False, soft_wrap=True)
         console.print(_rich_table(phases))
+    avoided = avoidance_table(report)
+    if len(avoided.rows) > 1:
+        console.print(avoided.caption, highlight=False, soft_wrap=True)
+        console.print(_rich_table(avoided))
     for line in _failures(report):
         console.print(f"[bold red]FAILED[/] {line}", highlight=False, soft_wrap=True)
 
@@ -271,6 +348,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["", "Failed runs:", ""] + [f"* {line}" for line in failures]
     phases = phase_table(report)
     lines += ["", phases.caption, "", *_markdown_table(phases)]
+    avoided = avoidance_table(report)
+    if len(avoided.rows) > 1:
+        lines += ["", avoided.caption, "", *_markdown_table(avoided)]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,12 @@
 """The agent-loop strategies ``hotloop bench`` compares, and one checked, measured run of each.
 
-The strategies differ only in transport and tool scheduling; the agent, its tools (the
-scenario's, from :func:`hotloop.testing.scenario_tools`) and the model are the same. Every run
+The strategies differ only in transport, tool scheduling and the runtime's work-avoidance
+policies; the agent, its tools (the scenario's, from :func:`hotloop.testing.scenario_tools`)
+and the model are the same. The ``hotloop+…`` strategies are ``hotloop`` with policies on:
+``cache`` (the scenario's ``cache`` declarations become run-scoped caches; without it no tool
+caches), ``speculate`` (``Speculate()``: the tools' declared follow-ups and the client's learned
+transitions, which start empty on every run's fresh client) and ``compact``
+(``Compact(threshold_tokens=COMPACT_THRESHOLD_TOKENS)``). Every run
 gets a fresh client (connection set-up is part of the run), a task tagged with its own session
 id (the simulated engine's prefix cache is shared across requests, like a real engine's: runs
 must not reuse each other's cached prompts), and is checked against the scenario afterwards.
@@ -10,6 +15,7 @@ must not reuse each other's cached prompts), and is checked against the scenario
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,16 +23,29 @@ from typing import Any, Literal
 
 import hotloop
 from hotloop.backends.sim import DEFAULT_MODEL
-from hotloop.runtime import Agent, ModelTurnFinished, RunFinished, Runner, RunResult, StepRecord
+from hotloop.runtime import (
+    Agent,
+    Compact,
+    ModelTurnFinished,
+    Policy,
+    RunFinished,
+    Runner,
+    RunResult,
+    Speculate,
+    StepRecord,
+)
 from hotloop.sim.scenario import Scenario
 from hotloop.testing import ExecutionLog, check_run, scenario_tools, session_task
 from hotloop.transport import Transport
+from hotloop.wire.items import FunctionCallOutput
 
 __all__ = [
     "STRATEGIES",
     "RunRecord",
     "Strategy",
+    "avoided_work",
     "check_run",
+    "outputs_digest",
     "phases",
     "run_once",
     "strategy_agent",
@@ -36,6 +55,8 @@ __all__ = [
 
 #: A run that takes longer than this is stopped and reported as failed.
 RUN_TIMEOUT_S = 900.0
+#: Where the ``compact`` strategies start a summary (estimated context tokens).
+COMPACT_THRESHOLD_TOKENS = 8_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +69,8 @@ class Strategy:
     eager: bool
     max_concurrency: int
     description: str
+    #: Work-avoidance policies on: any of ``"cache"``, ``"speculate"``, ``"compact"``.
+    policies: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """The strategy as report data: what it is, and how it plays the loop."""
@@ -57,7 +80,12 @@ class Strategy:
             "incremental": self.incremental,
             "eager": self.eager,
             "max_concurrency": self.max_concurrency,
+            "policies": list(self.policies),
         }
+
+
+def _hotloop_with(name: str, policies: tuple[str, ...], description: str) -> Strategy:
+    return Strategy(name, "websocket", True, True, 8, description, policies)
 
 
 STRATEGIES: tuple[Strategy, ...] = (
@@ -68,6 +96,12 @@ STRATEGIES: tuple[Strategy, ...] = (
         "ws-concurrent", "websocket", True, False, 8, "WebSocket + concurrent tools after the turn"
     ),
     Strategy("hotloop", "websocket", True, True, 8, "WebSocket + eager + concurrent tools"),
+    _hotloop_with("hotloop+cache", ("cache",), "hotloop + the tool-result cache"),
+    _hotloop_with("hotloop+speculate", ("speculate",), "hotloop + speculative prefetch"),
+    _hotloop_with("hotloop+compact", ("compact",), "hotloop + background compaction"),
+    _hotloop_with(
+        "hotloop+all", ("cache", "speculate", "compact"), "hotloop + cache, speculation, compaction"
+    ),
 )
 
 
@@ -97,6 +131,17 @@ class RunRecord:
     bytes_sent: int = 0
     connections_opened: int = 0
     phases: dict[str, float] = field(default_factory=dict)
+    #: Calls answered by the cache without running (``hit``) or by joining a twin (``coalesced``).
+    cache_hits: int = 0
+    #: Speculative executions whose result a call took, and those no call took.
+    speculations_used: int = 0
+    speculations_wasted: int = 0
+    #: Cached or speculated results that writes dropped.
+    invalidations: int = 0
+    #: Compaction summaries requested beside the turns.
+    summaries: int = 0
+    #: A digest of every tool result the model got, in order (equal digests: equal inputs).
+    outputs_digest: str = ""
 
 
 def phases(steps: Sequence[StepRecord], wall_ns: int) -> dict[str, float]:
@@ -127,15 +172,45 @@ def strategy_agent(
     strategy: Strategy, scenario: Scenario, time_scale: float, log: ExecutionLog
 ) -> Agent:
     """The scenario's agent, scheduled as ``strategy`` says; tools log into ``log``."""
+    policies: list[Policy] = []
+    if "speculate" in strategy.policies:
+        policies.append(Speculate())
+    if "compact" in strategy.policies:
+        policies.append(Compact(threshold_tokens=COMPACT_THRESHOLD_TOKENS))
     return Agent(
         f"{DEFAULT_MODEL}:{scenario.name}",
         scenario.instructions,
-        scenario_tools(scenario, time_scale=time_scale, log=log),
+        scenario_tools(
+            scenario, time_scale=time_scale, log=log, cache="cache" in strategy.policies
+        ),
         name=strategy.name,
         max_turns=len(scenario.turns) + 5,
         eager=strategy.eager,
         max_concurrency=strategy.max_concurrency,
+        policies=policies,
     )
+
+
+def outputs_digest(result: RunResult) -> str:
+    """A digest of the tool results the model got, in order: two runs of one scenario with
+    equal digests sent the model the same results (its own outputs are scripted)."""
+    digest = hashlib.sha256()
+    for item in result.items:
+        if isinstance(item, FunctionCallOutput):
+            digest.update(item.text.encode())
+            digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def avoided_work(record: RunRecord, result: RunResult) -> None:
+    """Fill ``record``'s counts of the work ``result``'s policies avoided."""
+    tools = [tool for step in result.steps for tool in step.tools]
+    record.cache_hits = sum(1 for tool in tools if tool.cache in ("hit", "coalesced"))
+    record.speculations_used = sum(1 for s in result.speculations if s.used_ns is not None)
+    record.speculations_wasted = len(result.speculations) - record.speculations_used
+    record.invalidations = sum(tool.invalidated for tool in tools)
+    record.summaries = sum(1 for aside in result.asides if aside.purpose == "summary")
+    record.outputs_digest = outputs_digest(result)
 
 
 def strategy_client(strategy: Strategy, base_url: str) -> Transport:
@@ -197,6 +272,7 @@ async def run_once(
         record.turns = result.turns
         record.tool_calls = result.tool_calls
         record.phases = phases(result.steps, result.wall_ns)
+        avoided_work(record, result)
         problems = check_run(scenario, result, log)
         record.error = "; ".join(problems) or None
         record.ok = not problems

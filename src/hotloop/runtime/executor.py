@@ -193,13 +193,11 @@ class ToolExecutor:
         if writes:
             return
         key = canonical_key(tool.name, args, arguments)
-        if key in self._by_key:
-            return
         if tool.cache is not None and self.results.store(tool.cache).get(key, 0.0) is not None:
             return  # the cache answers it already
         kind, _, epoch = self.results.lookup(self._speculated, key, reads)
         if kind != "miss":
-            return
+            return  # speculated already, and still valid (kept, or running)
         speculation = SpeculationRecord(tool.name, arguments, source, self.now())
         self.speculations.append(speculation)
         self._by_key[key] = speculation

@@ -14,12 +14,18 @@ A scenario is a JSON file (bundled ones live in ``hotloop/sim/scenarios/``)::
                          "required": ["path"]},
           "latency_ms": 40,                        # how long executing it takes
           "output_bytes": 2400,                    # size of the result it returns
-          "effects": {"reads": ["file:{path}"]}    # or {"writes": [...]}, {"pure": true}, ...
+          "effects": {"reads": ["file:{path}"]},   # or {"writes": [...]}, {"pure": true}, ...
+          "cache": true                            # its results may be cached (reads only)
+        },
+        "grep": {
+          …,
+          "follows": [{"tool": "read_file", "argument": "path", "from": "paths"}]
         }
       },
       "turns": [
         {"text": "Let me look.", "calls": [{"name": "read_file", "arguments": {"path": "a.py"}},
-                                            {"name": "grep", "arguments": {"pattern": "foo"}}]},
+                                            {"name": "grep", "arguments": {"pattern": "foo"},
+                                             "lists": {"paths": ["a.py", "b.py"]}}]},
         {"text": "The fix is in."}
       ]
     }
@@ -29,12 +35,20 @@ Each turn holds optional ``text`` (a message before the calls, or the answer) an
 model is on turn *i* when the conversation holds as many tool results as turns ``0..i-1`` made
 calls; see :meth:`Scenario.turn_for`. Effects templates use ``{arg}`` placeholders filled from
 the call's arguments; they tell the runtime's scheduler (a later layer) what may overlap.
+
+Two declarations describe work a runtime may avoid. ``cache`` (a tool that cannot write): its
+results may be kept and served again. ``follows``: the calls likely to follow one of its
+results, each a :class:`FollowUp`: ``tool`` called with ``arguments`` (string values may be
+``{arg}`` templates, filled from the call's own arguments), and, with ``from``, once per name
+the result lists under that heading, the name given as ``argument``. What a result lists is
+declared on the scripted call (``lists``: heading → names); the simulated output prints it
+(see :func:`hotloop.sim.tools.tool_output`). A call repeated later lists the same names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -44,12 +58,14 @@ from hotloop.errors import HotloopError, ScenarioError
 from hotloop.wire import codec
 
 __all__ = [
+    "FollowUp",
     "Scenario",
     "ScriptedCall",
     "ToolEffects",
     "ToolSpec",
     "Turn",
     "bundled_scenarios",
+    "canonical_arguments",
     "load_scenario",
 ]
 
@@ -83,8 +99,44 @@ class ToolEffects:
 
 
 @dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A call likely to follow a tool's result: ``tool`` with ``arguments`` (string values may
+    be ``{arg}`` templates filled from the call's arguments); with ``source`` (JSON ``from``),
+    one such call per name the result lists under that heading, the name as ``argument``."""
+
+    tool: str
+    arguments: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    source: str | None = None
+    argument: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> FollowUp:
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{where} must be an object")
+        unknown = set(data) - {"tool", "arguments", "from", "argument"}
+        if unknown:
+            raise ScenarioError(f"{where} has unknown keys: {sorted(unknown)}")
+        tool, arguments = data.get("tool"), data.get("arguments", {})
+        source, argument = data.get("from"), data.get("argument")
+        if not isinstance(tool, str) or not tool:
+            raise ScenarioError(f"{where}.tool must be a tool name")
+        if not isinstance(arguments, dict):
+            raise ScenarioError(f"{where}.arguments must be an object")
+        if (source is None) != (argument is None) or not all(
+            value is None or isinstance(value, str) for value in (source, argument)
+        ):
+            raise ScenarioError(f"{where}: 'from' and 'argument' go together, as strings")
+        return cls(tool, MappingProxyType(dict(arguments)), source, argument)
+
+
+@dataclass(frozen=True, slots=True)
 class ToolSpec:
-    """A tool a scenario uses: its schema for the model, and how executing it behaves."""
+    """A tool a scenario uses: its schema for the model, and how executing it behaves.
+
+    ``cache``: its results may be cached; ``follows``: the calls likely to follow a result;
+    ``listings``: what the results of its scripted calls list, by the call's canonical
+    arguments (keys sorted), heading → names (filled from the turns' ``lists``).
+    """
 
     name: str
     description: str
@@ -92,6 +144,15 @@ class ToolSpec:
     latency_ms: float = 0.0
     output_bytes: int = 256
     effects: ToolEffects = field(default_factory=ToolEffects)
+    cache: bool = False
+    follows: tuple[FollowUp, ...] = ()
+    listings: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def writes_nothing(self) -> bool:
+        """Whether its declared effects say it cannot write (pure, or reads and no writes)."""
+        effects = self.effects
+        return not effects.writes and (effects.pure or bool(effects.reads))
 
     def to_responses_tool(self) -> dict[str, Any]:
         """The tool as a Responses API ``tools`` entry."""
@@ -110,6 +171,16 @@ class ScriptedCall:
 
     name: str
     arguments: str
+    #: What its result lists (heading → names), for follow-ups to read; see :class:`FollowUp`.
+    lists: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: _EMPTY, compare=False)
+
+
+def canonical_arguments(arguments: str) -> str:
+    """A call's JSON arguments with their keys sorted (how listings are keyed)."""
+    try:
+        return codec.canonical(codec.loads(arguments or "{}")).decode()
+    except HotloopError:
+        return arguments
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +281,7 @@ class Scenario:
         turns = tuple(
             _turn_from_dict(turn, f"{name}.turns[{i}]") for i, turn in enumerate(raw_turns)
         )
+        tools = _with_listings(name, tools, turns)
         return cls(
             name=name,
             turns=turns,
@@ -238,14 +310,61 @@ def _tool_from_dict(name: str, data: Any, where: str) -> ToolSpec:
         raise ScenarioError(f"{where}.latency_ms must be a non-negative number")
     if not isinstance(size, int) or size < 0:
         raise ScenarioError(f"{where}.output_bytes must be a non-negative integer")
-    return ToolSpec(
+    effects = ToolEffects.from_dict(data.get("effects"), f"{where}.effects")
+    cache = data.get("cache", False)
+    if not isinstance(cache, bool):
+        raise ScenarioError(f"{where}.cache must be true or false")
+    raw_follows = data.get("follows", [])
+    if not isinstance(raw_follows, list):
+        raise ScenarioError(f"{where}.follows must be a list")
+    spec = ToolSpec(
         name=name,
         description=str(data.get("description", "")),
         parameters=parameters,
         latency_ms=float(latency),
         output_bytes=size,
-        effects=ToolEffects.from_dict(data.get("effects"), f"{where}.effects"),
+        effects=effects,
+        cache=cache,
+        follows=tuple(
+            FollowUp.from_dict(entry, f"{where}.follows[{i}]")
+            for i, entry in enumerate(raw_follows)
+        ),
     )
+    if cache and not spec.writes_nothing:
+        raise ScenarioError(
+            f"{where}.cache: only a tool that cannot write may be cached "
+            "(declare reads and no writes, or pure)"
+        )
+    return spec
+
+
+def _with_listings(
+    scenario: str, tools: dict[str, ToolSpec], turns: tuple[Turn, ...]
+) -> dict[str, ToolSpec]:
+    """``tools`` with what their scripted calls list (a repeated call lists the same)."""
+    listings: dict[str, dict[str, Mapping[str, tuple[str, ...]]]] = {}
+    for index, turn in enumerate(turns):
+        for call in turn.calls:
+            if not call.lists:
+                continue
+            if call.name not in tools:
+                raise ScenarioError(f"scenario {scenario!r} turn {index}: lists on unknown tool")
+            key = canonical_arguments(call.arguments)
+            known = listings.setdefault(call.name, {}).setdefault(key, call.lists)
+            if dict(known) != dict(call.lists):
+                raise ScenarioError(
+                    f"scenario {scenario!r} turn {index}: {call.name} repeats a call with "
+                    "different lists (a repeated call lists the same names)"
+                )
+    for tool, found in listings.items():
+        tools[tool] = replace(tools[tool], listings=MappingProxyType(found))
+    for spec in tools.values():
+        for follow in spec.follows:
+            if follow.tool not in tools:
+                raise ScenarioError(
+                    f"scenario {scenario!r}: {spec.name} follows unknown tool {follow.tool!r}"
+                )
+    return tools
 
 
 def _turn_from_dict(data: Any, where: str) -> Turn:
@@ -264,7 +383,19 @@ def _turn_from_dict(data: Any, where: str) -> Turn:
         arguments = call.get("arguments", {})
         if not isinstance(arguments, dict):
             raise ScenarioError(f"{where}.calls[{i}].arguments must be an object")
-        calls.append(ScriptedCall(name=call["name"], arguments=codec.dumps(arguments).decode()))
+        lists = call.get("lists", {})
+        if not isinstance(lists, dict) or not all(
+            isinstance(names, list) and all(isinstance(n, str) for n in names)
+            for names in lists.values()
+        ):
+            raise ScenarioError(f"{where}.calls[{i}].lists must map headings to lists of strings")
+        calls.append(
+            ScriptedCall(
+                name=call["name"],
+                arguments=codec.dumps(arguments).decode(),
+                lists=MappingProxyType({key: tuple(names) for key, names in lists.items()}),
+            )
+        )
     return Turn(text=text, calls=tuple(calls))
 
 

@@ -14,6 +14,11 @@ a read of ``repo`` sees every write to ``repo/src/a.py``). A read served from a 
 write therefore differs visibly from what executing it returns, while two runs of one scenario,
 each with a state of its own, still send the model identical histories. A call that saw no
 write at all returns exactly what :func:`tool_output` returns for the call alone.
+
+A call whose scenario declares what it lists (``lists`` on the scripted call, e.g. the paths a
+``grep`` matched) prints each list on a line of its own after the header, ``paths: ["a.py",
+"b.py"]``; :func:`listed` reads it back and :func:`follow_ups` turns a result into the calls
+its tool's ``follows`` predict, from the text alone.
 """
 
 from __future__ import annotations
@@ -24,10 +29,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hotloop.errors import HotloopError
-from hotloop.sim.scenario import ToolSpec
+from hotloop.sim.scenario import ToolSpec, canonical_arguments
 from hotloop.wire import codec
 
-__all__ = ["ScenarioState", "resource_keys", "run_tool", "tool_latency", "tool_output"]
+__all__ = [
+    "ScenarioState",
+    "follow_ups",
+    "listed",
+    "resource_keys",
+    "run_tool",
+    "tool_latency",
+    "tool_output",
+]
 
 _FILLER = (
     "def handler(event, context):\n    total = sum(line.amount for line in event.lines)\n"
@@ -47,9 +60,53 @@ def tool_output(spec: ToolSpec, arguments: str, versions: Mapping[str, int] | No
     source = f"{spec.name}\0{arguments}" + (f"\0{state}" if state else "")
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     head = f"[{spec.name} {digest}{' ' + state if state else ''}] "
+    lists = spec.listings.get(canonical_arguments(arguments)) if spec.listings else None
+    if lists:
+        head += "\n" + "".join(
+            f"{heading}: {codec.dumps(list(names)).decode()}\n" for heading, names in lists.items()
+        )
     size = max(spec.output_bytes, len(head))
     body = (_FILLER * (size // len(_FILLER) + 1))[: size - len(head)]
     return head + body
+
+
+def listed(output: str, heading: str) -> list[str]:
+    """The names a result lists under ``heading`` (its ``heading: [...]`` line), or none."""
+    prefix = f"{heading}: ["
+    for line in output.splitlines():
+        if line.startswith(prefix):
+            try:
+                names = codec.loads(line[len(heading) + 2 :])
+            except HotloopError:
+                return []
+            return [name for name in names if isinstance(name, str)]
+    return []
+
+
+def _filled(value: Any, arguments: Mapping[str, Any]) -> Any:
+    """A follow-up's argument value, its ``{arg}`` templates filled (a lone ``{arg}`` keeps the
+    argument's own value and type)."""
+    if not isinstance(value, str) or "{" not in value:
+        return value
+    if value.startswith("{") and value.endswith("}") and value[1:-1] in arguments:
+        return arguments[value[1:-1]]
+    return _expand((value,), arguments)[0]
+
+
+def follow_ups(
+    spec: ToolSpec, arguments: Mapping[str, Any], output: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """The calls ``spec``'s ``follows`` predict after a result ``output`` of a call with
+    ``arguments``, in declaration order then listing order, as (tool, arguments)."""
+    predicted: list[tuple[str, dict[str, Any]]] = []
+    for follow in spec.follows:
+        base = {key: _filled(value, arguments) for key, value in follow.arguments.items()}
+        if follow.source is None or follow.argument is None:
+            predicted.append((follow.tool, base))
+            continue
+        for name in listed(output, follow.source):
+            predicted.append((follow.tool, {**base, follow.argument: name}))
+    return predicted
 
 
 class _Fill(dict[str, Any]):

@@ -2,7 +2,10 @@
 
 :func:`scenario_tools` turns a scenario's tool descriptions into runtime tools that behave as
 the scenario says (latency, output size, declared effects) and records every execution, so a
-test can check, for example, that each write ran exactly once. The tools it builds share one
+test can check, for example, that each write ran exactly once. A scenario's ``cache`` and
+``follows`` declarations become the tools' ``cache=`` and ``follows=`` (the runtime caches and
+speculates only when asked to: tools cache with ``cache=True`` only, and follow-ups are used
+only by an agent with ``Speculate()``). The tools it builds share one
 :class:`~hotloop.sim.tools.ScenarioState`, so a read's output shows the writes made before it
 (a stale read differs from a fresh one). :class:`FaultProxy`
 (:mod:`hotloop.testing.faults`) breaks the network between an agent and its server on
@@ -16,10 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hotloop.runtime.cache import Cache
 from hotloop.runtime.events import RunResult
-from hotloop.runtime.tools import Effects, Tool
+from hotloop.runtime.tools import Effects, FollowUps, Tool
 from hotloop.sim.scenario import Scenario, ToolSpec
-from hotloop.sim.tools import ScenarioState, tool_latency
+from hotloop.sim.tools import ScenarioState, follow_ups, tool_latency
 from hotloop.testing.faults import Fault, FaultPlan, FaultProxy, run_resuming
 from hotloop.wire import codec
 
@@ -93,8 +97,13 @@ def scenario_tools(
     log: ExecutionLog | None = None,
     names: Sequence[str] | None = None,
     state: ScenarioState | None = None,
+    cache: bool = False,
 ) -> list[Tool]:
     """Runtime tools playing ``scenario``'s tools; ``time_scale`` scales their latency.
+
+    With ``cache=True``, a tool the scenario declares ``cache`` gets ``cache=Cache()`` (kept for
+    the run); one that declares ``follows`` gets them as ``follows=``, read from the
+    result's text (:func:`hotloop.sim.tools.follow_ups`).
 
     The tools act on ``state``, a new :class:`~hotloop.sim.tools.ScenarioState` by default: a
     call's output shows the versions of the resources it reads, so build the tools once per
@@ -135,9 +144,18 @@ def scenario_tools(
                 run,
                 description=spec.description,
                 effects=_effects(spec),
+                cache=Cache() if cache and spec.cache else None,
+                follows=_follows(spec) if spec.follows else None,
             )
         )
     return tools
+
+
+def _follows(spec: ToolSpec) -> FollowUps:
+    def predict(args: Any, output: str) -> list[tuple[str, dict[str, Any]]]:
+        return follow_ups(spec, args, output)
+
+    return predict
 
 
 def session_task(scenario: Scenario, session: str) -> str:
@@ -157,8 +175,35 @@ def check_run(scenario: Scenario, result: RunResult, log: ExecutionLog) -> tuple
         problems.append(f"{result.turns} model turns, the scenario has {len(scenario.turns)}")
     if result.tool_calls != scenario.total_calls:
         problems.append(f"{result.tool_calls} tool calls, the scenario has {scenario.total_calls}")
-    if log.count() != scenario.total_calls:
-        problems.append(f"{log.count()} tool executions, the scenario has {scenario.total_calls}")
+    # Calls served without running (a cache hit, a joined twin, a speculated result) were not
+    # executed; speculative executions were, whether used or not. Writes are never served nor
+    # speculated: each ran exactly as often as the scenario makes it.
+    served = sum(
+        1
+        for step in result.steps
+        for tool in step.tools
+        if tool.cache in ("hit", "coalesced", "speculated")
+    )
+    speculated = len(result.speculations)
+    if not served and not speculated:
+        if log.count() != scenario.total_calls:
+            problems.append(
+                f"{log.count()} tool executions, the scenario has {scenario.total_calls}"
+            )
+    else:
+        low = scenario.total_calls - served
+        if not low <= log.count() <= low + speculated:
+            problems.append(
+                f"{log.count()} tool executions, expected {low} to {low + speculated} (the "
+                f"scenario has {scenario.total_calls} calls, {served} served without running, "
+                f"{speculated} speculative executions)"
+            )
+        for name, spec in scenario.tools.items():
+            scripted = sum(1 for turn in scenario.turns for call in turn.calls if call.name == name)
+            if not spec.writes_nothing and log.count(name) != scripted:
+                problems.append(
+                    f"{log.count(name)} executions of {name}, the scenario makes {scripted}"
+                )
     if result.final_output != (scenario.turns[-1].text or ""):
         problems.append("the final answer differs from the scenario's final text")
     errors = [tool.error for step in result.steps for tool in step.tools if tool.error]
