@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,9 +18,8 @@ from hotloop.protocol.generation import GenerationRequest
 from hotloop.protocol.requests import CreateRequest
 from hotloop.runtime import Tool, tool
 from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec, Turn
-from hotloop.transport import ModelRequest, OnEvent, TransportStats
+from hotloop.transport import ModelRequest, OnEvent, PushingTransport, TransportStats
 from hotloop.wire import codec
-from hotloop.wire.events import Event
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message
 from hotloop.wire.responses import ResponseObject
 
@@ -317,7 +316,7 @@ class RecordingTransport:
         await self.inner.close()
 
 
-class ScriptedTransport:
+class ScriptedTransport(PushingTransport):
     """Serves one scripted response (raw events, see :func:`turn_events`) per request, in order."""
 
     def __init__(self, turns: Sequence[list[dict[str, Any]]]) -> None:
@@ -333,8 +332,5 @@ class ScriptedTransport:
             on_event(codec.decode_event(json.dumps(raw).encode()))
             await asyncio.sleep(0)  # let started tools run a step, as a socket would
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         return None

@@ -8,7 +8,7 @@ is a time, and the assertions are about which attempts happened, not how long th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from hotloop.protocol.builder import ResponseBuilder
 from hotloop.runtime import Agent, Hedge, Runner
 from hotloop.sim.latency import get_profile
 from hotloop.testing import ExecutionLog, check_run, scenario_tools
-from hotloop.transport import ModelRequest, OnEvent, TransportStats, connect
+from hotloop.transport import ModelRequest, OnEvent, PushingTransport, TransportStats, connect
 from hotloop.wire.events import Event
 from hotloop.wire.responses import ResponseObject
 from support import ten_turn_scenario
@@ -35,7 +35,7 @@ def answer(response_id: str, text: str) -> tuple[list[Event], list[Event]]:
     return head, body
 
 
-class Scripted:
+class Scripted(PushingTransport):
     """A transport whose ``n``-th attempt answers ``text_n`` once ``gates[n]`` is set."""
 
     def __init__(self, gates: list[asyncio.Event]) -> None:
@@ -63,9 +63,6 @@ class Scripted:
         except asyncio.CancelledError:
             self.cancelled.append(index)
             raise
-
-    def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
-        raise NotImplementedError
 
     async def close(self) -> None:
         return None

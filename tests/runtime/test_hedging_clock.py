@@ -9,20 +9,19 @@ looptime's microsecond). The transport is scripted: attempt ``n`` produces its f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 
 import pytest
 
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.runtime import Agent, Hedge, Runner
-from hotloop.transport import ModelRequest, OnEvent, TransportStats
-from hotloop.wire.events import Event
+from hotloop.transport import ModelRequest, OnEvent, PushingTransport, TransportStats
 from hotloop.wire.responses import ResponseObject
 
 MODEL = "m"
 
 
-class Timed:
+class Timed(PushingTransport):
     """Attempt ``n`` outputs after ``first[n]`` s, pauses ``pause[n]`` s, then completes."""
 
     def __init__(self, first: Sequence[float], pause: Sequence[float] = ()) -> None:
@@ -54,9 +53,6 @@ class Timed:
         except asyncio.CancelledError:
             self.cancelled.append((index, loop.time()))
             raise
-
-    def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
-        raise NotImplementedError
 
     async def close(self) -> None:
         return None

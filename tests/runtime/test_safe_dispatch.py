@@ -9,22 +9,27 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pytest
 
 from hotloop.runtime import Agent, Runner, tool
-from hotloop.transport import ModelRequest, OnEvent, TransportError, TransportStats
+from hotloop.transport import (
+    ModelRequest,
+    OnEvent,
+    PushingTransport,
+    TransportError,
+    TransportStats,
+)
 from hotloop.wire import codec
-from hotloop.wire.events import Event
 from hotloop.wire.items import FunctionCallOutput
 from support import answer_events, turn_events
 
 MODEL = "scripted"
 
 
-class Scripted:
+class Scripted(PushingTransport):
     """Serves one scripted turn per request; a turn without its terminal event is cut."""
 
     def __init__(self, turns: Sequence[list[dict[str, Any]]], log: list[str]) -> None:
@@ -48,10 +53,7 @@ class Scripted:
         ):
             raise TransportError("the stream was cut", code="connection_lost")
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         return None
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "RECONNECT_TIMEOUT",
     "Backoff",
     "PercentileDelay",
+    "PushingTransport",
     "Closing",
     "refusal_message",
     "request_headers",
@@ -290,6 +291,50 @@ class Closing(abc.ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+_END: Any = object()
+
+
+class PushingTransport(Closing):
+    """For transports whose natural form is :meth:`stream_to` (events pushed as they come):
+    :meth:`stream` on top of it."""
+
+    stats: TransportStats
+
+    @abc.abstractmethod
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
+    ) -> None:
+        """Send one turn, handing each event to ``on_event`` (see :class:`Transport`)."""
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
+        """:meth:`stream_to` as an async iterator."""
+        inbox: deque[Event] = deque()
+        wakeup: list[asyncio.Future[None]] = []
+
+        def put(event: Event) -> None:
+            inbox.append(event)
+            if wakeup and not wakeup[0].done():
+                wakeup[0].set_result(None)
+
+        task = asyncio.create_task(self.stream_to(request, put))
+        task.add_done_callback(lambda _: put(_END))
+        try:
+            while True:
+                while not inbox:
+                    wakeup[:] = [asyncio.get_running_loop().create_future()]
+                    await wakeup[0]
+                event = inbox.popleft()
+                if event is _END:
+                    task.result()  # raises what the turn raised
+                    return
+                yield event
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 class IteratingTransport(Closing):

@@ -50,11 +50,10 @@ more cancels are sent on this transport.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from picows import (
@@ -82,9 +81,9 @@ from hotloop.protocol.client_session import (
 from hotloop.transport.base import (
     RECONNECT_TIMEOUT,
     Backoff,
-    Closing,
     ModelRequest,
     OnEvent,
+    PushingTransport,
     TransportError,
     TransportStats,
     refusal_message,
@@ -95,7 +94,6 @@ from hotloop.wire.events import ERROR_EVENTS, RESPONSE_END_EVENTS, Event, WebSoc
 
 __all__ = ["CANCEL_TIMEOUT", "WebSocketTransport", "request_body"]
 
-_END: Any = object()
 #: Seconds a cancelled response's lane waits for that response's end before the socket is
 #: suspected (stalled) and the lane retired until the socket changes.
 CANCEL_TIMEOUT = 5.0
@@ -212,7 +210,7 @@ class _Listener(WSListener):
         self.owner._disconnected(transport, self.generation, self.close_code)
 
 
-class WebSocketTransport(Closing):
+class WebSocketTransport(PushingTransport):
     """A persistent, reconnecting WebSocket-mode connection; see the module docstring.
 
     ``url`` is the WebSocket URL of ``/v1/responses`` (``ws://host:port/v1/responses``).
@@ -596,34 +594,6 @@ class WebSocketTransport(Closing):
                 self._release_lane(lane)
                 if self._retired and not self._turns:
                     self._drop_now()
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[Event]:
-        """:meth:`stream_to` as an async iterator (the runner uses ``stream_to`` itself)."""
-        inbox: deque[Event] = deque()
-        wakeup: list[asyncio.Future[None]] = []
-
-        def put(event: Event) -> None:
-            inbox.append(event)
-            if wakeup and not wakeup[0].done():
-                wakeup[0].set_result(None)
-
-        task = asyncio.create_task(self.stream_to(request, put))
-        task.add_done_callback(lambda _: put(_END))
-        try:
-            while True:
-                while not inbox:
-                    wakeup[:] = [asyncio.get_running_loop().create_future()]
-                    await wakeup[0]
-                event = inbox.popleft()
-                if event is _END:
-                    task.result()  # raises what the turn raised
-                    return
-                yield event
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
 
 def _error_code(body: bytes | None) -> str | None:
