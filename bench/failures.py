@@ -46,6 +46,7 @@ from typing import Any
 import hotloop
 from hotloop import Agent, RunContext, Runner, tool
 from hotloop.backends.sim import SimBackend
+from hotloop.bench.report import percentile
 from hotloop.errors import ScenarioError
 from hotloop.gateway import GatewayConfig, GatewayServer
 from hotloop.runtime import Fallback, Policy, RetryOnTimeout
@@ -275,11 +276,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             for transport in ("websocket", "http", "chat")
         )
     return {"tallies": tallies, "profile": profile, "gateway_failed": int(gateway_failed)}
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def report(args: argparse.Namespace, measured: dict[str, Any]) -> tuple[str, bool]:

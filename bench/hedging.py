@@ -43,6 +43,7 @@ import hotloop
 from hotloop import Agent, Runner, tool
 from hotloop.backends.hedging import HedgeSettings
 from hotloop.backends.sim import SimBackend
+from hotloop.bench.report import percentile
 from hotloop.gateway import GatewayConfig, GatewayServer
 from hotloop.runtime import Hedge
 from hotloop.sim.latency import PROFILES
@@ -71,11 +72,6 @@ SDK_TOOL: Any = {
     },
     "strict": True,
 }
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 async def rollout(base_url: str, agent: Agent, task: str) -> float:

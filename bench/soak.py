@@ -83,6 +83,7 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import IO, Any
 
+from hotloop.bench.report import percentile
 from hotloop.sim.latency import PROFILES
 from hotloop.transport import ModelRequest, TransportError, WebSocketTransport, websocket_url
 from hotloop.wire.events import (
@@ -500,15 +501,6 @@ class RssSample:
 
 def _mib(nbytes: float) -> str:
     return f"{nbytes / (1 << 20):.1f} MiB"
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """The nearest-rank percentile of ``values`` (``nan`` when empty)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
 
 
 def rss_summary(samples: Sequence[RssSample], warmup: float, tolerance: float) -> dict[str, Any]:

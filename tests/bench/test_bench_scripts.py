@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+from hotloop.bench.report import percentile
 from support import run_bench
 
 
@@ -32,3 +34,11 @@ def test_hedging_compares_plain_and_hedged_rollouts() -> None:
     assert lines[0].startswith("4 rollouts per strategy, 3 turns each, profile fast-tail")
     assert lines[1].lstrip().startswith("plain") and lines[2].lstrip().startswith("hedged")
     assert "hedged/plain: p50 " in lines[3] and "extra model requests" in lines[3]
+
+
+def test_every_benchmark_takes_its_percentiles_by_nearest_rank() -> None:
+    values = [float(n) for n in range(200, 0, -1)]
+    assert percentile(values, 0.99) == 198.0  # the 198th smallest of 200
+    assert percentile(values, 0.5) == 100.0
+    assert percentile([3.0], 0.99) == 3.0
+    assert math.isnan(percentile([], 0.5))

@@ -10,6 +10,7 @@ counted and their errors listed, never dropped.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -27,6 +28,7 @@ from hotloop.bench.strategies import RunRecord
 from hotloop.wire import codec
 
 __all__ = [
+    "percentile",
     "TextTable",
     "avoidance_table",
     "default_report_stem",
@@ -44,6 +46,16 @@ _PHASES = ("model_s", "tool_wait_s", "loop_s", "tool_hidden_s")
 def default_report_stem(scenario: str, profile: str, rtt_ms: float) -> Path:
     """``reports/bench-<scenario>-<profile>-rtt<ms>`` (add ``.json`` / ``.md``)."""
     return Path("reports") / f"bench-{scenario}-{profile.rstrip('*')}-rtt{rtt_ms:g}"
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of ``values`` (``nan`` when empty): the p99 of 200 values is
+    the 198th smallest. Every benchmark's p50 / p99 tail figures are this one."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
 
 
 def _median(values: Sequence[float]) -> float | None:
