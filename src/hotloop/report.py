@@ -56,6 +56,8 @@ PHASE_COLORS = {
     "model.generation": "#2450b2",
     "tool.wait": "#f2b233",
     "tool.run": "#1f9d55",
+    "tool.speculation": "#17a2b8",
+    "model.aside": "#a05cc4",
 }
 
 _PHASE_NAMES = {
@@ -63,6 +65,8 @@ _PHASE_NAMES = {
     "model.generation": "generation",
     "tool.wait": "tool wait",
     "tool.run": "tool run",
+    "tool.speculation": "speculation",
+    "model.aside": "aside",
 }
 
 _PHASE_HELP = {
@@ -70,6 +74,8 @@ _PHASE_HELP = {
     "model.generation": "first token → response complete",
     "tool.wait": "arguments complete → tool started (waiting for the turn or for a slot)",
     "tool.run": "tool started → tool finished",
+    "tool.speculation": "a read run before the model asked (used or wasted)",
+    "model.aside": "a request sent beside the turns (a summary)",
 }
 
 # Geometry of a waterfall, in SVG user units (pixels at 100 % zoom).

@@ -23,7 +23,8 @@ from hotloop.sim.latency import get_profile
 from hotloop.sim.scenario import load_scenario
 from hotloop.sim.summary import SUMMARY_METADATA_KEY, SUMMARY_METADATA_VALUE
 from hotloop.testing import ExecutionLog, check_run, scenario_tools
-from hotloop.trace.spans import spans_from_result
+from hotloop.trace import timeline_from_result
+from hotloop.trace.spans import spans_from_result, timeline_from_spans
 from hotloop.transport import ModelRequest, connect
 from hotloop.wire import codec
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning
@@ -245,6 +246,11 @@ async def test_research_compacts_at_turn_boundaries_and_plays_its_script(
     spans = [span for span in spans_from_result(result) if span.name == "model.aside"]
     assert len(spans) == len(result.asides)
     assert spans[0].attributes["hotloop.aside.purpose"] == "summary"
+    # The waterfall draws each summary on a row of its own, from the run or from its trace.
+    bars = timeline_from_result(result)
+    asides = [bar for bar in bars if bar.kind == "model.aside"]
+    assert len(asides) == len(result.asides) and asides[0].row == "aside · summary"
+    assert timeline_from_spans(spans_from_result(result)) == bars
 
 
 async def test_the_context_stays_bounded_and_the_prefix_byte_identical(

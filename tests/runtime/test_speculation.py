@@ -13,7 +13,8 @@ from typing import Any
 
 from hotloop.runtime import Agent, Runner, tool
 from hotloop.runtime.speculation import Speculate, Transitions, transitions_of
-from hotloop.trace.spans import spans_from_result, speculation_effect
+from hotloop.trace import timeline_from_result
+from hotloop.trace.spans import spans_from_result, speculation_effect, timeline_from_spans
 from hotloop.wire import codec
 from support import ScriptedTransport, answer_events, turn_events
 
@@ -26,7 +27,12 @@ class Repo:
     """Files with versions, and tools over them; ``runs`` logs every execution."""
 
     def __init__(
-        self, *, slow: float = 0.0, extra_follow_ups: int = 0, reread: bool = False
+        self,
+        *,
+        slow: float = 0.0,
+        slow_write: float = 0.0,
+        extra_follow_ups: int = 0,
+        reread: bool = False,
     ) -> None:
         self.versions: dict[str, int] = {}
         self.runs: list[str] = []
@@ -70,6 +76,7 @@ class Repo:
                 path: The file.
             """
             repo.runs.append(f"write {path}")
+            await asyncio.sleep(slow_write)
             repo.versions[path] = repo.versions.get(path, 0) + 1
             return "written"
 
@@ -89,9 +96,11 @@ async def play(turns: Turns, repo: Repo, *, speculate: bool | Speculate, client:
     return result, inputs
 
 
-async def compare(turns: Turns, **repo: Any) -> tuple[Any, Repo, Repo]:
+async def compare(
+    turns: Turns, speculate: bool | Speculate = True, **repo: Any
+) -> tuple[Any, Repo, Repo]:
     fast, plain = Repo(**repo), Repo(**repo)
-    result, inputs = await play(turns, fast, speculate=True)
+    result, inputs = await play(turns, fast, speculate=speculate)
     _, reference = await play(turns, plain, speculate=False)
     assert inputs == reference  # lossless
     return result, fast, plain
@@ -102,13 +111,15 @@ def marks(result: Any) -> list[tuple[str, str | None]]:
 
 
 async def test_declared_follow_ups_are_fetched_before_the_model_asks() -> None:
+    # Four calls made by the time grep's predictions may start: a budget of four.
     turns: Turns = [
+        [("read", {"path": "c"}), ("read", {"path": "d"}), ("read", {"path": "e"})],
         [("grep", {"pattern": "x"})],
         [("read", {"path": "a"}), ("read", {"path": "b"})],
     ]
-    result, fast, plain = await compare(turns)
+    result, fast, plain = await compare(turns, Speculate(max_waste=1.0))
     assert sorted(fast.runs) == sorted(plain.runs)  # each read ran once: before it was asked
-    assert marks(result)[1:] == [("read", "speculated"), ("read", "speculated")]
+    assert marks(result)[4:] == [("read", "speculated"), ("read", "speculated")]
     assert [(s.name, s.source, s.used_ns is not None) for s in result.speculations] == [
         ("read", "follows", True),
         ("read", "follows", True),
@@ -124,11 +135,30 @@ async def test_a_write_drops_a_speculation_even_while_it_runs() -> None:
         [("write", {"path": "a"})],
         [("read", {"path": "a"})],
     ]
-    result, fast, _ = await compare(turns, slow=0.02)
+    result, fast, _ = await compare(turns, slow=0.2)
     assert marks(result)[-1] == ("read", None)
     assert fast.runs.count("read a") == 2  # the speculation, wasted; then the real read
     wasted = [s for s in result.speculations if s.arguments == '{"path":"a"}']
     assert wasted and wasted[0].used_ns is None
+    # Stopped the moment the write was admitted, not left to run for nothing.
+    assert wasted[0].error == "stopped: a write to what it reads was admitted"
+    assert wasted[0].finished_ns is not None
+    assert wasted[0].finished_ns - wasted[0].started_ns < 0.2e9
+
+
+async def test_predictions_wait_for_the_response_and_the_writes_in_flight() -> None:
+    """grep predicts read a in a turn that also writes a: the prefetch starts only once the
+    write is done (started before, it would be dropped and run twice), and is used."""
+    turns: Turns = [
+        [("grep", {"pattern": "x"}), ("write", {"path": "a"})],
+        [("read", {"path": "a"})],
+    ]
+    result, fast, plain = await compare(turns, Speculate(max_waste=4.0), slow_write=0.05)
+    assert fast.runs.count("read a") == plain.runs.count("read a") == 1
+    assert marks(result)[-1] == ("read", "speculated")
+    write = next(tool for step in result.steps for tool in step.tools if tool.name == "write")
+    (read_a,) = [s for s in result.speculations if codec.loads(s.arguments) == {"path": "a"}]
+    assert write.finished_ns is not None and read_a.started_ns >= write.finished_ns
 
 
 async def test_waste_stays_within_its_budget() -> None:
@@ -152,6 +182,9 @@ async def test_the_transition_model_learns_across_a_clients_runs() -> None:
     repo = Repo()
     first, _ = await play(turns, repo, speculate=True, client=shared)
     assert first.speculations == ()
+    # What a run does is learned when it is over: within one run nothing is predicted from it.
+    again, _ = await play(turns * 2, repo, speculate=True, client=ScriptedTransport([]))
+    assert again.speculations == ()
     second, _ = await play(turns, repo, speculate=True, client=shared)
     assert [(s.name, codec.loads(s.arguments), s.source) for s in second.speculations] == [
         ("read", {"path": "b"}, "learned")
@@ -222,7 +255,7 @@ async def test_speculations_still_running_when_the_run_ends_are_cancelled() -> N
     turns: Turns = [[("grep", {"pattern": "x"})]]  # a and b are predicted, never asked for
     repo = Repo(slow=5.0)
     result, _ = await play(turns, repo, speculate=True)
-    assert [s.used_ns for s in result.speculations] == [None, None]
+    assert result.speculations and all(s.used_ns is None for s in result.speculations)
     await asyncio.sleep(0)
     assert all(s.finished_ns is not None for s in result.speculations)
 
@@ -240,7 +273,7 @@ def test_the_transition_model_is_bounded() -> None:
 
 async def test_the_trace_shows_each_speculation_and_what_it_saved_or_wasted() -> None:
     turns: Turns = [[("grep", {"pattern": "x"})], [("read", {"path": "a"})]]
-    result, _, _ = await compare(turns)
+    result, _, _ = await compare(turns, Speculate(max_waste=4.0))
     spans = [s for s in spans_from_result(result) if s.name == "tool.speculation"]
     assert [
         (s.attributes["gen_ai.tool.name"], s.attributes["hotloop.speculation.used"]) for s in spans
@@ -248,6 +281,13 @@ async def test_the_trace_shows_each_speculation_and_what_it_saved_or_wasted() ->
         ("read", True),
         ("read", False),
     ]
+    # The waterfall draws each speculation on a row of its own, from the run or its trace.
+    bars = timeline_from_result(result)
+    assert [(bar.row, bar.label) for bar in bars if bar.kind == "tool.speculation"] == [
+        ("speculation · read", "used"),
+        ("speculation · read", "wasted"),
+    ]
+    assert timeline_from_spans(spans_from_result(result)) == bars
     used, unused = result.speculations
     saved, wasted = speculation_effect(used, result.wall_ns)
     assert wasted == 0 and 0 <= saved <= used.finished_ns - used.started_ns

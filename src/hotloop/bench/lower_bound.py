@@ -16,21 +16,25 @@ No client can finish a scenario faster than this, given how the simulated model 
 
 The per-turn figure is therefore ``max(model end, last tool end)``; the bound is their sum.
 
-**The room** (:func:`room`) is how much of that bound work avoidance could remove at most. Two
-kinds of call are taken off the critical path (their tool time set to zero; the model still
-gets their result, so what it is sent is unchanged):
+**The room** (:func:`room`) is how much of that bound work avoidance could remove at most:
+the bound again, with two kinds of call answered ahead of the model (the model still gets
+their result, so what it is sent is unchanged):
 
 * **repeats**: a call of a tool that cannot write (its declared effects) made before, same tool
   and canonical arguments, with no call in between (in script order) that may write what it
   reads: hierarchically overlapping writes, or a tool that declares no effects. A perfect cache
-  serves it;
+  serves it the moment the call it repeats is done (at once if that one is done already);
 * **predicted reads**: a call of such a tool that a call of an *earlier* turn's declared
   ``follows`` predicts (from that call's arguments and its simulated output), again with no
-  overlapping write in between: it could run while the model generates.
+  overlapping write in between. A perfect predictor starts it the moment its prediction can
+  exist and what it reads is final: when the predicting call is done (its output names it)
+  and every earlier call that may write what it reads is done. It is done a tool time later,
+  which may still be after the model asks for it: then the call waits for the rest.
 
-``room = lower bound - bound without the repeats and the predicted reads``. It is an upper
-limit on what a cache and speculation could recover: a prefetch started when its predictor
-finished may not be done when its call comes.
+``room = lower bound - bound with the repeats and the predicted reads answered early``: what a
+perfect cache and a perfect predictor working from the same declarations could save, and no
+more; a lossless runtime cannot run a read before the output that predicts it, or before the
+write it must see.
 """
 
 from __future__ import annotations
@@ -47,7 +51,16 @@ from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec, canonical_arg
 from hotloop.sim.tools import follow_ups, tool_output
 from hotloop.wire import codec
 
-__all__ = ["Avoidable", "LowerBound", "Room", "TurnBound", "avoidable", "lower_bound", "room"]
+__all__ = [
+    "Avoidable",
+    "Early",
+    "LowerBound",
+    "Room",
+    "TurnBound",
+    "avoidable",
+    "lower_bound",
+    "room",
+]
 
 #: A call of a scenario: (0-based turn, index of the call in the turn).
 CallRef = tuple[int, int]
@@ -99,31 +112,60 @@ def _effects(spec: ToolSpec, arguments: str) -> CallEffects:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Early:
+    """How a call is answered ahead of the model: once the first of ``after`` is done and every
+    call of ``waits`` is (writes it must see), its result is there at once (``runs`` False: a
+    cached result) or after its own tool time (a prefetch)."""
+
+    after: tuple[CallRef, ...]
+    waits: tuple[CallRef, ...] = ()
+    runs: bool = False
+
+
 def _tool_ends(
     scenario: Scenario,
-    calls: tuple[ScriptedCall, ...],
+    turn: int,
     ready: list[float],
-    free: frozenset[int] = frozenset(),
+    early: Mapping[CallRef, Early],
+    done: dict[CallRef, float],
+    start: float,
 ) -> list[float]:
+    """When each call of ``turn`` is done (s from the turn's ``start``), each call's end also
+    recorded in ``done`` (s from the rollout's start)."""
+    calls = scenario.turns[turn].calls
     effects = [_effects(scenario.tools[call.name], call.arguments) for call in calls]
     ends: list[float] = []
     for index, call in enumerate(calls):
-        start = ready[index]
+        begin = ready[index]
         for earlier in range(index):
             if effects[index].conflicts_with(effects[earlier]):
-                start = max(start, ends[earlier])
-        latency = 0.0 if index in free else scenario.tools[call.name].latency_ms / 1000
-        ends.append(start + latency)
+                begin = max(begin, ends[earlier])
+        latency = scenario.tools[call.name].latency_ms / 1000
+        how = early.get((turn, index))
+        if how is None:
+            ends.append(begin + latency)
+        else:  # answered ahead of the model: see Early
+            there = max(
+                min(done[ref] for ref in how.after),
+                max((done[ref] for ref in how.waits), default=0.0),
+            )
+            ends.append(max(begin, there + (latency if how.runs else 0.0) - start))
+        done[(turn, index)] = start + ends[-1]
     return ends
 
 
 def lower_bound(
-    scenario: Scenario, profile: LatencyProfile, *, free: frozenset[CallRef] = frozenset()
+    scenario: Scenario, profile: LatencyProfile, *, early: Mapping[CallRef, Early] | None = None
 ) -> LowerBound:
     """The critical-path lower bound of ``scenario`` under ``profile``; see the module doc.
 
-    The calls in ``free`` (turn, index) take no tool time (served or done ahead of time).
+    The calls in ``early`` (turn, index) are answered ahead of the model, as their
+    :class:`Early` says.
     """
+    early = early or {}
+    done: dict[CallRef, float] = {}  # every call's end, in seconds from the rollout's start
+    start = 0.0
     interval = profile.token_interval()
     new_tokens = estimate_item_tokens(scenario.task)
     turns: list[TurnBound] = []
@@ -137,9 +179,10 @@ def lower_bound(
             emitted += _tokens(call.arguments)
             ready.append(first + (emitted - 1) * interval)
         model_end = first + max(emitted - 1, 0) * interval
-        mine = frozenset(call for at, call in free if at == index)
-        ends = _tool_ends(scenario, turn.calls, ready, mine)
-        turns.append(TurnBound(index + 1, first, model_end, max(ends, default=0.0)))
+        ends = _tool_ends(scenario, index, ready, early, done, start)
+        bound = TurnBound(index + 1, first, model_end, max(ends, default=0.0))
+        turns.append(bound)
+        start += bound.total_s
         # What the next turn sends: this turn's tool results.
         new_tokens = sum(
             estimate_item_tokens(tool_output(scenario.tools[call.name], call.arguments))
@@ -150,12 +193,12 @@ def lower_bound(
 
 @dataclass(frozen=True, slots=True)
 class Avoidable:
-    """The calls of a scenario work avoidance could take off the critical path (see the
-    module doc): exact repeats a perfect cache serves, and reads an earlier turn's declared
-    follow-ups predict (and that are not repeats)."""
+    """The calls of a scenario work avoidance could answer ahead of the model (see the module
+    doc): exact repeats a perfect cache serves, and reads an earlier turn's declared follow-ups
+    predict (and that are not repeats); each with how early it could be answered."""
 
-    repeats: frozenset[CallRef]
-    predicted: frozenset[CallRef]
+    repeats: Mapping[CallRef, Early]
+    predicted: Mapping[CallRef, Early]
 
 
 def _writes_between(
@@ -187,8 +230,8 @@ def avoidable(scenario: Scenario) -> Avoidable:
                 for name, args in follow_ups(spec, codec.loads(call.arguments), output)
             }
         )
-    repeats: set[CallRef] = set()
-    predicted: set[CallRef] = set()
+    repeats: dict[CallRef, Early] = {}
+    predicted: dict[CallRef, Early] = {}
     for position, (ref, call) in enumerate(flat):
         if not scenario.tools[call.name].writes_nothing:
             continue
@@ -199,14 +242,23 @@ def avoidable(scenario: Scenario) -> Avoidable:
             if _writes_between(effects, earlier, position, reads):
                 break
             since.append(earlier)
-        if any(keys[earlier] == keys[position] for earlier in since):
-            repeats.add(ref)
-        elif any(
-            flat[earlier][0][0] < ref[0] and keys[position] in predictions[earlier]
-            for earlier in since
-        ):
-            predicted.add(ref)
-    return Avoidable(frozenset(repeats), frozenset(predicted))
+        originals = tuple(flat[at][0] for at in since if keys[at] == keys[position])
+        predictors = tuple(
+            flat[at][0]
+            for at in since
+            if flat[at][0][0] < ref[0] and keys[position] in predictions[at]
+        )
+        if originals:
+            repeats[ref] = Early(originals)
+        elif predictors:
+            # The writes it must see: every earlier call that may write what it reads.
+            waits = tuple(
+                other_ref
+                for other_ref, other in effects[:position]
+                if other.exclusive or overlap(other.writes, reads)
+            )
+            predicted[ref] = Early(predictors, waits, runs=True)
+    return Avoidable(repeats, predicted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +291,7 @@ def room(scenario: Scenario, profile: LatencyProfile) -> Room:
     calls = avoidable(scenario)
     return Room(
         lower_bound(scenario, profile),
-        lower_bound(scenario, profile, free=calls.repeats),
-        lower_bound(scenario, profile, free=calls.repeats | calls.predicted),
+        lower_bound(scenario, profile, early=calls.repeats),
+        lower_bound(scenario, profile, early={**calls.repeats, **calls.predicted}),
         calls,
     )

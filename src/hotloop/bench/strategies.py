@@ -6,7 +6,11 @@ and the model are the same. The ``hotloop+…`` strategies are ``hotloop`` with 
 ``cache`` (the scenario's ``cache`` declarations become run-scoped caches; without it no tool
 caches), ``speculate`` (``Speculate()``: the tools' declared follow-ups and the client's learned
 transitions, which start empty on every run's fresh client) and ``compact``
-(``Compact(threshold_tokens=COMPACT_THRESHOLD_TOKENS)``). Every run
+(``Compact(threshold_tokens=...)``: ``hotloop+compact`` summarises past
+``COMPACT_THRESHOLD_TOKENS``, low enough to fire in the bundled scenarios and show what a switch
+costs; ``hotloop+all`` past ``ALL_COMPACT_THRESHOLD_TOKENS``, where a user would compact: a
+summary saves no model time when the prefix cache holds the history, so compacting a short
+context only costs the switch). Every run
 gets a fresh client (connection set-up is part of the run), a task tagged with its own session
 id (the simulated engine's prefix cache is shared across requests, like a real engine's: runs
 must not reuse each other's cached prompts), and is checked against the scenario afterwards.
@@ -55,8 +59,10 @@ __all__ = [
 
 #: A run that takes longer than this is stopped and reported as failed.
 RUN_TIMEOUT_S = 900.0
-#: Where the ``compact`` strategies start a summary (estimated context tokens).
+#: Where ``hotloop+compact`` starts a summary (estimated context tokens).
 COMPACT_THRESHOLD_TOKENS = 8_000
+#: Where ``hotloop+all`` does: half of a 128k-token context window.
+ALL_COMPACT_THRESHOLD_TOKENS = 64_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +77,8 @@ class Strategy:
     description: str
     #: Work-avoidance policies on: any of ``"cache"``, ``"speculate"``, ``"compact"``.
     policies: tuple[str, ...] = ()
+    #: Where ``"compact"`` starts a summary (estimated context tokens).
+    compact_threshold: int = COMPACT_THRESHOLD_TOKENS
 
     def describe(self) -> dict[str, Any]:
         """The strategy as report data: what it is, and how it plays the loop."""
@@ -81,11 +89,17 @@ class Strategy:
             "eager": self.eager,
             "max_concurrency": self.max_concurrency,
             "policies": list(self.policies),
+            **({"compact_threshold": self.compact_threshold} if "compact" in self.policies else {}),
         }
 
 
-def _hotloop_with(name: str, policies: tuple[str, ...], description: str) -> Strategy:
-    return Strategy(name, "websocket", True, True, 8, description, policies)
+def _hotloop_with(
+    name: str,
+    policies: tuple[str, ...],
+    description: str,
+    compact_threshold: int = COMPACT_THRESHOLD_TOKENS,
+) -> Strategy:
+    return Strategy(name, "websocket", True, True, 8, description, policies, compact_threshold)
 
 
 STRATEGIES: tuple[Strategy, ...] = (
@@ -100,7 +114,10 @@ STRATEGIES: tuple[Strategy, ...] = (
     _hotloop_with("hotloop+speculate", ("speculate",), "hotloop + speculative prefetch"),
     _hotloop_with("hotloop+compact", ("compact",), "hotloop + background compaction"),
     _hotloop_with(
-        "hotloop+all", ("cache", "speculate", "compact"), "hotloop + cache, speculation, compaction"
+        "hotloop+all",
+        ("cache", "speculate", "compact"),
+        "hotloop + cache, speculation, compaction past 64k tokens",
+        ALL_COMPACT_THRESHOLD_TOKENS,
     ),
 )
 
@@ -176,7 +193,7 @@ def strategy_agent(
     if "speculate" in strategy.policies:
         policies.append(Speculate())
     if "compact" in strategy.policies:
-        policies.append(Compact(threshold_tokens=COMPACT_THRESHOLD_TOKENS))
+        policies.append(Compact(threshold_tokens=strategy.compact_threshold))
     return Agent(
         f"{DEFAULT_MODEL}:{scenario.name}",
         scenario.instructions,

@@ -27,6 +27,7 @@ from typing import Any
 from hotloop.errors import HotloopError
 from hotloop.runtime.cache import Cache, MemoryStore, RunResults, canonical_key
 from hotloop.runtime.events import SpeculationRecord, ToolRecord
+from hotloop.runtime.scheduler import overlap
 from hotloop.runtime.speculation import Speculate, transitions_of
 from hotloop.runtime.tools import RunContext, Tool, ToolPoolExhausted, ToolThreads
 from hotloop.wire import codec
@@ -93,10 +94,32 @@ class ToolExecutor:
         self._by_key: dict[str, SpeculationRecord] = {}
         self._transitions = transitions_of(client) if speculate and speculate.learn else None
         self._previous: str | None = None
+        #: This run's transitions: the client's model learns them when the run is over.
+        self._seen: list[tuple[str, tuple[str, str]]] = []
+        #: The calls the model made in this turn: no use predicting them.
+        self._asked: set[str] = set()
         self._in_flight = 0
         self._used = 0
         self._executed = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Predictions not started yet, by call key (see _pump).
+        self._candidates: dict[str, _Candidate] = {}
+        self._sequence = 0
+        #: Speculations running now: key → (task, what it reads).
+        self._running: dict[str, tuple[asyncio.Task[None], frozenset[str]]] = {}
+        #: Writes admitted and not finished (None: a tool that may touch anything), by record.
+        self._writing: dict[int, frozenset[str] | None] = {}
+        #: How long each tool took, a moving average (s): what a speculation of it may save.
+        self._durations: dict[str, float] = {}
+        self._total_duration = 0.0
+        self._timed = 0
+        #: Speculations other than major ones (ids, see _affordable), and how many are unused.
+        self._others: set[int] = set()
+        self._unused_others = 0
+        self._turn = 0
+        #: 0: the model's response is still coming (nothing starts); 1: it is complete (each
+        #: predicting call's first prediction may start); 2: the turn's tools are done too.
+        self._phase = 2
 
     def admitted(self, tool: Tool, writes: frozenset[str], record: ToolRecord) -> None:
         """A call was admitted: if it may write, cached results it may change are dropped."""
@@ -104,16 +127,67 @@ class ToolExecutor:
             record.invalidated += self.results.invalidate(None)
         elif writes:
             record.invalidated += self.results.invalidate(writes)
+        if self.speculate is None:
+            return
+        if tool.effects.exclusive or writes:
+            changed = None if tool.effects.exclusive else writes
+            self._writing[id(record)] = changed
+            self._stop_running(changed)
         if self._transitions is not None:
             key = _raw_key(tool.name, record.arguments)
             if self._previous is not None:
-                self._transitions.saw(self._previous, (tool.name, record.arguments))
+                self._seen.append((self._previous, (tool.name, record.arguments)))
             self._previous = key
 
+    def turn_started(self, turn: int) -> None:
+        """A model turn's request goes out: predictions wait until its response is complete
+        (a call still to come in it may write what they read); those older than the turn
+        before are dropped."""
+        if self.speculate is None:
+            return
+        self._turn = turn
+        self._phase = 0
+        self._asked.clear()
+        self._writing.clear()  # every tool of the turn before is done by now
+        for key in [key for key, found in self._candidates.items() if found.turn < turn - 1]:
+            del self._candidates[key]
+
+    def response_done(self) -> None:
+        """The turn's response is complete: every call of it is known and admitted."""
+        if self.speculate is None:
+            return
+        self._phase = 1
+        self._pump()
+
+    def tools_done(self) -> None:
+        """Every tool of the turn is done: the other predictions may start too."""
+        if self.speculate is None:
+            return
+        self._phase = 2
+        self._pump()
+
     def close(self) -> None:
-        """The run is over: speculations still running are of no use now."""
+        """The run is over: speculations still running are of no use now; the client's
+        transition model learns what this run did."""
+        if self._transitions is not None:
+            for previous, call in self._seen:
+                self._transitions.saw(previous, call)
+            self._seen.clear()
+        self._candidates.clear()
         for task in self._tasks:
             task.cancel()
+
+    def _stop_running(self, writes: frozenset[str] | None) -> None:
+        """A write was admitted: speculations running on what it may change are stopped (their
+        result could not be used; joined calls run by themselves)."""
+        for key, (task, reads) in list(self._running.items()):
+            record = self._by_key.get(key)
+            if record is None:
+                continue  # a call has joined it: it was asked for before this write
+            if writes is None or overlap(writes, reads):
+                del self._running[key]
+                record.error = "stopped: a write to what it reads was admitted"
+                task.cancel()
 
     def execute(self, call: Call) -> Awaitable[Outcome]:
         """Run one admitted call (or answer it from the cache): an awaitable of its outcome."""
@@ -128,6 +202,8 @@ class ToolExecutor:
         predict what follows the call."""
         tool, args, arguments, record = call.tool, call.args, call.arguments, call.record
         key = canonical_key(tool.name, args, arguments)
+        self._asked.add(key)
+        self._candidates.pop(key, None)  # asked for: nothing to predict any more
         outcome: Outcome | None = None
         if _speculable(tool):
             reads, _ = tool.resources(args)
@@ -146,6 +222,8 @@ class ToolExecutor:
                 if speculation is not None:
                     speculation.used_ns = record.args_complete_ns
                     self._used += 1
+                    if id(speculation) in self._others:
+                        self._unused_others -= 1
         if outcome is None:
             if tool.cache is None:
                 outcome = await self._run(call)
@@ -162,49 +240,140 @@ class ToolExecutor:
         if speculate.follow_ups and tool.follows is not None:
             try:
                 for name, follow_args in tool.follows(args, output):
+                    if len(predictions) == speculate.per_call:
+                        break
                     predictions.append(("follows", name, follow_args))
             except Exception as exc:
                 _log.warning("the follow-ups of %s raised; none used", tool.name, exc_info=exc)
         if self._transitions is not None:
-            for name, seen in self._transitions.after(_raw_key(tool.name, arguments)):
+            for name, seen in self._transitions.after(_raw_key(tool.name, arguments))[
+                : speculate.per_call
+            ]:
                 predictions.append(("learned", name, seen))
-        for source, name, predicted in predictions[: speculate.per_call * 2]:
-            self._launch(source, name, predicted)
+        # The call's best prediction first: the slowest tool (what a prefetch can save most
+        # of), then the declared order.
+        ranked = sorted(
+            range(len(predictions)),
+            key=lambda index: (-self._durations.get(predictions[index][1], 0.0), index),
+        )
+        position = 0
+        for index in ranked:
+            source, name, predicted = predictions[index]
+            if self._candidate(source, name, predicted, position):
+                position += 1
+        self._pump()
 
-    def _affordable(self) -> bool:
-        speculate = self.speculate
-        assert speculate is not None
-        if self._in_flight >= speculate.max_in_flight:
-            return False
-        unused = len(self.speculations) - self._used
-        # A grace of one, so that speculation can start before anything was executed.
-        return unused < speculate.max_waste * self._executed + 1
-
-    def _launch(self, source: str, name: str, given: Mapping[str, Any] | str) -> None:
+    def _candidate(
+        self, source: str, name: str, given: Mapping[str, Any] | str, position: int
+    ) -> bool:
+        """Keep a prediction as a candidate (see :meth:`_pump`), if it may run at all."""
         tool = self.tools(name)
-        if tool is None or not _speculable(tool) or not self._affordable():
-            return
+        if tool is None or not _speculable(tool):
+            return False
         arguments = given if isinstance(given, str) else codec.dumps(dict(given)).decode()
         try:
             args = tool.parse(arguments)
             reads, writes = tool.resources(args)
         except (HotloopError, KeyError, ValueError):
-            return  # a prediction the tool would refuse: nothing to run
+            return False  # a prediction the tool would refuse: nothing to run
         if writes:
-            return
+            return False
         key = canonical_key(tool.name, args, arguments)
+        if key in self._asked:
+            return False  # the model made this call in this turn already
+        self._sequence += 1
+        found = self._candidates.pop(key, None)
+        rank = 0 if source == "follows" else 1
+        if found is not None:
+            rank = min(rank, found.rank)
+            position = min(position, found.position)
+        self._candidates[key] = _Candidate(
+            source if rank == 0 else "learned",
+            tool,
+            args,
+            arguments,
+            reads,
+            self._turn,
+            rank,
+            position,
+            self._sequence,
+        )
+        return True
+
+    def _pump(self) -> None:
+        """Start the candidates worth most while the budget allows: predictions of the latest
+        turn first, declared follow-ups before learned ones, the slowest tools (what a
+        speculation can save) first, then each call's predictions in its order. None starts
+        while the model's response is still coming (a call still to come may write what it
+        reads), nor while a write admitted to what it reads has not finished; until the
+        turn's tools are done, only each predicting call's best prediction starts, so that
+        one call's many predictions cannot take the budget from the next one's best."""
+        if self._phase == 0 or not self._candidates:
+            return
+        ordered = sorted(
+            self._candidates.items(),
+            key=lambda item: (
+                -item[1].turn,
+                item[1].rank,
+                -self._durations.get(item[1].tool.name, 0.0),
+                item[1].position,
+                item[1].sequence,
+            ),
+        )
+        for key, found in ordered:
+            if not self._affordable(self._major(found)):
+                continue
+            if found.position > 0 and self._phase < 2:
+                continue
+            if any(
+                writes is None or overlap(writes, found.reads) for writes in self._writing.values()
+            ):
+                continue
+            del self._candidates[key]
+            self._launch(key, found)
+
+    def _major(self, found: _Candidate) -> bool:
+        """Whether ``found`` is its predicting call's best prediction, of a tool that takes
+        at least as long as this run's calls on average (unknown: as if it did)."""
+        if found.position > 0:
+            return False
+        took = self._durations.get(found.tool.name)
+        return took is None or took >= self._total_duration / max(self._timed, 1)
+
+    def _affordable(self, major: bool) -> bool:
+        """Whether one more speculation fits the budget: were it wasted too, the unused ones
+        would be at most ``max_waste`` of the calls made, plus one (a grace, so that
+        speculation can start before many calls were made). The unused speculations other
+        than calls' best predictions of slow tools may take only a third of that: a prefetch
+        saves at most its tool's time, and a call's first prediction is its likeliest, so
+        the rest of the budget is kept for those."""
+        speculate = self.speculate
+        assert speculate is not None
+        if self._in_flight >= speculate.max_in_flight:
+            return False
+        unused = len(self.speculations) - self._used
+        # The calls made: run, or served by a speculation (what a run without it would run).
+        allowed = speculate.max_waste * (self._executed + self._used)
+        return unused <= allowed and (major or self._unused_others + 1 <= allowed / 3)
+
+    def _launch(self, key: str, found: _Candidate) -> None:
+        tool, reads = found.tool, found.reads
         if tool.cache is not None and self.results.store(tool.cache).get(key, 0.0) is not None:
             return  # the cache answers it already
         kind, _, epoch = self.results.lookup(self._speculated, key, reads)
         if kind != "miss":
             return  # speculated already, and still valid (kept, or running)
-        speculation = SpeculationRecord(tool.name, arguments, source, self.now())
+        speculation = SpeculationRecord(tool.name, found.arguments, found.source, self.now())
         self.speculations.append(speculation)
+        if not self._major(found):
+            self._others.add(id(speculation))
+            self._unused_others += 1
         self._by_key[key] = speculation
         self._in_flight += 1
         task = asyncio.get_running_loop().create_task(
-            self._prefetch(tool, args, reads, key, epoch, speculation)
+            self._prefetch(tool, found.args, reads, key, epoch, speculation)
         )
+        self._running[key] = (task, reads)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -229,7 +398,11 @@ class ToolExecutor:
         finally:
             speculation.finished_ns = self.now()
             self._in_flight -= 1
+            running = self._running.get(key)
+            if running is not None and running[0] is asyncio.current_task():
+                del self._running[key]
             self.results.finish(self._speculated, key, reads, epoch, output)
+            self._pump()
 
     async def _cached(self, call: Call) -> Outcome:
         tool, args, record = call.tool, call.args, call.record
@@ -296,11 +469,38 @@ class ToolExecutor:
                 record.invalidated += self.results.invalidate(None)
             elif writes:
                 record.invalidated += self.results.invalidate(writes)
-        return Outcome(output, error, started, self.now())
+        finished = self.now()
+        if self.speculate is not None:
+            took = (finished - started) / 1e9
+            if record.call_id != "speculation":
+                self._total_duration += took
+                self._timed += 1
+            known = self._durations.get(tool.name)
+            self._durations[tool.name] = took if known is None else (known + took) / 2
+            if self._writing.pop(id(record), False) is not False:
+                self._pump()  # a write finished: what waited on it may start
+        return Outcome(output, error, started, finished)
 
 
 def _nothing() -> None:
     return None
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """A predicted call not started yet: from which source, the latest turn that predicted
+    it, its source's rank (0: declared follow-ups, 1: learned), its place among its
+    predicting call's predictions and when it was predicted."""
+
+    source: str
+    tool: Tool
+    args: Mapping[str, Any]
+    arguments: str
+    reads: frozenset[str]
+    turn: int
+    rank: int
+    position: int
+    sequence: int
 
 
 def _speculable(tool: Tool) -> bool:

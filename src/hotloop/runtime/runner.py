@@ -797,6 +797,9 @@ async def _run(
                 settings=agent.settings,
                 timings=RequestTimings(),
             )
+            executor = run.executor
+            assert executor is not None
+            executor.turn_started(turn)
             stream, calls = await _stream_turn(run, request, turn, record, ledger)
             response = stream.final_response
             if response is None:
@@ -831,6 +834,7 @@ async def _run(
                     calls.release_held()
                 else:
                     calls.refuse_held(f"the response ended {response.status}")
+            executor.response_done()
             if emit is not None:
                 emit(ModelTurnFinished(turn, response.id, response.usage, len(function_calls)))
             if not function_calls:
@@ -869,8 +873,7 @@ async def _run(
                     model=agent.model,
                     server_url=getattr(run.client, "url", None),
                 )
-                executor = run.executor
-                if executor is not None and executor.speculate is not None:
+                if executor.speculate is not None:
                     executor.close()  # what is still being fetched is of no use now
                     result = dataclasses.replace(result, speculations=tuple(executor.speculations))
                 if run.asides is not None:
@@ -884,6 +887,7 @@ async def _run(
                     trace(result)
                 return result
             outputs = await calls.results()
+            executor.tools_done()
             record.tools_done_ns = time.perf_counter_ns() - origin
             for entries in ledger.values():
                 tasks.extend(entries)

@@ -25,8 +25,12 @@ _STYLES: dict[str, tuple[str, str]] = {
     "model.generation": ("█", "blue"),
     "tool.wait": ("·", "bright_black"),
     "tool.run": ("▓", "green"),
+    "tool.speculation": ("▒", "cyan"),
+    "model.aside": ("▒", "magenta"),
 }
 _DEFAULT_STYLE = ("▒", "magenta")
+#: Kinds of work beside the turns: in the legend only when the run did some.
+_BESIDE = ("tool.speculation", "model.aside")
 _MAX_LABEL = 32
 _MIN_TRACK = 10
 
@@ -87,7 +91,10 @@ def render_waterfall(bars: Sequence[Bar], width: int = 100) -> RenderableType:
                 line.append(cell[0], style=cell[1])
         lines.append(line)
     legend = Text()
+    drawn = {bar.kind for bar in bars}
     for kind, total in phase_totals(bars).items():
+        if kind in _BESIDE and kind not in drawn:
+            continue  # work beside the turns is listed only when there was some
         glyph, colour = _STYLES.get(kind, _DEFAULT_STYLE)
         if legend:
             legend.append("   ")

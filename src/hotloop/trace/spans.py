@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 
 from hotloop.errors import HotloopError
 from hotloop.runtime.events import RunResult, SpeculationRecord, StepRecord, ToolRecord
-from hotloop.trace.timeline import Bar, timeline_from_steps
+from hotloop.trace.timeline import Bar, aside_bar, speculation_bar, timeline_from_steps
 from hotloop.wire import codec
 from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning
 
@@ -750,4 +750,32 @@ def _read_tool(call: Span, phases: Sequence[Span], origin: int) -> ToolRecord:
 
 def timeline_from_spans(spans: Sequence[Span]) -> list[Bar]:
     """The waterfall bars of one trace: the same bars as the run's own timeline."""
-    return timeline_from_steps(steps_from_spans(spans))
+    bars = timeline_from_steps(steps_from_spans(spans))
+    root = next(span for span in spans if span.parent_id is None)
+    origin = root.start_ns
+    for span in spans:
+        if span.parent_id != root.span_id:
+            continue
+        kind = span_kind(span)
+        attributes = span.attributes
+        if kind == "tool.speculation":
+            error = attributes.get("hotloop.tool.error")
+            bars.append(
+                speculation_bar(
+                    str(attributes.get("gen_ai.tool.name", "")),
+                    span.start_ns - origin,
+                    span.end_ns - origin,
+                    attributes.get("hotloop.speculation.used") is True,
+                    error if isinstance(error, str) else None,
+                )
+            )
+        elif kind == "model.aside":
+            bars.append(
+                aside_bar(
+                    str(attributes.get("hotloop.aside.purpose") or "aside"),
+                    _int(attributes, "hotloop.turn"),
+                    span.start_ns - origin,
+                    span.end_ns - origin,
+                )
+            )
+    return bars

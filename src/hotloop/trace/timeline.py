@@ -3,8 +3,10 @@
 One :class:`Bar` per phase: for each model turn, the wait for the first token and the
 generation; for each tool call, the wait between its arguments being complete and its start
 (the scheduler holding it back), and its execution. Rows group bars: one row per model turn
-(``turn 3 · model``), one per tool call (``turn 3 · read_file``). Times are nanoseconds from
-the run's start.
+(``turn 3 · model``), one per tool call (``turn 3 · read_file``). Work done beside the turns
+follows, a row each: speculative executions (``speculation · read_file``, labelled used or
+wasted) and requests a policy sent beside the turns (``aside · summary``). Times are
+nanoseconds from the run's start.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from dataclasses import dataclass
 
 from hotloop.runtime.events import RunResult, StepRecord, ToolRecord
 
-__all__ = ["PHASES", "Bar", "phase_totals", "timeline_from_result", "timeline_from_steps"]
+__all__ = [
+    "PHASES",
+    "Bar",
+    "aside_bar",
+    "phase_totals",
+    "speculation_bar",
+    "timeline_from_result",
+    "timeline_from_steps",
+]
 
 #: Bar kinds, in the order a legend lists them.
 PHASES = (
@@ -22,6 +32,8 @@ PHASES = (
     "model.generation",  # first token → response complete
     "tool.wait",  # arguments complete → tool started (held by the scheduler)
     "tool.run",  # tool started → finished
+    "tool.speculation",  # a read run before the model asked (Speculate)
+    "model.aside",  # a request beside the turns (Compact's summaries)
 )
 
 
@@ -73,9 +85,31 @@ def timeline_from_steps(steps: Iterable[StepRecord]) -> list[Bar]:
     return bars
 
 
+def speculation_bar(name: str, start_ns: int, end_ns: int, used: bool, error: str | None) -> Bar:
+    """The bar of one speculative execution of tool ``name``."""
+    label = error or ("used" if used else "wasted")
+    return Bar(f"speculation · {name}", "tool.speculation", start_ns, end_ns, label)
+
+
+def aside_bar(purpose: str, turn: int, start_ns: int, end_ns: int) -> Bar:
+    """The bar of one request sent beside the turns, before turn ``turn``."""
+    return Bar(f"aside · {purpose}", "model.aside", start_ns, end_ns, f"before turn {turn}", turn)
+
+
 def timeline_from_result(result: RunResult) -> list[Bar]:
     """The bars of a finished run."""
-    return timeline_from_steps(result.steps)
+    bars = timeline_from_steps(result.steps)
+    for speculation in result.speculations:
+        end = speculation.finished_ns if speculation.finished_ns is not None else result.wall_ns
+        used = speculation.used_ns is not None
+        bars.append(
+            speculation_bar(speculation.name, speculation.started_ns, end, used, speculation.error)
+        )
+    for aside in result.asides:
+        answered = aside.response_done_ns
+        done = answered if answered is not None else max(aside.request_sent_ns, result.wall_ns)
+        bars.append(aside_bar(aside.purpose or "aside", aside.turn, aside.request_sent_ns, done))
+    return bars
 
 
 def phase_totals(bars: Sequence[Bar]) -> dict[str, int]:
