@@ -314,3 +314,63 @@ async def test_a_read_dropped_by_a_write_is_speculated_again_after_it() -> None:
     reads_of_a = [s for s in result.speculations if codec.loads(s.arguments) == {"path": "a"}]
     assert len(reads_of_a) == 2 and reads_of_a[0].used_ns is None
     assert reads_of_a[1].used_ns is not None and marks(result)[-1] == ("read", "speculated")
+
+
+async def test_the_budget_goes_to_a_calls_slowest_prediction_first() -> None:
+    """``scan`` predicts four fast reads, then the slow test run; a budget of one unused
+    speculation (plus one) goes to the test run first, and fast reads take only a third."""
+    runs: list[str] = []
+
+    def next_calls(args: Mapping[str, Any], output: str) -> Iterable[tuple[str, Any]]:
+        yield from (("read", {"path": name}) for name in ("w", "x", "y", "z"))
+        yield ("test", {"path": "all"})
+
+    @tool(reads=["repo"], follows=next_calls)
+    async def scan(path: str) -> str:
+        """List.
+
+        Args:
+            path: Where.
+        """
+        runs.append("scan")
+        return "w x y z"
+
+    @tool(reads=["repo/{path}"])
+    async def read(path: str) -> str:
+        """Read.
+
+        Args:
+            path: The file.
+        """
+        runs.append(f"read {path}")
+        await asyncio.sleep(0.01)
+        return path
+
+    @tool(reads=["repo"])
+    async def test(path: str) -> str:
+        """Run the tests.
+
+        Args:
+            path: Which.
+        """
+        runs.append(f"test {path}")
+        await asyncio.sleep(0.3)
+        return "passed"
+
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("read", {"path": "a"}), ("test", {"path": "a"})]),
+            turn_events("r1", [("scan", {"path": "."})]),
+            turn_events("r2", [("test", {"path": "all"})]),
+        ]
+    )
+    scripted.turns.append(answer_events("r3"))
+    agent = Agent(MODEL, tools=[scan, read, test], policies=[Speculate()])
+    result = await Runner.run(agent, "go", client=scripted)
+    # Three calls made when scan's predictions may start: 0.75 allowed, plus one.
+    assert [(s.name, s.used_ns is not None) for s in result.speculations] == [
+        ("test", True),
+        ("read", False),
+    ]
+    assert marks(result)[-1] == ("test", "speculated")
+    assert runs.count("test all") == 1

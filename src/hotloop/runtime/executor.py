@@ -36,6 +36,9 @@ __all__ = ["Call", "Outcome", "ToolExecutor", "error_output"]
 
 _log = logging.getLogger("hotloop.runtime")
 
+#: At most this many of a call's declared follow-ups are looked at (``per_call`` are kept).
+_MAX_FOLLOW_UPS = 64
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -236,32 +239,40 @@ class ToolExecutor:
     def _predict(self, tool: Tool, args: Mapping[str, Any], arguments: str, output: str) -> None:
         speculate = self.speculate
         assert speculate is not None
-        predictions: list[tuple[str, str, Mapping[str, Any] | str]] = []
+        declared: list[tuple[str, str, Mapping[str, Any] | str]] = []
         if speculate.follow_ups and tool.follows is not None:
             try:
                 for name, follow_args in tool.follows(args, output):
-                    if len(predictions) == speculate.per_call:
+                    declared.append(("follows", name, follow_args))
+                    if len(declared) == _MAX_FOLLOW_UPS:
                         break
-                    predictions.append(("follows", name, follow_args))
             except Exception as exc:
                 _log.warning("the follow-ups of %s raised; none used", tool.name, exc_info=exc)
+        learned: list[tuple[str, str, Mapping[str, Any] | str]] = []
         if self._transitions is not None:
-            for name, seen in self._transitions.after(_raw_key(tool.name, arguments))[
-                : speculate.per_call
-            ]:
-                predictions.append(("learned", name, seen))
-        # The call's best prediction first: the slowest tool (what a prefetch can save most
-        # of), then the declared order.
-        ranked = sorted(
-            range(len(predictions)),
-            key=lambda index: (-self._durations.get(predictions[index][1], 0.0), index),
-        )
+            for name, seen in self._transitions.after(_raw_key(tool.name, arguments)):
+                learned.append(("learned", name, seen))
+        # Each source's best predictions first: the slowest tools (what a prefetch can save
+        # most of), then the order given; ``per_call`` of each.
+        predictions = [
+            *self._best(declared)[: speculate.per_call],
+            *self._best(learned)[: speculate.per_call],
+        ]
         position = 0
-        for index in ranked:
-            source, name, predicted = predictions[index]
+        for source, name, predicted in predictions:
             if self._candidate(source, name, predicted, position):
                 position += 1
         self._pump()
+
+    def _best(
+        self, predictions: list[tuple[str, str, Mapping[str, Any] | str]]
+    ) -> list[tuple[str, str, Mapping[str, Any] | str]]:
+        """``predictions`` slowest tool first (by this run's moving averages), else in order."""
+        order = sorted(
+            range(len(predictions)),
+            key=lambda index: (-self._durations.get(predictions[index][1], 0.0), index),
+        )
+        return [predictions[index] for index in order]
 
     def _candidate(
         self, source: str, name: str, given: Mapping[str, Any] | str, position: int
@@ -344,9 +355,9 @@ class ToolExecutor:
         """Whether one more speculation fits the budget: were it wasted too, the unused ones
         would be at most ``max_waste`` of the calls made, plus one (a grace, so that
         speculation can start before many calls were made). The unused speculations other
-        than calls' best predictions of slow tools may take only a third of that: a prefetch
-        saves at most its tool's time, and a call's first prediction is its likeliest, so
-        the rest of the budget is kept for those."""
+        than calls' best predictions of slow tools (``major``) may take only a third of that
+        budget (plus one): a prefetch saves at most its tool's time, and a call's best
+        prediction is its likeliest to pay, so the rest is kept for those."""
         speculate = self.speculate
         assert speculate is not None
         if self._in_flight >= speculate.max_in_flight:
@@ -354,7 +365,7 @@ class ToolExecutor:
         unused = len(self.speculations) - self._used
         # The calls made: run, or served by a speculation (what a run without it would run).
         allowed = speculate.max_waste * (self._executed + self._used)
-        return unused <= allowed and (major or self._unused_others + 1 <= allowed / 3)
+        return unused <= allowed and (major or self._unused_others <= allowed / 3)
 
     def _launch(self, key: str, found: _Candidate) -> None:
         tool, reads = found.tool, found.reads
