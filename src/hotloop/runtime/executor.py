@@ -114,9 +114,8 @@ class ToolExecutor:
         self._writing: dict[int, frozenset[str] | None] = {}
         #: How long each tool took, a moving average (s): what a speculation of it may save.
         self._durations: dict[str, float] = {}
-        self._total_duration = 0.0
-        self._timed = 0
-        #: Speculations other than major ones (ids, see _affordable), and how many are unused.
+        #: Speculations of calls' other predictions than their best (ids, see _affordable),
+        #: and how many of them are unused.
         self._others: set[int] = set()
         self._unused_others = 0
         self._turn = 0
@@ -221,6 +220,8 @@ class ToolExecutor:
                 outcome = Outcome(taken, None, now, now)
             if outcome is not None:
                 record.cache = "speculated"
+                if tool.cache is not None:  # cached as if it had run: a repeat is a hit
+                    self.results.keep(tool.cache, key, reads, outcome.output)
                 speculation = self._by_key.pop(key, None)
                 if speculation is not None:
                     speculation.used_ns = record.args_complete_ns
@@ -332,7 +333,7 @@ class ToolExecutor:
             ),
         )
         for key, found in ordered:
-            if not self._affordable(self._major(found)):
+            if not self._affordable(found.position == 0):
                 continue
             if found.position > 0 and self._phase < 2:
                 continue
@@ -343,21 +344,13 @@ class ToolExecutor:
             del self._candidates[key]
             self._launch(key, found)
 
-    def _major(self, found: _Candidate) -> bool:
-        """Whether ``found`` is its predicting call's best prediction, of a tool that takes
-        at least as long as this run's calls on average (unknown: as if it did)."""
-        if found.position > 0:
-            return False
-        took = self._durations.get(found.tool.name)
-        return took is None or took >= self._total_duration / max(self._timed, 1)
-
-    def _affordable(self, major: bool) -> bool:
+    def _affordable(self, best: bool) -> bool:
         """Whether one more speculation fits the budget: were it wasted too, the unused ones
         would be at most ``max_waste`` of the calls made, plus one (a grace, so that
-        speculation can start before many calls were made). The unused speculations other
-        than calls' best predictions of slow tools (``major``) may take only a third of that
-        budget (plus one): a prefetch saves at most its tool's time, and a call's best
-        prediction is its likeliest to pay, so the rest is kept for those."""
+        speculation can start before many calls were made). The unused speculations of calls'
+        other predictions than their ``best`` (the slowest tool, then the first) may take only
+        a third of that budget (plus one): the rest is kept for each call's best prediction,
+        the one likeliest to save the most."""
         speculate = self.speculate
         assert speculate is not None
         if self._in_flight >= speculate.max_in_flight:
@@ -365,7 +358,7 @@ class ToolExecutor:
         unused = len(self.speculations) - self._used
         # The calls made: run, or served by a speculation (what a run without it would run).
         allowed = speculate.max_waste * (self._executed + self._used)
-        return unused <= allowed and (major or self._unused_others <= allowed / 3)
+        return unused <= allowed and (best or self._unused_others <= allowed / 3)
 
     def _launch(self, key: str, found: _Candidate) -> None:
         tool, reads = found.tool, found.reads
@@ -376,7 +369,7 @@ class ToolExecutor:
             return  # speculated already, and still valid (kept, or running)
         speculation = SpeculationRecord(tool.name, found.arguments, found.source, self.now())
         self.speculations.append(speculation)
-        if not self._major(found):
+        if found.position > 0:
             self._others.add(id(speculation))
             self._unused_others += 1
         self._by_key[key] = speculation
@@ -483,9 +476,6 @@ class ToolExecutor:
         finished = self.now()
         if self.speculate is not None:
             took = (finished - started) / 1e9
-            if record.call_id != "speculation":
-                self._total_duration += took
-                self._timed += 1
             known = self._durations.get(tool.name)
             self._durations[tool.name] = took if known is None else (known + took) / 2
             if self._writing.pop(id(record), False) is not False:
