@@ -33,6 +33,7 @@ class Repo:
         slow_write: float = 0.0,
         extra_follow_ups: int = 0,
         reread: bool = False,
+        cache: bool = False,
     ) -> None:
         self.versions: dict[str, int] = {}
         self.runs: list[str] = []
@@ -54,7 +55,7 @@ class Repo:
             repo.runs.append(f"grep {pattern}")
             return f"{pattern}: a, b"
 
-        @tool(reads=["repo/{path}"])
+        @tool(reads=["repo/{path}"], cache=cache)
         async def read(path: str) -> str:
             """Read a file.
 
@@ -374,3 +375,20 @@ async def test_the_budget_goes_to_a_calls_slowest_prediction_first() -> None:
     ]
     assert marks(result)[-1] == ("test", "speculated")
     assert runs.count("test all") == 1
+
+
+async def test_a_speculated_result_a_call_took_is_cached_for_its_repeat() -> None:
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],
+        [("read", {"path": "a"})],
+        [("read", {"path": "a"})],  # a repeat: the cache has what the speculation gave
+        [("write", {"path": "a"})],
+        [("read", {"path": "a"})],  # after a write: neither cached nor speculated
+    ]
+    result, fast, plain = await compare(turns, cache=True)
+    assert [mark for mark in marks(result) if mark[0] == "read"] == [
+        ("read", "speculated"),
+        ("read", "hit"),
+        ("read", "miss"),
+    ]
+    assert fast.runs.count("read a") == 2 and plain.runs.count("read a") == 2
