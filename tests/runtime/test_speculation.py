@@ -171,7 +171,7 @@ async def test_waste_stays_within_its_budget() -> None:
     result, fast, plain = await compare(turns, extra_follow_ups=20)
     unused = [s for s in result.speculations if s.used_ns is None]
     executed = len(plain.runs)
-    assert len(unused) <= 0.25 * executed + 1
+    assert len(unused) <= max(0.25 * executed, 2)
     assert len(fast.runs) - len(plain.runs) == len(unused)
 
 
@@ -309,7 +309,7 @@ async def test_a_read_dropped_by_a_write_is_speculated_again_after_it() -> None:
     ]
     fast, plain = Repo(slow=0.01, reread=True), Repo(slow=0.01, reread=True)
     # A waste budget that lets the second speculation start (b was predicted and never used).
-    result, inputs = await play(turns, fast, speculate=Speculate(max_waste=1.0))
+    result, inputs = await play(turns, fast, speculate=Speculate(max_waste=2.0))
     _, reference = await play(turns, plain, speculate=False)
     assert inputs == reference
     reads_of_a = [s for s in result.speculations if codec.loads(s.arguments) == {"path": "a"}]
@@ -368,7 +368,8 @@ async def test_the_budget_goes_to_a_calls_slowest_prediction_first() -> None:
     scripted.turns.append(answer_events("r3"))
     agent = Agent(MODEL, tools=[scan, read, test], policies=[Speculate()])
     result = await Runner.run(agent, "go", client=scripted)
-    # Three calls made when scan's predictions may start: 0.75 allowed, plus one.
+    # Three calls made when scan's predictions may start: two may go unused, one of them a
+    # read (a third of the budget, or one).
     assert [(s.name, s.used_ns is not None) for s in result.speculations] == [
         ("test", True),
         ("read", False),

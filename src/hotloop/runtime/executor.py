@@ -346,11 +346,11 @@ class ToolExecutor:
 
     def _affordable(self, best: bool) -> bool:
         """Whether one more speculation fits the budget: were it wasted too, the unused ones
-        would be at most ``max_waste`` of the calls made, plus one (a grace, so that
-        speculation can start before many calls were made). The unused speculations of calls'
-        other predictions than their ``best`` (the slowest tool, then the first) may take only
-        a third of that budget (plus one): the rest is kept for each call's best prediction,
-        the one likeliest to save the most."""
+        would be at most ``max_waste`` of the calls made (or two, so that speculation can
+        start before many calls were made). The unused speculations of calls' other
+        predictions than their ``best`` (the slowest tool, then the first) may take only a
+        third of that budget (or one): the rest is kept for each call's best prediction, the
+        one likeliest to save the most."""
         speculate = self.speculate
         assert speculate is not None
         if self._in_flight >= speculate.max_in_flight:
@@ -358,7 +358,9 @@ class ToolExecutor:
         unused = len(self.speculations) - self._used
         # The calls made: run, or served by a speculation (what a run without it would run).
         allowed = speculate.max_waste * (self._executed + self._used)
-        return unused <= allowed and (best or self._unused_others <= allowed / 3)
+        return unused + 1 <= max(allowed, 2) and (
+            best or self._unused_others + 1 <= max(allowed / 3, 1)
+        )
 
     def _launch(self, key: str, found: _Candidate) -> None:
         tool, reads = found.tool, found.reads
