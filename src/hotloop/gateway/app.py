@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -324,6 +326,38 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._raw_header_bytes = 0
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, except for what a signal it caught does once it has shut down.
+
+    uvicorn raises the signal again from inside ``serve()``; under asyncio's own SIGINT
+    handling that second SIGINT can land after the loop is gone and be lost, and the process
+    exits 0. Here the signals are only recorded (``caught``), and
+    :meth:`GatewayServer.serve_forever` raises ``KeyboardInterrupt`` itself.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.caught: list[int] = []
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        self.caught = []
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self._caught) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    def _caught(self, sig: int, frame: Any) -> None:
+        self.caught.append(sig)
+        self.handle_exit(sig, frame)
+
+
 class GatewayServer:
     """Runs a gateway under uvicorn, in the current event loop.
 
@@ -378,7 +412,7 @@ class GatewayServer:
             # Outlive the clients' own idle expiry, so that they, not we, close idle sockets.
             timeout_keep_alive=self.gateway.config.keep_alive_timeout,
         )
-        self._server = uvicorn.Server(self._config)
+        self._server = _Server(self._config)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -415,12 +449,21 @@ class GatewayServer:
             self._task = None
 
     async def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
-        """Serve until stopped; ``on_ready`` is called once the gateway accepts requests."""
+        """Serve until stopped; ``on_ready`` is called once the gateway accepts requests.
+
+        Ctrl-C (SIGINT) ends it with ``KeyboardInterrupt`` once the server has shut down
+        gracefully; SIGTERM, after the same, ends the process as the signal does.
+        """
         await self.start()
         if on_ready is not None:
             on_ready()
         assert self._task is not None
         await self._task
+        caught = self._server.caught
+        if signal.SIGTERM in caught:
+            signal.raise_signal(signal.SIGTERM)
+        if signal.SIGINT in caught:
+            raise KeyboardInterrupt
 
     async def __aenter__(self) -> GatewayServer:
         await self.start()
