@@ -234,3 +234,24 @@ def test_gateway_hedging_options_are_checked(capsys: pytest.CaptureFixture[str])
     assert "--hedge needs --replicas 2 or more" in capsys.readouterr().err
     assert main(["gateway", "--hedge", "0.5", "--replicas", "2", "--hedge-budget", "-1"]) == 2
     assert "--hedge-budget must not be negative" in capsys.readouterr().err
+
+
+def test_sigterm_ends_the_gateway_as_the_signal_does() -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hotloop", "gateway", "--profile", "zero", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert f"127.0.0.1:{port}" in process.stdout.readline()
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # Shut down gracefully first (uvicorn's last line), then ended by the signal.
+    assert process.returncode == -signal.SIGTERM
+    assert "Traceback" not in errors
