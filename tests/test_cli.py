@@ -198,7 +198,8 @@ def test_python_dash_m_and_version() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", hotloop.__version__)
 
 
-def test_ctrl_c_ends_a_command_with_one_line() -> None:
+def _signalled_gateway(sig: signal.Signals) -> tuple[int, str]:
+    """Start ``hotloop gateway``, send it ``sig`` once it serves: its status and stderr."""
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "hotloop", "gateway", "--profile", "zero", "--port", str(port)],
@@ -210,12 +211,17 @@ def test_ctrl_c_ends_a_command_with_one_line() -> None:
         assert process.stdout is not None
         line = process.stdout.readline()  # printed once the gateway accepts requests
         assert f"127.0.0.1:{port}" in line
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
         _, errors = process.communicate(timeout=20)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130
+    return process.returncode, errors
+
+
+def test_ctrl_c_ends_a_command_with_one_line() -> None:
+    returncode, errors = _signalled_gateway(signal.SIGINT)
+    assert returncode == 130
     assert errors.strip().splitlines()[-1] == "hotloop: interrupted"
     assert "Traceback" not in errors
 
@@ -237,21 +243,7 @@ def test_gateway_hedging_options_are_checked(capsys: pytest.CaptureFixture[str])
 
 
 def test_sigterm_ends_the_gateway_as_the_signal_does() -> None:
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hotloop", "gateway", "--profile", "zero", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert f"127.0.0.1:{port}" in process.stdout.readline()
-        process.send_signal(signal.SIGTERM)
-        _, errors = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    returncode, errors = _signalled_gateway(signal.SIGTERM)
     # Shut down gracefully first (uvicorn's last line), then ended by the signal.
-    assert process.returncode == -signal.SIGTERM
+    assert returncode == -signal.SIGTERM
     assert "Traceback" not in errors
