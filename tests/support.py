@@ -17,6 +17,7 @@ from hotloop.protocol.conversation import Conversation
 from hotloop.protocol.generation import GenerationRequest
 from hotloop.protocol.requests import CreateRequest
 from hotloop.runtime import Tool, tool
+from hotloop.runtime.tools import FollowUps
 from hotloop.sim.scenario import Scenario, ScriptedCall, ToolSpec, Turn
 from hotloop.transport import ModelRequest, OnEvent, PushingTransport, TransportStats
 from hotloop.wire import codec
@@ -334,3 +335,49 @@ class ScriptedTransport(PushingTransport):
 
     async def close(self) -> None:
         return None
+
+
+class VersionedFiles:
+    """Files with versions and ``read``/``write`` tools over them: a read after a write sees
+    the new version, so a stale result shows. ``runs`` logs every execution; ``cache`` goes
+    to ``read``; ``slow`` and ``slow_write`` are how long a read and a write take;
+    ``write_follows`` is ``write``'s declared follow-ups."""
+
+    def __init__(
+        self,
+        *,
+        cache: Any = False,
+        slow: float = 0.0,
+        slow_write: float = 0.0,
+        write_follows: FollowUps | None = None,
+    ) -> None:
+        self.versions: dict[str, int] = {}
+        self.runs: list[str] = []
+        files = self
+
+        @tool(reads=["repo/{path}"], cache=cache)
+        async def read(path: str) -> str:
+            """Read a file.
+
+            Args:
+                path: The file.
+            """
+            files.runs.append(f"read {path}")
+            await asyncio.sleep(slow)
+            return f"{path} v{files.versions.get(path, 0)}"
+
+        @tool(writes=["repo/{path}"], follows=write_follows)
+        async def write(path: str) -> str:
+            """Change a file.
+
+            Args:
+                path: The file.
+            """
+            files.runs.append(f"write {path}")
+            if slow_write:
+                await asyncio.sleep(slow_write)
+            files.versions[path] = files.versions.get(path, 0) + 1
+            return "written"
+
+        self.read: Tool = read
+        self.write: Tool = write

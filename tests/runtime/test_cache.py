@@ -19,7 +19,7 @@ from hotloop.runtime.tools import ToolDefinitionError
 from hotloop.trace.spans import spans_from_result, steps_from_spans
 from hotloop.trace.timeline import timeline_from_steps
 from hotloop.wire import codec
-from support import ScriptedTransport, answer_events, turn_events
+from support import ScriptedTransport, VersionedFiles, answer_events, turn_events
 
 MODEL = "scripted"
 
@@ -30,24 +30,13 @@ class Where(BaseModel):
     path: str
 
 
-class Files:
-    """A versioned file store and tools over it; ``runs`` logs every execution."""
+class Files(VersionedFiles):
+    """Versioned files, cached reads and a cached ``grep`` over them, and a ``shell`` that
+    declares nothing (it may touch everything); ``runs`` logs every execution."""
 
     def __init__(self, *, cache: bool | Cache = True, slow: float = 0.0) -> None:
-        self.versions: dict[str, int] = {}
-        self.runs: list[str] = []
+        super().__init__(cache=cache, slow=slow)
         files = self
-
-        @tool(reads=["repo/{path}"], cache=cache)
-        async def read(path: str) -> str:
-            """Read a file.
-
-            Args:
-                path: The file.
-            """
-            files.runs.append(f"read {path}")
-            await asyncio.sleep(slow)
-            return f"{path} v{files.versions.get(path, 0)}"
 
         @tool(reads=["repo"], cache=cache)
         async def grep(pattern: str) -> str:
@@ -61,17 +50,6 @@ class Files:
                 f"{k} v{v}" for k, v in sorted(files.versions.items())
             )
 
-        @tool(writes=["repo/{path}"])
-        async def write(path: str) -> str:
-            """Change a file.
-
-            Args:
-                path: The file.
-            """
-            files.runs.append(f"write {path}")
-            files.versions[path] = files.versions.get(path, 0) + 1
-            return "written"
-
         @tool
         async def shell(command: str) -> str:
             """Run anything (no declared effects: it may touch everything).
@@ -82,7 +60,7 @@ class Files:
             files.runs.append(f"shell {command}")
             return "ok"
 
-        self.tools = [read, grep, write, shell]
+        self.tools = [self.read, grep, self.write, shell]
 
 
 Turns = list[list[tuple[str, dict[str, Any]]]]

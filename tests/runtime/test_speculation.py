@@ -16,15 +16,17 @@ from hotloop.runtime.speculation import Speculate, Transitions, transitions_of
 from hotloop.trace import timeline_from_result
 from hotloop.trace.spans import spans_from_result, speculation_effect, timeline_from_spans
 from hotloop.wire import codec
-from support import ScriptedTransport, answer_events, turn_events
+from support import ScriptedTransport, VersionedFiles, answer_events, turn_events
 
 MODEL = "scripted"
 
 Turns = list[list[tuple[str, dict[str, Any]]]]
 
 
-class Repo:
-    """Files with versions, and tools over them; ``runs`` logs every execution."""
+class Repo(VersionedFiles):
+    """Versioned files, and a ``grep`` whose declared follow-ups read what it finds (``a``
+    and ``b``, and ``extra_follow_ups`` files that are never asked for); with ``reread``,
+    ``write`` predicts a read of what it wrote."""
 
     def __init__(
         self,
@@ -35,8 +37,10 @@ class Repo:
         reread: bool = False,
         cache: bool = False,
     ) -> None:
-        self.versions: dict[str, int] = {}
-        self.runs: list[str] = []
+        def reread_it(args: Mapping[str, Any], output: str) -> Iterable[tuple[str, Any]]:
+            return [("read", {"path": args["path"]})] if reread else []
+
+        super().__init__(cache=cache, slow=slow, slow_write=slow_write, write_follows=reread_it)
         repo = self
 
         def matches(args: Mapping[str, Any], output: str) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -55,33 +59,7 @@ class Repo:
             repo.runs.append(f"grep {pattern}")
             return f"{pattern}: a, b"
 
-        @tool(reads=["repo/{path}"], cache=cache)
-        async def read(path: str) -> str:
-            """Read a file.
-
-            Args:
-                path: The file.
-            """
-            repo.runs.append(f"read {path}")
-            await asyncio.sleep(slow)
-            return f"{path} v{repo.versions.get(path, 0)}"
-
-        def reread_it(args: Mapping[str, Any], output: str) -> Iterable[tuple[str, Any]]:
-            return [("read", {"path": args["path"]})] if reread else []
-
-        @tool(writes=["repo/{path}"], follows=reread_it)
-        async def write(path: str) -> str:
-            """Change a file.
-
-            Args:
-                path: The file.
-            """
-            repo.runs.append(f"write {path}")
-            await asyncio.sleep(slow_write)
-            repo.versions[path] = repo.versions.get(path, 0) + 1
-            return "written"
-
-        self.tools = [grep, read, write]
+        self.tools = [grep, self.read, self.write]
 
 
 async def play(turns: Turns, repo: Repo, *, speculate: bool | Speculate, client: Any = None) -> Any:
