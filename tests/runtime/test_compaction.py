@@ -97,11 +97,15 @@ class FakeAsides:
     def __init__(self) -> None:
         self.sent: list[ModelRequest] = []
         self.futures: list[asyncio.Future[ResponseObject]] = []
+        self.timeouts: list[float | None] = []
 
-    def __call__(self, request: ModelRequest, purpose: str) -> asyncio.Future[ResponseObject]:
+    def __call__(
+        self, request: ModelRequest, purpose: str, timeout: float | None
+    ) -> asyncio.Future[ResponseObject]:
         assert purpose == "summary"
         future: asyncio.Future[ResponseObject] = asyncio.get_running_loop().create_future()
         self.sent.append(request)
+        self.timeouts.append(timeout)
         self.futures.append(future)
         return future
 
@@ -168,10 +172,100 @@ async def test_the_policy_cuts_at_a_turn_boundary_and_switches_when_the_summary_
     assert after.previous_response_id == "resp_6" and after.history[1] is switch.history[1]
     assert list(after.new_items) == originals[6]
     assert policy.summaries >= 1 and policy.compactions == 1
+    assert asides.timeouts[0] == policy.summary_timeout == 120.0
     # A re-sent attempt of a compacted turn is left as it is.
     again = TurnState(agent, 7, 2, after, memo=memo)
     again._aside = asides
     assert policy.before_request(again) is None
+
+
+def trailing_input(items: Sequence[Item]) -> int:
+    """How many items at the end of ``items`` are input (what the next request sends)."""
+    count = 0
+    for item in reversed(items):
+        if isinstance(item, FunctionCallOutput) or (
+            isinstance(item, Message) and item.role == "user"
+        ):
+            count += 1
+        else:
+            break
+    return count
+
+
+async def test_what_the_user_said_later_stays_verbatim_before_the_summary() -> None:
+    # A conversation continued with previous=: an answer, then the user's next message, then
+    # more turns. The part summarised holds that message: it is summarised with the rest, and
+    # stays verbatim in what the model gets, after the task and before the summary.
+    policy = Compact(threshold_tokens=900, keep_recent_tokens=300, summary_tokens=32)
+    asides = FakeAsides()
+    memo: dict[str, Any] = {}
+    agent = Agent("m", "be brief")
+    task = Message("user", "the task")
+    later = [Message("user", f"now also look at part {k}: " + "p" * 300) for k in range(3)]
+    history: list[Item] = [task]
+    script: list[list[Item]] = []
+    for k, message in enumerate(later):
+        script += [turn_items(10 * k + 1, 1), turn_items(10 * k + 2, 1)]
+        script.append([Message("assistant", f"answer {k}"), message])
+    script += [turn_items(turn, 1) for turn in range(40, 46)]
+    previous: str | None = None
+    new_from = 0
+    sent: list[ModelRequest] = []
+    originals: list[list[Item]] = []
+    for turn, items in enumerate(script, 1):
+        request = ModelRequest("m", history, new_from, previous, "be brief")
+        originals.append(list(request.new_items))
+        state = TurnState(agent, turn, 1, request, memo=memo)
+        state._aside = asides
+        sent.append(policy.before_request(state) or request)
+        if asides.futures and not asides.futures[-1].done():
+            asides.answer(f"summary {len(asides.futures)}")
+        history.extend(items)
+        new_from = len(history) - trailing_input(items)
+        previous = f"resp_{turn}"
+    assert policy.compactions >= 2
+    switches = [r for r in sent if r.previous_response_id is None and summary_at(r.history)]
+    for request in switches:
+        at = summary_at(request.history)
+        assert at is not None and request.history[0] == task
+        # The later messages before the cut, in order (all three fit in keep_recent_tokens).
+        verbatim = list(request.history[1:at])
+        assert verbatim and verbatim == later[: len(verbatim)]
+    last = switches[-1]
+    assert list(last.history[1 : summary_at(last.history)]) == later
+    # Each later message was summarised too, the first time it fell in the older part.
+    summarised = [m for request in asides.sent for m in request.history if m in later]
+    assert set(map(id, summarised)) == {id(m) for m in later}
+    # Turns after a switch continue it incrementally with exactly their new items.
+    for index, request in enumerate(sent):
+        if summary_at(request.history) is not None and request.previous_response_id:
+            assert list(request.new_items) == originals[index]
+            assert pairs_intact(request.history)
+
+
+async def test_only_the_latest_later_messages_fit_in_keep_recent_tokens() -> None:
+    policy = Compact(threshold_tokens=600, keep_recent_tokens=200, summary_tokens=32)
+    asides = FakeAsides()
+    memo: dict[str, Any] = {}
+    agent = Agent("m", "be brief")
+    later = [Message("user", f"part {k}: " + "p" * 300) for k in range(3)]  # ~83 tokens each
+    history: list[Item] = [Message("user", "the task")]
+    for k, message in enumerate(later):
+        history += [*turn_items(k, 1), Message("assistant", f"answer {k}"), message]
+    history += turn_items(9, 1)
+    request = ModelRequest("m", history, len(history) - 1, "resp_9", "be brief")
+    state = TurnState(agent, 9, 1, request, memo=memo)
+    state._aside = asides
+    assert policy.before_request(state) is None and len(asides.sent) == 1
+    asides.answer("the story so far")
+    history += turn_items(10, 1)
+    request = ModelRequest("m", history, len(history) - 1, "resp_10", "be brief")
+    state = TurnState(agent, 10, 1, request, memo=memo)
+    state._aside = asides
+    switch = policy.before_request(state)
+    assert switch is not None
+    at = summary_at(switch.history)
+    assert list(switch.history[1:at]) == later[1:], "the two latest fit in 200 tokens"
 
 
 def test_compact_validates_its_sizes() -> None:
@@ -179,6 +273,8 @@ def test_compact_validates_its_sizes() -> None:
         Compact(threshold_tokens=100, keep_recent_tokens=100)
     with pytest.raises(ValueError):
         Compact(threshold_tokens=100, summary_tokens=200)
+    with pytest.raises(ValueError):
+        Compact(threshold_tokens=1000, summary_timeout=0)
     assert Compact(threshold_tokens=1000).keep_recent_tokens == 250
     assert dict(SUMMARY_METADATA) == {SUMMARY_METADATA_KEY: SUMMARY_METADATA_VALUE}
 
@@ -321,3 +417,41 @@ async def test_turns_do_not_wait_for_a_slow_summary(gateway_factory: Any) -> Non
         for start, end in turns_ns
     )
     assert busy / summary_ns > 0.5  # model time alone; tools fill the rest
+
+
+async def test_a_summary_past_its_timeout_is_cancelled_and_tried_again(
+    gateway_factory: Any,
+) -> None:
+    # A 256-token summary takes 0.64 s at 400 tokens/s; the policy gives it 0.1 s.
+    slow = get_profile("zero").override(decode_tokens_per_s=400)
+    policy = Compact(
+        threshold_tokens=3000,
+        keep_recent_tokens=1000,
+        summary_tokens=256,
+        summary_timeout=0.1,
+        max_failures=2,
+    )
+    agent = Agent(generic(40), "Be brief.", [fetch], policies=[policy], max_turns=50)
+    async with gateway_factory(profile=slow) as server:
+        result, client = await run_recorded(server, agent, "read every page")
+    # The run went on as if uncompacted; each summary was cancelled at its timeout, and the
+    # policy stopped trying after max_failures.
+    assert result.turns == 41
+    assert policy.summaries == policy.failed == 2 and policy.compactions == 0
+    assert all(summary_at(request.history) is None for request in model_requests(client))
+    assert len(result.asides) == 2
+    for aside in result.asides:
+        assert aside.error == "no response within 0.1 s" and aside.usage is None
+        assert aside.response_done_ns is not None
+        assert 0.1 <= (aside.response_done_ns - aside.request_sent_ns) / 1e9 < 0.5
+    spans = [span for span in spans_from_result(result) if span.name == "model.aside"]
+    assert [span.attributes["hotloop.aside.finished"] for span in spans] == [False, False]
+    assert spans[0].attributes["hotloop.aside.error"] == "no response within 0.1 s"
+    # The waterfall ends each bar where the summary was cancelled, from the run or its trace.
+    bars = timeline_from_result(result)
+    assert [bar.duration_ns for bar in bars if bar.kind == "model.aside"] == [
+        aside.response_done_ns - aside.request_sent_ns
+        for aside in result.asides
+        if aside.response_done_ns is not None
+    ]
+    assert timeline_from_spans(spans_from_result(result)) == bars

@@ -8,7 +8,8 @@ of the run and is never added to its history. Each one is recorded as a
 :class:`~hotloop.runtime.events.StepRecord` in :attr:`RunResult.asides
 <hotloop.runtime.events.RunResult.asides>` (its ``turn`` is the turn that sent it, its
 ``purpose`` says what for), so that traces show it (a ``model.aside`` span) and its tokens count
-in the run's ``usage``. Those still running when the run ends are cancelled.
+in the run's ``usage``. An aside may have a timeout; those still running when the run ends
+are cancelled. One that ended without a response says why in its record's ``error``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Coroutine
 
 from hotloop.errors import HotloopError
 from hotloop.protocol.assembler import ResponseStream
@@ -61,19 +63,50 @@ class Asides:
         self.records: list[StepRecord] = []
         self.tasks: list[asyncio.Task[ResponseObject]] = []
 
-    def start(self, turn: int, request: ModelRequest, purpose: str) -> asyncio.Task[ResponseObject]:
-        """Send ``request`` now, in a task of its own; the task's result is the response."""
+    def start(
+        self, turn: int, request: ModelRequest, purpose: str, timeout: float | None = None
+    ) -> asyncio.Task[ResponseObject]:
+        """Send ``request`` now, in a task of its own; the task's result is the response.
+
+        ``timeout`` (s): with no complete response by then, the task raises ``TimeoutError``.
+        """
         if request.timings is None:
             request = dataclasses.replace(request, timings=RequestTimings())
         record = StepRecord(turn=turn, request_sent_ns=self._now(), purpose=purpose)
         self.records.append(record)
-        task = asyncio.create_task(self._send(request, record), name=f"hotloop-aside-{purpose}")
+        task = asyncio.create_task(
+            self._ended(self._send(request, record), record, timeout),
+            name=f"hotloop-aside-{purpose}",
+        )
         task.add_done_callback(_read_failure)
         self.tasks.append(task)
         return task
 
     def _now(self) -> int:
         return time.perf_counter_ns() - self.origin
+
+    async def _ended(
+        self,
+        sending: Coroutine[None, None, ResponseObject],
+        record: StepRecord,
+        within: float | None,
+    ) -> ResponseObject:
+        """``sending``, given ``within`` seconds (None: no limit); when it ends without a
+        response, the record says when and why."""
+        deadline = asyncio.timeout(within)
+        try:
+            async with deadline:
+                return await sending
+        except BaseException as exc:
+            record.response_done_ns = self._now()
+            if deadline.expired():
+                record.error = f"no response within {within:g} s"
+                raise TimeoutError(record.error) from None
+            if isinstance(exc, asyncio.CancelledError):
+                record.error = "cancelled: the run ended first"
+            else:
+                record.error = str(exc) or type(exc).__name__
+            raise
 
     async def _send(self, request: ModelRequest, record: StepRecord) -> ResponseObject:
         stream = ResponseStream()

@@ -18,8 +18,8 @@ turn boundary: the first item of a model output that follows input, with every c
 answered, so no ``function_call_output`` is ever separated from its ``function_call`` (nor
 reasoning from what follows it). It is the most recent turns that fit in
 ``keep_recent_tokens`` when the summary is started (at least the latest turn), plus every
-turn made while the summary ran. Instructions, tools, task and summary are byte-identical on
-every turn until the next compaction, so a prefix cache keeps hitting.
+turn made while the summary ran. Instructions, tools, task, kept messages and summary are
+byte-identical on every turn until the next compaction, so a prefix cache keeps hitting.
 
 When the compacted context passes ``threshold_tokens`` again, the summary message and the
 turns after it up to a new boundary are summarised in turn (one summary at a time).
@@ -37,8 +37,9 @@ policy its new items only.
 The summary request is a plain call to ``model`` (default: the agent's), with no tools:
 ``instructions``, then the items to summarise, then a user message asking for the summary,
 ``max_output_tokens`` ``summary_tokens`` and ``metadata`` ``{"hotloop_purpose": "summary"}``
-(by which the simulated model knows it). A summary that fails, or comes back empty, is
-dropped; the policy tries again at a later boundary, up to ``max_failures`` times per run.
+(by which the simulated model knows it). A summary that fails, comes back empty, or has no
+complete response within ``summary_timeout`` seconds (it is then cancelled) is dropped; the
+policy tries again at a later boundary, up to ``max_failures`` times per run.
 """
 
 from __future__ import annotations
@@ -86,18 +87,21 @@ SUMMARY_HEADER = "Summary of the earlier part of this conversation:\n\n"
 
 @dataclass(frozen=True, slots=True)
 class _Compaction:
-    """A compaction in effect: the run's history from ``cut`` on follows the summary."""
+    """A compaction in effect: ``head`` (the leading input, the later messages kept, the
+    summary), then the run's history from ``cut`` on; ``tokens`` is the head's estimate."""
 
     cut: int
-    summary: Message
+    head: tuple[Item, ...]
     tokens: int
 
 
 @dataclass(slots=True)
 class _Pending:
-    """A summary on its way, of the history up to ``cut``."""
+    """A summary on its way, of the history up to ``cut``; the messages of the part it
+    summarises that stay verbatim (``kept``)."""
 
     cut: int
+    kept: tuple[Item, ...]
     future: asyncio.Future[ResponseObject]
 
 
@@ -130,10 +134,13 @@ class _Memory:
         return len(self.prefix) - 1
 
 
+def _is_message(item: Item) -> bool:
+    """A message that is not the model's: the user's (or the system's, the developer's)."""
+    return isinstance(item, Message) and item.role != "assistant"
+
+
 def _is_input(item: Item) -> bool:
-    return isinstance(item, FunctionCallOutput) or (
-        isinstance(item, Message) and item.role != "assistant"
-    )
+    return isinstance(item, FunctionCallOutput) or _is_message(item)
 
 
 def _tokens(item: Item) -> int:
@@ -166,8 +173,9 @@ class Compact(Policy):
 
     ``keep_recent_tokens`` (default a quarter of the threshold) bounds the recent turns kept
     verbatim when a summary starts; ``model`` writes the summaries (``None``: the agent's
-    model), following ``instructions``, in at most ``summary_tokens`` tokens. A compaction
-    starts only when the part to summarise is larger than a summary. See the module docstring
+    model), following ``instructions``, in at most ``summary_tokens`` tokens, within
+    ``summary_timeout`` seconds (``None``: no limit). A compaction starts only when the part
+    to summarise is larger than a summary. See the module docstring
     for what the model gets, and what the run's history keeps. Counters (shared by every run
     of the agent): ``summaries`` sent, ``compactions`` switched to, ``failed`` summaries.
     """
@@ -180,6 +188,7 @@ class Compact(Policy):
         model: str | None = None,
         instructions: str = SUMMARY_INSTRUCTIONS,
         summary_tokens: int = 512,
+        summary_timeout: float | None = 120.0,
         max_failures: int = 3,
     ) -> None:
         keep = threshold_tokens // 4 if keep_recent_tokens is None else keep_recent_tokens
@@ -189,11 +198,14 @@ class Compact(Policy):
             )
         if not 16 <= summary_tokens < threshold_tokens:
             raise ValueError("summary_tokens must be at least 16 and below threshold_tokens")
+        if summary_timeout is not None and not summary_timeout > 0:
+            raise ValueError("summary_timeout must be positive (or None: no timeout)")
         self.threshold_tokens = threshold_tokens
         self.keep_recent_tokens = keep
         self.model = model
         self.instructions = instructions
         self.summary_tokens = summary_tokens
+        self.summary_timeout = summary_timeout
         self.max_failures = max_failures
         self.summaries = 0
         self.compactions = 0
@@ -210,20 +222,19 @@ class Compact(Policy):
             failures = memory.failures if memory is not None else 0
             memory = state.memo["compaction"] = _Memory(history, failures=failures)
         self._count(memory, history)
-        switched = self._adopt(memory)
+        switched = self._adopt(memory, history)
         if memory.pending is None and memory.failures < self.max_failures:
             self._maybe_start(state, memory, history)
         active = memory.active
         if active is None:
             return None
-        task_end = memory.task_end or 0
-        view = (*history[:task_end], active.summary, *history[active.cut :])
+        view = (*active.head, *history[active.cut :])
         memory.view = view
         if switched or request.previous_response_id is None or request.new_from < active.cut:
             # The switch: the compacted context goes whole, as a fresh chain.
             return dataclasses.replace(request, history=view, new_from=0, previous_response_id=None)
         # Continuing a response of the compacted chain: the same new items, renumbered.
-        new_from = request.new_from - active.cut + task_end + 1
+        new_from = request.new_from - active.cut + len(active.head)
         return dataclasses.replace(request, history=view, new_from=new_from)
 
     # -- what the policy knows of the conversation -------------------------------------------
@@ -257,7 +268,7 @@ class Compact(Policy):
 
     # -- summaries ----------------------------------------------------------------------------
 
-    def _adopt(self, memory: _Memory) -> bool:
+    def _adopt(self, memory: _Memory, history: Sequence[Item]) -> bool:
         """Switch to a summary that came back; whether this turn switches."""
         pending = memory.pending
         if pending is None or not pending.future.done():
@@ -269,7 +280,10 @@ class Compact(Policy):
             self.failed += 1
             return False
         summary = Message(role="user", content=SUMMARY_HEADER + text)
-        memory.active = _Compaction(pending.cut, summary, _tokens(summary))
+        task_end = memory.task_end or 0
+        head = (*history[:task_end], *pending.kept, summary)
+        tokens = memory.prefix[task_end] + sum(_tokens(item) for item in head[task_end:])
+        memory.active = _Compaction(pending.cut, head, tokens)
         self.compactions += 1
         return True
 
@@ -281,7 +295,7 @@ class Compact(Policy):
         prefix, size, active = memory.prefix, len(history), memory.active
         start = active.cut if active is not None else task_end
         context = self._fixed(state, memory) + prefix[size] - prefix[start]
-        context += prefix[task_end] + active.tokens if active is not None else prefix[start]
+        context += active.tokens if active is not None else prefix[start]
         if context <= self.threshold_tokens:
             return
         boundaries = memory.boundaries
@@ -293,14 +307,11 @@ class Compact(Policy):
             if prefix[size] - prefix[boundary] <= self.keep_recent_tokens:
                 cut = boundary
                 break
-        if prefix[cut] - prefix[start] <= self.summary_tokens:
+        kept, kept_since_start = self._kept(memory, history, cut, start)
+        if prefix[cut] - prefix[start] - kept_since_start <= self.summary_tokens:
             return  # what would be summarised is no larger than its summary
         if active is not None:
-            older: tuple[Item, ...] = (
-                *history[:task_end],
-                active.summary,
-                *history[active.cut : cut],
-            )
+            older: tuple[Item, ...] = (*active.head, *history[active.cut : cut])
         else:
             older = tuple(history[:cut])
         summary_request = ModelRequest(
@@ -310,11 +321,35 @@ class Compact(Policy):
             settings=_settings(self.summary_tokens),
             timings=RequestTimings(),
         )
-        future = state.request_aside(summary_request, "summary")
+        future = state.request_aside(summary_request, "summary", timeout=self.summary_timeout)
         if future is None:
             return  # outside a run: no client to send it with
-        memory.pending = _Pending(cut, future)
+        memory.pending = _Pending(cut, kept, future)
         self.summaries += 1
+
+    def _kept(
+        self, memory: _Memory, history: Sequence[Item], cut: int, start: int
+    ) -> tuple[tuple[Item, ...], int]:
+        """The messages before ``cut`` and after the leading input that stay verbatim (the
+        user's later messages: the latest ones, up to ``keep_recent_tokens``), in order; and
+        the tokens of those at or after ``start`` (not summarised before)."""
+        task_end = memory.task_end or 0
+        chosen: list[int] = []
+        total = 0
+        for index in range(cut - 1, task_end - 1, -1):
+            item = history[index]
+            if not _is_message(item):
+                continue
+            tokens = memory.prefix[index + 1] - memory.prefix[index]
+            if total + tokens > self.keep_recent_tokens:
+                break
+            total += tokens
+            chosen.append(index)
+        chosen.reverse()
+        since_start = sum(
+            memory.prefix[index + 1] - memory.prefix[index] for index in chosen if index >= start
+        )
+        return tuple(history[index] for index in chosen), since_start
 
 
 def _settings(summary_tokens: int) -> Mapping[str, Any]:

@@ -123,6 +123,9 @@ class StepRecord:
     #: For a request a policy sent beside the turns (:attr:`RunResult.asides`): what it was
     #: for (``"summary"``: a ``Compact`` summary); ``None`` for a turn.
     purpose: str | None = None
+    #: For a request beside the turns that ended without a response (it failed, missed its
+    #: timeout, or the run ended first): why; its ``response_done_ns`` is when it ended.
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

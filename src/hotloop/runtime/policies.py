@@ -76,12 +76,12 @@ class TurnState:
     #: Set by the runner for :meth:`rerouted` (``send`` only).
     _reroute: Callable[[str], ModelRequest] | None = field(default=None, repr=False)
     #: Set by the runner for :meth:`request_aside`.
-    _aside: Callable[[ModelRequest, str], asyncio.Future[ResponseObject]] | None = field(
-        default=None, repr=False
+    _aside: Callable[[ModelRequest, str, float | None], asyncio.Future[ResponseObject]] | None = (
+        field(default=None, repr=False)
     )
 
     def request_aside(
-        self, request: ModelRequest, purpose: str
+        self, request: ModelRequest, purpose: str, *, timeout: float | None = None
     ) -> asyncio.Future[ResponseObject] | None:
         """Send ``request`` through the run's client now, beside the turn, without waiting.
 
@@ -90,10 +90,13 @@ class TurnState:
         never waits for it, and it is cancelled if still running when the run ends. The
         call is recorded in :attr:`RunResult.asides <hotloop.runtime.events.RunResult.asides>`
         with ``purpose``, and its tokens count in the run's ``usage``. ``None`` outside a run.
+
+        ``timeout`` (seconds): a call with no complete response by then is cancelled, and the
+        future raises :class:`TimeoutError`.
         """
         if self._aside is None:
             return None
-        return self._aside(request, purpose)
+        return self._aside(request, purpose, timeout)
 
     def rerouted(self, model: str) -> ModelRequest:
         """This attempt's request sent to ``model`` instead, for a :meth:`Policy.send` that

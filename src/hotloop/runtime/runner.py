@@ -1198,12 +1198,12 @@ def _policy_state(
 
 
 def _aside(
-    run: _Run, turn: int, request: ModelRequest, purpose: str
+    run: _Run, turn: int, request: ModelRequest, purpose: str, timeout: float | None
 ) -> asyncio.Task[ResponseObject]:
     """``TurnState.request_aside``: the request goes out beside the turn, recorded."""
     if run.asides is None:
         run.asides = Asides(run.client, run.origin)
-    return run.asides.start(turn, request, purpose)
+    return run.asides.start(turn, request, purpose, timeout)
 
 
 def _before_request(

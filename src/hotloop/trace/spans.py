@@ -584,15 +584,17 @@ def _speculation_span(
 
 
 def _aside_span(trace: _Builder, result: RunResult, aside: StepRecord, parent: str) -> None:
-    """A request sent beside the turns: from sent to its response's end (or to the run's end,
-    when the run cancelled it)."""
+    """A request sent beside the turns: from sent to its response's end, or to when it ended
+    without one (``hotloop.aside.error`` says why)."""
     done = aside.response_done_ns
     attributes: dict[str, AttributeValue] = {
         "hotloop.turn": aside.turn,
         "hotloop.aside.purpose": aside.purpose or "",
-        "hotloop.aside.finished": done is not None,
+        "hotloop.aside.finished": done is not None and aside.error is None,
         "hotloop.request.bytes": aside.request_bytes,
     }
+    if aside.error is not None:
+        attributes["hotloop.aside.error"] = aside.error
     if aside.response_model:
         attributes["gen_ai.response.model"] = aside.response_model
     if aside.response_id is not None:
