@@ -95,6 +95,11 @@ class APIError(HotloopError):
         """The ``error`` object of OpenAI's error schema."""
         return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
 
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers the error carries: ``retry-after`` when it has one (an HTTP reply
+        sends them as headers, a WebSocket ``error`` envelope as its ``error.headers``)."""
+        return {} if self.retry_after is None else {"retry-after": f"{self.retry_after:g}"}
+
     def __repr__(self) -> str:
         return f"APIError({self.message!r}, status={self.status}, code={self.code!r})"
 

@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -315,6 +316,26 @@ async def test_tool_loop_through_the_gateway_with_the_runtime() -> None:
     assert all(usage is not None for usage in usages)
     cached = [usage.cached_tokens for usage in usages if usage is not None]
     assert cached[0] == 0 and all(count > 0 for count in cached[1:])
+
+
+@pytest.mark.parametrize("transport", ["http", "websocket"])
+async def test_a_rate_limited_turn_waits_the_upstreams_retry_after(transport: str) -> None:
+    # The upstream asks for 2.5 s, longer than the gateway holds a client (2 s): the 429 goes
+    # to the runner (an HTTP retry-after header, or the WebSocket error's error.headers),
+    # which waits that long before it sends the turn again.
+    slow_down = Status(429, error_body("Slow down.", "rate_limit_error"), {"retry-after": "2.5"})
+    async with FaultUpstream() as upstream, chat_gateway(upstream.base_url) as gateway:
+        upstream.script(slow_down, Stream(Reply(text="Recovered.")))
+        client = hotloop.connect(gateway.base_url, transport=transport)  # type: ignore[arg-type]
+        started = time.perf_counter()
+        try:
+            result = await Runner.run(Agent(LOCAL), "hi", client=client)
+        finally:
+            await client.close()
+        waited = time.perf_counter() - started
+    assert result.final_output == "Recovered." and result.steps[0].attempts == 2
+    assert len(upstream.requests) == 2
+    assert 2.5 <= waited < 10
 
 
 # -- usage and the bytes sent -------------------------------------------------------------

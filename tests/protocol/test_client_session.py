@@ -47,6 +47,7 @@ from hotloop.protocol.client_session import (
     connection_failure,
     error_failure,
     is_transient,
+    retry_after,
 )
 from hotloop.protocol.client_session import _table as rule_table
 from hotloop.transport import TransportError as ExportedTransportError
@@ -644,3 +645,38 @@ TestWebSocketSession = WebSocketSessionMachine.TestCase
 TestWebSocketSession.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
 TestHTTPSession = HTTPSessionMachine.TestCase
 TestHTTPSession.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "message", "seconds"),
+    [
+        ({"retry-after": "2"}, None, 2.0),
+        ({"retry-after": "0.5"}, "try again in 9s", 0.5),  # a header wins over the message
+        ({"retry-after-ms": "150", "retry-after": "9"}, None, 0.15),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None, 0.0),  # a date gone by
+        ({"retry-after": "soon"}, None, None),
+        (None, "Rate limit reached for gpt-x. Please try again in 1.5s.", 1.5),
+        (None, "Please try again in 20ms.", 0.02),
+        (None, "Please try again in 1m30s.", 90.0),
+        (None, "Rate limit reached (simulated). Please try again in 1 s.", 1.0),
+        (None, "The upstream is rate limiting requests. Retry after 30 s.", 30.0),
+        (None, "try again in 2 seconds", 2.0),
+        (None, "Please try again later.", None),
+        (None, None, None),
+    ],
+)
+def test_retry_after_reads_headers_then_the_message(
+    headers: dict[str, str] | None, message: str | None, seconds: float | None
+) -> None:
+    assert retry_after(headers, message) == seconds
+
+
+def test_a_rate_limit_carries_its_retry_after_to_the_error_raised() -> None:
+    session = ClientSession(HTTP_RULES, Chaining.NEVER)
+    turn = session.start_turn(None, 0, None)
+    session.next_send(turn)
+    limited = error_failure("slow down", code=None, status=429, retry_after=1.5)
+    with pytest.raises(TransportError) as caught:
+        session.failed(turn, limited, delivered=False)
+    assert caught.value.replay_safe and caught.value.status == 429
+    assert caught.value.retry_after == 1.5

@@ -307,6 +307,16 @@ def test_a_failure_evicts_a_cached_parent_of_its_own_lane_only() -> None:
     session.finish(retry, 0.0)
 
 
+def test_a_rate_limit_refusal_carries_its_retry_after_in_the_error_headers() -> None:
+    session = ServerSession(CONFIG, 0.0)
+    (job,) = started(session.receive(create("a"), 0.0))
+    limited = APIError("slow down", status=429, code="upstream_rate_limited", retry_after=2.5)
+    (action,) = session.fail(job, session.lookup_parent(None), limited)
+    error = sent(action)
+    assert error["status"] == 429 and error["error"]["headers"] == {"retry-after": "2.5"}
+    assert error["error"]["code"] == "upstream_rate_limited"
+
+
 def test_a_lost_connection_drops_queue_and_cache_and_starts_nothing() -> None:
     session = ServerSession(CONFIG, 0.0)
     (job,) = started(session.receive(create("a"), 0.0))

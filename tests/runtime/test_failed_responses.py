@@ -8,6 +8,7 @@ policies see every failed response as a failed attempt. A scripted transport pla
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -102,5 +103,53 @@ async def test_fallback_takes_a_failed_response_to_the_next_model() -> None:
     )
     agent = Agent(MODEL, policies=[Fallback("backup")])
     result = await Runner.run(agent, "go", client=client)
+    assert result.final_output == "done"
+    assert [request.model for request in client.requests] == [MODEL, "backup"]
+
+
+def rate_limited(response_id: str, message: str) -> list[dict[str, Any]]:
+    """A streamed 429: ``response.failed`` with ``rate_limit_exceeded`` and ``message``."""
+    events = turn_events(response_id, [], "failed", "rate_limit_exceeded")
+    events[-1]["response"]["error"]["message"] = message
+    return events
+
+
+async def test_a_rate_limit_waits_as_long_as_the_server_asked() -> None:
+    client = ScriptedTransport(
+        [rate_limited("r1", "Rate limit reached. Please try again in 0.3s."), answer_events("r2")]
+    )
+    started = time.perf_counter()
+    result = await Runner.run(Agent(MODEL), "go", client=client)
+    assert time.perf_counter() - started >= 0.3
+    assert result.final_output == "done" and result.steps[0].attempts == 2
+
+
+async def test_a_rate_limit_that_says_no_wait_backs_off() -> None:
+    # 0.5 s, less a quarter at most: a server that did not say is not hammered either.
+    client = ScriptedTransport([rate_limited("r1", "Slow down."), answer_events("r2")])
+    started = time.perf_counter()
+    result = await Runner.run(Agent(MODEL), "go", client=client)
+    assert time.perf_counter() - started >= 0.375
+    assert result.steps[0].attempts == 2
+
+
+async def test_a_rate_limit_asking_for_minutes_is_raised_at_once() -> None:
+    client = ScriptedTransport(
+        [rate_limited("r1", "Please try again in 2m0s."), answer_events("r2")]
+    )
+    started = time.perf_counter()
+    with pytest.raises(ModelError) as raised:
+        await Runner.run(Agent(MODEL), "go", client=client)
+    assert time.perf_counter() - started < 1.0
+    assert raised.value.code == "rate_limit_exceeded" and raised.value.retry_after == 120.0
+    assert len(client.requests) == 1 and raised.value.partial is not None
+
+
+async def test_a_fallback_to_another_model_does_not_wait_out_the_rate_limit() -> None:
+    client = ScriptedTransport([rate_limited("r1", "Please try again in 5s."), answer_events("r2")])
+    agent = Agent(MODEL, policies=[Fallback("backup")])
+    started = time.perf_counter()
+    result = await Runner.run(agent, "go", client=client)
+    assert time.perf_counter() - started < 1.0
     assert result.final_output == "done"
     assert [request.model for request in client.requests] == [MODEL, "backup"]

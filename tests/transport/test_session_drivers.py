@@ -36,7 +36,7 @@ MODEL = "scripted"
 HISTORY: list[Item] = [*items_from_input("first"), *items_from_input("second")]
 
 #: What the scripted server does with one ``response.create``.
-Reply = str  # "complete", "error:<code>:<status>", "close:<code>"
+Reply = str  # "complete", "error:<code>:<status>[:<retry-after>]", "close:<code>"
 
 
 class ScriptedServer:
@@ -82,9 +82,11 @@ class ScriptedServer:
                 )
                 await socket.send(codec.encode_event(ResponseCompleted(response=response), lane))
             elif reply.startswith("error:"):
-                _, code, status = reply.split(":")
+                _, code, status, *wait = reply.split(":")
                 error = {"type": "error", "status": int(status)}
                 error["error"] = {"type": "invalid_request_error", "code": code, "message": code}
+                if wait:  # as OpenAI's envelope carries an HTTP error's headers
+                    error["error"]["headers"] = {"Retry-After": wait[0]}
                 if lane is not None:
                     error["stream_id"] = lane
                 await socket.send(json.dumps(error))
@@ -161,6 +163,18 @@ async def test_a_refused_same_lane_continuation_is_sent_full_the_next_time() -> 
     assert client.stats.cache_misses == 0
 
 
+async def test_a_websocket_rate_limit_says_how_long_to_wait_in_its_error_headers() -> None:
+    async with ScriptedServer(["error:rate_limit_exceeded:429:1.5"]) as server:
+        client = WebSocketTransport(server.url)
+        try:
+            with pytest.raises(TransportError) as caught:
+                await client.stream_to(turn(), lambda event: None)
+        finally:
+            await client.close()
+    assert caught.value.replay_safe and caught.value.status == 429
+    assert caught.value.retry_after == 1.5
+
+
 async def test_a_continuation_runs_on_the_lane_of_its_parent() -> None:
     async with ScriptedServer([]) as server:
         client = WebSocketTransport(server.url)
@@ -212,9 +226,11 @@ def mocked(client: HTTPTransport | ChatTransport, handler: Handler) -> None:
     )
 
 
-def status(code: int, error_code: str | None = None) -> Handler:
+def status(
+    code: int, error_code: str | None = None, headers: dict[str, str] | None = None
+) -> Handler:
     body = {"error": {"message": "no", "type": "x", "param": None, "code": error_code}}
-    return lambda request: httpx.Response(code, json=body)
+    return lambda request: httpx.Response(code, json=body, headers=headers)
 
 
 @pytest.mark.parametrize("kind", ["http", "chat"])
@@ -235,6 +251,18 @@ async def test_http_error_statuses_are_replay_safe_only_when_transient(
     assert (caught.value.status, caught.value.code) == (code, "some_code")
     assert caught.value.replay_safe is replay_safe
     assert client.stats.requests == 1
+
+
+@pytest.mark.parametrize("kind", ["http", "chat"])
+async def test_a_429_says_how_long_to_wait_in_its_headers(kind: str) -> None:
+    client = HTTPTransport("http://mocked/v1") if kind == "http" else ChatTransport("http://x")
+    mocked(client, status(429, "rate_limit_exceeded", {"retry-after-ms": "200"}))
+    try:
+        with pytest.raises(TransportError) as caught:
+            await client.stream_to(turn(), lambda event: None)
+    finally:
+        await client.close()
+    assert caught.value.replay_safe and caught.value.retry_after == 0.2
 
 
 class _BreaksAfter(httpx.AsyncByteStream):

@@ -57,9 +57,8 @@ def error_response(error: APIError, *, websocket: bool = False) -> Response:
     if error.status == 408:
         # The rest of the request never came: the connection cannot carry another one.
         headers["connection"] = "close"
-    if error.retry_after is not None:
-        # The SDKs wait this long before their own retry of a 429.
-        headers["retry-after"] = f"{error.retry_after:g}"
+    # retry-after: the SDKs wait this long before their own retry of a 429.
+    headers.update(error.headers())
     return json_response(body, error.status, headers or None)
 
 

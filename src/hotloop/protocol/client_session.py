@@ -36,7 +36,10 @@ and the session, ``hotloop.transport.http`` does the same for HTTP requests.
 
 from __future__ import annotations
 
+import email.utils
 import enum
+import re
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -70,6 +73,7 @@ __all__ = [
     "connection_failure",
     "error_failure",
     "is_transient",
+    "retry_after",
 ]
 
 #: A WebSocket lane: a ``stream_id``, or ``None`` for the default lane (HTTP has only that).
@@ -99,11 +103,14 @@ class TransportError(HotloopError):
         code: str | None = None,
         status: int | None = None,
         replay_safe: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
         self.replay_safe = replay_safe
+        #: How long the server asked to wait before trying again (s), when it said.
+        self.retry_after = retry_after
 
 
 class Chaining(enum.Enum):
@@ -264,14 +271,67 @@ class Failure:
     message: str
     code: str | None = None
     status: int | None = None
+    #: The wait the server asked for before trying again (s), when it said.
+    retry_after: float | None = None
 
 
-def error_failure(message: str, *, code: str | None, status: int | None) -> Failure:
+def error_failure(
+    message: str, *, code: str | None, status: int | None, retry_after: float | None = None
+) -> Failure:
     """The server answered an error (an error event, or an HTTP error status)."""
     kind = ERROR_CODES.get(code) if code is not None else None
     if kind is None:
         kind = FailureKind.TRANSIENT if is_transient(status) else FailureKind.REJECTED
-    return Failure(kind, message, code, status)
+    return Failure(kind, message, code, status, retry_after)
+
+
+#: "try again in 1.5s", "in 20ms", "in 1m30s", "retry after 2 s": how rate-limit messages say
+#: the wait.
+_TRY_AGAIN = re.compile(
+    r"(?:try again in|retry after) "
+    r"(?:(\d+(?:\.\d+)?)\s*m(?!s))?"  # minutes
+    r"\s*(?:(\d+(?:\.\d+)?)\s*(ms|s|seconds?)\b)?",  # then seconds or milliseconds
+    re.IGNORECASE,
+)
+
+
+def retry_after(
+    headers: Mapping[str, str] | None = None, message: str | None = None
+) -> float | None:
+    """The wait (s) a server asked for before trying again, or ``None`` when it did not say.
+
+    Read from the headers first (``retry-after-ms``, then ``retry-after`` in seconds or as an
+    HTTP date; names in lower case, as HTTP clients give them), then from an error message
+    ("Please try again in 1.5s", "in 20ms", "in 1m30s", "Retry after 2 s": how rate-limit
+    messages say it, the only place a streamed ``response.failed`` has it).
+    """
+    if headers:
+        raw = headers.get("retry-after-ms")
+        if raw is not None:
+            try:
+                return max(float(raw) / 1000, 0.0)
+            except ValueError:
+                pass
+        raw = headers.get("retry-after")
+        if raw is not None:
+            try:
+                return max(float(raw), 0.0)
+            except ValueError:
+                try:
+                    when = email.utils.parsedate_to_datetime(raw)
+                except (TypeError, ValueError):
+                    when = None
+                if when is not None and when.tzinfo is not None:
+                    return max(when.timestamp() - time.time(), 0.0)
+    if message:
+        found = _TRY_AGAIN.search(message)
+        if found is not None and (found.group(1) or found.group(2)):
+            minutes, amount, unit = found.groups()
+            seconds = float(minutes or 0) * 60
+            if amount is not None:
+                seconds += float(amount) / (1000 if unit.lower() == "ms" else 1)
+            return seconds
+    return None
 
 
 def connection_failure(message: str, *, close_code: int | None = None) -> Failure:
@@ -497,6 +557,7 @@ class ClientSession:
             code=failure.code,
             status=failure.status,
             replay_safe=action is Action.RAISE_REPLAY_SAFE,
+            retry_after=failure.retry_after,
         )
         if cause is not None:
             raise error from cause

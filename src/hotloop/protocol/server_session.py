@@ -371,7 +371,11 @@ class ServerSession:
         return rule(self, frame, now, received_ns)
 
     def _error(self, error: APIError, stream_id: str | None = None) -> tuple[Send]:
-        event = WebSocketError(status=error.status, error=error.body(), stream_id=stream_id)
+        body = error.body()
+        headers = error.headers()
+        if headers:
+            body["headers"] = headers
+        event = WebSocketError(status=error.status, error=body, stream_id=stream_id)
         return (Send(codec.encode_event(event), error),)
 
     def _on_create(

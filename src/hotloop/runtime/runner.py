@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from hotloop.protocol.assembler import (
     StreamError,
     TextDelta,
 )
+from hotloop.protocol.client_session import retry_after
 from hotloop.runtime.agent import Agent
 from hotloop.runtime.asides import Asides
 from hotloop.runtime.events import (
@@ -155,10 +157,19 @@ class ModelError(HotloopError):
     :data:`RESENT_FAILURES`).
     """
 
-    def __init__(self, message: str, *, code: str | None = None, replay_safe: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        replay_safe: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.replay_safe = replay_safe
+        #: How long the server asked to wait before trying again (s), when it said.
+        self.retry_after = retry_after
 
 
 #: ``response.failed`` codes the runner sends the turn again for (up to ``max_attempts``), as
@@ -167,6 +178,7 @@ class ModelError(HotloopError):
 #: connection lost mid-turn (calls that started are reused, held ones never ran).
 RESENT_FAILURES: dict[str, Literal["no_output", "any"]] = {
     "rate_limit_exceeded": "no_output",
+    "upstream_rate_limited": "no_output",
     "server_error": "no_output",
     "stream_dropped": "any",
 }
@@ -1126,13 +1138,58 @@ async def _stream_turn(
             failure = exc
         if attempt >= agent.max_attempts:
             raise failure
+        decided: ModelRequest | None = None
         if policies:
             delivered = record.first_event_ns is not None
             decided = _after_failure(run, request, turn, attempt, failure, delivered)
             if decided is not None:
-                request, retry = decided, True
+                retry = True
         if not retry:
             raise failure
+        if decided is None or decided.model == request.model:
+            # Sent again to the same model: a rate limit is waited out first.
+            wait = _rate_limit_wait(failure, attempt)
+            if wait is None:
+                raise failure  # the server asks for a longer wait than a run sleeps through
+            if wait > 0:
+                _log.info(
+                    "turn %d was rate limited (attempt %d): sending it again in %.2f s",
+                    turn,
+                    attempt,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+        if decided is not None:
+            request = decided
+
+
+#: ``response.failed`` codes of a rate limit (the simulated model's, and the gateway's when
+#: its upstream rate limits it for longer than it waits itself).
+RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded", "upstream_rate_limited"})
+#: The longest wait a rate-limited turn sleeps through before it is sent again: a server that
+#: asks for a longer one gets its error raised at once (``retry_after`` says the wait), for
+#: the caller to decide.
+MAX_RATE_LIMIT_WAIT = 60.0
+#: The wait after a rate limit that did not say how long: this, doubled per attempt after the
+#: first (at most ``_RATE_LIMIT_WAIT_CAP``), with ±25% jitter so clients do not come back
+#: together.
+_RATE_LIMIT_WAIT = 0.5
+_RATE_LIMIT_WAIT_CAP = 8.0
+
+
+def _rate_limit_wait(failure: HotloopError, attempt: int) -> float | None:
+    """How long to wait before sending a turn again after ``failure``, the ``attempt``-th
+    (from 1): 0 unless it is a rate limit (status 429, or ``rate_limit_exceeded``); the wait
+    the server asked for, or an exponential backoff with jitter; ``None`` when the server
+    asked for more than :data:`MAX_RATE_LIMIT_WAIT`."""
+    status = getattr(failure, "status", None)
+    if status != 429 and getattr(failure, "code", None) not in RATE_LIMIT_CODES:
+        return 0.0
+    asked: float | None = getattr(failure, "retry_after", None)
+    if asked is not None:
+        return asked if asked <= MAX_RATE_LIMIT_WAIT else None
+    backoff: float = min(_RATE_LIMIT_WAIT * 2.0 ** (attempt - 1), _RATE_LIMIT_WAIT_CAP)
+    return backoff * random.uniform(0.75, 1.25)
 
 
 def _failed_response(stream: ResponseStream) -> ModelError | None:
@@ -1144,10 +1201,12 @@ def _failed_response(stream: ResponseStream) -> ModelError | None:
     code = error.get("code")
     resent = RESENT_FAILURES.get(code) if isinstance(code, str) else None
     replay_safe = resent == "any" or (resent == "no_output" and not response.output)
+    message = str(error.get("message", "no message"))
     return ModelError(
-        f"the model failed: {error.get('message', 'no message')}",
+        f"the model failed: {message}",
         code=code,
         replay_safe=replay_safe,
+        retry_after=retry_after(None, message),
     )
 
 

@@ -38,6 +38,7 @@ from hotloop.protocol.client_session import (
     Send,
     connection_failure,
     error_failure,
+    retry_after,
 )
 from hotloop.protocol.sse import ResponsesSSEDecoder, SSEDecoder
 from hotloop.transport.base import (
@@ -82,7 +83,9 @@ async def _http_failure(response: httpx.Response) -> Failure:
     body = await response.aread()
     status = response.status_code
     message = refusal_message(str(response.request.url), status, body, websocket=False)
-    return error_failure(message, code=codec.error_body(body)[1], status=status)
+    said, code = codec.error_body(body)
+    wait = retry_after(response.headers, said)
+    return error_failure(message, code=code, status=status, retry_after=wait)
 
 
 def _broken(exc: httpx.HTTPError) -> Failure:

@@ -77,6 +77,7 @@ from hotloop.protocol.client_session import (
     connection_failure,
     error_failure,
     is_transient,
+    retry_after,
 )
 from hotloop.transport.base import (
     RECONNECT_TIMEOUT,
@@ -579,6 +580,7 @@ class WebSocketTransport(PushingTransport):
                         f"the server answered an error: {end.message}",
                         code=end.code,
                         status=getattr(end, "status", None),
+                        retry_after=_retry_after(end),
                     )
                 # Raises TransportError unless the rules say to send the turn again.
                 action = session.failed(turn, end, delivered=live.delivered)
@@ -598,6 +600,17 @@ class WebSocketTransport(PushingTransport):
 
 def _error_code(body: bytes | None) -> str | None:
     return codec.error_body(body or b"")[1]
+
+
+def _retry_after(event: Event) -> float | None:
+    """The wait an error event asked for: the envelope's ``error.headers`` (how the WebSocket
+    ``error`` carries an HTTP error's headers), else its message."""
+    if isinstance(event, WebSocketError):
+        headers = event.error.get("headers")
+        if isinstance(headers, Mapping):
+            lowered = {str(name).lower(): str(value) for name, value in headers.items()}
+            return retry_after(lowered, event.message)
+    return retry_after(None, getattr(event, "message", None))
 
 
 def _refuses_cancel(event: Event) -> bool:
