@@ -114,6 +114,9 @@ class FakeAsides:
         self.futures[-1].set_result(ResponseObject("resp_s", 0, "m", "completed", output))
 
 
+TASK = Message("user", "the task")
+
+
 def turn_items(index: int, calls: int) -> list[Item]:
     """One model turn: reasoning, text, ``calls`` parallel calls of 400 characters, results."""
     made = [
@@ -122,61 +125,6 @@ def turn_items(index: int, calls: int) -> list[Item]:
     out: list[Item] = [Reasoning(id=f"rs{index}", summary=()), Message("assistant", "go"), *made]
     out.extend(FunctionCallOutput(call_id=call.call_id, output="r" * 400) for call in made)
     return out
-
-
-async def test_the_policy_cuts_at_a_turn_boundary_and_switches_when_the_summary_is_in() -> None:
-    policy = Compact(threshold_tokens=500, keep_recent_tokens=250, summary_tokens=32)
-    asides = FakeAsides()
-    memo: dict[str, Any] = {}
-    agent = Agent("m", "be brief")
-    history: list[Item] = [Message("user", "the task")]
-    previous: str | None = None
-    new_from = 0
-    sent: list[ModelRequest] = []
-    originals: list[list[Item]] = []
-    for turn in range(1, 9):
-        request = ModelRequest("m", history, new_from, previous, "be brief")
-        originals.append(list(request.new_items))
-        state = TurnState(agent, turn, 1, request, memo=memo)
-        state._aside = asides
-        changed = policy.before_request(state)
-        sent.append(changed or request)
-        if turn == 4:
-            assert asides.sent, "past the threshold: a summary was started"
-            assert changed is None, "the turn goes out as it was: nothing waits for the summary"
-            # A re-sent attempt of this turn starts nothing more.
-            assert policy.before_request(state) is None and len(asides.sent) == 1
-        if turn == 5:
-            asides.answer("the story so far")
-        items = turn_items(turn, calls=1 + turn % 2)
-        history.extend(items)
-        new_from = len(history) - sum(isinstance(item, FunctionCallOutput) for item in items)
-        previous = f"resp_{turn}"
-    summary = asides.sent[0]
-    assert summary.tools == () and dict(summary.settings["metadata"]) == dict(SUMMARY_METADATA)
-    assert summary.settings["max_output_tokens"] == 32
-    older = list(summary.history[:-1])
-    assert older[0] == Message("user", "the task") and pairs_intact(older)
-    assert isinstance(older[-1], FunctionCallOutput), "the part summarised ends with results"
-    # Turn 6 is the first boundary after the summary came back: a fresh chain, compacted.
-    switch = sent[5]
-    assert switch.previous_response_id is None and switch.new_from == 0
-    at = summary_at(switch.history)
-    assert at == 1, "the task stays verbatim, the summary follows it"
-    kept = switch.history[at + 1 :]
-    assert isinstance(kept[0], Reasoning), "the kept part starts with a model output"
-    assert pairs_intact(switch.history)
-    assert list(kept) == history[len(older) : len(older) + len(kept)]
-    # The turn after it continues incrementally: the same new items, renumbered.
-    after = sent[6]
-    assert after.previous_response_id == "resp_6" and after.history[1] is switch.history[1]
-    assert list(after.new_items) == originals[6]
-    assert policy.summaries >= 1 and policy.compactions == 1
-    assert asides.timeouts[0] == policy.summary_timeout == 120.0
-    # A re-sent attempt of a compacted turn is left as it is.
-    again = TurnState(agent, 7, 2, after, memo=memo)
-    again._aside = asides
-    assert policy.before_request(again) is None
 
 
 def trailing_input(items: Sequence[Item]) -> int:
@@ -192,77 +140,129 @@ def trailing_input(items: Sequence[Item]) -> int:
     return count
 
 
+class Driven:
+    """``policy`` consulted turn by turn over a growing history, outside a run: summaries go
+    to a :class:`FakeAsides`; what each turn sent, and its new items before the policy, kept."""
+
+    def __init__(self, policy: Compact, history: Sequence[Item] = (TASK,)) -> None:
+        self.policy = policy
+        self.asides = FakeAsides()
+        self.memo: dict[str, Any] = {}
+        self.agent = Agent("m", "be brief")
+        self.history: list[Item] = list(history)
+        self.previous: str | None = None
+        self.new_from = 0
+        self.sent: list[ModelRequest] = []
+        self.originals: list[list[Item]] = []
+
+    def state(self, turn: int, request: ModelRequest, attempt: int = 1) -> TurnState:
+        state = TurnState(self.agent, turn, attempt, request, memo=self.memo)
+        state._aside = self.asides
+        return state
+
+    def turn(self, turn: int) -> tuple[TurnState, ModelRequest | None]:
+        """Turn ``turn``'s request through the policy: its state, and what the policy changed."""
+        request = ModelRequest("m", self.history, self.new_from, self.previous, "be brief")
+        self.originals.append(list(request.new_items))
+        state = self.state(turn, request)
+        changed = self.policy.before_request(state)
+        self.sent.append(changed or request)
+        return state, changed
+
+    def answered(self, turn: int, items: Sequence[Item]) -> None:
+        """The turn's output and results join the history; the next turn continues it."""
+        self.history.extend(items)
+        self.new_from = len(self.history) - trailing_input(items)
+        self.previous = f"resp_{turn}"
+
+
+async def test_the_policy_cuts_at_a_turn_boundary_and_switches_when_the_summary_is_in() -> None:
+    policy = Compact(threshold_tokens=500, keep_recent_tokens=250, summary_tokens=32)
+    run = Driven(policy)
+    asides = run.asides
+    for turn in range(1, 9):
+        state, changed = run.turn(turn)
+        if turn == 4:
+            assert asides.sent, "past the threshold: a summary was started"
+            assert changed is None, "the turn goes out as it was: nothing waits for the summary"
+            # A re-sent attempt of this turn starts nothing more.
+            assert policy.before_request(state) is None and len(asides.sent) == 1
+        if turn == 5:
+            asides.answer("the story so far")
+        run.answered(turn, turn_items(turn, calls=1 + turn % 2))
+    summary = asides.sent[0]
+    assert summary.tools == () and dict(summary.settings["metadata"]) == dict(SUMMARY_METADATA)
+    assert summary.settings["max_output_tokens"] == 32
+    older = list(summary.history[:-1])
+    assert older[0] == TASK and pairs_intact(older)
+    assert isinstance(older[-1], FunctionCallOutput), "the part summarised ends with results"
+    # Turn 6 is the first boundary after the summary came back: a fresh chain, compacted.
+    switch = run.sent[5]
+    assert switch.previous_response_id is None and switch.new_from == 0
+    at = summary_at(switch.history)
+    assert at == 1, "the task stays verbatim, the summary follows it"
+    kept = switch.history[at + 1 :]
+    assert isinstance(kept[0], Reasoning), "the kept part starts with a model output"
+    assert pairs_intact(switch.history)
+    assert list(kept) == run.history[len(older) : len(older) + len(kept)]
+    # The turn after it continues incrementally: the same new items, renumbered.
+    after = run.sent[6]
+    assert after.previous_response_id == "resp_6" and after.history[1] is switch.history[1]
+    assert list(after.new_items) == run.originals[6]
+    assert policy.summaries >= 1 and policy.compactions == 1
+    assert asides.timeouts[0] == policy.summary_timeout == 120.0
+    # A re-sent attempt of a compacted turn is left as it is.
+    assert policy.before_request(run.state(7, after, attempt=2)) is None
+
+
 async def test_what_the_user_said_later_stays_verbatim_before_the_summary() -> None:
     # A conversation continued with previous=: an answer, then the user's next message, then
     # more turns. The part summarised holds that message: it is summarised with the rest, and
     # stays verbatim in what the model gets, after the task and before the summary.
     policy = Compact(threshold_tokens=900, keep_recent_tokens=300, summary_tokens=32)
-    asides = FakeAsides()
-    memo: dict[str, Any] = {}
-    agent = Agent("m", "be brief")
-    task = Message("user", "the task")
+    run = Driven(policy)
     later = [Message("user", f"now also look at part {k}: " + "p" * 300) for k in range(3)]
-    history: list[Item] = [task]
     script: list[list[Item]] = []
     for k, message in enumerate(later):
         script += [turn_items(10 * k + 1, 1), turn_items(10 * k + 2, 1)]
         script.append([Message("assistant", f"answer {k}"), message])
     script += [turn_items(turn, 1) for turn in range(40, 46)]
-    previous: str | None = None
-    new_from = 0
-    sent: list[ModelRequest] = []
-    originals: list[list[Item]] = []
     for turn, items in enumerate(script, 1):
-        request = ModelRequest("m", history, new_from, previous, "be brief")
-        originals.append(list(request.new_items))
-        state = TurnState(agent, turn, 1, request, memo=memo)
-        state._aside = asides
-        sent.append(policy.before_request(state) or request)
-        if asides.futures and not asides.futures[-1].done():
-            asides.answer(f"summary {len(asides.futures)}")
-        history.extend(items)
-        new_from = len(history) - trailing_input(items)
-        previous = f"resp_{turn}"
+        run.turn(turn)
+        if run.asides.futures and not run.asides.futures[-1].done():
+            run.asides.answer(f"summary {len(run.asides.futures)}")
+        run.answered(turn, items)
     assert policy.compactions >= 2
-    switches = [r for r in sent if r.previous_response_id is None and summary_at(r.history)]
+    switches = [r for r in run.sent if r.previous_response_id is None and summary_at(r.history)]
     for request in switches:
         at = summary_at(request.history)
-        assert at is not None and request.history[0] == task
+        assert at is not None and request.history[0] == TASK
         # The later messages before the cut, in order (all three fit in keep_recent_tokens).
         verbatim = list(request.history[1:at])
         assert verbatim and verbatim == later[: len(verbatim)]
     last = switches[-1]
     assert list(last.history[1 : summary_at(last.history)]) == later
     # Each later message was summarised too, the first time it fell in the older part.
-    summarised = [m for request in asides.sent for m in request.history if m in later]
+    summarised = [m for request in run.asides.sent for m in request.history if m in later]
     assert set(map(id, summarised)) == {id(m) for m in later}
     # Turns after a switch continue it incrementally with exactly their new items.
-    for index, request in enumerate(sent):
+    for index, request in enumerate(run.sent):
         if summary_at(request.history) is not None and request.previous_response_id:
-            assert list(request.new_items) == originals[index]
+            assert list(request.new_items) == run.originals[index]
             assert pairs_intact(request.history)
 
 
 async def test_only_the_latest_later_messages_fit_in_keep_recent_tokens() -> None:
-    policy = Compact(threshold_tokens=600, keep_recent_tokens=200, summary_tokens=32)
-    asides = FakeAsides()
-    memo: dict[str, Any] = {}
-    agent = Agent("m", "be brief")
     later = [Message("user", f"part {k}: " + "p" * 300) for k in range(3)]  # ~83 tokens each
-    history: list[Item] = [Message("user", "the task")]
+    history: list[Item] = [TASK]
     for k, message in enumerate(later):
         history += [*turn_items(k, 1), Message("assistant", f"answer {k}"), message]
-    history += turn_items(9, 1)
-    request = ModelRequest("m", history, len(history) - 1, "resp_9", "be brief")
-    state = TurnState(agent, 9, 1, request, memo=memo)
-    state._aside = asides
-    assert policy.before_request(state) is None and len(asides.sent) == 1
-    asides.answer("the story so far")
-    history += turn_items(10, 1)
-    request = ModelRequest("m", history, len(history) - 1, "resp_10", "be brief")
-    state = TurnState(agent, 10, 1, request, memo=memo)
-    state._aside = asides
-    switch = policy.before_request(state)
+    run = Driven(Compact(threshold_tokens=600, keep_recent_tokens=200, summary_tokens=32), history)
+    run.answered(9, turn_items(9, 1))
+    assert run.turn(10)[1] is None and len(run.asides.sent) == 1
+    run.asides.answer("the story so far")
+    run.answered(10, turn_items(10, 1))
+    switch = run.turn(11)[1]
     assert switch is not None
     at = summary_at(switch.history)
     assert list(switch.history[1:at]) == later[1:], "the two latest fit in 200 tokens"

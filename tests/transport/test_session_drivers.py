@@ -129,18 +129,24 @@ async def test_going_away_before_the_first_event_reconnects_and_resends_full() -
     assert stats.cache_misses == 0
 
 
+async def refused(server: ScriptedServer) -> tuple[TransportError, WebSocketTransport]:
+    """What a first turn to ``server`` raised, and the client (closed) that sent it."""
+    client = WebSocketTransport(server.url)
+    try:
+        with pytest.raises(TransportError) as caught:
+            await client.stream_to(turn(), lambda event: None)
+    finally:
+        await client.close()
+    return caught.value, client
+
+
 async def test_a_connection_limit_that_persists_is_raised_after_three_sends() -> None:
     limit = "error:websocket_connection_limit_reached:400"
     async with ScriptedServer([limit] * 5) as server:
-        client = WebSocketTransport(server.url)
-        try:
-            with pytest.raises(TransportError) as caught:
-                await client.stream_to(turn(), lambda event: None)
-        finally:
-            await client.close()
+        error, client = await refused(server)
 
-    assert caught.value.code == "websocket_connection_limit_reached"
-    assert not caught.value.replay_safe
+    assert error.code == "websocket_connection_limit_reached"
+    assert not error.replay_safe
     assert [len(frames) for frames in server.frames] == [1, 1, 1]  # one send per new socket
     assert client.stats.requests == 3 and client.stats.connections_opened == 3
 
@@ -165,14 +171,8 @@ async def test_a_refused_same_lane_continuation_is_sent_full_the_next_time() -> 
 
 async def test_a_websocket_rate_limit_says_how_long_to_wait_in_its_error_headers() -> None:
     async with ScriptedServer(["error:rate_limit_exceeded:429:1.5"]) as server:
-        client = WebSocketTransport(server.url)
-        try:
-            with pytest.raises(TransportError) as caught:
-                await client.stream_to(turn(), lambda event: None)
-        finally:
-            await client.close()
-    assert caught.value.replay_safe and caught.value.status == 429
-    assert caught.value.retry_after == 1.5
+        error, _ = await refused(server)
+    assert error.replay_safe and error.status == 429 and error.retry_after == 1.5
 
 
 async def test_a_continuation_runs_on_the_lane_of_its_parent() -> None:
