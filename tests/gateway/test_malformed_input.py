@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from unittest.mock import ANY
@@ -20,8 +21,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+import hotloop
+from hotloop.runtime import Agent, Runner
 from hotloop.sim.latency import get_profile
 from hotloop.sim.scenario import Scenario, Turn
+from hotloop.transport import TransportError
 
 MODEL = "hotloop-sim"
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
@@ -326,6 +330,26 @@ async def test_oversized_frame_is_refused_and_the_socket_stays_open(
                 await asyncio.wait_for(ws.recv(), RECV_TIMEOUT)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
             await prove_alive(bystander)
+
+
+async def test_a_run_whose_turn_is_over_the_frame_limit_fails_at_once(
+    gateway_factory: Any,
+) -> None:
+    # The gateway cannot read the frame, so its error names no lane; the client knows the
+    # only turn waiting for an answer sent it, and the run fails now, not at its deadline.
+    async with gateway_factory(max_message_bytes=64 * KiB) as server:
+        client = hotloop.connect(server.base_url)
+        started = time.perf_counter()
+        try:
+            with pytest.raises(TransportError) as caught:
+                await Runner.run(Agent(MODEL), "x" * (100 * KiB), client=client)
+            # The transport goes on serving the next run.
+            result = await Runner.run(Agent(MODEL), "Check the weather.", client=client)
+        finally:
+            await client.close()
+    assert (caught.value.code, caught.value.status) == ("message_too_large", 413)
+    assert time.perf_counter() - started < 10
+    assert result.turns >= 1
 
 
 # -- authentication -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ MODEL = "scripted"
 HISTORY: list[Item] = [*items_from_input("first"), *items_from_input("second")]
 
 #: What the scripted server does with one ``response.create``.
+#: ("laneless-error:..." is an error that names no lane, as for a frame the server cannot read.)
 Reply = str  # "complete", "error:<code>:<status>[:<retry-after>]", "close:<code>"
 
 
@@ -81,8 +83,10 @@ class ScriptedServer:
                     ).decode()
                 )
                 await socket.send(codec.encode_event(ResponseCompleted(response=response), lane))
-            elif reply.startswith("error:"):
-                _, code, status, *wait = reply.split(":")
+            elif reply.startswith(("error:", "laneless-error:")):
+                kind, code, status, *wait = reply.split(":")
+                if kind == "laneless-error":
+                    lane = None
                 error = {"type": "error", "status": int(status)}
                 error["error"] = {"type": "invalid_request_error", "code": code, "message": code}
                 if wait:  # as OpenAI's envelope carries an HTTP error's headers
@@ -173,6 +177,35 @@ async def test_a_websocket_rate_limit_says_how_long_to_wait_in_its_error_headers
     async with ScriptedServer(["error:rate_limit_exceeded:429:1.5"]) as server:
         error, _ = await refused(server)
     assert error.replay_safe and error.status == 429 and error.retry_after == 1.5
+
+
+async def test_an_error_naming_no_lane_fails_the_only_turn_waiting_for_an_answer() -> None:
+    # A frame the server could not read (over its size limit) gets an error without a
+    # stream_id; the only turn with no event yet sent it, on a named lane.
+    async with ScriptedServer(["laneless-error:message_too_large:413"]) as server:
+        started = time.perf_counter()
+        error, _ = await refused(server)
+    assert (error.code, error.status, error.replay_safe) == ("message_too_large", 413, False)
+    assert time.perf_counter() - started < 5
+    (frames,) = server.frames
+    assert frames[0]["stream_id"] == "hl-1"
+
+
+async def test_an_error_naming_no_lane_waits_until_its_turn_is_the_only_one_left() -> None:
+    # Two turns wait when the error comes: which one sent the unreadable frame, nobody can
+    # tell yet. Once the other one got its own answer, the error is the first one's.
+    async with ScriptedServer(["laneless-error:message_too_large:413"]) as server:
+        client = WebSocketTransport(server.url)
+        try:
+            refused, completed = await asyncio.gather(
+                client.stream_to(turn(), lambda event: None),
+                completed_id(client, turn()),
+                return_exceptions=True,
+            )
+        finally:
+            await client.close()
+    assert isinstance(refused, TransportError) and refused.code == "message_too_large"
+    assert completed == "resp_1"
 
 
 async def test_a_continuation_runs_on_the_lane_of_its_parent() -> None:

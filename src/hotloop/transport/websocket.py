@@ -45,6 +45,10 @@ be stalled), and to every abandoned turn once the server showed it does not know
 it answers an ``error`` about the frame's ``type`` (``unknown_event_type``), which is
 recognised and dropped (never handed to a live turn, even without a ``stream_id``), and no
 more cancels are sent on this transport.
+
+An ``error`` that names no lane, when the default lane has no turn, answers a frame the server
+could not read (one over its size limit): it goes to the turn that sent it, the only turn on
+the socket with no event yet; with several, it waits until all but one of them got an event.
 """
 
 from __future__ import annotations
@@ -261,6 +265,9 @@ class WebSocketTransport(PushingTransport):
         self._socket: WSTransport | None = None
         self._connect_lock = asyncio.Lock()
         self._turns: dict[str | None, _Turn] = {}
+        #: Errors naming no lane while several turns waited for their first event: the turns
+        #: one of them answers (see _unanswered).
+        self._orphans: list[tuple[Event, set[_Turn]]] = []
         self._lane_waiters: deque[asyncio.Future[None]] = deque()
         # What each live turn's caller said it has no use for (``skip``); a message of a type
         # that no live turn wants is dropped unread, recognised by its first bytes.
@@ -356,16 +363,55 @@ class WebSocketTransport(PushingTransport):
             self._cancel_refused()  # the answer to a cancel, whatever lane it names
             return
         turn = self._turns.get(event.stream_id)
+        if turn is None and event.stream_id is None and type(event) in ERROR_EVENTS:
+            turn = self._unanswered(event, generation)
         if turn is not None and turn.generation == generation:
             turn.receive(event)
+            if self._orphans:
+                self._answered(turn)
         elif self._cancelling:
             self._cancel_settled(event, generation)
+
+    def _unanswered(self, event: Event, generation: int) -> _Turn | None:
+        """The turn an ``error`` without ``stream_id`` answers, when the default lane has none.
+
+        A server names no lane when it could not read the frame (one over its size limit), so
+        the error answers the frame of a turn on this socket with no event yet. With one such
+        turn, it is that turn's; with several, it is kept until all but one of them got an
+        event of their own (:meth:`_answered`), and no turn is failed for another's frame.
+        """
+        waiting = {
+            turn
+            for turn in self._turns.values()
+            if turn.generation == generation and not turn.delivered and not turn.future.done()
+        }
+        if len(waiting) == 1:
+            return waiting.pop()
+        if waiting:
+            self._orphans.append((event, waiting))
+        return None
+
+    def _answered(self, turn: _Turn) -> None:
+        """``turn`` got an event: it did not send the frame a kept laneless error answers."""
+        kept: list[tuple[Event, set[_Turn]]] = []
+        for event, candidates in self._orphans:
+            waiting = {
+                other for other in candidates if other is not turn and not other.future.done()
+            }
+            if len(waiting) == 1:
+                waiting.pop().receive(event)
+            elif waiting:
+                kept.append((event, waiting))
+        self._orphans = kept
 
     def _disconnected(self, socket: WSTransport, generation: int, close_code: int | None) -> None:
         if self._socket is socket:
             self._socket = None
             self._free_retired()
         self.session.disconnected(generation)
+        self._orphans = [
+            orphan for orphan in self._orphans if next(iter(orphan[1])).generation != generation
+        ]
         failure = connection_failure(_CLOSED_MESSAGE, close_code=close_code)
         for turn in list(self._turns.values()):
             if turn.generation == generation:
