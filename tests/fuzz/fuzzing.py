@@ -3,7 +3,7 @@
 Three kinds of input are generated with Hypothesis:
 
 * ``ws``: groups of WebSocket frames sent to ``/v1/responses`` in WebSocket mode, pipelined on
-  one socket;
+  one socket (creates, steers and cancels, valid, mutated or raw);
 * ``http``: bodies POSTed to ``/v1/responses`` (JSON and SSE) and ``/v1/chat/completions``
   (JSON and streaming), plus a few raw, malformed HTTP requests;
 * ``decoder``: SSE and Chat Completions chunk streams fed to the client-side decoders
@@ -20,7 +20,8 @@ The oracle (:class:`Fuzzer`) checks every input against a live gateway and count
 in :class:`Outcomes`:
 
 * a reply comes within :data:`REPLY_TIMEOUT` (else a *hang*): for a WebSocket frame an
-  ``error`` event or a terminal ``response.*`` event; for HTTP an OpenAI error body with a
+  ``error`` event or a terminal ``response.*`` event (a cancel of a valid lane has none of its
+  own: the response it stops ends as its create's); for HTTP an OpenAI error body with a
   specific ``code``, or a 200 whose stream ends with a terminal event;
 * every error code is documented in ``docs/gateway.md`` (else *undocumented*);
 * nothing is a server failure: no ``server_error``, no 5xx, no unexpectedly dropped
@@ -502,7 +503,28 @@ def ws_frames(draw: st.DrawFn) -> Frame:
         steer = {"type": "response.steer", "previous_response_id": LAST_ID, "input": "x"}
         steer.update(draw(st.dictionaries(st.sampled_from(["input", "type"]), odd_values)))
         return Frame(steer)
+    if choice == 5:
+        # A cancel of a lane the group's creates use (the default lane without stream_id),
+        # or of an odd one.
+        cancel: dict[str, Any] = {"type": "response.cancel"}
+        lane = draw(st.one_of(st.sampled_from(["a", "b", "lane-1", None, "x" * 257]), odd_values))
+        if lane is not None or draw(st.booleans()):
+            cancel["stream_id"] = lane
+        return Frame(cancel)
     return Frame(draw(mutated_creates(websocket=True)), ascii_only=draw(st.booleans()))
+
+
+#: A valid ``stream_id``, as docs/gateway.md gives it (the default lane: none, or null).
+_STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,256}")
+
+
+def silent_cancel(data: Any) -> bool:
+    """Whether a frame is a ``response.cancel`` of a valid lane: the gateway sends nothing
+    back for it (stopping a response or not), so it has no final event of its own."""
+    if not isinstance(data, dict) or data.get("type") != "response.cancel":
+        return False
+    lane = data.get("stream_id")
+    return lane is None or (isinstance(lane, str) and _STREAM_ID.fullmatch(lane) is not None)
 
 
 #: A group of frames pipelined on one socket.
@@ -889,10 +911,15 @@ class Fuzzer:
             return self.foreign_id
         return value
 
-    def frame_bytes(self, frame: Frame, last: str) -> str | bytes:
+    def resolved(self, frame: Frame, last: str) -> Any:
+        """The frame's data with its placeholders replaced."""
         data = frame.data
         if isinstance(data, dict):
             data = {k: self.resolve(v, last) for k, v in data.items()}
+        return data
+
+    def frame_bytes(self, frame: Frame, last: str) -> str | bytes:
+        data = self.resolved(frame, last)
         if isinstance(data, bytes):
             return data if frame.binary else data.decode("utf-8", "replace")
         text = encode(data, frame.ascii_only)
@@ -910,6 +937,9 @@ class Fuzzer:
         where = "ws " + repr([f.data for f in frames])
         finals = 0
         data = [self.frame_bytes(frame, last) for frame in frames]
+        # A cancel of a valid lane is answered by nothing of its own (a response it stops
+        # ends with response.failed, the final event of that response's create).
+        expected = sum(1 for frame in frames if not silent_cancel(self.resolved(frame, last)))
         # Beyond twice the limit the transport closes the socket with 1009, by design.
         oversized = any(
             len(d.encode() if isinstance(d, str) else d) > 2 * MAX_MESSAGE_BYTES for d in data
@@ -918,13 +948,13 @@ class Fuzzer:
             for item in data:
                 await ws.send(item)
             async with asyncio.timeout(REPLY_TIMEOUT):
-                while finals < len(frames):
+                while finals < expected:
                     message = await ws.recv()
                     if not self._ws_event(message, where):
                         continue
                     finals += 1
         except TimeoutError:
-            out.hang(where, f"{finals} of {len(frames)} frames answered")
+            out.hang(where, f"{finals} of {expected} frames answered")
             return await self._replace(ws)
         except ConnectionClosed as exc:
             if oversized:
