@@ -253,14 +253,19 @@ async def test_the_answer_comes_from_the_large_model(
     assert last.rerouted_ns is not None and last.first_event_ns is not None
     assert last.request_sent_ns < last.rerouted_ns <= last.first_event_ns
     assert all(step.rerouted_from is None for step in steps[:-1])
+    # Each step names the model its request went to: the answer's, the model that took over.
+    assert [step.request_model for step in steps] == [LARGE] + [SMALL] * (TURNS - 1) + [LARGE]
     # The trace shows it too, and reads back.
     spans = [span for span in spans_from_result(result) if span.name == "model.request"]
     assert spans[-1].attributes["hotloop.rerouted_from"] == SMALL
     after = spans[-1].attributes["hotloop.rerouted_after_ns"]
     assert after == last.rerouted_ns - last.request_sent_ns
     assert all("hotloop.rerouted_from" not in span.attributes for span in spans[:-1])
+    assert [span.attributes["gen_ai.request.model"] for span in spans] == [
+        step.request_model for step in steps
+    ]
     read = steps_from_spans(spans_from_result(result))
-    assert read[-1].rerouted_from == SMALL
+    assert read[-1].rerouted_from == SMALL and read[-1].request_model == LARGE
     assert read[-1].rerouted_ns == read[-1].request_sent_ns + after
     # One escalation per run: a second run on the same policy adds one.
     await run(two_models, route, **connect_args)
@@ -305,8 +310,12 @@ async def test_without_chains_a_switch_sends_the_whole_history(two_models: Gatew
     assert sent[4].previous_response_id == steps[3].response_id
     assert steps[2].incremental and steps[4].incremental
     assert steps[3].request_bytes > steps[2].request_bytes > 0
-    # The trace shows each turn's model and what it sent.
+    # The trace shows each turn's model (asked for, and answering) and what it sent.
     spans = [span for span in spans_from_result(result) if span.name == "model.request"]
+    assert [step.request_model for step in steps] == [LARGE, SMALL, SMALL, LARGE, LARGE]
+    assert [span.attributes["gen_ai.request.model"] for span in spans] == [
+        step.request_model for step in steps
+    ]
     assert [span.attributes["gen_ai.response.model"] for span in spans] == models(result)
     assert [span.attributes["hotloop.request.incremental"] for span in spans] == [
         step.incremental for step in steps

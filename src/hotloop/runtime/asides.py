@@ -72,7 +72,9 @@ class Asides:
         """
         if request.timings is None:
             request = dataclasses.replace(request, timings=RequestTimings())
-        record = StepRecord(turn=turn, request_sent_ns=self._now(), purpose=purpose)
+        record = StepRecord(
+            turn=turn, request_sent_ns=self._now(), purpose=purpose, request_model=request.model
+        )
         self.records.append(record)
         task = asyncio.create_task(
             self._ended(self._send(request, record), record, timeout),

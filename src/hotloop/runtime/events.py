@@ -108,6 +108,9 @@ class StepRecord:
     request_written_ns: int | None = None
     request_bytes: int = 0
     incremental: bool = False
+    #: The model the turn's request named: the agent's, or another a policy sent it to (for
+    #: a call given up in flight, the model that took over). ``None`` when unknown.
+    request_model: str | None = None
     #: The model that answered, as the response names it.
     response_model: str | None = None
     #: When a policy gave up the turn's call for another model's in flight (``RouteTurns``

@@ -1097,6 +1097,7 @@ async def _stream_turn(
             request = dataclasses.replace(request, timings=RequestTimings())
         if policies:
             request = _before_request(run, request, turn, attempt, history)
+        record.request_model = request.model
         stream = ResponseStream()
         calls = _TurnCalls(run, turn, ledger, record)
         record.tools.clear()
@@ -1116,7 +1117,7 @@ async def _stream_turn(
             failed = _failed_response(stream)
             if failed is not None:
                 raise failed  # an attempt that failed: re-sent, or a policy's to decide
-            run.last_model = run.rerouted_to or request.model
+            run.last_model = record.request_model = run.rerouted_to or request.model
             return stream, calls
         except TurnTimeout as exc:
             calls._stopped = True  # nothing more starts from this attempt

@@ -358,8 +358,9 @@ def _model_spans(
         "hotloop.request.incremental": step.incremental,
         **server,
     }
-    if result.model:
-        attributes["gen_ai.request.model"] = result.model
+    request_model = step.request_model or result.model
+    if request_model:
+        attributes["gen_ai.request.model"] = request_model
     if step.response_model:
         attributes["gen_ai.response.model"] = step.response_model
     if step.rerouted_from is not None and step.rerouted_ns is not None:
@@ -595,6 +596,8 @@ def _aside_span(trace: _Builder, result: RunResult, aside: StepRecord, parent: s
     }
     if aside.error is not None:
         attributes["hotloop.aside.error"] = aside.error
+    if aside.request_model:
+        attributes["gen_ai.request.model"] = aside.request_model
     if aside.response_model:
         attributes["gen_ai.response.model"] = aside.response_model
     if aside.response_id is not None:
@@ -696,6 +699,8 @@ def _read_model(step: StepRecord, request: Span, phases: Sequence[Span], origin:
     step.incremental = bool(attributes.get("hotloop.request.incremental", False))
     response_id = attributes.get("gen_ai.response.id")
     step.response_id = response_id if isinstance(response_id, str) else None
+    request_model = attributes.get("gen_ai.request.model")
+    step.request_model = request_model if isinstance(request_model, str) else None
     response_model = attributes.get("gen_ai.response.model")
     step.response_model = response_model if isinstance(response_model, str) else None
     rerouted_from = attributes.get("hotloop.rerouted_from")
