@@ -18,12 +18,15 @@ import pytest
 from hotloop.backends.sim import SimBackend, model_id
 from hotloop.gateway import GatewayConfig, GatewayServer
 from hotloop.runtime import Agent, RouteTurns, Runner, RunResult, TurnState, tool
+from hotloop.sim.scenario import load_scenario
+from hotloop.testing import ExecutionLog, check_run, scenario_tools
 from hotloop.trace.spans import spans_from_result, steps_from_spans
 from hotloop.transport import ModelRequest, connect
 from hotloop.transport.base import OnEvent, RequestTimings
 from hotloop.wire.events import (
     Event,
     OutputItemAdded,
+    OutputItemDone,
     OutputTextDelta,
     ResponseCompleted,
     ResponseCreated,
@@ -168,6 +171,66 @@ async def test_a_response_that_ends_before_any_item_is_judged_by_its_output() ->
     policy, send, seen = await hold({SMALL: [ResponseCompleted(response=called)]})
     assert len(seen) == 1 and policy.escalations == 0
     assert [request.model for request in send.sent] == [SMALL]
+
+
+PREAMBLE = Message(role="assistant", content="Now let me look.")
+#: A run whose model wrote a message before its call: it writes preambles.
+NARRATED = (USER, Message(role="assistant", content="First, the logs."), CALL, OUTPUT)
+
+
+async def preamble_hold(
+    small: list[Event], history: tuple[Any, ...] = NARRATED, preamble_chars: int = 40
+) -> tuple[RouteTurns, Scripted, list[Event]]:
+    policy = RouteTurns.digest(SMALL, LARGE, preamble_chars=preamble_chars)
+    large: list[Event] = [ResponseCompleted(response=response())]
+    send = Scripted({SMALL: small, LARGE: large})
+    seen: list[Event] = []
+    digest = ModelRequest(model=SMALL, history=history, new_from=len(history) - 1)
+    await policy.send(state(digest), digest, seen.append, (), send)
+    return policy, send, seen
+
+
+def message_events(text: str, index: int = 0) -> list[Event]:
+    """A message streamed as it is: added empty, its text in two deltas, done."""
+    half = len(text) // 2
+    return [
+        OutputItemAdded(output_index=index, item=Message(role="assistant", content="")),
+        OutputTextDelta(item_id="m", output_index=index, content_index=0, delta=text[:half]),
+        OutputTextDelta(item_id="m", output_index=index, content_index=0, delta=text[half:]),
+        OutputItemDone(output_index=index, item=Message(role="assistant", content=text)),
+    ]
+
+
+async def test_a_short_message_before_a_call_is_a_preamble_once_the_run_showed_the_habit() -> None:
+    created = ResponseCreated(response=response("in_progress"))
+    script: list[Event] = [
+        created,
+        *message_events(PREAMBLE.text),
+        OutputItemAdded(output_index=1, item=CALL),
+        ResponseCompleted(response=dataclasses.replace(response(), output=(PREAMBLE, CALL))),
+    ]
+    policy, send, seen = await preamble_hold(script)
+    # Held until the call showed, then handed over whole, the preamble included.
+    assert seen == script and policy.escalations == 0
+    assert [request.model for request in send.sent] == [SMALL]
+    # A run that never wrote a message before a call: the same message is taken for an
+    # answer at once (and so it is with preamble_chars=0).
+    for history, chars in (((USER, CALL, OUTPUT), 40), (NARRATED, 0)):
+        policy, send, seen = await preamble_hold(script, history, chars)
+        assert policy.escalations == 1 and [r.model for r in send.sent] == [SMALL, LARGE]
+        assert seen == [ResponseCompleted(response=response())]
+
+
+async def test_a_message_too_long_for_a_preamble_or_ending_the_response_is_an_answer() -> None:
+    created = ResponseCreated(response=response("in_progress"))
+    long = "The answer: " + "x" * 60  # over 40 characters: cut at its second delta
+    policy, send, seen = await preamble_hold([created, *message_events(long)])
+    assert policy.escalations == 1 and send.cancelled == 1
+    assert seen == [ResponseCompleted(response=response())]
+    ended = dataclasses.replace(response(), output=(PREAMBLE,))
+    short = [created, *message_events(PREAMBLE.text), ResponseCompleted(response=ended)]
+    policy, send, seen = await preamble_hold(short)
+    assert policy.escalations == 1 and seen == [ResponseCompleted(response=response())]
 
 
 #: Every execution of ``lookup``, in order.
@@ -335,3 +398,30 @@ async def test_with_chains_the_same_switches_stay_incremental_over_http(
     # Turn 4 goes back to the large model's own response over HTTP too (the server stored it).
     assert sent[3].previous_response_id == result.steps[0].response_id
     assert all(step.incremental for step in result.steps[1:])
+
+
+async def test_a_model_that_writes_preambles_keeps_its_digest_turns_on_the_small_model(
+    two_models: GatewayServer,
+) -> None:
+    # The coding scenario opens most turns with a short message ("Now let me reproduce the
+    # failure.") before its calls. The first turn (large) shows the habit; from then on a
+    # digest turn's preamble is held, the call after it keeps the turn on the small model,
+    # and only the final answer goes to the large one.
+    coding = load_scenario("coding")
+    small, large = model_id("small", "coding"), model_id("large", "coding")
+    escalations = {}
+    for chars in (400, 0):
+        log = ExecutionLog()
+        route = RouteTurns.digest(small, large, preamble_chars=chars)
+        tools = scenario_tools(coding, time_scale=0, log=log)
+        agent = Agent(large, coding.instructions, tools, policies=[route], max_turns=30)
+        async with connect(two_models.base_url) as client:
+            result = await Runner.run(agent, coding.task, client=client)
+        assert check_run(coding, result, log) == ()
+        escalations[chars] = route.escalations
+        if chars:
+            answered = [step.response_model for step in result.steps]
+            assert answered == [large] + [small] * (len(coding.turns) - 2) + [large]
+            assert result.steps[-1].rerouted_from == small
+    # Without preambles every digest turn that opens with a message went to the large model.
+    assert escalations[400] == 1 < escalations[0]

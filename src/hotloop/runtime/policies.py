@@ -47,7 +47,7 @@ from hotloop.wire.events import (
     OutputItemDone,
     OutputTextDelta,
 )
-from hotloop.wire.items import FunctionCallOutput, Item, Message, Reasoning
+from hotloop.wire.items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning
 from hotloop.wire.responses import ResponseObject
 
 if TYPE_CHECKING:
@@ -238,8 +238,15 @@ class RouteTurns(Policy):
     given-up call counts in ``escalations`` and ``escalated_s`` (seconds from sending it to
     giving it up; both shared by every run of the agent), and its step record shows
     ``rerouted_from`` and ``rerouted_ns``. It is no failed attempt: ``attempts`` stays as it
-    was. A response that starts with a message goes over even if it would have called tools
-    after it.
+    was.
+
+    Models that write a short message before their calls ("Now let me run the tests.") would
+    look like answering at once. Once a response of the run showed that habit (a message,
+    then a function call, in one model output), a message of at most ``preamble_chars``
+    characters is held as a likely preamble: a function call after it lets the turn stream on
+    (the message included), while a longer message, or a response that ends after it, is an
+    answer and goes over. Before the run showed it (or with ``preamble_chars=0``), the first
+    message goes over at once.
 
     :meth:`digest` is the usual rule: turns that only digest tool results go to a small model,
     and the final answer comes from the large one.
@@ -251,10 +258,14 @@ class RouteTurns(Policy):
         *,
         keep_chains: bool = True,
         answers: Mapping[str, str | None] | None = None,
+        preamble_chars: int = 400,
     ) -> None:
+        if preamble_chars < 0:
+            raise ValueError("preamble_chars must be 0 (no preambles) or more")
         self.choose = choose
         self.keep_chains = keep_chains
         self.answers: dict[str, str | None] = dict(answers or {})
+        self.preamble_chars = preamble_chars
         #: Calls given up because their model started to answer, and the seconds they ran.
         self.escalations = 0
         self.escalated_s = 0.0
@@ -267,6 +278,7 @@ class RouteTurns(Policy):
         *,
         answer: Literal["large", "small"] = "large",
         keep_chains: bool = True,
+        preamble_chars: int = 400,
     ) -> Self:
         """Turns that only digest tool results go to ``small``; the others, and the final
         answer, to ``large``.
@@ -291,7 +303,7 @@ class RouteTurns(Policy):
             return small if _only_digests(state.request) else large
 
         answers = {small: large} if answer == "large" else None
-        return cls(choose, keep_chains=keep_chains, answers=answers)
+        return cls(choose, keep_chains=keep_chains, answers=answers, preamble_chars=preamble_chars)
 
     def before_request(self, state: TurnState) -> ModelRequest | None:
         if state.attempt > 1:
@@ -322,7 +334,8 @@ class RouteTurns(Policy):
             await send(request, on_event, skip)
             return
         loop = asyncio.get_running_loop()
-        gate = _Gate(on_event)
+        preamble = self.preamble_chars if _writes_preambles(state, request) else 0
+        gate = _Gate(on_event, preamble)
         started = loop.time()
         first = asyncio.ensure_future(send(request, gate.on_event, skip))
         try:
@@ -353,6 +366,33 @@ def _only_digests(request: ModelRequest) -> bool:
     return bool(new) and all(isinstance(item, FunctionCallOutput) for item in new)
 
 
+def _writes_preambles(state: TurnState, request: ModelRequest) -> bool:
+    """Whether a model output of this run so far held a message and then a function call
+    (remembered in ``state.memo``; the history is read once, as it grows)."""
+    memo = state.memo
+    if memo.get("preambles"):
+        return True
+    history = request.history
+    start = memo.get("preambles_read", 0)
+    if start > len(history):
+        start = 0  # another history (a new run with the same memo would not be)
+    message = memo.get("preambles_message", False)
+    found = False
+    for item in history[start:]:
+        if isinstance(item, Message) and item.role == "assistant":
+            message = True
+        elif isinstance(item, FunctionCall):
+            if message:
+                found = True
+                break
+        elif not isinstance(item, Reasoning):
+            message = False  # input: the next model output starts
+    memo["preambles"] = found
+    memo["preambles_read"] = len(history)
+    memo["preambles_message"] = message
+    return found
+
+
 def _answers(items: Collection[Item]) -> bool | None:
     """Whether the first item that is not reasoning is a message (``None``: only reasoning)."""
     for item in items:
@@ -364,10 +404,18 @@ def _answers(items: Collection[Item]) -> bool | None:
 class _Gate:
     """Holds one response's events until its first output item that is not reasoning shows
     whether the model is answering: then ``answering`` is set and every event is dropped, or
-    the held events are handed over and the rest streams through."""
+    the held events are handed over and the rest streams through.
 
-    def __init__(self, on_event: OnEvent) -> None:
+    With ``preamble`` > 0, messages of up to that many characters are held as preambles: the
+    item after them decides (a function call: not answering), a longer message is an answer.
+    """
+
+    def __init__(self, on_event: OnEvent, preamble: int = 0) -> None:
         self.forward = on_event
+        self.preamble = preamble
+        #: Characters of the messages held as preambles so far, and of the one streaming.
+        self.written = 0
+        self.writing: int | None = None
         self.open = False
         self.held: list[Event] = []
         self.answering: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -378,19 +426,7 @@ class _Gate:
             return
         if self.answering.done():
             return  # the answer goes to another model: nothing of this one reaches the run
-        kind = type(event)
-        verdict: bool | None
-        if kind is OutputItemAdded or kind is OutputItemDone:
-            verdict = _answers((event.item,))  # type: ignore[union-attr]
-        elif kind is OutputTextDelta or kind is ContentPartAdded:
-            verdict = True  # text without its output_item.added: a message
-        elif kind in RESPONSE_END_EVENTS:
-            # Ended before any item event: its output says what it was.
-            verdict = _answers(event.response.output) is True  # type: ignore[union-attr]
-        elif kind is FunctionCallArgumentsDelta or kind in ERROR_EVENTS:
-            verdict = False
-        else:
-            verdict = None  # created, in progress, reasoning: not decided yet
+        verdict = self._preamble(event) if self.preamble else self._first_item(event)
         if verdict is None:
             self.held.append(event)
         elif verdict:
@@ -402,6 +438,50 @@ class _Gate:
             for earlier in held:
                 self.forward(earlier)
             self.forward(event)
+
+    def _first_item(self, event: Event) -> bool | None:
+        """Answering (True), not (False), or not decided yet (None): the first output item
+        that is not reasoning decides."""
+        kind = type(event)
+        if kind is OutputItemAdded or kind is OutputItemDone:
+            return _answers((event.item,))  # type: ignore[union-attr]
+        if kind is OutputTextDelta or kind is ContentPartAdded:
+            return True  # text without its output_item.added: a message
+        if kind in RESPONSE_END_EVENTS:
+            # Ended before any item event: its output says what it was.
+            return _answers(event.response.output) is True  # type: ignore[union-attr]
+        if kind is FunctionCallArgumentsDelta or kind in ERROR_EVENTS:
+            return False
+        return None  # created, in progress, reasoning: not decided yet
+
+    def _preamble(self, event: Event) -> bool | None:
+        """As :meth:`_first_item`, but messages of up to ``preamble`` characters in all are
+        held: the item after them decides."""
+        kind = type(event)
+        if kind is OutputItemAdded or kind is OutputItemDone:
+            item = event.item  # type: ignore[union-attr]
+            if not isinstance(item, Message):
+                return _answers((item,))
+            if kind is OutputItemAdded:
+                self.writing = len(item.text)
+            else:
+                self.written += len(item.text)
+                self.writing = None
+        elif kind is OutputTextDelta:
+            self.writing = (self.writing or 0) + len(event.delta)  # type: ignore[union-attr]
+        elif kind in RESPONSE_END_EVENTS:
+            # Ended while the messages were held: an answer, unless a call came with them.
+            output = event.response.output  # type: ignore[union-attr]
+            return not any(isinstance(item, FunctionCall) for item in output) and any(
+                isinstance(item, Message) for item in output
+            )
+        elif kind is FunctionCallArgumentsDelta or kind in ERROR_EVENTS:
+            return False
+        else:
+            return None  # created, in progress, reasoning, content parts: not decided yet
+        if self.written + (self.writing or 0) > self.preamble:
+            return True  # too long for a preamble: the model is answering
+        return None
 
 
 def _adopt_timings(timings: RequestTimings, won: RequestTimings) -> None:
