@@ -425,3 +425,24 @@ async def test_a_model_that_writes_preambles_keeps_its_digest_turns_on_the_small
             assert result.steps[-1].rerouted_from == small
     # Without preambles every digest turn that opens with a message went to the large model.
     assert escalations[400] == 1 < escalations[0]
+
+
+async def test_a_continued_conversation_goes_on_with_each_models_chain(
+    two_models: GatewayServer,
+) -> None:
+    # The first run ends on the small model (answer="small"); the follow-up's first turn
+    # (a user message: large) continues the large model's own last response of that run,
+    # sending everything after it, not the small model's answer.
+    route = RouteTurns.digest(SMALL, answer="small")
+    agent = Agent(LARGE, tools=[lookup], max_turns=2 * TURNS + 4, policies=[route])
+    client: Any = RecordingTransport(connect(two_models.base_url))
+    async with client.inner:
+        first = await Runner.run(agent, "look into it", client=client)
+        sent_before = len(client.sent)
+        second = await Runner.run(agent, "and once more", client=client, previous=first)
+    sent = client.sent[sent_before:]
+    assert [step.request_model for step in first.steps] == [LARGE] + [SMALL] * TURNS
+    assert sent[0].model == LARGE
+    assert sent[0].previous_response_id == first.steps[0].response_id
+    assert sent[0].new_from == first.steps[1].input_from
+    assert second.steps[0].incremental and second.final_output

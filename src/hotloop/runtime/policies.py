@@ -223,7 +223,8 @@ class RouteTurns(Policy):
     Each model keeps its own chain: a turn switched to a model that answered before in this run
     continues that model's last response (whose prompt its cache holds), sending every item
     that came after it; over a WebSocket that response must still live on the connection, or
-    the whole history goes. A model's first turn continues the run's last response. With
+    the whole history goes. A model's first turn continues the run's last response. A
+    conversation continued with ``previous=`` goes on with the chains of the run it continues. With
     ``keep_chains=False`` a switched turn sends the whole history instead (the run's last
     response is another model's), which is what a switch costs without chains. The step
     record's ``response_model``, ``request_bytes``, ``incremental`` and ``usage`` show what a

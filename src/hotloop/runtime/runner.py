@@ -786,6 +786,8 @@ async def _run(
         new_from = len(history)
         previous_id = previous.last_response_id if previous is not None else None
         history.extend(given)
+    if previous is not None and agent.policies:
+        _resume_chains(run, previous)
     steps: list[StepRecord] = []
     usage = Usage()
     output_retries = agent.output_retries
@@ -1297,6 +1299,21 @@ def _chained(run: _Run, request: ModelRequest, rewritten: bool = False) -> Model
         # (its cache holds that prefix), sending everything that came after it.
         request = dataclasses.replace(request, previous_response_id=chain[0], new_from=chain[1])
     return request
+
+
+def _resume_chains(run: _Run, previous: RunResult | PartialRun) -> None:
+    """A continued run goes on with the models' chains of the run it continues: each model's
+    last response there, and the items after it (a model switched to continues its own)."""
+    steps = previous.steps
+    end = previous.new_from if isinstance(previous, PartialRun) else len(previous.items)
+    for index, step in enumerate(steps):
+        if step.request_model is None or step.response_id is None:
+            continue  # a turn that failed, or a record read back without its model
+        after = steps[index + 1].input_from if index + 1 < len(steps) else end
+        if after is None:
+            continue
+        run.chains[step.request_model] = (step.response_id, after)
+        run.last_model = step.request_model
 
 
 def _keeps_chains(agent: Agent) -> bool:
