@@ -655,6 +655,7 @@ TestHTTPSession.settings = settings(max_examples=150, stateful_step_count=40, de
         ({"retry-after-ms": "150", "retry-after": "9"}, None, 0.15),
         ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None, 0.0),  # a date gone by
         ({"retry-after": "soon"}, None, None),
+        ({"retry-after": "-1", "retry-after-ms": "-5"}, "try again in 2s", 2.0),  # invalid
         (None, "Rate limit reached for gpt-x. Please try again in 1.5s.", 1.5),
         (None, "Please try again in 20ms.", 0.02),
         (None, "Please try again in 1m30s.", 90.0),

@@ -33,6 +33,7 @@ import httpx
 
 from hotloop.backends.hedging import HedgeSettings
 from hotloop.errors import APIError, HotloopError
+from hotloop.protocol.client_session import retry_after
 from hotloop.wire import codec
 
 __all__ = [
@@ -434,15 +435,15 @@ def upstream_error(
     assert status is not None
     detail = _error_message(body)
     if status == 429:
-        retry = (headers or {}).get("retry-after")
-        hint = f" Retry after {retry} s." if retry else ""
+        wait = retry_after(headers, detail)
+        hint = f" Retry after {wait:g} s." if wait is not None else ""
         return APIError(
             f"{where[0].upper()}{where[1:]} is rate limiting requests.{hint}"
             + (f" It said: {detail}" if detail else ""),
             status=429,
             type="rate_limit_error",
             code="upstream_rate_limited",
-            retry_after=_seconds(retry),
+            retry_after=wait,
         )
     if status in (401, 403):
         return APIError(
@@ -478,15 +479,6 @@ def _read_template(path: Any, where: str) -> str | None:
         raise UpstreamConfigError(
             f"{where}.chat_template_file: cannot read {path}: {exc.strerror or exc}"
         ) from exc
-
-
-def _seconds(value: str | None) -> float | None:
-    """A ``retry-after`` header in seconds (an HTTP date is not waited for: None)."""
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def _error_message(body: bytes) -> str:

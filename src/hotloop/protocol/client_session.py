@@ -36,6 +36,7 @@ and the session, ``hotloop.transport.http`` does the same for HTTP requests.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import enum
 import re
@@ -295,6 +296,31 @@ _TRY_AGAIN = re.compile(
 )
 
 
+def _header_wait(headers: Mapping[str, str]) -> float | None:
+    """The wait the ``retry-after-ms`` or ``retry-after`` header asks for (a negative or
+    unreadable value asks for none)."""
+    raw = headers.get("retry-after-ms")
+    if raw is not None:
+        with contextlib.suppress(ValueError):
+            milliseconds = float(raw)
+            if milliseconds >= 0:
+                return milliseconds / 1000
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return max(when.timestamp() - time.time(), 0.0)
+    return seconds if seconds >= 0 else None
+
+
 def retry_after(
     headers: Mapping[str, str] | None = None, message: str | None = None
 ) -> float | None:
@@ -306,23 +332,9 @@ def retry_after(
     messages say it, the only place a streamed ``response.failed`` has it).
     """
     if headers:
-        raw = headers.get("retry-after-ms")
-        if raw is not None:
-            try:
-                return max(float(raw) / 1000, 0.0)
-            except ValueError:
-                pass
-        raw = headers.get("retry-after")
-        if raw is not None:
-            try:
-                return max(float(raw), 0.0)
-            except ValueError:
-                try:
-                    when = email.utils.parsedate_to_datetime(raw)
-                except (TypeError, ValueError):
-                    when = None
-                if when is not None and when.tzinfo is not None:
-                    return max(when.timestamp() - time.time(), 0.0)
+        wait = _header_wait(headers)
+        if wait is not None:
+            return wait
     if message:
         found = _TRY_AGAIN.search(message)
         if found is not None and (found.group(1) or found.group(2)):
