@@ -153,3 +153,12 @@ async def test_a_fallback_to_another_model_does_not_wait_out_the_rate_limit() ->
     assert time.perf_counter() - started < 1.0
     assert result.final_output == "done"
     assert [request.model for request in client.requests] == [MODEL, "backup"]
+
+
+async def test_a_rate_limit_wait_past_the_turn_deadline_is_raised_at_once() -> None:
+    client = ScriptedTransport([rate_limited("r1", "Please try again in 5s."), answer_events("r2")])
+    started = time.perf_counter()
+    with pytest.raises(ModelError) as raised:
+        await Runner.run(Agent(MODEL, turn_timeout=2.0), "go", client=client)
+    assert time.perf_counter() - started < 1.0
+    assert raised.value.retry_after == 5.0 and len(client.requests) == 1

@@ -1154,6 +1154,9 @@ async def _stream_turn(
             wait = _rate_limit_wait(failure, attempt)
             if wait is None:
                 raise failure  # the server asks for a longer wait than a run sleeps through
+            end = watch.turn_end if watch is not None else None
+            if end is not None and watch is not None and watch.loop.time() + wait >= end:
+                raise failure  # the wait would outlast the turn's deadline
             if wait > 0:
                 _log.info(
                     "turn %d was rate limited (attempt %d): sending it again in %.2f s",
