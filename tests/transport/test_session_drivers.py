@@ -83,6 +83,20 @@ class ScriptedServer:
                     ).decode()
                 )
                 await socket.send(codec.encode_event(ResponseCompleted(response=response), lane))
+            elif reply == "hold":
+                continue  # no answer at all
+            elif reply.startswith("start+"):
+                # The default lane's response starts (and never ends), then the rest.
+                self.made += 1
+                response = ResponseObject(
+                    id=f"resp_{self.made}", created_at=0, model=MODEL, status="in_progress"
+                )
+                await socket.send(codec.encode_event(ResponseCreated(response=response)).decode())
+                reply = reply.removeprefix("start+")
+                kind, code, status = reply.split(":")
+                error = {"type": "error", "status": int(status)}
+                error["error"] = {"type": "invalid_request_error", "code": code, "message": code}
+                await socket.send(json.dumps(error))
             elif reply.startswith(("error:", "laneless-error:")):
                 kind, code, status, *wait = reply.split(":")
                 if kind == "laneless-error":
@@ -206,6 +220,31 @@ async def test_an_error_naming_no_lane_waits_until_its_turn_is_the_only_one_left
             await client.close()
     assert isinstance(refused, TransportError) and refused.code == "message_too_large"
     assert completed == "resp_1"
+
+
+async def test_an_error_naming_no_lane_after_the_default_lanes_response_started() -> None:
+    # One named lane: the first turn takes it (and gets no answer), the second the default
+    # lane, whose response starts. An error naming no lane then cannot be the default lane's
+    # (its errors come before its response starts): it is the waiting named lane's.
+    script = ["hold", "start+laneless-error:message_too_large:413"]
+    async with ScriptedServer(script) as server:
+        client = WebSocketTransport(server.url, max_lanes=1)
+        seen: list[Event] = []
+        try:
+            named = asyncio.create_task(client.stream_to(turn(), lambda event: None))
+            while not server.frames or not server.frames[0]:
+                await asyncio.sleep(0.01)
+            default = asyncio.create_task(client.stream_to(turn(), seen.append))
+            with pytest.raises(TransportError) as caught:
+                await asyncio.wait_for(named, 5)
+            assert caught.value.code == "message_too_large"
+            assert [event.type for event in seen] == ["response.created"]
+            assert not default.done()
+            default.cancel()
+        finally:
+            await client.close()
+    (frames,) = server.frames
+    assert [frame.get("stream_id") for frame in frames] == ["hl-1", None]
 
 
 async def test_a_continuation_runs_on_the_lane_of_its_parent() -> None:

@@ -46,9 +46,10 @@ it answers an ``error`` about the frame's ``type`` (``unknown_event_type``), whi
 recognised and dropped (never handed to a live turn, even without a ``stream_id``), and no
 more cancels are sent on this transport.
 
-An ``error`` that names no lane, when the default lane has no turn, answers a frame the server
-could not read (one over its size limit): it goes to the turn that sent it, the only turn on
-the socket with no event yet; with several, it waits until all but one of them got an event.
+An ``error`` that names no lane, when the default lane has no turn waiting for its response to
+start, answers a frame the server could not read (one over its size limit): it goes to the turn
+that sent it, the only turn on the socket with no event yet; with several, it waits until all
+but one of them got an event.
 """
 
 from __future__ import annotations
@@ -363,8 +364,11 @@ class WebSocketTransport(PushingTransport):
             self._cancel_refused()  # the answer to a cancel, whatever lane it names
             return
         turn = self._turns.get(event.stream_id)
-        if turn is None and event.stream_id is None and type(event) in ERROR_EVENTS:
-            turn = self._unanswered(event, generation)
+        if event.stream_id is None and type(event) in ERROR_EVENTS:
+            # The default lane's own errors come before its response starts: one after that
+            # answers another lane's frame the server could not read.
+            if turn is None or turn.delivered:
+                turn = self._unanswered(event, generation)
         if turn is not None and turn.generation == generation:
             turn.receive(event)
             if self._orphans:
@@ -373,7 +377,8 @@ class WebSocketTransport(PushingTransport):
             self._cancel_settled(event, generation)
 
     def _unanswered(self, event: Event, generation: int) -> _Turn | None:
-        """The turn an ``error`` without ``stream_id`` answers, when the default lane has none.
+        """The turn an ``error`` without ``stream_id`` answers, when the default lane has no
+        turn waiting for its response to start.
 
         A server names no lane when it could not read the frame (one over its size limit), so
         the error answers the frame of a turn on this socket with no event yet. With one such
