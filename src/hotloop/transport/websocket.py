@@ -364,11 +364,11 @@ class WebSocketTransport(PushingTransport):
             self._cancel_refused()  # the answer to a cancel, whatever lane it names
             return
         turn = self._turns.get(event.stream_id)
-        if event.stream_id is None and type(event) in ERROR_EVENTS:
-            # The default lane's own errors come before its response starts: one after that
-            # answers another lane's frame the server could not read.
-            if turn is None or turn.delivered:
-                turn = self._unanswered(event, generation)
+        # The default lane's own errors come before its response starts: an error naming no
+        # lane after that answers another lane's frame the server could not read.
+        laneless = event.stream_id is None and type(event) in ERROR_EVENTS
+        if laneless and (turn is None or turn.delivered):
+            turn = self._unanswered(event, generation)
         if turn is not None and turn.generation == generation:
             turn.receive(event)
             if self._orphans:
