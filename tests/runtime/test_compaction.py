@@ -449,6 +449,8 @@ async def test_a_summary_past_its_timeout_is_cancelled_and_tried_again(
     assert spans[0].attributes["hotloop.aside.error"] == "no response within 0.1 s"
     # The waterfall ends each bar where the summary was cancelled, from the run or its trace.
     bars = timeline_from_result(result)
+    asides = [bar for bar in bars if bar.kind == "model.aside"]
+    assert all(bar.label.endswith(": no response within 0.1 s") for bar in asides)
     assert [bar.duration_ns for bar in bars if bar.kind == "model.aside"] == [
         aside.response_done_ns - aside.request_sent_ns
         for aside in result.asides

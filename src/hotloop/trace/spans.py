@@ -777,12 +777,14 @@ def timeline_from_spans(spans: Sequence[Span]) -> list[Bar]:
                 )
             )
         elif kind == "model.aside":
+            failed = attributes.get("hotloop.aside.error")
             bars.append(
                 aside_bar(
                     str(attributes.get("hotloop.aside.purpose") or "aside"),
                     _int(attributes, "hotloop.turn"),
                     span.start_ns - origin,
                     span.end_ns - origin,
+                    failed if isinstance(failed, str) else None,
                 )
             )
     return bars

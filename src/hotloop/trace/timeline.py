@@ -91,9 +91,11 @@ def speculation_bar(name: str, start_ns: int, end_ns: int, used: bool, error: st
     return Bar(f"speculation · {name}", "tool.speculation", start_ns, end_ns, label)
 
 
-def aside_bar(purpose: str, turn: int, start_ns: int, end_ns: int) -> Bar:
-    """The bar of one request sent beside the turns, before turn ``turn``."""
-    return Bar(f"aside · {purpose}", "model.aside", start_ns, end_ns, f"before turn {turn}", turn)
+def aside_bar(purpose: str, turn: int, start_ns: int, end_ns: int, error: str | None = None) -> Bar:
+    """The bar of one request sent beside the turns, before turn ``turn`` (``error``: why it
+    ended without a response)."""
+    label = f"before turn {turn}" if error is None else f"before turn {turn}: {error}"
+    return Bar(f"aside · {purpose}", "model.aside", start_ns, end_ns, label, turn)
 
 
 def timeline_from_result(result: RunResult) -> list[Bar]:
@@ -108,7 +110,11 @@ def timeline_from_result(result: RunResult) -> list[Bar]:
     for aside in result.asides:
         answered = aside.response_done_ns
         done = answered if answered is not None else max(aside.request_sent_ns, result.wall_ns)
-        bars.append(aside_bar(aside.purpose or "aside", aside.turn, aside.request_sent_ns, done))
+        bars.append(
+            aside_bar(
+                aside.purpose or "aside", aside.turn, aside.request_sent_ns, done, aside.error
+            )
+        )
     return bars
 
 
