@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hotloop.runtime import Agent, Fallback, Runner, tool
+from hotloop.runtime import Agent, Fallback, RunFinished, Runner, TurnRetried, tool
 from hotloop.runtime.runner import ModelError
 from support import ScriptedTransport, answer_events, turn_events
 
@@ -122,6 +122,24 @@ async def test_a_rate_limit_waits_as_long_as_the_server_asked() -> None:
     result = await Runner.run(Agent(MODEL), "go", client=client)
     assert time.perf_counter() - started >= 0.3
     assert result.final_output == "done" and result.steps[0].attempts == 2
+
+
+async def test_a_stream_shows_each_retry_before_it_goes_out() -> None:
+    client = ScriptedTransport(
+        [
+            rate_limited("r1", "Please try again in 0.2s."),
+            turn_events("r2", [], "failed", "server_error"),
+            answer_events("r3"),
+        ]
+    )
+    events = [event async for event in Runner.run_stream(Agent(MODEL), "go", client=client)]
+    retried = [event for event in events if isinstance(event, TurnRetried)]
+    assert [(e.turn, e.attempt, e.code, e.wait_s, e.model) for e in retried] == [
+        (1, 1, "rate_limit_exceeded", 0.2, MODEL),
+        (1, 2, "server_error", 0.0, MODEL),
+    ]
+    assert "try again in 0.2s" in retried[0].message
+    assert isinstance(events[-1], RunFinished) and events[-1].result.steps[0].attempts == 3
 
 
 async def test_a_rate_limit_that_says_no_wait_backs_off() -> None:

@@ -20,6 +20,7 @@ from hotloop.runtime.events import (
     ToolCallFinished,
     ToolCallStarted,
     ToolRecord,
+    TurnRetried,
 )
 from hotloop.runtime.output import OutputValidationError
 from hotloop.runtime.policies import (
@@ -83,6 +84,7 @@ __all__ = [
     "ToolCallStarted",
     "ToolDefinitionError",
     "ToolRecord",
+    "TurnRetried",
     "TurnState",
     "tool",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "SpeculationRecord",
     "StepRecord",
     "TextDelta",
+    "TurnRetried",
     "ToolCallFinished",
     "ToolCallStarted",
     "ToolRecord",
@@ -288,6 +289,23 @@ class ModelTurnFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnRetried:
+    """An attempt of a model turn failed and the turn goes out again, in ``wait_s`` seconds
+    (a rate limit is waited out; other failures are sent again at once), to ``model``.
+
+    ``attempt`` is the attempt that failed (from 1); ``code`` and ``message`` say why.
+    Nothing of a failed attempt reaches the run's history; calls it had started are reused.
+    """
+
+    turn: int
+    attempt: int
+    code: str | None
+    message: str
+    wait_s: float
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
 class ModelWarning:
     """The server warned about a model turn (a simulated scenario calls a tool the agent does
     not have, say): not model output, but why the run may not go as expected.
@@ -357,5 +375,6 @@ RunEvent: TypeAlias = (
     | ToolCallFinished
     | ModelTurnFinished
     | ModelWarning
+    | TurnRetried
     | RunFinished
 )

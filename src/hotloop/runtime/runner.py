@@ -65,6 +65,7 @@ from hotloop.runtime.events import (
     ToolCallFinished,
     ToolCallStarted,
     ToolRecord,
+    TurnRetried,
 )
 from hotloop.runtime.events import TextDelta as TextDeltaEvent
 from hotloop.runtime.executor import Call, Outcome, ToolExecutor, error_output
@@ -1149,24 +1150,40 @@ async def _stream_turn(
                 retry = True
         if not retry:
             raise failure
+        wait = 0.0
         if decided is None or decided.model == request.model:
             # Sent again to the same model: a rate limit is waited out first.
-            wait = _rate_limit_wait(failure, attempt)
-            if wait is None:
+            asked = _rate_limit_wait(failure, attempt)
+            if asked is None:
                 raise failure  # the server asks for a longer wait than a run sleeps through
+            wait = asked
             end = watch.turn_end if watch is not None else None
             if end is not None and watch is not None and watch.loop.time() + wait >= end:
                 raise failure  # the wait would outlast the turn's deadline
-            if wait > 0:
-                _log.info(
-                    "turn %d was rate limited (attempt %d): sending it again in %.2f s",
-                    turn,
-                    attempt,
-                    wait,
-                )
-                await asyncio.sleep(wait)
         if decided is not None:
             request = decided
+        code = getattr(failure, "code", None)
+        _log.info(
+            "turn %d, attempt %d failed (%s); sending it again to %s in %.2f s",
+            turn,
+            attempt,
+            code or type(failure).__name__,
+            request.model,
+            wait,
+        )
+        if run.emit is not None:
+            run.emit(
+                TurnRetried(
+                    turn,
+                    attempt,
+                    code if isinstance(code, str) else None,
+                    str(failure),
+                    wait,
+                    request.model,
+                )
+            )
+        if wait:
+            await asyncio.sleep(wait)
 
 
 #: ``response.failed`` codes of a rate limit (the simulated model's, and the gateway's when
