@@ -13,6 +13,9 @@ breaks the path in one of two ways a real deployment does:
   load balancer failing over to another gateway connection, whose connection-scoped cache does
   not hold the client's previous response.
 
+:meth:`WebSocketProxy.refuse_next_upgrade` answers the next upgrade with an HTTP status (a
+429 with ``Retry-After``, a 503), as a rate-limiting front end does.
+
 Turns are numbered proxy-wide: turn ``t`` is the ``t``-th ``response.create`` the proxy
 forwarded, whatever connection carried it. Every trigger fires once and depends on frame counts
 only, never on time, so the tests are deterministic.
@@ -30,6 +33,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 __all__ = ["ConnectionStats", "WebSocketProxy"]
 
@@ -91,11 +95,17 @@ class WebSocketProxy:
     _server: Server | None = None
     _drop: _Drop | None = None
     _swap_turns: set[int] = field(default_factory=set)
+    #: Upgrades to refuse before forwarding again: (status, headers) each.
+    _refusals: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    #: When each upgrade request arrived (loop time), refused or not.
+    upgrades: list[float] = field(default_factory=list)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> WebSocketProxy:
-        self._server = await serve(self._handle, "127.0.0.1", 0, **_OPTIONS)
+        self._server = await serve(
+            self._handle, "127.0.0.1", 0, process_request=self._upgrade, **_OPTIONS
+        )
         return self
 
     async def __aexit__(
@@ -132,6 +142,21 @@ class WebSocketProxy:
     def swap_upstream_before_turn(self, turn: int) -> None:
         """Before forwarding turn ``turn``, replace the upstream connection with a new one."""
         self._swap_turns.add(turn)
+
+    def refuse_next_upgrade(self, status: int, headers: dict[str, str] | None = None) -> None:
+        """Answer the next WebSocket upgrade with HTTP ``status`` (and ``headers``) instead of
+        accepting it, as a rate-limiting or overloaded front end does."""
+        self._refusals.append((status, dict(headers or {})))
+
+    def _upgrade(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.upgrades.append(asyncio.get_running_loop().time())
+        if not self._refusals:
+            return None
+        status, headers = self._refusals.pop(0)
+        response = connection.respond(status, "refused by the test proxy\n")
+        for name, value in headers.items():
+            response.headers[name] = value
+        return response
 
     # -- forwarding ---------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ path the way deployments do: the socket drops mid-turn, a load balancer fails ov
 connection that does not hold the previous response (``previous_response_not_found``), the
 connection reaches its lifetime. In every case the run must end with the same final output and
 item history as an undisturbed run, and no write may run twice. Every trigger is a count of
-frames, never a time, and every assertion is about frames, counters and items.
+frames, never a time, and every assertion is about frames, counters and items (and one lower
+bound: a wait the server asked for).
 """
 
 from __future__ import annotations
@@ -115,6 +116,24 @@ async def test_undisturbed_run_over_the_proxy(coding_gateway: GatewayServer) -> 
     assert transport.stats.connections_opened == 1
     assert transport.stats.full_resends == 1
     assert transport.stats.incremental_requests == len(CODING.turns) - 1
+
+
+# -- the upgrade is refused ----------------------------------------------------------------
+
+
+async def test_an_upgrade_refused_with_a_retry_after_is_tried_again_no_sooner(
+    coding_gateway: GatewayServer,
+) -> None:
+    # A front end rate limits the WebSocket upgrade (429, Retry-After: 0.6), then lets it
+    # through: the transport stays away that long instead of its 25 ms backoff, then runs.
+    async with WebSocketProxy(coding_gateway.websocket_url) as proxy:
+        proxy.refuse_next_upgrade(429, {"Retry-After": "0.6"})
+        result, _, transport = await run_coding(proxy.url)
+
+    assert result.final_output == CODING.turns[-1].text
+    assert len(proxy.upgrades) == 2 and len(proxy.connections) == 1
+    assert proxy.upgrades[1] - proxy.upgrades[0] >= 0.6
+    assert transport.stats.connections_opened == 1
 
 
 # -- the gateway drops the socket mid-turn ------------------------------------------------

@@ -116,8 +116,9 @@ class Backoff:
         ceiling = min(self.first * 2.0**attempt, self.cap)
         return ceiling * (0.5 + draw / 2)
 
-    async def wait(self) -> bool:
-        """An attempt failed: wait before the next one; ``False`` once the deadline passed."""
+    async def wait(self, at_least: float = 0.0) -> bool:
+        """An attempt failed: wait before the next one (``at_least`` seconds, when the server
+        asked for that long); ``False`` once the deadline passed."""
         now = asyncio.get_running_loop().time()
         if self._deadline is None:
             self._deadline = now + self.timeout
@@ -126,7 +127,7 @@ class Backoff:
         left = self._deadline - now
         if left <= 0:
             return False
-        await asyncio.sleep(min(self.delay(attempt, random.random()), left))
+        await asyncio.sleep(min(max(self.delay(attempt, random.random()), at_least), left))
         return True
 
 

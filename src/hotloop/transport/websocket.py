@@ -328,9 +328,12 @@ class WebSocketTransport(PushingTransport):
                         raise ConnectionResetError("the server closed the connection unanswered")
                     break
                 except WSInvalidStatusError as exc:
-                    status = int(exc.response.status) if exc.response is not None else None
+                    response = exc.response
+                    status = int(response.status) if response is not None else None
                     body = exc.raw_body or b""
-                    if is_transient(status) and await backoff.wait():
+                    # A 429 or 503 may say how long to stay away: not less than that.
+                    asked = retry_after(response.headers) if response is not None else None
+                    if is_transient(status) and await backoff.wait(asked or 0.0):
                         continue
                     raise TransportError(
                         refusal_message(self.url, status, body, websocket=True),
