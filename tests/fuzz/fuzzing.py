@@ -757,8 +757,14 @@ def check_error_body(
     status: int | None,
     keys: Sequence[str] = ("message", "type", "param", "code"),
 ) -> str | None:
-    """Check an error object (OpenAI's, with exactly ``keys``); return its code when it is a
-    client error."""
+    """Check an error object (OpenAI's, with exactly ``keys``, and ``headers`` when it says
+    when to try again); return its code when it is a client error."""
+    if isinstance(error, dict) and "headers" in error:
+        headers = error["headers"]
+        if not isinstance(headers, dict) or set(headers) != {"retry-after"}:
+            out.crash(where, f"malformed error headers {error!r}")
+            return None
+        error = {key: value for key, value in error.items() if key != "headers"}
     if not isinstance(error, dict) or set(error) != set(keys):
         out.crash(where, f"malformed error object {error!r}")
         return None

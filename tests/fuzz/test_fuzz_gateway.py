@@ -152,6 +152,28 @@ def test_documented_codes_come_from_the_docs() -> None:
             "crash",
         ),
         ({"message": "fine", "type": "t", "param": None, "code": "invalid_json"}, 400, None),
+        (
+            {
+                "message": "slow down",
+                "type": "rate_limit_error",
+                "param": None,
+                "code": "websocket_queue_full",
+                "headers": {"retry-after": "2"},
+            },
+            429,
+            None,
+        ),
+        (
+            {
+                "message": "slow down",
+                "type": "t",
+                "param": None,
+                "code": "websocket_queue_full",
+                "headers": {"x-other": "1"},
+            },
+            429,
+            "crash",
+        ),
     ],
 )
 def test_the_oracle_flags_bad_errors(
