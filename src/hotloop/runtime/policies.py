@@ -427,7 +427,7 @@ class _Gate:
             return
         if self.answering.done():
             return  # the answer goes to another model: nothing of this one reaches the run
-        verdict = self._preamble(event) if self.preamble else self._first_item(event)
+        verdict = self._verdict(event)
         if verdict is None:
             self.held.append(event)
         elif verdict:
@@ -440,48 +440,38 @@ class _Gate:
                 self.forward(earlier)
             self.forward(event)
 
-    def _first_item(self, event: Event) -> bool | None:
-        """Answering (True), not (False), or not decided yet (None): the first output item
-        that is not reasoning decides."""
-        kind = type(event)
-        if kind is OutputItemAdded or kind is OutputItemDone:
-            return _answers((event.item,))  # type: ignore[union-attr]
-        if kind is OutputTextDelta or kind is ContentPartAdded:
-            return True  # text without its output_item.added: a message
-        if kind in RESPONSE_END_EVENTS:
-            # Ended before any item event: its output says what it was.
-            return _answers(event.response.output) is True  # type: ignore[union-attr]
-        if kind is FunctionCallArgumentsDelta or kind in ERROR_EVENTS:
-            return False
-        return None  # created, in progress, reasoning: not decided yet
-
-    def _preamble(self, event: Event) -> bool | None:
-        """As :meth:`_first_item`, but messages of up to ``preamble`` characters in all are
-        held: the item after them decides."""
+    def _verdict(self, event: Event) -> bool | None:
+        """Answering (True), not (False), or not decided yet (None): the first output item that
+        is not reasoning decides, or with ``preamble``, the first after messages of up to that
+        many characters in all (a message past it is an answer)."""
         kind = type(event)
         if kind is OutputItemAdded or kind is OutputItemDone:
             item = event.item  # type: ignore[union-attr]
             if not isinstance(item, Message):
-                return _answers((item,))
+                return _answers((item,))  # reasoning: not yet; a call (or other item): no
             if kind is OutputItemAdded:
                 self.writing = len(item.text)
             else:
                 self.written += len(item.text)
                 self.writing = None
-        elif kind is OutputTextDelta:
-            self.writing = (self.writing or 0) + len(event.delta)  # type: ignore[union-attr]
+        elif kind is OutputTextDelta or kind is ContentPartAdded:
+            # Text (with or without its output_item.added): a message streaming.
+            delta = len(event.delta) if kind is OutputTextDelta else 0  # type: ignore[union-attr]
+            self.writing = (self.writing or 0) + delta
         elif kind in RESPONSE_END_EVENTS:
-            # Ended while the messages were held: an answer, unless a call came with them.
+            # Ended while undecided: its output says what it was.
             output = event.response.output  # type: ignore[union-attr]
+            if not self.preamble:
+                return _answers(output) is True
             return not any(isinstance(item, FunctionCall) for item in output) and any(
                 isinstance(item, Message) for item in output
             )
         elif kind is FunctionCallArgumentsDelta or kind in ERROR_EVENTS:
             return False
         else:
-            return None  # created, in progress, reasoning, content parts: not decided yet
-        if self.written + (self.writing or 0) > self.preamble:
-            return True  # too long for a preamble: the model is answering
+            return None  # created, in progress, a text or content part done: not decided yet
+        if not self.preamble or self.written + (self.writing or 0) > self.preamble:
+            return True  # a message, and no preamble (or too long for one): answering
         return None
 
 
