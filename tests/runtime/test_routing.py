@@ -17,11 +17,11 @@ import pytest
 
 from hotloop.backends.sim import SimBackend, model_id
 from hotloop.gateway import GatewayConfig, GatewayServer
-from hotloop.runtime import Agent, RouteTurns, Runner, RunResult, TurnState, tool
+from hotloop.runtime import Agent, RouteTurns, Runner, RunResult, TurnState, TurnTimeout, tool
 from hotloop.sim.scenario import load_scenario
 from hotloop.testing import ExecutionLog, check_run, scenario_tools
 from hotloop.trace.spans import spans_from_result, steps_from_spans
-from hotloop.transport import ModelRequest, connect
+from hotloop.transport import ModelRequest, PushingTransport, TransportStats, connect
 from hotloop.transport.base import OnEvent, RequestTimings
 from hotloop.wire.events import (
     Event,
@@ -171,6 +171,72 @@ async def test_a_response_that_ends_before_any_item_is_judged_by_its_output() ->
     policy, send, seen = await hold({SMALL: [ResponseCompleted(response=called)]})
     assert len(seen) == 1 and policy.escalations == 0
     assert [request.model for request in send.sent] == [SMALL]
+
+
+class Paced(PushingTransport):
+    """A transport that plays each model's scripted responses in order; a number in a script
+    is a pause of that many seconds."""
+
+    def __init__(self, scripts: dict[str, list[list[Event | float]]]) -> None:
+        self.scripts = scripts
+        self.stats = TransportStats()
+
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
+    ) -> None:
+        for step in self.scripts[request.model].pop(0):
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            else:
+                on_event(step)
+
+    async def close(self) -> None:
+        return None
+
+
+def called(call_id: str, index: int = 0) -> list[Event]:
+    call = FunctionCall(call_id=call_id, name="lookup", arguments='{"query": "q"}')
+    return [
+        OutputItemAdded(output_index=index, item=call),
+        OutputItemDone(output_index=index, item=call),
+    ]
+
+
+async def test_events_a_policy_holds_count_for_the_turns_deadlines() -> None:
+    """The small model reasons for 0.8 s before its call; its events are held from the run
+    until the call shows, yet they arrive, so a 0.3 s first-event deadline does not fire. A
+    model that then goes silent still meets the stall deadline, and the turn, of which
+    nothing reached the run, is safe to send again."""
+    created = ResponseCreated(response=response("in_progress"))
+    done = ResponseCompleted(response=response())
+    thinking: list[Event | float] = [created]
+    for index in range(4):
+        reasoning = Reasoning(id=f"rs{index}")
+        added = OutputItemAdded(output_index=index, item=reasoning)
+        thinking += [0.2, added, OutputItemDone(output_index=index, item=reasoning)]
+    answer = [
+        created,
+        OutputItemAdded(output_index=0, item=ANSWER),
+        OutputItemDone(output_index=0, item=ANSWER),
+        done,
+    ]
+    client = Paced(
+        {
+            LARGE: [[created, *called("c1"), done], answer],
+            SMALL: [[*thinking, *called("c2", 4), done], answer],
+        }
+    )
+    route = RouteTurns.digest(SMALL, LARGE)
+    agent = Agent(LARGE, tools=[lookup], policies=[route], first_event_timeout=0.3)
+    result = await Runner.run(agent, "look into it", client=client)
+    assert [step.request_model for step in result.steps] == [LARGE, SMALL, LARGE]
+    assert result.steps[1].attempts == 1 and result.final_output == "done"
+
+    silent = Paced({LARGE: [[created, *called("c1"), done]], SMALL: [[created, 1.0]]})
+    agent = Agent(LARGE, tools=[lookup], policies=[route], stall_timeout=0.3, max_attempts=1)
+    with pytest.raises(TurnTimeout) as raised:
+        await Runner.run(agent, "look into it", client=silent)
+    assert raised.value.code == "stall_timeout" and raised.value.replay_safe
 
 
 PREAMBLE = Message(role="assistant", content="Now let me look.")

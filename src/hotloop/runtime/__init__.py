@@ -31,7 +31,14 @@ from hotloop.runtime.policies import (
     RouteTurns,
     TurnState,
 )
-from hotloop.runtime.runner import Approver, MaxTurnsExceeded, ModelError, RunHook, Runner
+from hotloop.runtime.runner import (
+    Approver,
+    MaxTurnsExceeded,
+    ModelError,
+    RunHook,
+    Runner,
+    TurnTimeout,
+)
 from hotloop.runtime.scheduler import Admission, CallEffects
 from hotloop.runtime.speculation import Speculate
 from hotloop.runtime.tools import (
@@ -86,5 +93,6 @@ __all__ = [
     "ToolRecord",
     "TurnRetried",
     "TurnState",
+    "TurnTimeout",
     "tool",
 ]

@@ -221,7 +221,17 @@ class _Watchdog:
     turn costs a timer per deadline period, not per event.
     """
 
-    __slots__ = ("deadlines", "fired", "handle", "last", "loop", "sent", "task", "turn_end")
+    __slots__ = (
+        "deadlines",
+        "fired",
+        "handle",
+        "heard_at",
+        "last",
+        "loop",
+        "sent",
+        "task",
+        "turn_end",
+    )
 
     def __init__(self, deadlines: _Deadlines) -> None:
         self.deadlines = deadlines
@@ -230,16 +240,23 @@ class _Watchdog:
         now = self.loop.time()
         self.turn_end = None if deadlines.turn is None else now + deadlines.turn
         self.sent = now
+        #: When the attempt's last event reached the run, and when the last one arrived that a
+        #: policy around the transport may hold back from it (set only when one wraps it).
         self.last: float | None = None
+        self.heard_at: float | None = None
         self.fired: str | None = None
         self.handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """A new attempt of the turn goes out now."""
         self.sent = self.loop.time()
-        self.last = None
+        self.last = self.heard_at = None
         self.fired = None
         self._arm()
+
+    def heard(self) -> None:
+        """An event of the attempt arrived (the run may not see it yet)."""
+        self.heard_at = self.loop.time()
 
     def stop(self) -> None:
         if self.handle is not None:
@@ -249,11 +266,14 @@ class _Watchdog:
     def _next(self) -> tuple[float, str] | None:
         deadlines = self.deadlines
         best: tuple[float, str] | None = None
-        if self.last is None:
+        last = self.last
+        if self.heard_at is not None and (last is None or self.heard_at > last):
+            last = self.heard_at
+        if last is None:
             if deadlines.first_event is not None:
                 best = (self.sent + deadlines.first_event, "first_event_timeout")
         elif deadlines.stall is not None:
-            best = (self.last + deadlines.stall, "stall_timeout")
+            best = (last + deadlines.stall, "stall_timeout")
         if self.turn_end is not None and (best is None or self.turn_end <= best[0]):
             best = (self.turn_end, "turn_timeout")
         return best
@@ -1106,7 +1126,7 @@ async def _stream_turn(
         record.tools.clear()
         run.rerouted_to = record.rerouted_from = record.rerouted_ns = None
         on_event = _turn_handler(run, stream, calls, record, turn, watch)
-        call = _sender(run, turn, attempt, reroute) if policies else None
+        call = _sender(run, turn, attempt, reroute, watch) if policies else None
         failure: HotloopError
         try:
             if watch is not None:
@@ -1234,11 +1254,18 @@ def _failed_response(stream: ResponseStream) -> ModelError | None:
 
 
 def _sender(
-    run: _Run, turn: int, attempt: int, reroute: Callable[[ModelRequest, str], ModelRequest]
+    run: _Run,
+    turn: int,
+    attempt: int,
+    reroute: Callable[[ModelRequest, str], ModelRequest],
+    watch: _Watchdog | None = None,
 ) -> Send | None:
     """The policies that wrap the call, around the transport; ``None`` when none does.
 
     ``reroute(request, model)`` is what :meth:`TurnState.rerouted` returns for ``request``.
+    Every event the transport hands up counts for ``watch``'s deadlines, also one a policy
+    holds back from the run (a small model's reasoning while ``RouteTurns`` waits to see
+    whether it answers).
     """
     senders = [policy for policy in run.agent.policies if policy.sends]
     if not senders:
@@ -1246,6 +1273,14 @@ def _sender(
     client = run.client
 
     async def transport(request: ModelRequest, on_event: OnEvent, skip: Collection[str]) -> None:
+        if watch is not None:
+            forward, heard = on_event, watch.heard
+
+            def arrived(event: Event) -> None:
+                heard()
+                forward(event)
+
+            on_event = arrived
         await client.stream_to(request, on_event, skip=skip)
 
     call: Send = transport
