@@ -71,8 +71,8 @@ fuzz: setup
 	$(BIN)/python tests/fuzz/run.py --inputs $(FUZZ_INPUTS)
 
 format: setup
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench examples
+	$(BIN)/ruff check --fix src tests bench examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,20 +1,35 @@
 """A coding agent on hotloop: typed tools with declared effects, run over a warm WebSocket.
 
-Run it (after `make setup`):
+Run it (after `make setup`, which creates `.venv` and installs hotloop into it):
 
     .venv/bin/python examples/coding_agent.py
 
 It starts a hotloop gateway in-process on the embedded simulated model (the bundled `coding`
 scenario: a model fixing a one-cent rounding bug in 25 tool calls over 15 turns), defines the
 agent's tools as ordinary Python functions over a small in-memory workspace, and runs the agent
-over one WebSocket, printing each tool as it starts and finishes. Point `BASE_URL` at any server
-that speaks the Responses API (and serves a model that knows these tools) to run it for real.
+over one WebSocket, printing each tool as it starts and finishes.
 
 What to notice: `read_file`, `list_dir` and `grep` declare what they read, so the runtime runs
 them concurrently, and starts each one the moment its arguments are complete in the stream;
 `apply_patch` declares the file it writes, so patches to one file keep their order while
 patches to different files overlap; `run_tests` reads the whole repository, so it waits for
 pending patches (resource keys are hierarchical: `repo` covers every `repo/<path>`).
+
+To run it against a server instead, set `BASE_URL`. A `hotloop gateway` plays the same
+scenario (`.venv/bin/hotloop gateway &`, then
+`BASE_URL=http://127.0.0.1:8000/v1 .venv/bin/python examples/coding_agent.py`); on any other
+Responses server, set `HOTLOOP_MODEL` to a model that can call tools. A real model makes its own
+calls, and the tools answer from the toy workspace above.
+
+Environment variables (all optional):
+
+    BASE_URL         a Responses server (`http://host:port/v1`) to run against; default: none,
+                     the example starts a gateway of its own in-process
+    HOTLOOP_MODEL    with BASE_URL, the model the agent uses; default: `hotloop-sim:coding`
+                     (the `coding` scenario, served by every `hotloop gateway`)
+    OPENAI_API_KEY   with BASE_URL, the bearer token `hotloop.connect` sends; default: none
+    HOTLOOP_PROFILE  the in-process simulated model's latency profile (`fast`, `frontier`,
+                     `zero`, ...); default: `fast`; with BASE_URL the server decides
 """
 
 from __future__ import annotations
@@ -139,22 +154,29 @@ async def run_tests(path: str, args: list[str] | None = None, timeout_s: int = 6
 
 # -- the run -------------------------------------------------------------------------------------
 
+#: The model with BASE_URL and no HOTLOOP_MODEL, and the in-process gateway's: every hotloop
+#: gateway serves it, playing the bundled `coding` scenario.
+DEFAULT_MODEL = "hotloop-sim:coding"
+CODING = load_scenario("coding")
 
-async def main() -> None:
-    scenario = load_scenario("coding")
-    profile = os.environ.get("HOTLOOP_PROFILE", "fast")  # fast | frontier | zero
-    async with GatewayServer(SimBackend(scenario, profile)) as server:
-        client = hotloop.connect(server.base_url)  # one WebSocket, kept warm across runs
-        agent = Agent(
-            model="hotloop-sim",
-            instructions=scenario.instructions,
-            tools=[list_dir, read_file, grep, git_diff, apply_patch, run_tests],
-        )
-        started = time.perf_counter()
-        async for event in Runner.run_stream(agent, scenario.task, client=client):
+
+def clip(text: str, width: int = 60) -> str:
+    """``text``, cut to ``width`` characters with an ellipsis when it is longer."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+async def fix(base_url: str, model: str) -> None:
+    agent = Agent(
+        model,
+        CODING.instructions,
+        [list_dir, read_file, grep, git_diff, apply_patch, run_tests],
+    )
+    started = time.perf_counter()
+    async with hotloop.connect(base_url) as client:  # one WebSocket, kept warm across runs
+        async for event in Runner.run_stream(agent, CODING.task, client=client):
             elapsed = f"{time.perf_counter() - started:6.2f}s"
             if isinstance(event, ToolCallStarted):
-                print(f"{elapsed}  ▶ {event.name}({event.arguments[:60]})")
+                print(f"{elapsed}  ▶ {event.name}({clip(event.arguments)})")
             elif isinstance(event, ToolCallFinished):
                 status = "error: " + event.error if event.error else f"{len(event.output)} bytes"
                 print(f"{elapsed}  ✓ {event.name} ({event.duration_ns / 1e6:.0f} ms, {status})")
@@ -162,13 +184,22 @@ async def main() -> None:
                 pass  # stream it to a UI here
             elif isinstance(event, RunFinished):
                 result = event.result
-        await client.close()
     print(f"\n{result.final_output}\n")
     print(
         f"{result.turns} model turns, {result.tool_calls} tool calls, "
         f"{result.wall_ns / 1e9:.2f} s; sent {client.stats.bytes_sent:,} bytes over "
         f"{client.stats.connections_opened} connection(s)"
     )
+
+
+async def main() -> None:
+    base_url = os.environ.get("BASE_URL")
+    if base_url:
+        await fix(base_url, os.environ.get("HOTLOOP_MODEL", DEFAULT_MODEL))
+        return
+    profile = os.environ.get("HOTLOOP_PROFILE", "fast")  # fast | frontier | zero | ...
+    async with GatewayServer(SimBackend(CODING, profile)) as server:
+        await fix(server.base_url, DEFAULT_MODEL)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Approval before side effects: a support agent whose writes wait for a decision.
 
-Run it (after `make setup`):
+Run it (after `make setup`, which creates `.venv` and installs hotloop into it):
 
     .venv/bin/python examples/refund_approvals.py
 
@@ -15,7 +15,22 @@ events, for a person to answer in a UI.
 The model is the embedded simulated model playing the bundled `support` scenario (a lost
 parcel, refunded). It follows its script whatever the decision, so its closing message still
 mentions the refund after `REFUND_LIMIT=100`; a real model reads the denial and answers
-accordingly. Point `BASE_URL` at a Responses server to run it for real.
+accordingly. To run it against a server instead, set `BASE_URL`. A `hotloop gateway` plays the
+same scenario (`.venv/bin/hotloop gateway &`, then
+`BASE_URL=http://127.0.0.1:8000/v1 .venv/bin/python examples/refund_approvals.py`); on any
+other Responses server, set `HOTLOOP_MODEL` to a model that can call tools.
+
+Environment variables (all optional):
+
+    BASE_URL            a Responses server (`http://host:port/v1`) to run against; default:
+                        none, the example starts a gateway of its own in-process
+    HOTLOOP_MODEL       with BASE_URL, the model the agent uses; default: `hotloop-sim:support`
+                        (the `support` scenario, served by every `hotloop gateway`)
+    OPENAI_API_KEY      with BASE_URL, the bearer token `hotloop.connect` sends; default: none
+    HOTLOOP_PROFILE     the in-process simulated model's latency profile (`fast`, `frontier`,
+                        `zero`, ...); default: `fast`; with BASE_URL the server decides
+    HOTLOOP_TOOL_SCALE  multiplies the simulated tools' latencies (0: none); default: 1
+    REFUND_LIMIT        the largest refund the policy approves; default: 300
 """
 
 from __future__ import annotations
@@ -32,8 +47,16 @@ from hotloop.runtime import ApprovalRequested
 from hotloop.sim import load_scenario
 from hotloop.testing import scenario_tools
 
-LIMIT = float(os.environ.get("REFUND_LIMIT", "300"))
+#: The model with BASE_URL and no HOTLOOP_MODEL, and the in-process gateway's: every hotloop
+#: gateway serves it, playing the bundled `support` scenario.
+DEFAULT_MODEL = "hotloop-sim:support"
 SUPPORT = load_scenario("support")
+LIMIT = float(os.environ.get("REFUND_LIMIT", "300"))
+
+
+def clip(text: str, width: int = 60) -> str:
+    """``text``, cut to ``width`` characters with an ellipsis when it is longer."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def approve(request: ApprovalRequested) -> bool | None:
@@ -52,7 +75,7 @@ def approve(request: ApprovalRequested) -> bool | None:
         request.deny("no policy for this tool")
         verdict = None
     shown = "approved" if verdict else "denied"
-    print(f"  approval: {request.name}({request.arguments[:60]}...) -> {shown}")
+    print(f"  approval: {request.name}({clip(request.arguments)}) -> {shown}")
     return verdict
 
 
@@ -63,20 +86,26 @@ async def support(base_url: str, model: str) -> None:
         result = await Runner.run(agent, SUPPORT.task, client=client, approver=approve)
     for step in result.steps:
         for call in step.tools:
-            if call.approval is not None:
-                outcome = "ran" if call.error is None else f"not run ({call.error})"
-                print(f"  turn {step.turn}: {call.name} {call.approval}, {outcome}")
+            if call.approval is None:
+                continue
+            if call.error is None:
+                outcome = "ran"
+            elif call.approval == "denied":
+                outcome = call.error  # "not run: <the reason>"
+            else:
+                outcome = f"failed: {call.error}"
+            print(f"  turn {step.turn}: {call.name} {call.approval}, {outcome}")
     print(result.final_output)
 
 
 async def main() -> None:
     base_url = os.environ.get("BASE_URL")
     if base_url:
-        await support(base_url, os.environ.get("HOTLOOP_MODEL", "hotloop-sim"))
+        await support(base_url, os.environ.get("HOTLOOP_MODEL", DEFAULT_MODEL))
         return
     profile = os.environ.get("HOTLOOP_PROFILE", "fast")
     async with GatewayServer(SimBackend(SUPPORT, profile)) as server:
-        await support(server.base_url, "hotloop-sim:support")
+        await support(server.base_url, DEFAULT_MODEL)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Structured output: the agent's final answer as a typed value.
 
-Run it (after `make setup`):
+Run it (after `make setup`, which creates `.venv` and installs hotloop into it):
 
     .venv/bin/python examples/structured_output.py
 
@@ -11,9 +11,22 @@ an answer does not validate (a field missing, a priority of 7, or anything a pyd
 of yours refuses), the errors go back to the model, which answers again (`output_retries`,
 default 1); past that the run raises `OutputValidationError`.
 
-The model is the embedded simulated model, which answers a schema with a value it synthesizes
-from it (so the fields hold placeholder values); point `BASE_URL` at a Responses server to see
-a real model fill them in.
+The model is the embedded simulated model, served by a gateway the example starts in-process,
+which answers a schema with a value it synthesizes from it (so the fields hold placeholder
+values). To run it against a server instead, set `BASE_URL`: a `hotloop gateway` does the same
+(`.venv/bin/hotloop gateway &`, then
+`BASE_URL=http://127.0.0.1:8000/v1 .venv/bin/python examples/structured_output.py`); on any
+other Responses server, set `HOTLOOP_MODEL` to see a real model fill the fields in.
+
+Environment variables (all optional):
+
+    BASE_URL         a Responses server (`http://host:port/v1`) to run against; default: none,
+                     the example starts a gateway of its own in-process
+    HOTLOOP_MODEL    with BASE_URL, the model the agent uses; default: `hotloop-sim:generic:1`
+                     (one tool turn, then an answer; served by every `hotloop gateway`)
+    OPENAI_API_KEY   with BASE_URL, the bearer token `hotloop.connect` sends; default: none
+    HOTLOOP_PROFILE  the in-process simulated model's latency profile (`fast`, `frontier`,
+                     `zero`, ...); default: `fast`; with BASE_URL the server decides
 """
 
 from __future__ import annotations
@@ -50,9 +63,11 @@ async def get_ticket(ticket_id: str) -> str:
     return "Customer charged twice for order A-77 (USD 49.00 each); asks for one to be refunded."
 
 
-MODEL = os.environ.get("HOTLOOP_MODEL", "hotloop-sim")
-agent = Agent(MODEL, "You triage support tickets.", [get_ticket], output_type=Triage)
+#: The model with BASE_URL and no HOTLOOP_MODEL: every hotloop gateway serves it (the simulated
+#: model's generic mode: it calls the tools offered once, then answers, as SCRIPT does).
+DEFAULT_MODEL = "hotloop-sim:generic:1"
 
+#: What the in-process gateway's simulated model (`hotloop-sim`) plays.
 SCRIPT = Scenario(
     name="triage",
     turns=(
@@ -62,7 +77,8 @@ SCRIPT = Scenario(
 )
 
 
-async def triage(base_url: str) -> None:
+async def triage(base_url: str, model: str) -> None:
+    agent = Agent(model, "You triage support tickets.", [get_ticket], output_type=Triage)
     async with hotloop.connect(base_url) as client:
         result = await Runner.run(agent, "Triage ticket T-1042.", client=client)
     ticket: Triage = result.output
@@ -75,10 +91,11 @@ async def triage(base_url: str) -> None:
 async def main() -> None:
     base_url = os.environ.get("BASE_URL")
     if base_url:
-        await triage(base_url)
+        await triage(base_url, os.environ.get("HOTLOOP_MODEL", DEFAULT_MODEL))
         return
-    async with GatewayServer(SimBackend(SCRIPT, os.environ.get("HOTLOOP_PROFILE", "fast"))) as s:
-        await triage(s.base_url)
+    profile = os.environ.get("HOTLOOP_PROFILE", "fast")
+    async with GatewayServer(SimBackend(SCRIPT, profile)) as server:
+        await triage(server.base_url, "hotloop-sim")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Sub-agents on one socket: a planner that hands work to two specialist agents at once.
 
-Run it (after `make setup`):
+Run it (after `make setup`, which creates `.venv` and installs hotloop into it):
 
     .venv/bin/python examples/trip_planner.py
 
@@ -11,8 +11,25 @@ the planner's WebSocket (no second connection, nothing of the planner's history 
 the planner's `deps`; each answer becomes the result of the planner's call, and the run's trace
 nests each sub-run under that call.
 
-The models are the embedded simulated model playing three small scripts; point `BASE_URL` at a
-server that speaks the Responses API to run the same agents on a real model.
+The models are the embedded simulated model playing three small scripts, served by a gateway
+the example starts in-process. To run the same agents against a server instead, set
+`BASE_URL`; every agent then uses the one model `HOTLOOP_MODEL` names. On a `hotloop gateway`
+(`.venv/bin/hotloop gateway &`, then
+`BASE_URL=http://127.0.0.1:8000/v1 .venv/bin/python examples/trip_planner.py`) the default,
+`hotloop-sim:generic:1`, drives the agents with placeholder arguments and canned answers; on
+any other Responses server, set `HOTLOOP_MODEL` to a model that can call tools. Such a model
+decides for itself whether to ask both specialists in one turn and how often to search; the
+output reports what happened.
+
+Environment variables (all optional):
+
+    BASE_URL         a Responses server (`http://host:port/v1`) to run against; default: none,
+                     the example starts a gateway of its own in-process
+    HOTLOOP_MODEL    with BASE_URL, the model every agent uses; default: `hotloop-sim:generic:1`
+                     (one tool turn, then an answer; served by every `hotloop gateway`)
+    OPENAI_API_KEY   with BASE_URL, the bearer token `hotloop.connect` sends; default: none
+    HOTLOOP_PROFILE  the in-process simulated model's latency profile (`fast`, `frontier`,
+                     `zero`, ...); default: `fast`; with BASE_URL the server decides
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import hotloop
@@ -63,17 +81,24 @@ async def search_hotels(context: RunContext[Trip], city: str, nights: int) -> st
     return f"Hotel Artemide, {city}, {nights} nights, 390 EUR"
 
 
-MODEL = os.environ.get("HOTLOOP_MODEL", "hotloop-sim")
-flights = Agent(f"{MODEL}:flights", "You find flights.", [search_flights], name="flights")
-hotels = Agent(f"{MODEL}:hotels", "You find hotels.", [search_hotels], name="hotels")
-planner = Agent(
-    f"{MODEL}:planner",
-    "You plan trips; give each specialist its part of the work.",
-    [flights.as_tool(), hotels.as_tool()],
-    name="planner",
-)
+#: The model of every agent with BASE_URL and no HOTLOOP_MODEL: every hotloop gateway serves
+#: it (the simulated model's generic mode: it calls the tools offered once, then answers).
+DEFAULT_MODEL = "hotloop-sim:generic:1"
 
-# -- the simulated models' scripts (a real model decides this itself) ---------------------------
+
+def make_planner(model: Callable[[str], str]) -> Agent:
+    """The planner and its two specialists; ``model(name)`` is the model of the agent ``name``."""
+    flights = Agent(model("flights"), "You find flights.", [search_flights], name="flights")
+    hotels = Agent(model("hotels"), "You find hotels.", [search_hotels], name="hotels")
+    return Agent(
+        model("planner"),
+        "You plan trips; give each specialist its part of the work.",
+        [flights.as_tool(), hotels.as_tool()],
+        name="planner",
+    )
+
+
+# -- the in-process simulated models' scripts, one per agent (a real model decides this itself) --
 
 PLANNER = Scenario(
     name="planner",
@@ -106,7 +131,7 @@ HOTELS = Scenario(
 )
 
 
-async def plan(base_url: str) -> None:
+async def plan(base_url: str, planner: Agent) -> None:
     trip = Trip(traveller="Ada")
     async with hotloop.connect(base_url) as client:
         started = time.perf_counter()
@@ -130,12 +155,14 @@ async def plan(base_url: str) -> None:
 async def main() -> None:
     base_url = os.environ.get("BASE_URL")
     if base_url:
-        await plan(base_url)
+        model = os.environ.get("HOTLOOP_MODEL", DEFAULT_MODEL)
+        await plan(base_url, make_planner(lambda name: model))
         return
     profile = os.environ.get("HOTLOOP_PROFILE", "fast")
     backend = SimBackend(PLANNER, profile, extra_scenarios={"flights": FLIGHTS, "hotels": HOTELS})
     async with GatewayServer(backend) as server:
-        await plan(server.base_url)
+        # Each agent plays its own script: `hotloop-sim:<name>` (the backend's names above).
+        await plan(server.base_url, make_planner(lambda name: f"hotloop-sim:{name}"))
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def test_coding_writes_and_tests() -> None:
     coding = load_scenario("coding")
     patches = _calls(coding, "apply_patch")
     assert len(patches) >= 2
-    assert coding.tools["apply_patch"].effects.writes == ("file:{path}",)
+    assert coding.tools["apply_patch"].effects.writes == ("repo/{path}",)
     # One turn patches two different files in parallel.
     assert any(
         len({codec.loads(c.arguments)["path"] for c in turn.calls if c.name == "apply_patch"}) == 2
@@ -201,12 +201,12 @@ def test_coding_output_sizes_and_reads() -> None:
     sizes = [tool.output_bytes for tool in coding.tools.values()]
     assert min(sizes) < 1024 and max(sizes) > 3072
     read_file = coding.tools["read_file"]
-    assert read_file.effects.reads == ("file:{path}",)
+    assert read_file.effects.reads == ("repo/{path}",)
     assert 1024 <= read_file.output_bytes <= 6144
     assert 30 <= read_file.latency_ms <= 60
     assert 50 <= coding.tools["grep"].latency_ms <= 150
     assert coding.tools["grep"].effects.reads == ("repo",)
-    assert coding.tools["list_dir"].effects.reads == ("dir:{path}",)
+    assert coding.tools["list_dir"].effects.reads == ("repo/{path}",)
     # Parallel reads in one turn touch different files.
     for turn in coding.turns:
         paths = [codec.loads(c.arguments)["path"] for c in turn.calls if c.name == "read_file"]

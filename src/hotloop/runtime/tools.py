@@ -2,7 +2,7 @@
 
 ::
 
-    @tool(reads=["file:{path}"])
+    @tool(reads=["repo/{path}"])
     async def read_file(path: str) -> str:
         \"\"\"Read a file of the repository.
 
@@ -16,7 +16,7 @@ Arguments are parsed and validated once per call, straight from the JSON string 
 streamed (``model_validate_json``), before the function runs.
 
 Effects tell the scheduler what may overlap: ``reads`` / ``writes`` are resource keys, as
-templates filled from the validated arguments (``"file:{path}"``) or callables of them;
+templates filled from the validated arguments (``"repo/{path}"``) or callables of them;
 ``pure=True`` touches nothing shared. A tool that declares none of these is **exclusive**: it
 runs alone, which is always safe. ``idempotent=True`` says running it twice is harmless.
 ``timeout`` bounds one call (seconds). Synchronous functions run in a worker thread so they
@@ -77,7 +77,7 @@ __all__ = [
     "tool",
 ]
 
-#: A resource key template (``"file:{path}"``) or a function of the validated arguments.
+#: A resource key template (``"repo/{path}"``) or a function of the validated arguments.
 ResourceSpec: TypeAlias = str | Callable[[Mapping[str, Any]], Iterable[str]]
 
 

@@ -14,7 +14,7 @@ A scenario is a JSON file (bundled ones live in ``hotloop/sim/scenarios/``)::
                          "required": ["path"]},
           "latency_ms": 40,                        # how long executing it takes
           "output_bytes": 2400,                    # size of the result it returns
-          "effects": {"reads": ["file:{path}"]},   # or {"writes": [...]}, {"pure": true}, ...
+          "effects": {"reads": ["repo/{path}"]},   # or {"writes": [...]}, {"pure": true}, ...
           "cache": true                            # its results may be cached (reads only)
         },
         "grep": {
