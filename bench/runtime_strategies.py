@@ -59,6 +59,7 @@ from typing import Any
 
 import httpx
 
+from hotloop.bench.command import non_negative
 from hotloop.bench.strategies import (
     Strategy,
     strategy_agent,
@@ -576,7 +577,7 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5, help="repetitions per strategy (≥ 5)")
     parser.add_argument(
         "--tool-time-scale",
-        type=float,
+        type=non_negative,
         default=None,
         help="multiply the tools' latencies (default 1, or 0 with --profile zero)",
     )

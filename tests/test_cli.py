@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import re
 import signal
@@ -19,7 +20,7 @@ from rich.console import Console
 import hotloop
 import hotloop.demo
 from hotloop import Agent, Runner
-from hotloop.cli import main
+from hotloop.cli import _bind_error, _parser, main
 from hotloop.demo import check_run, run_demo
 from hotloop.runtime.events import RunResult, StepRecord, ToolRecord
 from hotloop.sim.scenario import load_scenario
@@ -29,6 +30,8 @@ from hotloop.transport import Transport
 from hotloop.wire.responses import Usage
 
 CODING = load_scenario("coding")
+GATEWAY = (sys.executable, "-m", "hotloop.cli", "gateway")
+UPSTREAM = ("--upstream", "http://127.0.0.1:9/v1")
 
 
 def _free_port() -> int:
@@ -247,3 +250,206 @@ def test_sigterm_ends_the_gateway_as_the_signal_does() -> None:
     # Shut down gracefully first (uvicorn's last line), then ended by the signal.
     assert returncode == -signal.SIGTERM
     assert "Traceback" not in errors
+
+
+def test_gateway_on_a_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*GATEWAY, "--profile", "zero", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"hotloop: error: cannot listen on 127.0.0.1:{port}: ")
+    assert "already in use" in done.stderr and "--port" in done.stderr
+    assert done.stdout == ""  # no startup line: the gateway never served
+
+
+def test_gateway_on_an_unknown_host_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gateway", "--profile", "zero", "--host", "no-such-host.invalid"]) == 2
+    errors = capsys.readouterr().err
+    assert errors.startswith("hotloop: error: cannot listen on no-such-host.invalid:8000: ")
+    assert "--host" in errors and errors.count("\n") == 1 and "Traceback" not in errors
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(errno.EADDRINUSE, "Address already in use"), "already in use"),
+        (PermissionError(errno.EACCES, "Permission denied"), "permission denied"),
+        (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), "not an address"),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "cannot resolve"),
+        (OSError(errno.EINVAL, "Invalid argument"), "invalid argument; check --host and --port"),
+    ],
+)
+def test_every_bind_failure_names_the_address_and_what_to_change(
+    error: OSError, expected: str
+) -> None:
+    message = _bind_error("example.test", 80, error)
+    assert message.startswith("cannot listen on example.test:80: ")
+    assert expected in message and "\n" not in message
+    assert "--port" in message or "--host" in message
+
+
+def test_a_port_out_of_range_is_refused_by_argparse(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["gateway", "--port", "70000"])
+    assert exited.value.code == 2
+    assert "argument --port: expected a port number from 0 to 65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            [*UPSTREAM, "--scenario", "support", "--profile", "frontier", "--latency", "ttft_s=3"],
+            "--scenario, --profile and --latency configure the simulated model; "
+            "drop them with --upstream/--config (a real upstream has its own)",
+        ),
+        (
+            [*UPSTREAM, "--seed", "7"],
+            "--seed configures the simulated model; drop it with --upstream/--config",
+        ),
+        (
+            [*UPSTREAM, "--replicas", "2", "--replica-slots", "4"],
+            "--replicas and --replica-slots configure the simulated model",
+        ),
+        (
+            ["--config", "upstreams.toml", "--profile", "zero", "--model-profile", "a=fast"],
+            "--profile and --model-profile configure the simulated model",
+        ),
+    ],
+)
+def test_gateway_refuses_simulated_model_options_with_a_real_upstream(
+    options: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gateway", *options, "--port", "0"]) == 2
+    errors = capsys.readouterr().err
+    assert errors.startswith("hotloop: error: ") and expected in errors
+    assert errors.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            ["--model", "a=b", "--chain"],
+            "--model and --chain configure --upstream; give the upstream's URL with --upstream",
+        ),
+        (["--api", "responses"], "--api configures --upstream"),
+        (
+            ["--config", "upstreams.toml", "--websocket"],
+            "--websocket configures --upstream; with --config, set them for each upstream",
+        ),
+    ],
+)
+def test_gateway_refuses_upstream_options_without_an_upstream(
+    options: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gateway", *options, "--port", "0"]) == 2
+    errors = capsys.readouterr().err
+    assert errors.startswith("hotloop: error: ") and expected in errors
+    assert errors.count("\n") == 1
+
+
+def test_a_store_that_cannot_be_opened_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no such directory" / "responses.sqlite"
+    assert main(["gateway", "--store", str(missing), "--port", "0"]) == 2
+    errors = capsys.readouterr().err
+    assert (
+        errors == f"hotloop: error: cannot open the store {missing}: unable to open database file\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["demo", "bench"])
+@pytest.mark.parametrize("value", ["-1", "-0.5", "nan", "inf", "fast"])
+def test_tool_time_scale_must_be_a_number_at_least_zero(
+    command: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, f"--tool-time-scale={value}"])
+    assert exited.value.code == 2
+    errors = capsys.readouterr().err
+    assert f"argument --tool-time-scale: expected a number >= 0, got '{value}'" in errors
+    assert _parser().parse_args([command, "--tool-time-scale", "0"]).tool_time_scale == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "choices"), [([], "{gateway,demo,bench,trace,report}"), (["trace"], "{show}")]
+)
+def test_a_missing_subcommand_names_the_choices(
+    argv: list[str], choices: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    errors = capsys.readouterr().err
+    assert errors.splitlines()[-1].endswith(
+        f"error: the following arguments are required: {choices}"
+    )
+    assert "command" not in errors.splitlines()[-1]  # not the internal dest
+
+
+HEDGED = ("--replicas", "2", "--hedge", "auto", "--hedge-stall", "2", "--log-level", "warning")
+
+
+def test_the_startup_line_names_the_hedging() -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [*GATEWAY, "--profile", "zero", "--port", str(port), *HEDGED],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+    assert "profile 'zero', 2 replicas; hedge auto (budget 0.1, stall 2 s); models: " in line
+    assert line.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("naive_s", "hotloop_s", "expected"),
+    [
+        (12.683, 3.961, "3.20x faster than the naive loop (12.68 s → 3.96 s)."),
+        (1.118, 1.124, "1.01x slower than the naive loop (1.118 s → 1.124 s)."),
+        (1.12, 1.12, "about as fast as the naive loop (1.12 s → 1.12 s)."),
+        (1.1234, 1.1251, "about as fast as the naive loop (1.123 s → 1.125 s)."),
+        (0.0823, 0.0282, "2.92x faster than the naive loop (0.0823 s → 0.0282 s)."),
+        (0.1001, 0.1, "about as fast as the naive loop (0.10 s → 0.10 s)."),
+    ],
+)
+def test_the_headline_never_contradicts_its_figures(
+    naive_s: float, hotloop_s: float, expected: str
+) -> None:
+    headline = hotloop.demo._headline(naive_s, hotloop_s, "scenario")
+    assert headline.plain == f"hotloop finished the scenario {expected}"
+    verdict = {"faster": "bold green", "slower": "bold red"}.get(expected.split()[1], "bold")
+    assert [span.style for span in headline.spans] == [verdict]
+    # The comparison table shows the same figures, beside a ratio they agree with too.
+    figures = re.findall(r"([\d.]+) s", headline.plain)
+    assert tuple(figures) == hotloop.demo._wall_times(naive_s, hotloop_s)
+    naive, fast = map(float, figures)
+    assert hotloop.demo._ratio(naive, fast) == hotloop.demo._ratio(naive_s, hotloop_s)
+
+
+def test_the_headline_is_one_line_whatever_the_width() -> None:
+    """Printed as the demo prints it, rich never breaks the headline (between a number and its
+    unit, say): the terminal wraps it, a file or a pipe gets it whole."""
+    headline = hotloop.demo._headline(123.456, 11.503, "scenario")
+    for width in (20, 40, 80):
+        out = io.StringIO()
+        Console(file=out, width=width).print(headline, soft_wrap=True, highlight=False)
+        assert out.getvalue() == headline.plain + "\n"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +57,17 @@ def _positive(value: str) -> int:
     return number
 
 
+def _port(value: str) -> int:
+    """A TCP port number, 0 to 65535 (0: any free port)."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {value!r}")
+    return port
+
+
 def _hedge_delay(value: str) -> float | str:
     """``auto`` (the adaptive delay) or a non-negative number of seconds."""
     if value == "auto":
@@ -82,6 +95,76 @@ def _hedging(args: argparse.Namespace) -> HedgeSettings | None:
         raise HotloopError("--hedge needs --replicas 2 or more (a hedge goes to another one)")
     delay = None if args.hedge == "auto" else float(args.hedge)
     return HedgeSettings(delay=delay, budget=args.hedge_budget, stall=args.hedge_stall)
+
+
+def _hedging_summary(hedging: HedgeSettings) -> str:
+    """How the startup line names the hedging in effect, e.g. ``hedge auto (budget 0.1)``."""
+    delay = "auto" if hedging.delay is None else f"{hedging.delay:g} s"
+    stall = f", stall {hedging.stall:g} s" if hedging.stall is not None else ""
+    return f"hedge {delay} (budget {hedging.budget:g}{stall})"
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    """The one line saying why the gateway cannot listen on ``host:port``."""
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"cannot listen on {where}: cannot resolve {host!r} to an IPv4 address "
+            f"({exc.strerror or exc}); give --host an address of this machine, e.g. 127.0.0.1"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the address is already in use (another gateway?); "
+            "choose another port with --port"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"cannot listen on {where}: permission denied (ports below 1024 need privileges); "
+            "choose another port with --port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"cannot listen on {where}: {host} is not an address of this machine; "
+            "give --host one of its addresses, e.g. 127.0.0.1"
+        )
+    reason = (exc.strerror or str(exc)).rstrip(".")
+    return f"cannot listen on {where}: {reason[:1].lower()}{reason[1:]}; check --host and --port"
+
+
+def _sim_only_options(args: argparse.Namespace) -> list[str]:
+    """The options given that configure only the simulated model (``gateway``)."""
+    given = {
+        "--scenario": args.scenario is not None,
+        "--profile": args.profile is not None,
+        "--latency": bool(args.latency),
+        "--model-profile": bool(args.model_profile),
+        "--replicas": args.replicas != 1,
+        "--replica-slots": args.replica_slots is not None,
+        "--seed": args.seed != 0,
+    }
+    return [option for option, set_ in given.items() if set_]
+
+
+def _upstream_only_options(args: argparse.Namespace) -> list[str]:
+    """The options given that configure only an ``--upstream`` (``gateway``)."""
+    given = {
+        "--api": args.api != "chat",
+        "--model": bool(args.model),
+        "--api-key-env": args.api_key_env is not None,
+        "--chain": args.chain,
+        "--websocket": args.websocket,
+    }
+    return [option for option, set_ in given.items() if set_]
+
+
+def _listing(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _require_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Name the choices, not the internal ``dest``, when no subcommand is given."""
+    subparsers.metavar = "{" + ",".join(subparsers.choices) + "}"
 
 
 def _api_key(entry: str) -> tuple[str, str]:
@@ -138,6 +221,8 @@ def _add_upstream_options(
 
 
 def _parser() -> argparse.ArgumentParser:
+    from hotloop.bench.command import add_arguments, non_negative
+
     parser = argparse.ArgumentParser(prog="hotloop", description="Fast tool-calling agent loops.")
     parser.add_argument("--version", action="version", version=f"hotloop {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -166,16 +251,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     gateway.add_argument(
         "--scenario",
-        default="coding",
-        help=f"bundled scenario ({', '.join(bundled_scenarios())}) or a path to a JSON file",
+        default=None,
+        help=f"the simulated model's scenario: bundled ({', '.join(bundled_scenarios())}; "
+        "default: coding) or a path to a JSON file (not with --upstream/--config)",
     )
-    gateway.add_argument("--profile", choices=sorted(PROFILES), default="fast")
+    gateway.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="the simulated model's latency profile (default: fast; not with --upstream/--config)",
+    )
     gateway.add_argument(
         "--latency",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one latency parameter of the default model, e.g. --latency ttft_s=0.5",
+        help="override one latency parameter of the default model, e.g. --latency ttft_s=0.5 "
+        "(not with --upstream/--config)",
     )
     gateway.add_argument(
         "--model-profile",
@@ -232,7 +324,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --hedge: hedges at most this share of turns (default: 0.1)",
     )
     gateway.add_argument("--host", default="127.0.0.1")
-    gateway.add_argument("--port", type=int, default=8000)
+    gateway.add_argument("--port", type=_port, default=8000)
     gateway.add_argument(
         "--api-key",
         action="append",
@@ -306,7 +398,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(config=None, backend=None)  # what _upstream_backend also reads
     demo.add_argument(
         "--tool-time-scale",
-        type=float,
+        type=non_negative,
         default=1.0,
         help="multiply the scenario's tool latencies (0 = instant tools)",
     )
@@ -324,8 +416,6 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="run the agent-loop strategies side by side, interleaved; report figures"
     )
-    from hotloop.bench.command import add_arguments
-
     add_arguments(bench)
 
     trace = commands.add_parser("trace", help="look at saved traces (JSONL files of a Tracer)")
@@ -333,6 +423,7 @@ def _parser() -> argparse.ArgumentParser:
     show = trace_commands.add_parser("show", help="draw a waterfall of each run in a trace file")
     show.add_argument("file", type=Path, help="a JSONL trace file (hotloop.trace.JSONLSink)")
     show.add_argument("--width", type=int, default=None, help="columns (default: the terminal's)")
+    _require_command(trace_commands)
 
     report = commands.add_parser(
         "report",
@@ -354,6 +445,7 @@ def _parser() -> argparse.ArgumentParser:
         "suffix, e.g. runs.jsonl -> runs.html)",
     )
     report.add_argument("--title", default=None, metavar="TEXT", help="the report's heading")
+    _require_command(commands)
     return parser
 
 
@@ -393,16 +485,28 @@ def _upstream_backend(args: argparse.Namespace) -> Backend | None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    profile = get_profile(args.profile, _latency_overrides(args.latency))
+    profile = get_profile(args.profile or "fast", _latency_overrides(args.latency))
     hedging = _hedging(args)
-    upstream = _upstream_backend(args)
-    if upstream is not None and (
-        args.model_profile or args.replicas != 1 or args.replica_slots or args.seed
-    ):
+    sim_only = _sim_only_options(args)
+    if sim_only and (args.upstream or args.config is not None):
         raise HotloopError(
-            "--model-profile, --replicas, --replica-slots and --seed configure the simulated "
-            "model; drop them with --upstream/--config"
+            f"{_listing(sim_only)} {'configures' if len(sim_only) == 1 else 'configure'} the "
+            f"simulated model; drop {'it' if len(sim_only) == 1 else 'them'} with "
+            "--upstream/--config (a real upstream has its own)"
         )
+    upstream_only = _upstream_only_options(args)
+    if upstream_only and not args.upstream:
+        raise HotloopError(
+            f"{_listing(upstream_only)} {'configures' if len(upstream_only) == 1 else 'configure'}"
+            " --upstream; "
+            + (
+                "with --config, set them for each upstream in the file"
+                if args.config is not None
+                else "give the upstream's URL with --upstream"
+            )
+        )
+    upstream = _upstream_backend(args)
+    scenario = args.scenario or "coding"
     config = GatewayConfig(
         api_keys=frozenset(key for key, _ in args.api_key) if args.api_key else None,
         tenants={key: tenant for key, tenant in args.api_key if tenant},
@@ -412,30 +516,32 @@ async def _serve(args: argparse.Namespace) -> None:
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
     )
-    server = GatewayServer(
+    backend = (
         upstream
         if upstream is not None
         else SimBackend(
-            args.scenario,
+            scenario,
             profile,
             models=dict(args.model_profile),
             replicas=args.replicas,
             seed=args.seed,
             replica_slots=args.replica_slots,
             hedging=hedging,
-        ),
-        config,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
+        )
     )
+    try:
+        server = GatewayServer(
+            backend, config, host=args.host, port=args.port, log_level=args.log_level
+        )
+    except OSError as exc:  # the port is taken, a privileged port, an unknown host...
+        raise HotloopError(_bind_error(args.host, args.port, exc)) from None
     what = (
         f"upstream {', '.join(args.upstream) or args.config}"
         if upstream is not None
-        else f"scenario {args.scenario!r}, profile {profile.name!r}"
+        else f"scenario {scenario!r}, profile {profile.name!r}"
         + "".join(f", @{name} {name_profile!r}" for name, name_profile in args.model_profile)
         + (f", {args.replicas} replicas" if args.replicas != 1 else "")
-    )
+    ) + (f"; {_hedging_summary(hedging)}" if hedging is not None else "")
 
     def ready() -> None:
         print(

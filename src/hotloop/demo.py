@@ -141,7 +141,7 @@ class _AnyArguments(Tool):
     The model is offered the scenario's schema, but nothing checks its arguments against it:
     a real model (or the tests' tiny one, which fills every argument with a placeholder) may
     send values the script never would, and the demo measures the loop, not the model's
-    aim. Resource templates (``file:{path}``) fill a missing argument with nothing.
+    aim. Resource templates (``repo/{path}``) fill a missing argument with nothing.
     """
 
     def parse(self, arguments: str) -> dict[str, Any]:
@@ -514,6 +514,52 @@ def _real_subtitle(setup: _Setup, upstream: DemoUpstream) -> str:
 # -- the comparison ---------------------------------------------------------------------------
 
 
+def _ratio(naive_s: float, hotloop_s: float) -> str:
+    """The comparison table's ``hotloop / naive`` cell."""
+    return f"{hotloop_s / naive_s:.2f}x" if naive_s else "-"
+
+
+def _wall_times(naive_s: float, hotloop_s: float) -> tuple[str, str]:
+    """Both wall times in seconds, to 2 decimals or as many more (up to nanoseconds) as it
+    takes for the figures' own ratio to read as the ratio printed beside them (the table's
+    ``hotloop / naive``, the headline's verdict): never two equal figures beside 1.01x."""
+    shown = (_ratio(naive_s, hotloop_s), _verdict(naive_s, hotloop_s))
+    for digits in range(2, 10):
+        naive, fast = f"{naive_s:.{digits}f}", f"{hotloop_s:.{digits}f}"
+        if (_ratio(float(naive), float(fast)), _verdict(float(naive), float(fast))) == shown:
+            break
+    return naive, fast
+
+
+def _verdict(naive_s: float, hotloop_s: float) -> str:
+    """``3.20x faster``, ``1.25x slower``, or ``about as fast as`` when the ratio shows as 1.00x."""
+    speedup = max(naive_s, 1e-9) / max(hotloop_s, 1e-9)
+    if f"{speedup:.2f}" != "1.00" and speedup >= 1:
+        return f"{speedup:.2f}x faster"
+    if f"{1 / speedup:.2f}" != "1.00" and speedup < 1:
+        return f"{1 / speedup:.2f}x slower"
+    return "about as fast as"
+
+
+def _headline(naive_s: float, hotloop_s: float, what: str) -> Text:
+    """``hotloop finished the <what> 3.20x faster than the naive loop (3.20 s → 1.00 s).``
+
+    "faster" or "slower" by the ratio of the wall times as shown (2 decimals); a ratio that
+    shows as 1.00x reads "about as fast as". The times have as many decimals as it takes for
+    their own ratio to read the same. Print it with ``soft_wrap=True``: rich would otherwise
+    break the line anywhere, between a number and its unit too.
+    """
+    verdict = _verdict(naive_s, hotloop_s)
+    naive, fast = _wall_times(naive_s, hotloop_s)
+    style = {"faster": "bold green", "slower": "bold red"}.get(verdict.rpartition(" ")[2], "bold")
+    return Text.assemble(
+        f"hotloop finished the {what} ",
+        (verdict, style),
+        " the naive loop" if verdict == "about as fast as" else " than the naive loop",
+        f" ({naive} s → {fast} s).",
+    )
+
+
 def _comparison(naive: ReportRun, fast: ReportRun) -> Table:
     table = Table(title="naive loop vs hotloop", title_style="bold", title_justify="left")
     table.add_column("")
@@ -551,7 +597,12 @@ def _comparison(naive: ReportRun, fast: ReportRun) -> Table:
         rows.append((label, values[0], values[1], seconds))
     for label, old, new, seconds in rows:
         comparable = naive.result is not None and fast.result is not None
-        ratio = f"{new / old:.2f}x" if comparable and old and new is not None else "-"
+        ratio = _ratio(old, new) if comparable and old and new is not None else "-"
+        if seconds and comparable and old and new is not None:
+            # The headline's figures: as many decimals as the ratios shown need.
+            shown = _wall_times(old, new)
+            table.add_row(label, f"{shown[0]} s", f"{shown[1]} s", ratio)
+            continue
         table.add_row(label, cells(old, seconds), cells(new, seconds), ratio)
     return table
 
@@ -647,18 +698,12 @@ async def run_demo(
         naive, fast = runs
     console.print(_comparison(naive, fast))
     if naive.result is not None and fast.result is not None:
-        speedup = naive.result.wall_ns / max(1, fast.result.wall_ns)
-        verdict = (
-            f"[bold green]{speedup:.2f}x faster[/]"
-            if speedup >= 1
-            else f"[bold red]{1 / speedup:.2f}x slower[/]"
+        headline = _headline(
+            naive.result.wall_ns / 1e9,
+            fast.result.wall_ns / 1e9,
+            "task" if setup.real else "scenario",
         )
-        console.print(
-            f"hotloop finished the {'task' if setup.real else 'scenario'} {verdict} than the "
-            f"naive loop ({naive.result.wall_ns / 1e9:.2f} s → "
-            f"{fast.result.wall_ns / 1e9:.2f} s).",
-            highlight=False,
-        )
+        console.print(headline, soft_wrap=True, highlight=False)
         paths = (naive.result.turns, naive.result.tool_calls)
         if setup.real and paths != (fast.result.turns, fast.result.tool_calls):
             console.print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import socket
 from collections.abc import Callable
@@ -12,12 +13,21 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 
 import hotloop.bench.strategies
 import hotloop.testing
-from hotloop.bench.report import default_report_stem, summarize, to_markdown
+from hotloop.bench.command import print_tables
+from hotloop.bench.report import (
+    avoidance_table,
+    default_report_stem,
+    phase_table,
+    strategy_table,
+    summarize,
+    to_markdown,
+)
 from hotloop.bench.runner import BenchConfig, Progress, gateway_subprocess, rotated, run_bench
-from hotloop.bench.strategies import STRATEGIES, run_once, strategy_named
+from hotloop.bench.strategies import STRATEGIES, RunRecord, run_once, strategy_named
 from hotloop.cli import main
 from hotloop.errors import HotloopError
 from hotloop.gateway import GatewayServer
@@ -54,6 +64,7 @@ def test_bench_runs_every_strategy_and_writes_matching_reports(
     for name in NAMES:
         assert re.search(rf"│ {re.escape(name)}\s+│\s+1/1 │", captured.out), name
     assert "lower bound 0.800 s" in captured.out
+    assert "…" not in captured.out  # stdout is not a terminal: nothing is cut short
     assert "rep 1 hotloop" in captured.err  # the progress view's line per run
 
     report = codec.loads(json_path.read_bytes())
@@ -90,6 +101,56 @@ def test_bench_runs_every_strategy_and_writes_matching_reports(
     details = report["runs_detail"]
     assert len(details) == len(NAMES)
     assert all(run["ok"] and run["turns"] == len(SUPPORT.turns) for run in details)
+
+
+def _wide_report() -> dict[str, Any]:
+    """A report of every strategy with wide figures, summarized from made-up runs."""
+    config = BenchConfig(SUPPORT, get_profile("zero"), STRATEGIES, runs=1, tool_time_scale=0)
+    records = [
+        RunRecord(
+            strategy.name,
+            repetition=1,
+            position=index,
+            ok=True,
+            wall_s=1234.5678 - index,
+            client_cpu_s=98.765,
+            turns=len(SUPPORT.turns),
+            requests=1500,
+            bytes_sent=123_456_789,
+            phases=dict.fromkeys(("model_s", "tool_wait_s", "loop_s", "tool_hidden_s"), 999.9),
+            cache_hits=1234,
+            speculations_used=567,
+            speculations_wasted=89,
+            invalidations=4321,
+            summaries=765,
+            outputs_digest="same",
+        )
+        for index, strategy in enumerate(STRATEGIES)
+    ]
+    return summarize(config, records)
+
+
+def test_no_header_or_cell_is_cut_short_when_stdout_is_not_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("COLUMNS", "80")
+    report = _wide_report()
+    console = print_tables(report)
+    out = capsys.readouterr().out
+    assert not console.is_terminal and console.width > 110
+    assert "…" not in out
+    tables = [strategy_table(report), phase_table(report), avoidance_table(report)]
+    for table in tables:
+        rows = _table_rows(out[out.index(table.caption) :], len(table.columns), border="│")
+        assert list(rows) == [row[0] for row in table.rows]
+        assert [tuple(cells) for cells in rows.values()] == list(table.rows)  # every cell whole
+        header = next(line for line in out[out.index(table.caption) :].splitlines() if "┃" in line)
+        assert [cell.strip() for cell in header.strip("┃").split("┃")] == list(table.columns)
+    # A console given (a terminal, a test's) keeps its width.
+    given = Console(file=io.StringIO(), width=100)
+    assert print_tables(report, given) is given and given.width == 100
 
 
 def test_an_unknown_latency_key_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

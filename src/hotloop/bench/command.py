@@ -12,20 +12,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
+from rich.table import Table
 
-from hotloop.bench.report import default_report_stem, render_table, summarize, write_reports
+from hotloop.bench.report import (
+    avoidance_table,
+    default_report_stem,
+    phase_table,
+    render_table,
+    strategy_table,
+    summarize,
+    write_reports,
+)
 from hotloop.bench.runner import BenchConfig, Progress, run_bench
 from hotloop.bench.strategies import STRATEGIES, RunRecord, strategy_named
 from hotloop.errors import HotloopError
 from hotloop.sim.latency import PROFILES, LatencyProfile, get_profile
 from hotloop.sim.scenario import bundled_scenarios, load_scenario
 
-__all__ = ["add_arguments", "run_command"]
+__all__ = ["add_arguments", "non_negative", "print_tables", "run_command"]
+
+#: The least width of the tables' console when stdout is not a terminal (a file, a pipe).
+_MIN_FILE_WIDTH = 110
+
+
+def non_negative(value: str) -> float:
+    """An argparse type: a finite number >= 0 (``--tool-time-scale``: 0 = instant tools)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not (number >= 0 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
         "--tool-time-scale",
-        type=float,
+        type=non_negative,
         default=1.0,
         help="multiply the scenario's tool latencies (0 = instant tools)",
     )
@@ -157,13 +182,38 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-def run_command(args: argparse.Namespace, console: Console | None = None) -> int:
-    """Run ``hotloop bench`` from parsed arguments; returns the exit status."""
-    config = _config(args)  # raises HotloopError (exit 2) before anything starts
+def _tables_width(report: dict[str, Any], console: Console) -> int:
+    """The columns the report's tables take with no cell or header cut short."""
+    widths = [_MIN_FILE_WIDTH]
+    for text_table in (strategy_table(report), phase_table(report), avoidance_table(report)):
+        table = Table()  # laid out as render_table lays it out: default box and padding
+        for column in text_table.columns:
+            table.add_column(column, no_wrap=True)
+        for row in text_table.rows:
+            table.add_row(*row)
+        unbounded = console.options.update_width(10_000)  # measured at its natural width
+        widths.append(console.measure(table, options=unbounded).maximum)
+    return max(widths)
+
+
+def print_tables(report: dict[str, Any], console: Console | None = None) -> Console:
+    """Print the report's tables on stdout (or ``console``); returns the console used.
+
+    Not on a terminal (a file, a pipe, a CI log) the console is made as wide as the widest
+    table needs, so that no header or cell is cut short ("…"): the output then holds the same
+    cells as the Markdown report. A terminal keeps its own width.
+    """
     if console is None:
         console = Console()
         if not console.is_terminal:
-            console = Console(width=max(console.width, 110))
+            console = Console(width=max(console.width, _tables_width(report, console)))
+    render_table(report, console)
+    return console
+
+
+def run_command(args: argparse.Namespace, console: Console | None = None) -> int:
+    """Run ``hotloop bench`` from parsed arguments; returns the exit status."""
+    config = _config(args)  # raises HotloopError (exit 2) before anything starts
     errors = Console(stderr=True)
     view: _ProgressView | None = None
     if not args.no_progress:
@@ -180,7 +230,7 @@ def run_command(args: argparse.Namespace, console: Console | None = None) -> int
     else:
         records = asyncio.run(run_bench(config, _RunLines(errors)))
     report = summarize(config, records)
-    render_table(report, console)
+    console = print_tables(report, console)
     stem = default_report_stem(config.scenario.name, config.profile.name, config.rtt_ms)
     written = write_reports(
         report, args.json or stem.with_suffix(".json"), args.markdown or stem.with_suffix(".md")

@@ -314,9 +314,14 @@ def _failures(report: dict[str, Any]) -> list[str]:
 
 
 def _rich_table(table: TextTable) -> Table:
+    """``table`` for a console: in one narrower than the table, headers wrap and long cells
+    fold onto a second line (the first column, the row's name, stays whole); nothing is cut."""
     rich = Table()
     for index, column in enumerate(table.columns):
-        rich.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
+        if index == 0:
+            rich.add_column(column, no_wrap=True)
+        else:
+            rich.add_column(column, justify="right", overflow="fold")
     for row, style in zip(table.rows, table.styles, strict=True):
         rich.add_row(*row, style=style)
     return rich

@@ -382,7 +382,11 @@ class GatewayServer:
         # ACKs and every small frame after a large one waits ~40 ms (measured).
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
+        try:
+            self._socket.bind((host, port))
+        except BaseException:  # the port is taken, privileged, the host unknown: raised as is
+            self._socket.close()
+            raise
         self.port: int = self._socket.getsockname()[1]
         limits = self.gateway.config
         max_bytes = limits.max_message_bytes

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from hotloop.errors import HotloopError
 from hotloop.protocol.conversation import Conversation
 from hotloop.wire import codec
 from hotloop.wire.items import Item, item_from_dict
@@ -177,7 +178,12 @@ class SQLiteStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def open(self) -> None:
-        await self._run(self._connect)
+        """Open (or create) the database: a file that cannot be opened is a ``HotloopError``
+        naming it, at start-up rather than at the first stored response."""
+        try:
+            await self._run(self._connect)
+        except sqlite3.Error as exc:
+            raise HotloopError(f"cannot open the store {self.path}: {exc}") from exc
 
     async def save(
         self,

@@ -715,7 +715,7 @@ def _serve(args: argparse.Namespace) -> int:  # pragma: no cover - the server's 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hotloop.testing.llamacpp")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{build,serve}")
     build = commands.add_parser("build", help="write the tiny tool-calling model, print its path")
     build.add_argument("cache_dir", type=Path)
     build.add_argument("--answer-after", type=int, default=2)
