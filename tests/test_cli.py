@@ -330,7 +330,12 @@ def test_a_port_out_of_range_is_refused_by_argparse(capsys: pytest.CaptureFixtur
 def test_gateway_refuses_simulated_model_options_with_a_real_upstream(
     options: list[str], expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["gateway", *options, "--port", "0"]) == 2
+    assert_refused(["gateway", *options, "--port", "0"], expected, capsys)
+
+
+def assert_refused(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``argv`` exits 2 with one line, ``hotloop: error: ...`` holding ``expected``."""
+    assert main(argv) == 2
     errors = capsys.readouterr().err
     assert errors.startswith("hotloop: error: ") and expected in errors
     assert errors.count("\n") == 1
@@ -353,10 +358,7 @@ def test_gateway_refuses_simulated_model_options_with_a_real_upstream(
 def test_gateway_refuses_upstream_options_without_an_upstream(
     options: list[str], expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["gateway", *options, "--port", "0"]) == 2
-    errors = capsys.readouterr().err
-    assert errors.startswith("hotloop: error: ") and expected in errors
-    assert errors.count("\n") == 1
+    assert_refused(["gateway", *options, "--port", "0"], expected, capsys)
 
 
 def test_a_store_that_cannot_be_opened_is_one_line(
