@@ -39,8 +39,9 @@ typecheck:
 layers:
 	$(BIN)/lint-imports
 
+# One worker per CPU: most tests wait on loopback sockets and simulated latency.
 pytest:
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 bench-gateway: setup
 	$(BIN)/python bench/gateway_turns.py

@@ -717,7 +717,9 @@ async def run_demo(
     written: Path | None = None
     if report_path is not None and naive.result is None and fast.result is None:
         # Nothing to draw (and the report's time axis needs a run that took time).
-        console.print(f"report: none written to {report_path}: neither run produced a result")
+        console.print(
+            f"report: none written to {report_path}: neither run produced a result", soft_wrap=True
+        )
     elif report_path is not None:
         if upstream is None:
             written = write_report(report_path, [naive, fast], script, latency)
@@ -731,5 +733,8 @@ async def run_demo(
                 f"scenario {script.name}",
                 subtitle=_real_subtitle(setup, upstream),
             )
-        console.print(f"report: [bold]{written}[/] (a waterfall of both runs; opens offline)")
+        # Never broken inside the path: it is copied from here.
+        console.print(
+            f"report: [bold]{written}[/] (a waterfall of both runs; opens offline)", soft_wrap=True
+        )
     return DemoResult(naive, fast, written)

@@ -235,5 +235,7 @@ def run_command(args: argparse.Namespace, console: Console | None = None) -> int
     written = write_reports(
         report, args.json or stem.with_suffix(".json"), args.markdown or stem.with_suffix(".md")
     )
-    console.print("report: " + ", ".join(str(path) for path in written), highlight=False)
+    console.print(
+        "report: " + ", ".join(str(path) for path in written), highlight=False, soft_wrap=True
+    )
     return 1 if any(entry["failures"] for entry in report["strategies"].values()) else 0
