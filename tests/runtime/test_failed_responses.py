@@ -8,6 +8,7 @@ policies see every failed response as a failed attempt. A scripted transport pla
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from hotloop.runtime import Agent, Fallback, RunFinished, Runner, TurnRetried, tool
 from hotloop.runtime.runner import ModelError
+from hotloop.transport.base import Backoff
 from support import ScriptedTransport, answer_events, turn_events
 
 MODEL = "scripted"
@@ -149,6 +151,18 @@ async def test_a_rate_limit_that_says_no_wait_backs_off() -> None:
     result = await Runner.run(Agent(MODEL), "go", client=client)
     assert time.perf_counter() - started >= 0.375
     assert result.steps[0].attempts == 2
+
+
+async def test_jitter_leaves_the_global_random_state_alone() -> None:
+    """An application that seeds ``random`` gets the same draws with hotloop retrying under it:
+    the runner's and the transports' jitter have generators of their own."""
+    random.seed(7)
+    state = random.getstate()
+    client = ScriptedTransport([rate_limited("r1", "Slow down."), answer_events("r2")])
+    await Runner.run(Agent(MODEL), "go", client=client)
+    backoff = Backoff(1.0, first=0.001, cap=0.001)
+    assert await backoff.wait() and await backoff.wait()
+    assert random.getstate() == state
 
 
 async def test_a_rate_limit_asking_for_minutes_is_raised_at_once() -> None:

@@ -1218,6 +1218,9 @@ MAX_RATE_LIMIT_WAIT = 60.0
 #: together.
 _RATE_LIMIT_WAIT = 0.5
 _RATE_LIMIT_WAIT_CAP = 8.0
+#: That wait's jitter: a generator of its own, never the global ``random`` state an
+#: application may have seeded.
+_jitter = random.Random()
 
 
 def _rate_limit_wait(failure: HotloopError, attempt: int) -> float | None:
@@ -1232,7 +1235,7 @@ def _rate_limit_wait(failure: HotloopError, attempt: int) -> float | None:
     if asked is not None:
         return asked if asked <= MAX_RATE_LIMIT_WAIT else None
     backoff: float = min(_RATE_LIMIT_WAIT * 2.0 ** (attempt - 1), _RATE_LIMIT_WAIT_CAP)
-    return backoff * random.uniform(0.75, 1.25)
+    return backoff * _jitter.uniform(0.75, 1.25)
 
 
 def _failed_response(stream: ResponseStream) -> ModelError | None:

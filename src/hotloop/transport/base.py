@@ -56,6 +56,10 @@ __all__ = [
 #: Seconds a transport keeps trying to reach a server before it gives up (``connect_failed``).
 RECONNECT_TIMEOUT = 30.0
 
+#: The backoff's jitter: a generator of its own, so that a transport never draws from (or
+#: disturbs) the global ``random`` state an application may have seeded.
+_jitter = random.Random()
+
 
 class PercentileDelay:
     """A delay learned from the times seen: the ``percentile`` of the last ``window``
@@ -127,7 +131,7 @@ class Backoff:
         left = self._deadline - now
         if left <= 0:
             return False
-        await asyncio.sleep(min(max(self.delay(attempt, random.random()), at_least), left))
+        await asyncio.sleep(min(max(self.delay(attempt, _jitter.random()), at_least), left))
         return True
 
 
