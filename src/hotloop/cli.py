@@ -157,6 +157,13 @@ def _upstream_only_options(args: argparse.Namespace) -> list[str]:
     return [option for option, set_ in given.items() if set_]
 
 
+def _misplaced(options: Sequence[str], what: str, advice: str) -> HotloopError:
+    """The error for ``options`` given where they do nothing: ``--a and --b configure <what>;
+    <advice>``."""
+    verb = "configures" if len(options) == 1 else "configure"
+    return HotloopError(f"{_listing(options)} {verb} {what}; {advice}")
+
+
 def _listing(items: Sequence[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
@@ -489,21 +496,20 @@ async def _serve(args: argparse.Namespace) -> None:
     hedging = _hedging(args)
     sim_only = _sim_only_options(args)
     if sim_only and (args.upstream or args.config is not None):
-        raise HotloopError(
-            f"{_listing(sim_only)} {'configures' if len(sim_only) == 1 else 'configure'} the "
-            f"simulated model; drop {'it' if len(sim_only) == 1 else 'them'} with "
-            "--upstream/--config (a real upstream has its own)"
+        raise _misplaced(
+            sim_only,
+            "the simulated model",
+            f"drop {'it' if len(sim_only) == 1 else 'them'} with --upstream/--config "
+            "(a real upstream has its own)",
         )
     upstream_only = _upstream_only_options(args)
     if upstream_only and not args.upstream:
-        raise HotloopError(
-            f"{_listing(upstream_only)} {'configures' if len(upstream_only) == 1 else 'configure'}"
-            " --upstream; "
-            + (
-                "with --config, set them for each upstream in the file"
-                if args.config is not None
-                else "give the upstream's URL with --upstream"
-            )
+        raise _misplaced(
+            upstream_only,
+            "--upstream",
+            "with --config, set them for each upstream in the file"
+            if args.config is not None
+            else "give the upstream's URL with --upstream",
         )
     upstream = _upstream_backend(args)
     scenario = args.scenario or "coding"

@@ -19,17 +19,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
-from rich.table import Table
 
-from hotloop.bench.report import (
-    avoidance_table,
-    default_report_stem,
-    phase_table,
-    render_table,
-    strategy_table,
-    summarize,
-    write_reports,
-)
+from hotloop.bench.report import default_report_stem, render_table, summarize, write_reports
 from hotloop.bench.runner import BenchConfig, Progress, run_bench
 from hotloop.bench.strategies import STRATEGIES, RunRecord, strategy_named
 from hotloop.errors import HotloopError
@@ -38,8 +29,8 @@ from hotloop.sim.scenario import bundled_scenarios, load_scenario
 
 __all__ = ["add_arguments", "non_negative", "print_tables", "run_command"]
 
-#: The least width of the tables' console when stdout is not a terminal (a file, a pipe).
-_MIN_FILE_WIDTH = 110
+#: The tables' console width when stdout is not a terminal (a file, a pipe): wider than any.
+_FILE_WIDTH = 10_000
 
 
 def non_negative(value: str) -> float:
@@ -182,31 +173,18 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-def _tables_width(report: dict[str, Any], console: Console) -> int:
-    """The columns the report's tables take with no cell or header cut short."""
-    widths = [_MIN_FILE_WIDTH]
-    for text_table in (strategy_table(report), phase_table(report), avoidance_table(report)):
-        table = Table()  # laid out as render_table lays it out: default box and padding
-        for column in text_table.columns:
-            table.add_column(column, no_wrap=True)
-        for row in text_table.rows:
-            table.add_row(*row)
-        unbounded = console.options.update_width(10_000)  # measured at its natural width
-        widths.append(console.measure(table, options=unbounded).maximum)
-    return max(widths)
-
-
 def print_tables(report: dict[str, Any], console: Console | None = None) -> Console:
     """Print the report's tables on stdout (or ``console``); returns the console used.
 
-    Not on a terminal (a file, a pipe, a CI log) the console is made as wide as the widest
-    table needs, so that no header or cell is cut short ("…"): the output then holds the same
-    cells as the Markdown report. A terminal keeps its own width.
+    Not on a terminal (a file, a pipe, a CI log) the console has no width to speak of, so
+    that no header or cell is cut short or wrapped: rich lays each table out at its natural
+    width (and pads nothing), and the output holds the same cells as the Markdown report. A
+    terminal keeps its own width.
     """
     if console is None:
         console = Console()
         if not console.is_terminal:
-            console = Console(width=max(console.width, _tables_width(report, console)))
+            console = Console(width=_FILE_WIDTH)
     render_table(report, console)
     return console
 
