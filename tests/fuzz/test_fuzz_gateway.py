@@ -31,6 +31,15 @@ from support import LoopThread
 
 T = TypeVar("T")
 
+# Hypothesis warns when the global ``random`` state changes while it draws an input, taking it
+# for a strategy that uses ``random``. None of these strategies does (nor does hotloop: its
+# jitter has generators of its own), but the live gateway runs in another thread, where
+# uvicorn's and websockets' keepalive pings draw from the global ``random`` whenever they fire.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
+
 FUZZ = settings(
     deadline=None,
     database=None,  # nothing written to the checkout
