@@ -8,17 +8,20 @@ is sent next. Every test compares, where it matters, with the same run without t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from hotloop.runtime import Agent, Runner, tool
+from hotloop.runtime import Agent, Runner, RunResult, Tool, tool
 from hotloop.runtime.cache import Cache, MemoryStore, RunResults
 from hotloop.runtime.tools import ToolDefinitionError
 from hotloop.trace.spans import spans_from_result, steps_from_spans
 from hotloop.trace.timeline import timeline_from_steps
+from hotloop.transport import ModelRequest, OnEvent
 from hotloop.wire import codec
+from hotloop.wire.items import FunctionCallOutput, Message
 from support import ScriptedTransport, VersionedFiles, answer_events, turn_events
 
 MODEL = "scripted"
@@ -244,6 +247,148 @@ async def test_the_client_scope_shares_results_across_runs_and_writes_reach_them
     other = ScriptedTransport([turn_events("r0", [("read", {"path": "a"})]), answer_events("r1")])
     await Runner.run(Agent(MODEL, tools=files.tools), "go", client=other)
     assert files.runs[-1] == "read a" and len(files.runs) == 4
+
+
+class Lanes(ScriptedTransport):
+    """One client for runs that overlap in time: each run's task names its own script."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.lanes: dict[str, ScriptedTransport] = {}
+
+    async def stream_to(
+        self, request: ModelRequest, on_event: OnEvent, *, skip: Collection[str] = ()
+    ) -> None:
+        task = request.history[0]
+        assert isinstance(task, Message)
+        await self.lanes[task.text].stream_to(request, on_event, skip=skip)
+
+
+async def run_on(
+    client: Lanes, task: str, tools: list[Tool], calls: list[tuple[str, dict[str, Any]]]
+) -> RunResult:
+    """A run of one turn of ``calls`` on the shared ``client``, its task ``task``."""
+    client.lanes[task] = ScriptedTransport([turn_events("r0", calls), answer_events("r1")])
+    return await Runner.run(Agent(MODEL, tools=tools), task, client=client)
+
+
+def outputs(result: RunResult) -> list[str]:
+    return [item.text for item in result.items if isinstance(item, FunctionCallOutput)]
+
+
+async def test_a_read_in_another_run_after_a_write_was_admitted_is_fresh() -> None:
+    """Two runs share the client's results. A write in one has changed a and is still
+    running; a read of a in the other, made after the write was admitted, must not get the
+    result cached before the write."""
+    files = Files(cache=Cache(scope="client"))
+    changed, release = asyncio.Event(), asyncio.Event()
+
+    @tool(writes=["repo/{path}"])
+    async def save(path: str) -> str:
+        """Change a file, then take a while to return.
+
+        Args:
+            path: The file.
+        """
+        files.versions[path] = files.versions.get(path, 0) + 1
+        changed.set()
+        await release.wait()
+        return "saved"
+
+    tools = [files.read, save]
+    client = Lanes()
+    await run_on(client, "warm", tools, [("read", {"path": "a"})])
+    saving = asyncio.create_task(run_on(client, "save", tools, [("save", {"path": "a"})]))
+    await changed.wait()
+    try:
+        result = await run_on(client, "read", tools, [("read", {"path": "a"})])
+    finally:
+        release.set()
+        await saving
+    assert outputs(result) == ["a v1"]
+    assert cache_marks(result) == [("read", "miss")]
+    assert files.runs == ["read a", "read a"]
+
+
+async def test_a_read_made_in_another_run_while_a_write_runs_is_dropped_when_it_finishes() -> None:
+    """A read in another run, made while a write to what it reads runs and has not changed it
+    yet, is cached; the write drops it when it finishes: a read after the write gets the new
+    version."""
+    files = Files(cache=Cache(scope="client"))
+    started, go = asyncio.Event(), asyncio.Event()
+
+    @tool(writes=["repo/{path}"])
+    async def save(path: str) -> str:
+        """Wait, then change a file.
+
+        Args:
+            path: The file.
+        """
+        started.set()
+        await go.wait()
+        files.versions[path] = files.versions.get(path, 0) + 1
+        return "saved"
+
+    tools = [files.read, save]
+    client = Lanes()
+    saving = asyncio.create_task(run_on(client, "save", tools, [("save", {"path": "a"})]))
+    await started.wait()
+    try:
+        during = await run_on(client, "during", tools, [("read", {"path": "a"})])
+    finally:
+        go.set()
+        await saving
+    after = await run_on(client, "after", tools, [("read", {"path": "a"})])
+    assert outputs(during) == ["a v0"] and outputs(after) == ["a v1"]
+    assert cache_marks(after) == [("read", "miss")]
+    assert files.runs == ["read a", "read a"]
+
+
+async def test_a_read_running_across_another_runs_write_is_neither_joined_nor_kept() -> None:
+    """Two runs' views of one client's results: a read runs in one, and the other admits a
+    write to what it reads. An identical read after the write must not join the running one,
+    and the running one's result, from before the write, is not kept; a write elsewhere
+    changes nothing."""
+    client = ScriptedTransport([])
+    cache, key, reads = Cache(scope="client"), "read a", frozenset({"repo/a"})
+    reading, writing = RunResults(client), RunResults(client)
+    kind, _, since = reading.lookup(cache, key, reads)
+    assert kind == "miss"  # it runs
+    writing.invalidate(frozenset({"repo/b"}))
+    assert writing.lookup(cache, key, reads)[0] == "coalesced"
+    writing.invalidate(frozenset({"repo"}))
+    kind, _, epoch = writing.lookup(cache, key, reads)
+    assert kind == "miss"  # it runs by itself
+    writing.finish(cache, key, reads, epoch, "a v1")
+    reading.finish(cache, key, reads, since, "a v0")
+    assert writing.lookup(cache, key, reads)[:2] == ("hit", "a v1")
+
+
+async def test_every_argument_is_part_of_the_key() -> None:
+    runs: list[tuple[str, int]] = []
+
+    @tool(pure=True, cache=True)
+    async def search(pattern: str, limit: int) -> str:
+        """Search.
+
+        Args:
+            pattern: What to find.
+            limit: How many.
+        """
+        runs.append((pattern, limit))
+        return f"{pattern} {limit}"
+
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("search", {"pattern": "x", "limit": 2})]),
+            turn_events("r1", [("search", {"pattern": "x", "limit": 3})]),
+            turn_events("r2", [("search", {"limit": 2, "pattern": "y"})]),
+            answer_events("r3"),
+        ]
+    )
+    result = await Runner.run(Agent(MODEL, tools=[search]), "go", client=scripted)
+    assert runs == [("x", 2), ("x", 3), ("y", 2)]
+    assert [mark for _, mark in cache_marks(result)] == ["miss", "miss", "miss"]
 
 
 def test_results_expire_after_their_ttl() -> None:

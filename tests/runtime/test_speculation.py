@@ -11,11 +11,12 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hotloop.runtime import Agent, Runner, tool
+from hotloop.runtime import Agent, ApprovalRequested, RunContext, Runner, tool
 from hotloop.runtime.speculation import Speculate, Transitions, transitions_of
 from hotloop.trace import timeline_from_result
 from hotloop.trace.spans import spans_from_result, speculation_effect, timeline_from_spans
 from hotloop.wire import codec
+from hotloop.wire.items import FunctionCallOutput
 from support import ScriptedTransport, VersionedFiles, answer_events, turn_events
 
 MODEL = "scripted"
@@ -371,3 +372,241 @@ async def test_a_speculated_result_a_call_took_is_cached_for_its_repeat() -> Non
         ("read", "miss"),
     ]
     assert fast.runs.count("read a") == 2 and plain.runs.count("read a") == 2
+
+
+class Tree(Repo):
+    """Versioned files, a ``find`` whose declared follow-up lists the directory it finds, and
+    a slow ``ls``: the files below a directory, with their versions when it started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        tree = self
+
+        @tool(reads=["repo"], follows=lambda args, output: [("ls", {"path": output})])
+        async def find(pattern: str) -> str:
+            """Find a directory.
+
+            Args:
+                pattern: What to find.
+            """
+            return "src"
+
+        @tool(reads=["repo/{path}"])
+        async def ls(path: str) -> str:
+            """List a directory.
+
+            Args:
+                path: The directory.
+            """
+            tree.runs.append(f"ls {path}")
+            below = sorted(
+                (name, v) for name, v in tree.versions.items() if name.startswith(f"{path}/")
+            )
+            await asyncio.sleep(0.2)
+            return ", ".join(f"{name} v{v}" for name, v in below)
+
+        self.tools = [find, ls, self.write]
+
+
+async def test_a_write_below_what_a_running_speculation_reads_stops_it() -> None:
+    """find predicts a listing of src; the model writes src/a.py, then lists src. The listing
+    speculated before the write reads all of src: the write stops it when it is admitted, and
+    the model's listing runs after the write."""
+    turns: Turns = [
+        [("find", {"pattern": "x"})],
+        [("write", {"path": "src/a.py"})],
+        [("ls", {"path": "src"})],
+    ]
+    fast, plain = Tree(), Tree()
+    result, inputs = await play(turns, fast, speculate=True)
+    _, reference = await play(turns, plain, speculate=False)
+    assert inputs == reference
+    assert marks(result)[-1] == ("ls", None)
+    assert fast.runs.count("ls src") == 2  # the speculation, stopped; then the model's
+    (stopped,) = result.speculations
+    assert stopped.name == "ls" and stopped.used_ns is None
+    assert stopped.error == "stopped: a write to what it reads was admitted"
+    assert stopped.finished_ns is not None
+    assert stopped.finished_ns - stopped.started_ns < 0.2e9
+
+
+async def test_tools_that_may_write_or_must_be_asked_for_are_never_speculated() -> None:
+    """plan predicts a read, and calls of tools that must not run before the model asks: one
+    that declares no effects (it may write anything), one that needs approval, one that takes
+    the run's context, and one that declares writes (none for these arguments). Only the read
+    is speculated; the model then makes all five calls, and each runs once."""
+    runs: list[str] = []
+
+    def next_calls(args: Mapping[str, Any], output: str) -> Iterable[tuple[str, Any]]:
+        yield ("read", {"path": "a"})
+        yield ("shell", {"command": "make"})
+        yield ("deploy", {"path": "a"})
+        yield ("whoami", {"path": "a"})
+        yield ("fmt", {"path": "a", "apply": False})
+
+    @tool(reads=["repo"], follows=next_calls)
+    async def plan(goal: str) -> str:
+        """Plan.
+
+        Args:
+            goal: What for.
+        """
+        return "a"
+
+    @tool(reads=["repo/{path}"])
+    async def read(path: str) -> str:
+        """Read a file.
+
+        Args:
+            path: The file.
+        """
+        runs.append(f"read {path}")
+        return path
+
+    @tool
+    async def shell(command: str) -> str:
+        """Run anything (no declared effects: it may touch everything).
+
+        Args:
+            command: The command.
+        """
+        runs.append(f"shell {command}")
+        return "ok"
+
+    @tool(reads=["repo/{path}"], approval=True)
+    async def deploy(path: str) -> str:
+        """Deploy a file, once a person said yes.
+
+        Args:
+            path: The file.
+        """
+        runs.append(f"deploy {path}")
+        return "deployed"
+
+    @tool(reads=["repo/{path}"])
+    async def whoami(context: RunContext[str], path: str) -> str:
+        """Who asks about a file.
+
+        Args:
+            path: The file.
+        """
+        runs.append(f"whoami {path}")
+        return f"{context.deps} on {path}"
+
+    def formatted(args: Mapping[str, Any]) -> list[str]:
+        return [f"repo/{args['path']}"] if args["apply"] else []
+
+    @tool(reads=["repo/{path}"], writes=[formatted])
+    async def fmt(path: str, apply: bool) -> str:
+        """Format a file (or only say what would change).
+
+        Args:
+            path: The file.
+            apply: Whether to write the change.
+        """
+        runs.append(f"fmt {path}")
+        return "formatted"
+
+    async def approve(request: ApprovalRequested) -> bool:
+        return True
+
+    calls = list(next_calls({}, ""))
+    scripted = ScriptedTransport(
+        [turn_events("r0", [("plan", {"goal": "x"})]), turn_events("r1", calls)]
+    )
+    scripted.turns.append(answer_events("r2"))
+    tools = [plan, read, shell, deploy, whoami, fmt]
+    agent = Agent(MODEL, tools=tools, policies=[Speculate(per_call=8)])
+    result = await Runner.run(agent, "go", client=scripted, deps="ada", approver=approve)
+    assert [(s.name, s.used_ns is not None) for s in result.speculations] == [("read", True)]
+    assert marks(result)[1:] == [
+        ("read", "speculated"),
+        ("shell", None),
+        ("deploy", None),
+        ("whoami", None),
+        ("fmt", None),
+    ]
+    assert sorted(runs) == ["deploy a", "fmt a", "read a", "shell make", "whoami a"]
+
+
+async def test_a_speculation_that_failed_is_not_served() -> None:
+    """grep predicts a read of a whose first run fails: the model's read runs by itself and
+    gets its own result, never the speculation's error."""
+    runs: list[str] = []
+
+    @tool(reads=["repo"], follows=lambda args, output: [("flaky", {"path": output})])
+    async def grep(pattern: str) -> str:
+        """Find files.
+
+        Args:
+            pattern: What to find.
+        """
+        return "a"
+
+    @tool(reads=["repo/{path}"])
+    async def flaky(path: str) -> str:
+        """Read a file; the first try fails.
+
+        Args:
+            path: The file.
+        """
+        runs.append(path)
+        if len(runs) == 1:
+            raise RuntimeError("not yet")
+        return f"{path} v0"
+
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("grep", {"pattern": "x"})]),
+            turn_events("r1", [("flaky", {"path": "a"})]),
+            answer_events("r2"),
+        ]
+    )
+    agent = Agent(MODEL, tools=[grep, flaky], policies=[Speculate()])
+    result = await Runner.run(agent, "go", client=scripted)
+    (failed,) = result.speculations
+    assert failed.error == "RuntimeError: not yet" and failed.used_ns is None
+    (read,) = result.steps[1].tools
+    assert (read.cache, read.error) == (None, None)
+    assert runs == ["a", "a"]
+    assert [item.text for item in result.items if isinstance(item, FunctionCallOutput)] == [
+        "a",
+        "a v0",
+    ]
+
+
+async def test_no_more_than_max_in_flight_speculations_run_at_once() -> None:
+    """grep predicts four slow reads and the model asks for none. The waste budget has room
+    for all four, but two run at once (max_in_flight): the others do not start while they
+    run."""
+    turns: Turns = [[("grep", {"pattern": "x"})]]
+    repo = Repo(slow=5.0, extra_follow_ups=2)
+    result, _ = await play(turns, repo, speculate=Speculate(max_in_flight=2, max_waste=12.0))
+    assert [codec.loads(s.arguments)["path"] for s in result.speculations] == ["a", "b"]
+    assert repo.runs == ["grep x", "read a", "read b"]
+
+
+async def test_waste_across_calls_stays_within_max_waste_of_the_calls_made() -> None:
+    """Eight calls of one turn each predict a read the model never asks for. Each is its
+    call's best prediction, so max_waste alone bounds them: unused speculations stay within a
+    quarter of the calls made (two may always go unused), two here."""
+    files = VersionedFiles()
+
+    @tool(pure=True, follows=lambda args, output: [("read", {"path": f"p{args['n']}"})])
+    async def probe(n: int) -> str:
+        """Probe.
+
+        Args:
+            n: Which.
+        """
+        return str(n)
+
+    scripted = ScriptedTransport(
+        [turn_events("r0", [("probe", {"n": n}) for n in range(8)]), answer_events("r1")]
+    )
+    speculate = Speculate(max_in_flight=8, max_waste=0.25)
+    agent = Agent(MODEL, tools=[probe, files.read], policies=[speculate])
+    result = await Runner.run(agent, "go", client=scripted)
+    assert len(result.speculations) == 2
+    assert all(s.used_ns is None for s in result.speculations)
+    assert len(files.runs) == 2 and all(run.startswith("read p") for run in files.runs)
