@@ -308,6 +308,22 @@ def _strip_titles(schema: Any) -> Any:
 FollowUps = Callable[[Mapping[str, Any], str], Iterable[tuple[str, Mapping[str, Any]]]]
 
 
+def _checked_follows(name: str, follows: FollowUps | None) -> FollowUps | None:
+    """``follows`` if it is a plain function (it is called on the loop, never awaited)."""
+    if follows is None:
+        return None
+    if not callable(follows):
+        raise ToolDefinitionError(
+            f"tool {name!r}: follows= takes a function of (args, output), not {follows!r}"
+        )
+    if inspect.iscoroutinefunction(follows) or inspect.isasyncgenfunction(follows):
+        raise ToolDefinitionError(
+            f"tool {name!r}: follows= must be a plain function returning (tool name, "
+            "arguments) pairs, not an async one: it is called while the loop runs, never awaited"
+        )
+    return follows
+
+
 def _checked_cache(name: str, effects: Effects, cache: Cache | None) -> Cache | None:
     """``cache`` if a tool with ``effects`` may be cached: it cannot write."""
     if cache is None:
@@ -353,7 +369,7 @@ class Tool:
         #: How its results are cached (None: never); see :mod:`hotloop.runtime.cache`.
         self.cache = _checked_cache(self.name, effects, cache)
         #: The calls likely to follow one of its results (speculative prefetch), or None.
-        self.follows = follows
+        self.follows = _checked_follows(self.name, follows)
         self.is_async = inspect.iscoroutinefunction(fn)
         #: The function's first parameter is ``self``: a method not bound to an instance yet.
         self.unbound = _first_parameter(fn) == "self" and not inspect.ismethod(fn)
@@ -399,7 +415,7 @@ class Tool:
         self.timeout = timeout
         self.approval = approval
         self.cache = _checked_cache(name, effects, cache)
-        self.follows = follows
+        self.follows = _checked_follows(name, follows)
         self.is_async = True
         self.unbound = False
         self.takes_context = False
