@@ -408,3 +408,15 @@ async def test_arguments_that_are_not_plain_json_still_make_a_key() -> None:
     )
     await Runner.run(Agent(MODEL, tools=[locate]), "go", client=scripted)
     assert runs == ["a"]
+
+
+async def test_a_write_below_a_key_with_a_trailing_slash_drops_it() -> None:
+    """``read("src/")`` reads ``repo/src/``: a write to ``repo/src/a`` below it drops it."""
+    turns: Turns = [
+        [("read", {"path": "src/"})],
+        [("write", {"path": "src/a"})],
+        [("read", {"path": "src/"})],
+    ]
+    result, files = await same_as_uncached(turns)
+    assert files.runs == ["read src/", "write src/a", "read src/"]
+    assert cache_marks(result)[-1] == ("read", "miss")

@@ -41,6 +41,7 @@ import functools
 import inspect
 import queue
 import re
+import string
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -253,7 +254,11 @@ def _expand(specs: tuple[ResourceSpec, ...], args: Mapping[str, Any]) -> frozens
         if isinstance(spec, str):
             keys.add(spec.format_map(args) if "{" in spec else spec)
         else:
-            keys.update(spec(args))
+            found = spec(args)
+            if isinstance(found, str):
+                keys.add(found)  # one key, not its characters
+            else:
+                keys.update(found)
     return frozenset(keys)
 
 
@@ -480,13 +485,35 @@ class Tool:
     def _check_templates(self) -> None:
         names = set(self._model.model_fields) if self._model is not None else set()
         for spec in (*self.effects.reads, *self.effects.writes):
-            if isinstance(spec, str):
-                for placeholder in re.findall(r"{(\w+)", spec):
-                    if placeholder not in names:
-                        raise ToolDefinitionError(
-                            f"tool {self.name!r}: resource {spec!r} names unknown argument "
-                            f"{placeholder!r}"
-                        )
+            if callable(spec):
+                continue
+            if not isinstance(spec, str) or not spec:
+                raise ToolDefinitionError(
+                    f"tool {self.name!r}: a resource is a non-empty key template (such as "
+                    f"'repo/{{path}}') or a function of the arguments, not {spec!r}"
+                )
+            if "{" not in spec:
+                continue  # a plain key, used as written
+            try:
+                fields = [field for _, field, _, _ in string.Formatter().parse(spec)]
+            except ValueError as exc:
+                raise ToolDefinitionError(
+                    f"tool {self.name!r}: resource {spec!r} is not a valid template: {exc}"
+                ) from exc
+            for field_name in fields:
+                if field_name is None:
+                    continue
+                placeholder = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+                if not placeholder:
+                    raise ToolDefinitionError(
+                        f"tool {self.name!r}: resource {spec!r} has a placeholder with no "
+                        "argument name; name the argument, as in 'repo/{path}'"
+                    )
+                if placeholder not in names:
+                    raise ToolDefinitionError(
+                        f"tool {self.name!r}: resource {spec!r} names unknown argument "
+                        f"{placeholder!r}"
+                    )
 
     def definition(self) -> dict[str, Any]:
         """The tool as a Responses API ``tools`` entry."""
@@ -683,6 +710,13 @@ def tool(
     )
 
     def wrap(function: _Fn) -> Tool:
+        for option, given in (("reads", reads), ("writes", writes)):
+            if isinstance(given, str | bytes):
+                label = name or getattr(function, "__name__", "tool")
+                raise ToolDefinitionError(
+                    f"tool {label!r}: {option}= takes a list of resource keys, not one string: "
+                    f"{option}=[{given!r}]"
+                )
         return Tool(
             function,
             name=name,
