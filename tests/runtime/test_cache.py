@@ -8,12 +8,16 @@ is sent next. Every test compares, where it matters, with the same run without t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import sys
+import threading
+import time
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from hotloop.runtime import Agent, Runner, tool
+from hotloop.runtime import Agent, RunContext, Runner, tool
 from hotloop.runtime.cache import Cache, MemoryStore, RunResults
 from hotloop.runtime.tools import ToolDefinitionError
 from hotloop.trace.spans import spans_from_result, steps_from_spans
@@ -420,3 +424,98 @@ async def test_a_write_below_a_key_with_a_trailing_slash_drops_it() -> None:
     result, files = await same_as_uncached(turns)
     assert files.runs == ["read src/", "write src/a", "read src/"]
     assert cache_marks(result)[-1] == ("read", "miss")
+
+
+def test_stores_and_their_bounds_are_checked_when_declared() -> None:
+    with pytest.raises(ValueError, match="max_entries"):
+        MemoryStore(max_entries=-1)
+    with pytest.raises(TypeError, match="has no get, put, invalidate, epoch"):
+        Cache(store=object())  # type: ignore[arg-type]
+
+
+def test_a_memory_store_may_be_shared_by_threads() -> None:
+    """Runs on several event loops (``Runner.run_sync`` in threads) share the process store:
+    an invalidation never meets a store changing under it."""
+    store = MemoryStore()
+    errors: list[Exception] = []
+    stop = time.monotonic() + 0.5
+
+    def put() -> None:
+        index = 0
+        try:
+            while time.monotonic() < stop and not errors:
+                store.put(f"k{index}", "x", frozenset({f"repo/{index % 50}"}), None, store.epoch)
+                index += 1
+        except Exception as exc:
+            errors.append(exc)
+
+    def invalidate() -> None:
+        index = 0
+        try:
+            while time.monotonic() < stop and not errors:
+                store.invalidate(frozenset({f"repo/{index % 50}"}))
+                index += 1
+        except Exception as exc:
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=put) for _ in range(2)]
+        threads.append(threading.Thread(target=invalidate))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
+def test_runs_on_other_event_loops_share_the_process_scope() -> None:
+    """Identical calls at once from runs on four event loops (four threads): none joins a call
+    running on another loop (it could not await it), and every run gets its result."""
+    runs: list[str] = []
+
+    @tool(reads=["repo/{path}"], cache=Cache(scope="process"))
+    async def read_across_loops(path: str) -> str:
+        """Read.
+
+        Args:
+            path: The file.
+        """
+        runs.append(path)
+        await asyncio.sleep(0.05)
+        return f"{path} v1"
+
+    def one_run() -> list[str]:
+        scripted = ScriptedTransport(
+            [turn_events("r0", [("read_across_loops", {"path": "p"})]), answer_events("r1")]
+        )
+        agent = Agent(MODEL, tools=[read_across_loops])
+        result = asyncio.run(Runner.run(agent, "go", client=scripted))
+        return [tool.error or "" for step in result.steps for tool in step.tools]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        errors = list(pool.map(lambda _: one_run(), range(4)))
+    assert errors == [[""]] * 4
+    assert 1 <= len(runs) <= 4
+
+
+def test_a_tool_that_takes_a_run_context_is_cached_for_its_run_only() -> None:
+    """Its result may depend on the run's deps (the user): kept across runs, one user's result
+    would be served to another."""
+    for cache in (Cache(scope="process"), Cache(scope="client"), Cache(store=MemoryStore())):
+        with pytest.raises(ToolDefinitionError, match="takes a RunContext"):
+
+            @tool(reads=["order:{order_id}"], cache=cache)
+            async def get_order(context: RunContext[str], order_id: str) -> str:
+                """Look an order up for the run's user."""
+                return f"{order_id} of {context.deps}"
+
+    @tool(reads=["order:{order_id}"], cache=True)
+    async def get_own_order(context: RunContext[str], order_id: str) -> str:
+        """Look an order up for the run's user."""
+        return f"{order_id} of {context.deps}"
+
+    assert get_own_order.cache == Cache()

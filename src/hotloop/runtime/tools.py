@@ -384,6 +384,13 @@ class Tool:
         self._model: type[pydantic.BaseModel] | None = self._build_model(fn, doc_params)
         self.parameters: dict[str, Any] = self._schema(self._model)
         self._check_templates()
+        kept = self.cache
+        if self.takes_context and kept and (kept.scope != "run" or kept.store is not None):
+            raise ToolDefinitionError(
+                f"tool {self.name!r} takes a RunContext: its result may depend on the run's "
+                "deps (the user), and a cached one would be served to other runs; cache it for "
+                "its run only (Cache(scope='run'), no store=)"
+            )
 
     def __get__(self, instance: object, owner: type | None = None) -> Tool:
         """``@tool`` on a method: each instance's attribute is a tool bound to it."""
