@@ -502,6 +502,37 @@ def test_runs_on_other_event_loops_share_the_process_scope() -> None:
     assert 1 <= len(runs) <= 4
 
 
+async def test_a_tool_that_raises_cancelled_error_itself_fails_its_call_only() -> None:
+    """A tool whose own await was cancelled elsewhere raises ``CancelledError`` while nothing
+    cancelled the run: the model gets a tool error (not cached), and the run goes on."""
+    runs: list[int] = []
+
+    @tool(pure=True, cache=True)
+    async def fragile(n: int) -> str:
+        """Fails its first run with a CancelledError of its own.
+
+        Args:
+            n: A number.
+        """
+        runs.append(n)
+        if len(runs) == 1:
+            raise asyncio.CancelledError("the connection it awaited was cancelled")
+        return "fine"
+
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("fragile", {"n": 1})]),
+            turn_events("r1", [("fragile", {"n": 1})]),
+            answer_events("r2"),
+        ]
+    )
+    result = await Runner.run(Agent(MODEL, tools=[fragile]), "go", client=scripted)
+    assert result.final_output == "done" and runs == [1, 1]
+    first, second = (tool for step in result.steps for tool in step.tools)
+    assert first.error == "CancelledError: the connection it awaited was cancelled"
+    assert second.error is None and second.cache == "miss"
+
+
 def test_a_tool_that_takes_a_run_context_is_cached_for_its_run_only() -> None:
     """Its result may depend on the run's deps (the user): kept across runs, one user's result
     would be served to another."""

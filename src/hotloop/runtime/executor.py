@@ -495,6 +495,22 @@ class ToolExecutor:
         except TimeoutError:
             error = f"{tool.name} timed out after {tool.timeout} s"
             output = error_output("timeout", error)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # the run (or a stopped speculation) cancelled it
+            # The tool raised it itself (an await of something cancelled elsewhere): its
+            # failure, not the run's cancellation.
+            error = f"{type(exc).__name__}: {exc}"
+            output = error_output("tool_error", error)
+            _log.warning(
+                "tool %s raised CancelledError without being cancelled (call %s, turn %d); "
+                "the model gets the error",
+                tool.name,
+                record.call_id,
+                call.turn,
+                exc_info=exc,
+            )
         except Exception as exc:  # a tool's failure is a result for the model, never a crash
             error = f"{type(exc).__name__}: {exc}"
             output = error_output("tool_error", error)
