@@ -8,13 +8,17 @@ is sent next. Every test compares, where it matters, with the same run without t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import sys
+import threading
+import time
 from collections.abc import Collection
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from hotloop.runtime import Agent, Runner, RunResult, Tool, tool
+from hotloop.runtime import Agent, RunContext, Runner, RunResult, Tool, tool
 from hotloop.runtime.cache import Cache, MemoryStore, RunResults
 from hotloop.runtime.tools import ToolDefinitionError
 from hotloop.trace.spans import spans_from_result, steps_from_spans
@@ -553,3 +557,141 @@ async def test_arguments_that_are_not_plain_json_still_make_a_key() -> None:
     )
     await Runner.run(Agent(MODEL, tools=[locate]), "go", client=scripted)
     assert runs == ["a"]
+
+
+async def test_a_write_below_a_key_with_a_trailing_slash_drops_it() -> None:
+    """``read("src/")`` reads ``repo/src/``: a write to ``repo/src/a`` below it drops it."""
+    turns: Turns = [
+        [("read", {"path": "src/"})],
+        [("write", {"path": "src/a"})],
+        [("read", {"path": "src/"})],
+    ]
+    result, files = await same_as_uncached(turns)
+    assert files.runs == ["read src/", "write src/a", "read src/"]
+    assert cache_marks(result)[-1] == ("read", "miss")
+
+
+def test_stores_and_their_bounds_are_checked_when_declared() -> None:
+    with pytest.raises(ValueError, match="max_entries"):
+        MemoryStore(max_entries=-1)
+    with pytest.raises(TypeError, match="has no get, put, invalidate, epoch"):
+        Cache(store=object())  # type: ignore[arg-type]
+
+
+def test_a_memory_store_may_be_shared_by_threads() -> None:
+    """Runs on several event loops (``Runner.run_sync`` in threads) share the process store:
+    an invalidation never meets a store changing under it."""
+    store = MemoryStore()
+    errors: list[Exception] = []
+    stop = time.monotonic() + 0.5
+
+    def put() -> None:
+        index = 0
+        try:
+            while time.monotonic() < stop and not errors:
+                store.put(f"k{index}", "x", frozenset({f"repo/{index % 50}"}), None, store.epoch)
+                index += 1
+        except Exception as exc:
+            errors.append(exc)
+
+    def invalidate() -> None:
+        index = 0
+        try:
+            while time.monotonic() < stop and not errors:
+                store.invalidate(frozenset({f"repo/{index % 50}"}))
+                index += 1
+        except Exception as exc:
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=put) for _ in range(2)]
+        threads.append(threading.Thread(target=invalidate))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
+def test_runs_on_other_event_loops_share_the_process_scope() -> None:
+    """Identical calls at once from runs on four event loops (four threads): none joins a call
+    running on another loop (it could not await it), and every run gets its result."""
+    runs: list[str] = []
+
+    @tool(reads=["repo/{path}"], cache=Cache(scope="process"))
+    async def read_across_loops(path: str) -> str:
+        """Read.
+
+        Args:
+            path: The file.
+        """
+        runs.append(path)
+        await asyncio.sleep(0.05)
+        return f"{path} v1"
+
+    def one_run() -> list[str]:
+        scripted = ScriptedTransport(
+            [turn_events("r0", [("read_across_loops", {"path": "p"})]), answer_events("r1")]
+        )
+        agent = Agent(MODEL, tools=[read_across_loops])
+        result = asyncio.run(Runner.run(agent, "go", client=scripted))
+        return [tool.error or "" for step in result.steps for tool in step.tools]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        errors = list(pool.map(lambda _: one_run(), range(4)))
+    assert errors == [[""]] * 4
+    assert 1 <= len(runs) <= 4
+
+
+async def test_a_tool_that_raises_cancelled_error_itself_fails_its_call_only() -> None:
+    """A tool whose own await was cancelled elsewhere raises ``CancelledError`` while nothing
+    cancelled the run: the model gets a tool error (not cached), and the run goes on."""
+    runs: list[int] = []
+
+    @tool(pure=True, cache=True)
+    async def fragile(n: int) -> str:
+        """Fails its first run with a CancelledError of its own.
+
+        Args:
+            n: A number.
+        """
+        runs.append(n)
+        if len(runs) == 1:
+            raise asyncio.CancelledError("the connection it awaited was cancelled")
+        return "fine"
+
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("fragile", {"n": 1})]),
+            turn_events("r1", [("fragile", {"n": 1})]),
+            answer_events("r2"),
+        ]
+    )
+    result = await Runner.run(Agent(MODEL, tools=[fragile]), "go", client=scripted)
+    assert result.final_output == "done" and runs == [1, 1]
+    first, second = (tool for step in result.steps for tool in step.tools)
+    assert first.error == "CancelledError: the connection it awaited was cancelled"
+    assert second.error is None and second.cache == "miss"
+
+
+def test_a_tool_that_takes_a_run_context_is_cached_for_its_run_only() -> None:
+    """Its result may depend on the run's deps (the user): kept across runs, one user's result
+    would be served to another."""
+    for cache in (Cache(scope="process"), Cache(scope="client"), Cache(store=MemoryStore())):
+        with pytest.raises(ToolDefinitionError, match="takes a RunContext"):
+
+            @tool(reads=["order:{order_id}"], cache=cache)
+            async def get_order(context: RunContext[str], order_id: str) -> str:
+                """Look an order up for the run's user."""
+                return f"{order_id} of {context.deps}"
+
+    @tool(reads=["order:{order_id}"], cache=True)
+    async def get_own_order(context: RunContext[str], order_id: str) -> str:
+        """Look an order up for the run's user."""
+        return f"{order_id} of {context.deps}"
+
+    assert get_own_order.cache == Cache()

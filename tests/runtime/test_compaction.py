@@ -275,6 +275,8 @@ def test_compact_validates_its_sizes() -> None:
         Compact(threshold_tokens=100, summary_tokens=200)
     with pytest.raises(ValueError):
         Compact(threshold_tokens=1000, summary_timeout=0)
+    with pytest.raises(ValueError, match="max_failures"):
+        Compact(threshold_tokens=1000, max_failures=0)  # would never send a summary
     assert Compact(threshold_tokens=1000).keep_recent_tokens == 250
     assert dict(SUMMARY_METADATA) == {SUMMARY_METADATA_KEY: SUMMARY_METADATA_VALUE}
 

@@ -17,6 +17,9 @@ def test_a_key_covers_itself_and_its_descendants_only() -> None:
     assert not covers("repo/src", "repo/srcs/a.py")  # a look-alike prefix is not a parent
     assert not covers("repo/src/a.py", "repo/src")
     assert not covers("repo/a", "repo/b")
+    # A trailing slash names the same level: what is below it is covered.
+    assert covers("repo/src/", "repo/src/a.py") and covers("repo/src", "repo/src/")
+    assert not covers("repo/src/", "repo/srcs/a.py") and not covers("", "repo")
 
 
 def test_overlap_is_symmetric_and_exact_where_keys_are_flat() -> None:

@@ -11,7 +11,18 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hotloop.runtime import Agent, ApprovalRequested, RunContext, Runner, tool
+import pytest
+
+import hotloop.runtime.cache as result_cache
+from hotloop.runtime import (
+    Agent,
+    ApprovalRequested,
+    MaxTurnsExceeded,
+    RunContext,
+    Runner,
+    ToolDefinitionError,
+    tool,
+)
 from hotloop.runtime.speculation import Speculate, Transitions, transitions_of
 from hotloop.trace import timeline_from_result
 from hotloop.trace.spans import spans_from_result, speculation_effect, timeline_from_spans
@@ -173,10 +184,10 @@ async def test_the_transition_model_learns_across_a_clients_runs() -> None:
 
 
 def test_speculate_settings_are_validated() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="max_in_flight"):
         Speculate(max_in_flight=0)
+    with pytest.raises(ValueError, match="max_waste"):
+        Speculate(max_waste=float("nan"))  # would turn speculation off without a word
 
 
 async def test_a_call_joins_a_speculation_still_running() -> None:
@@ -610,3 +621,183 @@ async def test_waste_across_calls_stays_within_max_waste_of_the_calls_made() -> 
     assert len(result.speculations) == 2
     assert all(s.used_ns is None for s in result.speculations)
     assert len(files.runs) == 2 and all(run.startswith("read p") for run in files.runs)
+
+
+async def test_follow_ups_that_are_not_pairs_are_logged_and_the_run_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Arguments that are no JSON are dropped; a follow-up that is no (name, arguments) pair
+    is logged and ends the follow-ups; what came before it is used."""
+    runs: list[str] = []
+
+    def sloppy(args: Mapping[str, Any], output: str) -> Iterable[tuple[Any, Any]]:
+        yield ("look", {"path": {1, 2}})  # a set: no JSON
+        yield ("look", 5)
+        yield ("look", {"path": "a"})
+
+    def broken(args: Mapping[str, Any], output: str) -> Iterable[tuple[Any, Any]]:
+        yield ("look", {"path": "b"})
+        yield (["look"], {"path": "c"})  # not a tool name
+        yield ("look", {"path": "c"})
+
+    @tool(pure=True, follows=sloppy)
+    async def start(n: int) -> str:
+        """Start.
+
+        Args:
+            n: A number.
+        """
+        return "go"
+
+    @tool(pure=True, follows=broken)
+    async def begin(n: int) -> str:
+        """Begin.
+
+        Args:
+            n: A number.
+        """
+        return "go"
+
+    @tool(reads=["repo/{path}"])
+    async def look(path: str) -> str:
+        """Look.
+
+        Args:
+            path: Where.
+        """
+        runs.append(path)
+        return path
+
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("start", {"n": 1}), ("begin", {"n": 1})]),
+            turn_events("r1", [("look", {"path": "b"})]),
+        ]
+    )
+    scripted.turns.append(answer_events("r2"))
+    agent = Agent(MODEL, tools=[start, begin, look], policies=[Speculate(max_waste=4.0)])
+    with caplog.at_level("WARNING", logger="hotloop.runtime"):
+        result = await Runner.run(agent, "go", client=scripted)
+    assert result.final_output == "done"
+    assert sorted(codec.loads(s.arguments)["path"] for s in result.speculations) == ["b"]
+    assert marks(result)[-1] == ("look", "speculated") and runs == ["b"]
+    warnings = [r for r in caplog.records if "follow-ups of" in r.getMessage()]
+    assert [r.getMessage() for r in warnings] == [
+        "the follow-ups of start raised; those after it are dropped",
+        "the follow-ups of begin raised; those after it are dropped",
+    ]
+    assert "not ('look', 5)" in str(warnings[0].exc_info[1])  # type: ignore[index]
+
+
+def test_follows_must_be_a_plain_function() -> None:
+    async def predicted(args: Mapping[str, Any], output: str) -> list[tuple[str, Any]]:
+        return []
+
+    async def streamed(args: Mapping[str, Any], output: str) -> Any:
+        yield ("read", {})
+
+    for follows in (predicted, streamed):
+        with pytest.raises(ToolDefinitionError, match="not an async one"):
+            tool(pure=True, follows=follows)(_echo)
+    with pytest.raises(ToolDefinitionError, match="follows= takes a function"):
+        tool(pure=True, follows=[("read", {})])(_echo)  # type: ignore[arg-type]
+
+
+async def _echo(text: str) -> str:
+    """Echo.
+
+    Args:
+        text: What to say.
+    """
+    return text
+
+
+async def test_a_tool_that_declared_no_effects_is_never_speculated() -> None:
+    """``idempotent=True`` with no declared effects: running it twice is harmless, yet it may
+    write anything, so running it when the model never asked is not."""
+    runs: list[str] = []
+
+    @tool(pure=True, follows=lambda args, output: [("notify", {"who": "ops"})])
+    async def check(n: int) -> str:
+        """Check.
+
+        Args:
+            n: A number.
+        """
+        return "ok"
+
+    @tool(idempotent=True)
+    async def notify(who: str) -> str:
+        """Notify someone (a side effect).
+
+        Args:
+            who: Whom.
+        """
+        runs.append(who)
+        return "sent"
+
+    scripted = ScriptedTransport([turn_events("r0", [("check", {"n": 1})]), answer_events("r1")])
+    agent = Agent(MODEL, tools=[check, notify], policies=[Speculate()])
+    result = await Runner.run(agent, "go", client=scripted)
+    assert result.speculations == () and runs == []
+
+
+class SlowSecondTurn(ScriptedTransport):
+    """A scripted model whose turns after the first take ``delay`` seconds to start."""
+
+    def __init__(self, turns: Any, delay: float) -> None:
+        super().__init__(turns)
+        self.delay = delay
+
+    async def stream_to(self, request: Any, on_event: Any, *, skip: Any = ()) -> None:
+        if self.requests:
+            await asyncio.sleep(self.delay)
+        await super().stream_to(request, on_event, skip=skip)
+
+
+async def test_a_speculation_cancelled_before_it_started_ends_its_flight() -> None:
+    """Two finds each predict a read; with one in flight, the second waits, and starts when
+    the final answer is complete, the moment the run ends and cancels it, before its first
+    step. Its flight ends all the same: a later run never joins it (it would wait forever)."""
+
+    @tool(pure=True, follows=lambda args, output: [("look", {"path": args["name"]})])
+    async def find(name: str) -> str:
+        """Find.
+
+        Args:
+            name: What.
+        """
+        return name
+
+    @tool(reads=["repo/{path}"])
+    async def look(path: str) -> str:
+        """Look.
+
+        Args:
+            path: Where.
+        """
+        await asyncio.sleep(0.01)
+        return path
+
+    agent = Agent(MODEL, tools=[find, look], policies=[Speculate(max_in_flight=1)])
+    scripted = SlowSecondTurn(
+        [turn_events("r0", [("find", {"name": "a"}), ("find", {"name": "b"})])], 0.1
+    )
+    scripted.turns.append(answer_events("r1"))
+    result = await Runner.run(agent, "go", client=scripted)
+    assert len(result.speculations) == 2  # a ran; b started as the run ended
+    await asyncio.sleep(0.01)  # the cancelled tasks end, and their callbacks run
+    assert all(s.finished_ns is not None for s in result.speculations)
+    assert not result_cache._FLIGHTS
+
+
+async def test_speculations_stop_when_the_run_fails() -> None:
+    turns: Turns = [[("grep", {"pattern": "x"})], [("grep", {"pattern": "y"})]]
+    scripted = ScriptedTransport([turn_events(f"r{i}", calls) for i, calls in enumerate(turns)])
+    repo = Repo(slow=5.0)
+    agent = Agent(MODEL, tools=repo.tools, policies=[Speculate()])
+    with pytest.raises(MaxTurnsExceeded):
+        await Runner.run(agent, "go", client=scripted, max_turns=1)
+    await asyncio.sleep(0)
+    running = [t for t in asyncio.all_tasks() if "_prefetch" in repr(t.get_coro())]
+    assert running == []

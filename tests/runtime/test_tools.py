@@ -181,6 +181,28 @@ def test_template_naming_an_unknown_argument_is_a_definition_error() -> None:
             return path
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"reads": "file:{path}"}, r"reads= takes a list of resource keys, not one string"),
+        ({"writes": "file"}, r"writes= takes a list of resource keys, not one string"),
+        ({"reads": [""]}, r"a resource is a non-empty key template"),
+        ({"writes": [3]}, r"a resource is a non-empty key template .* not 3"),
+        ({"reads": ["file:{path"]}, r"'file:\{path' is not a valid template"),
+        ({"reads": ["file:{}"]}, r"placeholder with no argument name"),
+        ({"reads": ["file:{0}"]}, r"unknown argument '0'"),
+    ],
+)
+def test_resource_declarations_are_checked_when_the_tool_is_defined(
+    options: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ToolDefinitionError, match=expected):
+
+        @tool(**options)
+        def read(path: str) -> str:
+            return path
+
+
 def test_unresolvable_hints_are_a_definition_error() -> None:
     def f(x: NotAType) -> str:  # type: ignore[name-defined]  # noqa: F821
         return "x"
@@ -327,6 +349,12 @@ def test_callable_resource_specs() -> None:
         frozenset(),
         frozenset({"file:a", "file:b", "index"}),
     )
+
+    @tool(reads=[lambda args: f"file:{args['path']}"])  # one key, not a list of them
+    def show(path: str) -> str:
+        return path
+
+    assert show.resources(show.parse('{"path": "a.py"}'))[0] == frozenset({"file:a.py"})
 
 
 def test_default_timeout_and_override() -> None:

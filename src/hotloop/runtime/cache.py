@@ -16,9 +16,9 @@ What holds:
 * **A result from before a write is never stored after it.** A read remembers the store's
   epoch when it starts; when it finishes, its result is stored only if no overlapping
   invalidation happened since.
-* **Single flight.** Identical calls in flight at once run once: a second call with the same key
-  while the first runs waits for it and takes its result (``coalesced``), unless a write
-  overlapping its reads was admitted in between.
+* **Single flight.** Identical calls in flight at once on one event loop run once: a second
+  call with the same key while the first runs waits for it and takes its result
+  (``coalesced``), unless a write overlapping its reads was admitted in between.
 * **Errors are not cached**, nor results past their ``ttl``.
 
 Scopes (where results are kept): ``"run"`` (this run only, the default), ``"client"`` (every
@@ -30,6 +30,7 @@ another (a shared store, later).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import weakref
 from collections import OrderedDict, deque
@@ -63,6 +64,17 @@ class Cache:
             raise ValueError("a cache ttl must be positive seconds (None: no expiry)")
         if self.scope not in ("run", "client", "process"):
             raise ValueError(f"cache scope must be run, client or process, not {self.scope!r}")
+        if self.store is not None:
+            missing = [
+                name
+                for name in ("get", "put", "invalidate", "epoch")
+                if not hasattr(self.store, name)
+            ]
+            if missing:
+                raise TypeError(
+                    f"Cache(store=...) takes a ResultStore (get, put, invalidate, epoch); "
+                    f"{self.store!r} has no {', '.join(missing)}"
+                )
 
 
 @dataclass(slots=True)
@@ -89,46 +101,60 @@ class ResultStore(Protocol):
 
 
 class MemoryStore:
-    """Results in a dict, at most ``max_entries`` (least recently used out first)."""
+    """Results in a dict, at most ``max_entries`` (least recently used out first).
+
+    Safe to share between threads (runs on several event loops, with the ``"process"``
+    scope): each operation holds the store's lock.
+    """
 
     def __init__(self, max_entries: int = 10_000) -> None:
+        if max_entries < 0:
+            raise ValueError("max_entries must be 0 or more")
         self.max_entries = max_entries
         self.epoch = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         #: Recent invalidations: (epoch, writes; None: everything).
         self._log: deque[tuple[int, frozenset[str] | None]] = deque(maxlen=_LOG)
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: str, now: float) -> str | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry.expires is not None and now >= entry.expires:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return entry.output
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry.expires is not None and now >= entry.expires:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry.output
 
     def put(
         self, key: str, output: str, reads: frozenset[str], expires: float | None, since: int
     ) -> bool:
         """Store a result read from epoch ``since``, unless an invalidation since then
         overlaps its reads (it may predate a write); True if stored."""
-        if self.changed_since(since, reads):
-            return False
-        self._entries[key] = _Entry(output, reads, expires)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return True
+        with self._lock:
+            if self._changed_since(since, reads):
+                return False
+            self._entries[key] = _Entry(output, reads, expires)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            return True
 
     def drop(self, key: str) -> None:
-        self._entries.pop(key, None)
+        with self._lock:
+            self._entries.pop(key, None)
 
     def changed_since(self, since: int, reads: frozenset[str]) -> bool:
         """Whether an invalidation after epoch ``since`` may have changed what ``reads`` read."""
+        with self._lock:
+            return self._changed_since(since, reads)
+
+    def _changed_since(self, since: int, reads: frozenset[str]) -> bool:
         if since == self.epoch:
             return False
         if not self._log or self._log[0][0] > since + 1:
@@ -140,16 +166,17 @@ class MemoryStore:
 
     def invalidate(self, writes: frozenset[str] | None) -> int:
         """Drop every result whose reads overlap ``writes`` (None: all); how many."""
-        self.epoch += 1
-        self._log.append((self.epoch, writes))
-        if writes is None:
-            dropped = len(self._entries)
-            self._entries.clear()
-            return dropped
-        stale = [key for key, entry in self._entries.items() if overlap(writes, entry.reads)]
-        for key in stale:
-            del self._entries[key]
-        return len(stale)
+        with self._lock:
+            self.epoch += 1
+            self._log.append((self.epoch, writes))
+            if writes is None:
+                dropped = len(self._entries)
+                self._entries.clear()
+                return dropped
+            stale = [key for key, entry in self._entries.items() if overlap(writes, entry.reads)]
+            for key in stale:
+                del self._entries[key]
+            return len(stale)
 
 
 @dataclass(slots=True)
@@ -163,8 +190,9 @@ class _Flight:
 
 _PROCESS = MemoryStore()
 _CLIENTS: weakref.WeakKeyDictionary[object, MemoryStore] = weakref.WeakKeyDictionary()
-#: Calls running now, by store and key: every run sharing a store joins the same flight.
-_FLIGHTS: dict[tuple[int, str], _Flight] = {}
+#: Calls running now, by event loop, store and key: every run on that loop sharing a store
+#: joins the same flight (a run on another loop, in another thread, cannot await it).
+_FLIGHTS: dict[tuple[asyncio.AbstractEventLoop, int, str], _Flight] = {}
 
 
 def canonical_key(name: str, args: Any, arguments: str) -> str:
@@ -226,11 +254,12 @@ class RunResults:
         output = store.get(key, self.clock())
         if output is not None:
             return "hit", output, store.epoch
-        flight = _FLIGHTS.get((id(store), key))
+        loop = asyncio.get_running_loop()
+        flight = _FLIGHTS.get((loop, id(store), key))
         if flight is not None and not _changed(store, flight.epoch, reads):
             return "coalesced", flight.future, store.epoch
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        _FLIGHTS[(id(store), key)] = _Flight(future, reads, store.epoch)
+        future: asyncio.Future[str | None] = loop.create_future()
+        _FLIGHTS[(loop, id(store), key)] = _Flight(future, reads, store.epoch)
         return "miss", None, store.epoch
 
     def take(
@@ -243,7 +272,7 @@ class RunResults:
         if output is not None:
             store.drop(key)
             return output
-        flight = _FLIGHTS.get((id(store), key))
+        flight = _FLIGHTS.get((asyncio.get_running_loop(), id(store), key))
         if flight is not None and not _changed(store, flight.epoch, reads):
             return flight.future
         return None
@@ -253,7 +282,7 @@ class RunResults:
     ) -> None:
         """A missed call ended: ``output`` (None: it failed, nothing is stored)."""
         store = self.store(cache)
-        flight = _FLIGHTS.pop((id(store), key), None)
+        flight = _FLIGHTS.pop((asyncio.get_running_loop(), id(store), key), None)
         if flight is not None and not flight.future.done():
             flight.future.set_result(output)
         if output is not None:

@@ -200,6 +200,10 @@ class Compact(Policy):
             raise ValueError("summary_tokens must be at least 16 and below threshold_tokens")
         if summary_timeout is not None and not summary_timeout > 0:
             raise ValueError("summary_timeout must be positive (or None: no timeout)")
+        if not max_failures >= 1:
+            raise ValueError(
+                "max_failures must be at least 1: a run sends no summary once that many failed"
+            )
         self.threshold_tokens = threshold_tokens
         self.keep_recent_tokens = keep
         self.model = model

@@ -19,6 +19,7 @@ dropped).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -244,11 +245,20 @@ class ToolExecutor:
         if speculate.follow_ups and tool.follows is not None:
             try:
                 for name, follow_args in tool.follows(args, output):
+                    if not isinstance(name, str) or not isinstance(follow_args, Mapping | str):
+                        raise TypeError(
+                            "a follow-up is a (tool name, arguments) pair, arguments a mapping "
+                            f"or a JSON string, not ({name!r}, {follow_args!r})"
+                        )
                     declared.append(("follows", name, follow_args))
                     if len(declared) == _MAX_FOLLOW_UPS:
                         break
             except Exception as exc:
-                _log.warning("the follow-ups of %s raised; none used", tool.name, exc_info=exc)
+                _log.warning(
+                    "the follow-ups of %s raised; those after it are dropped",
+                    tool.name,
+                    exc_info=exc,
+                )
         learned: list[tuple[str, str, Mapping[str, Any] | str]] = []
         if self._transitions is not None:
             for name, seen in self._transitions.after(_raw_key(tool.name, arguments)):
@@ -282,12 +292,12 @@ class ToolExecutor:
         tool = self.tools(name)
         if tool is None or not _speculable(tool):
             return False
-        arguments = given if isinstance(given, str) else codec.dumps(dict(given)).decode()
         try:
+            arguments = given if isinstance(given, str) else codec.dumps(dict(given)).decode()
             args = tool.parse(arguments)
             reads, writes = tool.resources(args)
-        except (HotloopError, KeyError, ValueError):
-            return False  # a prediction the tool would refuse: nothing to run
+        except Exception:
+            return False  # a prediction the tool would refuse (or cannot key): nothing to run
         if writes:
             return False
         key = canonical_key(tool.name, args, arguments)
@@ -382,6 +392,9 @@ class ToolExecutor:
         self._running[key] = (task, reads)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled before its first step never runs its coroutine (nor its
+        # ``finally``): its flight must end all the same, or a call would wait on it forever.
+        task.add_done_callback(functools.partial(self._never_ran, key, reads, epoch, speculation))
 
     async def _prefetch(
         self,
@@ -402,13 +415,37 @@ class ToolExecutor:
             if outcome.error is None:
                 output = outcome.output
         finally:
-            speculation.finished_ns = self.now()
-            self._in_flight -= 1
-            running = self._running.get(key)
-            if running is not None and running[0] is asyncio.current_task():
-                del self._running[key]
-            self.results.finish(self._speculated, key, reads, epoch, output)
-            self._pump()
+            self._ended(key, reads, epoch, speculation, output, asyncio.current_task())
+
+    def _never_ran(
+        self,
+        key: str,
+        reads: frozenset[str],
+        epoch: int,
+        speculation: SpeculationRecord,
+        task: asyncio.Task[None],
+    ) -> None:
+        if speculation.finished_ns is None:
+            self._ended(key, reads, epoch, speculation, None, task)
+
+    def _ended(
+        self,
+        key: str,
+        reads: frozenset[str],
+        epoch: int,
+        speculation: SpeculationRecord,
+        output: str | None,
+        task: asyncio.Task[Any] | None,
+    ) -> None:
+        """A speculation ended: its slot and its flight are free (with ``output``: None if it
+        failed or never ran)."""
+        speculation.finished_ns = self.now()
+        self._in_flight -= 1
+        running = self._running.get(key)
+        if running is not None and running[0] is task:
+            del self._running[key]
+        self.results.finish(self._speculated, key, reads, epoch, output)
+        self._pump()
 
     async def _cached(self, call: Call) -> Outcome:
         tool, args, record = call.tool, call.args, call.record
@@ -458,6 +495,22 @@ class ToolExecutor:
         except TimeoutError:
             error = f"{tool.name} timed out after {tool.timeout} s"
             output = error_output("timeout", error)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # the run (or a stopped speculation) cancelled it
+            # The tool raised it itself (an await of something cancelled elsewhere): its
+            # failure, not the run's cancellation.
+            error = f"{type(exc).__name__}: {exc}"
+            output = error_output("tool_error", error)
+            _log.warning(
+                "tool %s raised CancelledError without being cancelled (call %s, turn %d); "
+                "the model gets the error",
+                tool.name,
+                record.call_id,
+                call.turn,
+                exc_info=exc,
+            )
         except Exception as exc:  # a tool's failure is a result for the model, never a crash
             error = f"{type(exc).__name__}: {exc}"
             output = error_output("tool_error", error)
@@ -511,7 +564,9 @@ def _speculable(tool: Tool) -> bool:
     effects = tool.effects
     if effects.writes or tool.takes_context or tool.approval:
         return False
-    return effects.pure or effects.idempotent or not effects.exclusive
+    # Not an idempotent tool that declared nothing: it may write anything, and running it
+    # twice being harmless does not make running it unasked so.
+    return effects.pure or not effects.exclusive
 
 
 def _raw_key(name: str, arguments: str) -> str:

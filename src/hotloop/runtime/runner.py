@@ -959,6 +959,9 @@ async def _run(
             threads.close()
         if run.asides is not None:
             run.asides.close()
+        # A run that failed or was cancelled stops its speculations too.
+        if run.executor is not None and run.executor.speculate is not None:
+            run.executor.close()
 
 
 def _report_warnings(warnings: Any, turn: int, emit: Emit | None) -> None:

@@ -13,9 +13,9 @@ exclusive tools run alone, and everything else runs concurrently. :class:`Admiss
 tasks and does no I/O; the runner's executor asks it what to start and tells it what finished.
 
 Resource keys are hierarchical: a key covers every key below it, ``/`` separating the levels.
-``repo`` covers ``repo/src`` and ``repo/src/a.py``; ``repo/src`` covers ``repo/src/a.py`` but
-not ``repo/srcs``. So a call that reads ``repo`` waits for a write to ``repo/src/a.py``, and
-one declaration serves ordering at every level.
+``repo`` covers ``repo/src`` and ``repo/src/a.py``; ``repo/src`` (or ``repo/src/``) covers
+``repo/src/a.py`` but not ``repo/srcs``. So a call that reads ``repo`` waits for a write to
+``repo/src/a.py``, and one declaration serves ordering at every level.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ class CallEffects:
 
 
 def covers(key: str, other: str) -> bool:
-    """Whether resource ``key`` is ``other`` or one of its ancestors (``repo`` ⊇ ``repo/a``)."""
-    return key == other or (other.startswith(key) and other[len(key)] == "/")
+    """Whether resource ``key`` is ``other`` or one of its ancestors (``repo`` ⊇ ``repo/a``;
+    with a trailing slash too: ``repo/`` ⊇ ``repo/a``)."""
+    return key == other or (other.startswith(key) and (other[len(key)] == "/" or key.endswith("/")))
 
 
 def overlap(keys: frozenset[str], others: frozenset[str]) -> bool:

@@ -17,8 +17,8 @@ Predictions come from two sources:
 What holds:
 
 * **Only reads are speculated.** A tool may be speculated if it is ``pure``, or declares reads
-  and no writes, or is ``idempotent`` without writes; never a write, never a tool that takes a
-  ``RunContext`` or needs approval.
+  and no writes; never a write, never a tool that declared no effects (it may touch anything,
+  ``idempotent`` or not), never a tool that takes a ``RunContext`` or needs approval.
 * **Lossless.** A speculated result is kept under the same rules as the tool-result cache
   (:mod:`hotloop.runtime.cache`): a write admitted after the speculation started, overlapping
   what it read, drops it (also while it is still running), so the model only ever gets what
@@ -58,7 +58,7 @@ class Speculate(Policy):
         max_in_flight: int = 4,
         max_waste: float = 0.25,
     ) -> None:
-        if max_in_flight < 1 or per_call < 1 or max_waste < 0:
+        if not (max_in_flight >= 1 and per_call >= 1 and max_waste >= 0):
             raise ValueError("max_in_flight and per_call must be >= 1, max_waste >= 0")
         self.follow_ups = follow_ups
         self.learn = learn

@@ -41,6 +41,7 @@ import functools
 import inspect
 import queue
 import re
+import string
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -253,7 +254,11 @@ def _expand(specs: tuple[ResourceSpec, ...], args: Mapping[str, Any]) -> frozens
         if isinstance(spec, str):
             keys.add(spec.format_map(args) if "{" in spec else spec)
         else:
-            keys.update(spec(args))
+            found = spec(args)
+            if isinstance(found, str):
+                keys.add(found)  # one key, not its characters
+            else:
+                keys.update(found)
     return frozenset(keys)
 
 
@@ -308,6 +313,22 @@ def _strip_titles(schema: Any) -> Any:
 FollowUps = Callable[[Mapping[str, Any], str], Iterable[tuple[str, Mapping[str, Any]]]]
 
 
+def _checked_follows(name: str, follows: FollowUps | None) -> FollowUps | None:
+    """``follows`` if it is a plain function (it is called on the loop, never awaited)."""
+    if follows is None:
+        return None
+    if not callable(follows):
+        raise ToolDefinitionError(
+            f"tool {name!r}: follows= takes a function of (args, output), not {follows!r}"
+        )
+    if inspect.iscoroutinefunction(follows) or inspect.isasyncgenfunction(follows):
+        raise ToolDefinitionError(
+            f"tool {name!r}: follows= must be a plain function returning (tool name, "
+            "arguments) pairs, not an async one: it is called while the loop runs, never awaited"
+        )
+    return follows
+
+
 def _checked_cache(name: str, effects: Effects, cache: Cache | None) -> Cache | None:
     """``cache`` if a tool with ``effects`` may be cached: it cannot write."""
     if cache is None:
@@ -353,7 +374,7 @@ class Tool:
         #: How its results are cached (None: never); see :mod:`hotloop.runtime.cache`.
         self.cache = _checked_cache(self.name, effects, cache)
         #: The calls likely to follow one of its results (speculative prefetch), or None.
-        self.follows = follows
+        self.follows = _checked_follows(self.name, follows)
         self.is_async = inspect.iscoroutinefunction(fn)
         #: The function's first parameter is ``self``: a method not bound to an instance yet.
         self.unbound = _first_parameter(fn) == "self" and not inspect.ismethod(fn)
@@ -363,6 +384,13 @@ class Tool:
         self._model: type[pydantic.BaseModel] | None = self._build_model(fn, doc_params)
         self.parameters: dict[str, Any] = self._schema(self._model)
         self._check_templates()
+        kept = self.cache
+        if self.takes_context and kept and (kept.scope != "run" or kept.store is not None):
+            raise ToolDefinitionError(
+                f"tool {self.name!r} takes a RunContext: its result may depend on the run's "
+                "deps (the user), and a cached one would be served to other runs; cache it for "
+                "its run only (Cache(scope='run'), no store=)"
+            )
 
     def __get__(self, instance: object, owner: type | None = None) -> Tool:
         """``@tool`` on a method: each instance's attribute is a tool bound to it."""
@@ -399,7 +427,7 @@ class Tool:
         self.timeout = timeout
         self.approval = approval
         self.cache = _checked_cache(name, effects, cache)
-        self.follows = follows
+        self.follows = _checked_follows(name, follows)
         self.is_async = True
         self.unbound = False
         self.takes_context = False
@@ -464,13 +492,35 @@ class Tool:
     def _check_templates(self) -> None:
         names = set(self._model.model_fields) if self._model is not None else set()
         for spec in (*self.effects.reads, *self.effects.writes):
-            if isinstance(spec, str):
-                for placeholder in re.findall(r"{(\w+)", spec):
-                    if placeholder not in names:
-                        raise ToolDefinitionError(
-                            f"tool {self.name!r}: resource {spec!r} names unknown argument "
-                            f"{placeholder!r}"
-                        )
+            if callable(spec):
+                continue
+            if not isinstance(spec, str) or not spec:
+                raise ToolDefinitionError(
+                    f"tool {self.name!r}: a resource is a non-empty key template (such as "
+                    f"'repo/{{path}}') or a function of the arguments, not {spec!r}"
+                )
+            if "{" not in spec:
+                continue  # a plain key, used as written
+            try:
+                fields = [field for _, field, _, _ in string.Formatter().parse(spec)]
+            except ValueError as exc:
+                raise ToolDefinitionError(
+                    f"tool {self.name!r}: resource {spec!r} is not a valid template: {exc}"
+                ) from exc
+            for field_name in fields:
+                if field_name is None:
+                    continue
+                placeholder = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+                if not placeholder:
+                    raise ToolDefinitionError(
+                        f"tool {self.name!r}: resource {spec!r} has a placeholder with no "
+                        "argument name; name the argument, as in 'repo/{path}'"
+                    )
+                if placeholder not in names:
+                    raise ToolDefinitionError(
+                        f"tool {self.name!r}: resource {spec!r} names unknown argument "
+                        f"{placeholder!r}"
+                    )
 
     def definition(self) -> dict[str, Any]:
         """The tool as a Responses API ``tools`` entry."""
@@ -667,6 +717,13 @@ def tool(
     )
 
     def wrap(function: _Fn) -> Tool:
+        for option, given in (("reads", reads), ("writes", writes)):
+            if isinstance(given, str | bytes):
+                label = name or getattr(function, "__name__", "tool")
+                raise ToolDefinitionError(
+                    f"tool {label!r}: {option}= takes a list of resource keys, not one string: "
+                    f"{option}=[{given!r}]"
+                )
         return Tool(
             function,
             name=name,
