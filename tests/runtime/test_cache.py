@@ -368,6 +368,59 @@ async def test_a_read_running_across_another_runs_write_is_neither_joined_nor_ke
     assert writing.lookup(cache, key, reads)[:2] == ("hit", "a v1")
 
 
+async def test_a_read_started_before_another_runs_write_answers_only_its_own_joiners() -> None:
+    """A read of a runs, and a twin joins it; another run admits a write to a, and its own
+    read of a starts (a twin joins that one too). The first read finishing first gives its
+    result (from before the write) to its own twin only: the read after the write and its
+    twin get theirs, and nothing waits forever."""
+    client = ScriptedTransport([])
+    cache, key, reads = Cache(scope="client"), "read a", frozenset({"repo/a"})
+    reading, writing = RunResults(client), RunResults(client)
+    kind, _, before = reading.lookup(cache, key, reads)
+    assert kind == "miss"
+    kind, early, _ = reading.lookup(cache, key, reads)
+    assert kind == "coalesced" and isinstance(early, asyncio.Future)
+    writing.invalidate(frozenset({"repo/a"}))
+    kind, _, after = writing.lookup(cache, key, reads)
+    assert kind == "miss"
+    kind, late, _ = writing.lookup(cache, key, reads)
+    assert kind == "coalesced" and isinstance(late, asyncio.Future) and late is not early
+    reading.finish(cache, key, reads, before, "a v0")
+    assert early.done() and early.result() == "a v0"
+    assert not late.done()
+    writing.finish(cache, key, reads, after, "a v1")
+    assert late.result() == "a v1"
+    assert writing.lookup(cache, key, reads)[:2] == ("hit", "a v1")
+
+
+async def test_a_write_reaches_a_store_of_its_own_the_run_never_looked_in() -> None:
+    """A store given to ``Cache(store=...)`` is shared: a run whose tools only write still
+    drops what it holds about what they write, and the next read is fresh."""
+    shared = MemoryStore()
+    files = Files(cache=Cache(store=shared))
+    await play([[("read", {"path": "a"})]], files)
+    assert len(shared) == 1
+
+    @tool(writes=["repo/{path}"])
+    async def save(path: str) -> str:
+        """Change a file.
+
+        Args:
+            path: The file.
+        """
+        files.versions[path] = files.versions.get(path, 0) + 1
+        return "saved"
+
+    scripted = ScriptedTransport(
+        [turn_events("r0", [("save", {"path": "a"})]), answer_events("r1")]
+    )
+    result = await Runner.run(Agent(MODEL, tools=[save]), "go", client=scripted)
+    assert result.steps[0].tools[0].invalidated == 1 and len(shared) == 0
+    reread, _ = await play([[("read", {"path": "a"})]], files)
+    assert outputs(reread) == ["a v1"] and files.runs == ["read a", "read a"]
+    shared.invalidate(None)  # every run's writes reach it until it is collected: leave it empty
+
+
 async def test_every_argument_is_part_of_the_key() -> None:
     runs: list[tuple[str, int]] = []
 

@@ -540,6 +540,30 @@ async def test_tools_that_may_write_or_must_be_asked_for_are_never_speculated() 
     assert sorted(runs) == ["deploy a", "fmt a", "read a", "shell make", "whoami a"]
 
 
+async def test_an_agent_that_asks_before_every_call_speculates_nothing() -> None:
+    """With ``approval="all"`` every call waits for a person, reads too: grep's predicted
+    reads are never run before the model asks, and a denied read never runs at all."""
+    files = Repo()
+    asked: list[str] = []
+
+    async def approve(request: ApprovalRequested) -> bool:
+        asked.append(request.name)
+        return request.name != "read" or codec.loads(request.arguments) != {"path": "b"}
+
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("grep", {"pattern": "x"})]),
+            turn_events("r1", [("read", {"path": "a"}), ("read", {"path": "b"})]),
+            answer_events("r2"),
+        ]
+    )
+    agent = Agent(MODEL, tools=files.tools, policies=[Speculate()], approval="all")
+    result = await Runner.run(agent, "go", client=scripted, approver=approve)
+    assert result.speculations == ()
+    assert asked == ["grep", "read", "read"]
+    assert [run for run in files.runs if run.startswith("read")] == ["read a"]
+
+
 async def test_a_speculation_that_failed_is_not_served() -> None:
     """grep predicts a read of a whose first run fails: the model's read runs by itself and
     gets its own result, never the speculation's error."""

@@ -12,13 +12,16 @@ What holds:
   overlap its writes is dropped — hierarchically: a write to ``repo/src/a.py`` drops a cached
   read of ``repo``. A tool that declares no effects may touch anything: it drops everything.
   The write invalidates again when it finishes, for reads that other runs sharing the store
-  started in between. So a read admitted after a write never gets a result from before it.
+  started in between. It reaches every store a write may concern: the run's, the client's,
+  the process's and every store given to ``Cache(store=...)``. So a read admitted after a
+  write never gets a result from before it.
 * **A result from before a write is never stored after it.** A read remembers the store's
   epoch when it starts; when it finishes, its result is stored only if no overlapping
   invalidation happened since.
 * **Single flight.** Identical calls in flight at once on one event loop run once: a second
   call with the same key while the first runs waits for it and takes its result
-  (``coalesced``), unless a write overlapping its reads was admitted in between.
+  (``coalesced``), unless a write overlapping its reads was admitted in between; then it
+  runs by itself, and the first one's result goes only to the calls that joined it before.
 * **Errors are not cached**, nor results past their ``ttl``.
 
 Scopes (where results are kept): ``"run"`` (this run only, the default), ``"client"`` (every
@@ -190,9 +193,27 @@ class _Flight:
 
 _PROCESS = MemoryStore()
 _CLIENTS: weakref.WeakKeyDictionary[object, MemoryStore] = weakref.WeakKeyDictionary()
-#: Calls running now, by event loop, store and key: every run on that loop sharing a store
-#: joins the same flight (a run on another loop, in another thread, cannot await it).
-_FLIGHTS: dict[tuple[asyncio.AbstractEventLoop, int, str], _Flight] = {}
+#: The stores tools were declared with (``Cache(store=...)``), by id: shared, so every run's
+#: writes invalidate them, whether or not the run looked anything up in them (held weakly
+#: where they allow it).
+_SHARED: weakref.WeakValueDictionary[int, ResultStore] = weakref.WeakValueDictionary()
+_SHARED_STRONGLY: dict[int, ResultStore] = {}
+#: Calls running now, by event loop, store and key, and by the store's epoch when each
+#: started: every run on that loop sharing a store joins the latest flight still valid (a run
+#: on another loop, in another thread, cannot await it). An older one, started before a write
+#: to what it reads, still runs for the calls that joined it before the write.
+_FLIGHTS: dict[tuple[asyncio.AbstractEventLoop, int, str], dict[int, _Flight]] = {}
+
+
+def declared(cache: Cache) -> Cache:
+    """A tool caches its results in ``cache``: a store of its own is shared from now on."""
+    store = cache.store
+    if store is not None:
+        try:
+            _SHARED[id(store)] = store
+        except TypeError:  # no weak references to it: kept for the process's life
+            _SHARED_STRONGLY[id(store)] = store
+    return cache
 
 
 def canonical_key(name: str, args: Any, arguments: str) -> str:
@@ -215,6 +236,7 @@ class RunResults:
         self.clock = clock
         self._run = MemoryStore()
         self._client = client
+        #: Stores of this run's own (not a tool's: the speculated results), once used.
         self._extra: list[ResultStore] = []
 
     def store(self, cache: Cache) -> ResultStore:
@@ -235,14 +257,17 @@ class RunResults:
         return store
 
     def _stores(self) -> Iterable[ResultStore]:
-        seen: list[ResultStore] = [self._run, _PROCESS, *self._extra]
+        """Every store a write of this run may concern, each once."""
+        seen: dict[int, ResultStore] = {id(self._run): self._run, id(_PROCESS): _PROCESS}
+        for store in (*self._extra, *_SHARED.values(), *_SHARED_STRONGLY.values()):
+            seen[id(store)] = store
         try:
             client = _CLIENTS.get(self._client)
         except TypeError:
             client = None
         if client is not None:
-            seen.append(client)
-        return seen
+            seen[id(client)] = client
+        return seen.values()
 
     def lookup(
         self, cache: Cache, key: str, reads: frozenset[str]
@@ -255,12 +280,15 @@ class RunResults:
         if output is not None:
             return "hit", output, store.epoch
         loop = asyncio.get_running_loop()
-        flight = _FLIGHTS.get((loop, id(store), key))
+        flights = _FLIGHTS.get((loop, id(store), key))
+        flight = _latest(flights)
         if flight is not None and not _changed(store, flight.epoch, reads):
             return "coalesced", flight.future, store.epoch
-        future: asyncio.Future[str | None] = loop.create_future()
-        _FLIGHTS[(loop, id(store), key)] = _Flight(future, reads, store.epoch)
-        return "miss", None, store.epoch
+        if flights is None:
+            flights = _FLIGHTS[(loop, id(store), key)] = {}
+        epoch = store.epoch
+        flights[epoch] = _Flight(loop.create_future(), reads, epoch)
+        return "miss", None, epoch
 
     def take(
         self, cache: Cache, key: str, reads: frozenset[str]
@@ -272,7 +300,7 @@ class RunResults:
         if output is not None:
             store.drop(key)
             return output
-        flight = _FLIGHTS.get((asyncio.get_running_loop(), id(store), key))
+        flight = _latest(_FLIGHTS.get((asyncio.get_running_loop(), id(store), key)))
         if flight is not None and not _changed(store, flight.epoch, reads):
             return flight.future
         return None
@@ -280,9 +308,14 @@ class RunResults:
     def finish(
         self, cache: Cache, key: str, reads: frozenset[str], epoch: int, output: str | None
     ) -> None:
-        """A missed call ended: ``output`` (None: it failed, nothing is stored)."""
+        """The call :meth:`lookup` missed with ``epoch`` ended: ``output`` (None: it failed,
+        nothing is stored) goes to the calls that joined it."""
         store = self.store(cache)
-        flight = _FLIGHTS.pop((asyncio.get_running_loop(), id(store), key), None)
+        place = (asyncio.get_running_loop(), id(store), key)
+        flights = _FLIGHTS.get(place)
+        flight = None if flights is None else flights.pop(epoch, None)
+        if flights is not None and not flights:
+            del _FLIGHTS[place]
         if flight is not None and not flight.future.done():
             flight.future.set_result(output)
         if output is not None:
@@ -304,6 +337,13 @@ class RunResults:
                 continue  # nothing kept, nothing running that could keep a stale result
             dropped += store.invalidate(writes)
         return dropped
+
+
+def _latest(flights: dict[int, _Flight] | None) -> _Flight | None:
+    """The flight started last: at the highest epoch (a new one starts only after a write)."""
+    if not flights:
+        return None
+    return next(reversed(flights.values()))
 
 
 def _changed(store: ResultStore, since: int, reads: frozenset[str]) -> bool:

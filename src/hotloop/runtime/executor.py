@@ -86,11 +86,14 @@ class ToolExecutor:
         *,
         tools: Callable[[str], Tool | None] = lambda name: None,
         speculate: Speculate | None = None,
+        asks: Callable[[Tool], bool] = lambda tool: tool.approval,
     ) -> None:
         self.results = RunResults(client)
         self.threads = threads
         self.now = now
         self.tools = tools
+        #: Whether a call of a tool waits for approval (the agent's rule): never speculated.
+        self.asks = asks
         #: Speculative prefetch (None: off); see :mod:`hotloop.runtime.speculation`.
         self.speculate = speculate
         self.speculations: list[SpeculationRecord] = []
@@ -290,7 +293,7 @@ class ToolExecutor:
     ) -> bool:
         """Keep a prediction as a candidate (see :meth:`_pump`), if it may run at all."""
         tool = self.tools(name)
-        if tool is None or not _speculable(tool):
+        if tool is None or not _speculable(tool) or self.asks(tool):
             return False
         try:
             arguments = given if isinstance(given, str) else codec.dumps(dict(given)).decode()

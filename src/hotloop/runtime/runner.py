@@ -769,6 +769,7 @@ def _start(
         lambda: time.perf_counter_ns() - origin,
         tools=agent.tool,
         speculate=speculate,
+        asks=agent.needs_approval,
     )
     return run
 

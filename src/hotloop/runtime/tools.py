@@ -60,7 +60,7 @@ import pydantic
 import pydantic_core
 
 from hotloop.errors import HotloopError
-from hotloop.runtime.cache import Cache
+from hotloop.runtime.cache import Cache, declared
 
 if TYPE_CHECKING:
     from hotloop.runtime.agent import Agent
@@ -340,7 +340,7 @@ def _checked_cache(name: str, effects: Effects, cache: Cache | None) -> Cache | 
             f"tool {name!r}: only a tool that cannot write may be cached: declare its reads= "
             "(and no writes=), or pure=True"
         )
-    return cache
+    return declared(cache)
 
 
 class Tool:
