@@ -482,6 +482,63 @@ async def test_failing_tools_give_error_results_and_the_loop_carries_on(serve: A
     assert sent == outputs(result)
 
 
+async def test_resources_that_cannot_be_worked_out_are_that_calls_error(serve: Any) -> None:
+    """A declaration the model's arguments do not fit (a template naming a field left out, a
+    function that raises or returns no keys) is an ``invalid_arguments`` result for that call:
+    it never runs, and the other calls and the loop carry on."""
+    ran: list[str] = []
+
+    def owner(args: Mapping[str, Any]) -> list[str]:
+        return [f"users/{args['user']['id']}"]
+
+    @tool(reads=["repo/{where[path]}"])
+    async def peek(where: dict[str, str] | None = None) -> str:
+        ran.append("peek")
+        return "seen"
+
+    @tool(reads=[owner])
+    async def profile(user: dict[str, str]) -> str:
+        ran.append("profile")
+        return "profile"
+
+    @tool(reads=[lambda args: None])  # type: ignore[arg-type,return-value]
+    async def broken() -> str:
+        ran.append("broken")
+        return "never"
+
+    @tool(pure=True)
+    def square(n: int) -> int:
+        return n * n
+
+    scenario = script(
+        Turn(
+            calls=(
+                call("peek"),
+                call("profile", user={"name": "ada"}),
+                call("broken"),
+                call("square", n=4),
+            )
+        ),
+    )
+    async with serve(scenario) as client:
+        agent = Agent(MODEL, tools=[peek, profile, broken, square])
+        result = await Runner.run(agent, "go", client=client)
+
+    assert result.final_output == FINAL
+    peeked, profiled, broke, good = outputs(result)
+    for output, name, problem in (
+        (peeked, "peek", "TypeError: 'NoneType' object is not subscriptable"),
+        (profiled, "profile", "KeyError: 'id'"),
+        (broke, "broken", "TypeError: 'NoneType' object is not iterable"),
+    ):
+        assert error_of(output) == {
+            "type": "invalid_arguments",
+            "message": f"the resources of {name} cannot be worked out from these arguments: "
+            + problem,
+        }
+    assert good.output == "16" and ran == []
+
+
 # -- cancellation -------------------------------------------------------------------------
 
 

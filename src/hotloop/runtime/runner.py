@@ -381,7 +381,7 @@ class _TurnCalls:
             effects = NOTHING
             tool = self.agent.tool(call.name)
             if tool is not None:
-                with contextlib.suppress(ToolArgumentsError, KeyError, ValueError):
+                with contextlib.suppress(ToolArgumentsError):
                     reads, writes = tool.resources(tool.parse(call.arguments))
                     effects = CallEffects(reads, writes, tool.effects.exclusive)
             self.admission.submit(effects)
@@ -404,7 +404,7 @@ class _TurnCalls:
         try:
             args = tool.parse(call.arguments)
             reads, writes = tool.resources(args)
-        except (ToolArgumentsError, KeyError, ValueError) as exc:
+        except ToolArgumentsError as exc:
             self._resolve(future, error_output("invalid_arguments", str(exc)), str(exc), now)
             self._pending.append(None)
             self.admission.submit(NOTHING)

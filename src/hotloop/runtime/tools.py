@@ -256,9 +256,11 @@ def _expand(specs: tuple[ResourceSpec, ...], args: Mapping[str, Any]) -> frozens
         else:
             found = spec(args)
             if isinstance(found, str):
-                keys.add(found)  # one key, not its characters
-            else:
-                keys.update(found)
+                found = (found,)  # one key, not its characters
+            for key in found:
+                if not isinstance(key, str) or not key:
+                    raise TypeError(f"a resource key is a non-empty string, not {key!r}")
+                keys.add(key)
     return frozenset(keys)
 
 
@@ -547,8 +549,16 @@ class Tool:
         return dict(model)
 
     def resources(self, args: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
-        """The resource keys this call reads and writes."""
-        return _expand(self.effects.reads, args), _expand(self.effects.writes, args)
+        """The resource keys this call reads and writes; raises :class:`ToolArgumentsError`
+        when the declarations cannot be worked out from ``args`` (a template naming what the
+        arguments lack, a function that raises or returns no keys)."""
+        try:
+            return _expand(self.effects.reads, args), _expand(self.effects.writes, args)
+        except Exception as exc:
+            raise ToolArgumentsError(
+                f"the resources of {self.name} cannot be worked out from these arguments: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     @property
     def dispatch_early(self) -> bool:
