@@ -725,6 +725,11 @@ def test_follows_must_be_a_plain_function() -> None:
             tool(pure=True, follows=follows)(_echo)
     with pytest.raises(ToolDefinitionError, match="follows= takes a function"):
         tool(pure=True, follows=[("read", {})])(_echo)  # type: ignore[arg-type]
+    for wrong in (lambda output: [], lambda args, output, extra: []):
+        with pytest.raises(ToolDefinitionError, match=r"is called with \(args, output\)"):
+            tool(pure=True, follows=wrong)(_echo)  # type: ignore[arg-type]
+    # Anything callable with two arguments will do.
+    assert tool(pure=True, follows=lambda *given: [])(_echo).follows is not None
 
 
 async def _echo(text: str) -> str:

@@ -328,6 +328,14 @@ def _checked_follows(name: str, follows: FollowUps | None) -> FollowUps | None:
             f"tool {name!r}: follows= must be a plain function returning (tool name, "
             "arguments) pairs, not an async one: it is called while the loop runs, never awaited"
         )
+    try:
+        inspect.signature(follows).bind(None, None)
+    except TypeError as exc:
+        raise ToolDefinitionError(
+            f"tool {name!r}: follows= is called with (args, output): {exc}"
+        ) from None
+    except ValueError:
+        pass  # no signature to check (a builtin): its first call tells
     return follows
 
 
