@@ -421,6 +421,23 @@ async def test_turns_do_not_wait_for_a_slow_summary(gateway_factory: Any) -> Non
     assert busy / summary_ns > 0.5  # model time alone; tools fill the rest
 
 
+async def test_a_summary_still_running_when_the_run_ends_is_recorded_as_cancelled(
+    gateway_factory: Any,
+) -> None:
+    # A 2,000-token summary takes 5 s at 400 tokens/s; the run is over long before.
+    slow = get_profile("zero").override(decode_tokens_per_s=400)
+    policy = Compact(threshold_tokens=3000, keep_recent_tokens=1000, summary_tokens=2000)
+    agent = Agent(generic(30), "Be brief.", [fetch], policies=[policy], max_turns=40)
+    async with gateway_factory(profile=slow) as server, connect(server.base_url) as client:
+        result = await Runner.run(agent, "read every page", client=client)
+        # The records say so when the result is returned, and never change after.
+        ended = [(aside.response_done_ns, aside.error) for aside in result.asides]
+        await asyncio.sleep(0.05)
+        assert [(aside.response_done_ns, aside.error) for aside in result.asides] == ended
+    assert ended and ended[-1][1] == "cancelled: the run ended first"
+    assert all(done is not None and done <= result.wall_ns for done, _ in ended)
+
+
 async def test_a_summary_past_its_timeout_is_cancelled_and_tried_again(
     gateway_factory: Any,
 ) -> None:

@@ -441,6 +441,18 @@ async def test_a_write_below_what_a_running_speculation_reads_stops_it() -> None
     assert stopped.finished_ns - stopped.started_ns < 0.2e9
 
 
+async def test_a_speculation_still_running_when_the_run_ends_is_recorded_as_stopped() -> None:
+    """find predicts a slow listing, and the model answers at once: the listing is stopped
+    with the run, and its record says so when the result is returned, never changing after."""
+    result, _ = await play([[("find", {"pattern": "x"})]], Tree(), speculate=True)
+    (stopped,) = result.speculations
+    assert stopped.error == "stopped: the run ended" and stopped.used_ns is None
+    assert stopped.finished_ns is not None and stopped.finished_ns <= result.wall_ns
+    ended = stopped.finished_ns
+    await asyncio.sleep(0.05)
+    assert stopped.finished_ns == ended and stopped.error == "stopped: the run ended"
+
+
 async def test_tools_that_may_write_or_must_be_asked_for_are_never_speculated() -> None:
     """plan predicts a read, and calls of tools that must not run before the model asks: one
     that declares no effects (it may write anything), one that needs approval, one that takes

@@ -40,6 +40,8 @@ from hotloop.wire.responses import ResponseObject, Usage
 __all__ = ["Asides"]
 
 _log = logging.getLogger("hotloop.runtime")
+#: Why an aside still running when its run ended has no response.
+_RUN_ENDED = "cancelled: the run ended first"
 
 #: Events an aside has no use for: its text arrives whole in ``output_item.done``.
 _SKIP = frozenset(
@@ -100,12 +102,14 @@ class Asides:
             async with deadline:
                 return await sending
         except BaseException as exc:
+            if record.error == _RUN_ENDED:
+                raise  # stamped when the run ended
             record.response_done_ns = self._now()
             if deadline.expired():
                 record.error = f"no response within {within:g} s"
                 raise TimeoutError(record.error) from None
             if isinstance(exc, asyncio.CancelledError):
-                record.error = "cancelled: the run ended first"
+                record.error = _RUN_ENDED
             else:
                 record.error = str(exc) or type(exc).__name__
             raise
@@ -151,10 +155,16 @@ class Asides:
                 )
         return total
 
-    def close(self) -> None:
-        """The run is over: cancel the asides still running."""
-        for task in self.tasks:
+    def close(self, at: int | None = None) -> None:
+        """The run is over (``at``, on the run's clock; None: now): cancel the asides still
+        running. Their records say so now: the run's result must not change after it was
+        returned (the tasks end a loop step later)."""
+        now = self._now() if at is None else at
+        for task, record in zip(self.tasks, self.records, strict=True):
             if not task.done():
+                if record.response_done_ns is None:
+                    record.response_done_ns = now
+                    record.error = _RUN_ENDED
                 task.cancel()
 
 

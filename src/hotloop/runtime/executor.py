@@ -108,7 +108,9 @@ class ToolExecutor:
         self._in_flight = 0
         self._used = 0
         self._executed = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: Speculations started and not ended yet: their tasks, and (by id) their records.
+        self._tasks: dict[asyncio.Task[None], SpeculationRecord] = {}
+        self._open: set[int] = set()
         #: Predictions not started yet, by call key (see _pump).
         self._candidates: dict[str, _Candidate] = {}
         self._sequence = 0
@@ -172,15 +174,21 @@ class ToolExecutor:
         self._phase = 2
         self._pump()
 
-    def close(self) -> None:
-        """The run is over: speculations still running are of no use now; the client's
-        transition model learns what this run did."""
+    def close(self, at: int | None = None) -> None:
+        """The run is over (``at``, on the run's clock; None: now): speculations still running
+        are of no use now; the client's transition model learns what this run did."""
         if self._transitions is not None:
             for previous, call in self._seen:
                 self._transitions.saw(previous, call)
             self._seen.clear()
         self._candidates.clear()
-        for task in self._tasks:
+        # Stopped now, and their records say so now: the run's result must not change after
+        # it was returned (the tasks end a loop step later).
+        now = self.now() if at is None else at
+        for task, speculation in self._tasks.items():
+            if speculation.finished_ns is None:
+                speculation.finished_ns = now
+                speculation.error = speculation.error or "stopped: the run ended"
             task.cancel()
 
     def _stop_running(self, writes: frozenset[str] | None) -> None:
@@ -393,11 +401,11 @@ class ToolExecutor:
             self._prefetch(tool, found.args, reads, key, epoch, speculation)
         )
         self._running[key] = (task, reads)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = speculation
+        self._open.add(id(speculation))
         # A task cancelled before its first step never runs its coroutine (nor its
         # ``finally``): its flight must end all the same, or a call would wait on it forever.
-        task.add_done_callback(functools.partial(self._never_ran, key, reads, epoch, speculation))
+        task.add_done_callback(functools.partial(self._done, key, reads, epoch, speculation))
 
     async def _prefetch(
         self,
@@ -420,7 +428,7 @@ class ToolExecutor:
         finally:
             self._ended(key, reads, epoch, speculation, output, asyncio.current_task())
 
-    def _never_ran(
+    def _done(
         self,
         key: str,
         reads: frozenset[str],
@@ -428,8 +436,8 @@ class ToolExecutor:
         speculation: SpeculationRecord,
         task: asyncio.Task[None],
     ) -> None:
-        if speculation.finished_ns is None:
-            self._ended(key, reads, epoch, speculation, None, task)
+        del self._tasks[task]
+        self._ended(key, reads, epoch, speculation, None, task)  # if it never ran
 
     def _ended(
         self,
@@ -441,8 +449,12 @@ class ToolExecutor:
         task: asyncio.Task[Any] | None,
     ) -> None:
         """A speculation ended: its slot and its flight are free (with ``output``: None if it
-        failed or never ran)."""
-        speculation.finished_ns = self.now()
+        failed or never ran); once per speculation."""
+        if id(speculation) not in self._open:
+            return
+        self._open.discard(id(speculation))
+        if speculation.finished_ns is None:
+            speculation.finished_ns = self.now()
         self._in_flight -= 1
         running = self._running.get(key)
         if running is not None and running[0] is task:

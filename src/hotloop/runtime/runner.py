@@ -910,10 +910,11 @@ async def _run(
                     server_url=getattr(run.client, "url", None),
                 )
                 if executor.speculate is not None:
-                    executor.close()  # what is still being fetched is of no use now
+                    # What is still being fetched is of no use now: stopped at the run's end.
+                    executor.close(at=result.wall_ns)
                     result = dataclasses.replace(result, speculations=tuple(executor.speculations))
                 if run.asides is not None:
-                    run.asides.close()  # a summary still on its way is of no use now
+                    run.asides.close(at=result.wall_ns)  # a summary on its way is of no use
                     result = dataclasses.replace(
                         result,
                         usage=_add(usage, run.asides.usage()),
