@@ -236,13 +236,18 @@ class RunResults:
         self.clock = clock
         self._run = MemoryStore()
         self._client = client
-        #: Stores of this run's own (not a tool's: the speculated results), once used.
-        self._extra: list[ResultStore] = []
+        #: Stores of this run's own (not a tool's: see :meth:`private`).
+        self._own: list[ResultStore] = []
+
+    def private(self) -> Cache:
+        """A store of this run's own (the speculated results): its writes reach it, nobody
+        else's."""
+        store = MemoryStore()
+        self._own.append(store)
+        return Cache(store=store)
 
     def store(self, cache: Cache) -> ResultStore:
         if cache.store is not None:
-            if all(cache.store is not extra for extra in self._extra):
-                self._extra.append(cache.store)
             return cache.store
         if cache.scope == "run":
             return self._run
@@ -259,7 +264,7 @@ class RunResults:
     def _stores(self) -> Iterable[ResultStore]:
         """Every store a write of this run may concern, each once."""
         seen: dict[int, ResultStore] = {id(self._run): self._run, id(_PROCESS): _PROCESS}
-        for store in (*self._extra, *_SHARED.values(), *_SHARED_STRONGLY.values()):
+        for store in (*self._own, *_SHARED.values(), *_SHARED_STRONGLY.values()):
             seen[id(store)] = store
         try:
             client = _CLIENTS.get(self._client)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotloop.errors import HotloopError
-from hotloop.runtime.cache import Cache, MemoryStore, RunResults, canonical_key
+from hotloop.runtime.cache import RunResults, canonical_key
 from hotloop.runtime.events import SpeculationRecord, ToolRecord
 from hotloop.runtime.scheduler import overlap
 from hotloop.runtime.speculation import Speculate, transitions_of
@@ -97,7 +97,7 @@ class ToolExecutor:
         #: Speculative prefetch (None: off); see :mod:`hotloop.runtime.speculation`.
         self.speculate = speculate
         self.speculations: list[SpeculationRecord] = []
-        self._speculated = Cache(store=MemoryStore())
+        self._speculated = self.results.private()
         self._by_key: dict[str, SpeculationRecord] = {}
         self._transitions = transitions_of(client) if speculate and speculate.learn else None
         self._previous: str | None = None
