@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
+from hotloop.runtime.checks import number
 from hotloop.runtime.output import OutputSpec
 from hotloop.runtime.policies import Policy
 from hotloop.runtime.tools import (
@@ -105,6 +106,20 @@ class Agent:
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"tool names must be unique; repeated: {', '.join(duplicates)}")
+        for setting, count in (
+            ("max_turns", max_turns),
+            ("max_concurrency", max_concurrency),
+            ("max_attempts", max_attempts),
+            ("max_tool_threads", max_tool_threads),
+            ("output_retries", output_retries),
+        ):
+            number(setting, count, integer=True)
+        for setting, seconds in (
+            ("first_event_timeout", first_event_timeout),
+            ("stall_timeout", stall_timeout),
+            ("turn_timeout", turn_timeout),
+        ):
+            number(setting, seconds, optional=True)
         if max_turns < 1 or max_concurrency < 1 or max_attempts < 1:
             raise ValueError("max_turns, max_concurrency and max_attempts must be at least 1")
         if max_tool_threads < 1:

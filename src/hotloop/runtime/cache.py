@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from hotloop.errors import InvalidMessage
+from hotloop.runtime.checks import number
 from hotloop.runtime.scheduler import overlap
 from hotloop.wire import codec
 
@@ -63,6 +64,7 @@ class Cache:
     store: ResultStore | None = None
 
     def __post_init__(self) -> None:
+        number("ttl", self.ttl, optional=True)
         if self.ttl is not None and not self.ttl > 0:
             raise ValueError("a cache ttl must be positive seconds (None: no expiry)")
         if self.scope not in ("run", "client", "process"):
@@ -111,6 +113,7 @@ class MemoryStore:
     """
 
     def __init__(self, max_entries: int = 10_000) -> None:
+        number("max_entries", max_entries, integer=True)
         if max_entries < 0:
             raise ValueError("max_entries must be 0 or more")
         self.max_entries = max_entries

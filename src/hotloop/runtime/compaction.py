@@ -54,6 +54,7 @@ from types import MappingProxyType
 from typing import Any
 
 from hotloop.protocol.conversation import estimate_item_tokens, item_text
+from hotloop.runtime.checks import number
 from hotloop.runtime.policies import Policy, TurnState
 from hotloop.transport.base import ModelRequest, RequestTimings
 from hotloop.wire import codec
@@ -191,6 +192,11 @@ class Compact(Policy):
         summary_timeout: float | None = 120.0,
         max_failures: int = 3,
     ) -> None:
+        number("threshold_tokens", threshold_tokens, integer=True)
+        number("keep_recent_tokens", keep_recent_tokens, integer=True, optional=True)
+        number("summary_tokens", summary_tokens, integer=True)
+        number("summary_timeout", summary_timeout, optional=True)
+        number("max_failures", max_failures, integer=True)
         keep = threshold_tokens // 4 if keep_recent_tokens is None else keep_recent_tokens
         if threshold_tokens <= 0 or not 0 < keep < threshold_tokens:
             raise ValueError(

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from hotloop.errors import HotloopError
+from hotloop.runtime.checks import number
 from hotloop.transport.base import (
     ModelRequest,
     OnEvent,
@@ -261,6 +262,7 @@ class RouteTurns(Policy):
         answers: Mapping[str, str | None] | None = None,
         preamble_chars: int = 400,
     ) -> None:
+        number("preamble_chars", preamble_chars, integer=True)
         if preamble_chars < 0:
             raise ValueError("preamble_chars must be 0 (no preambles) or more")
         self.choose = choose
@@ -557,6 +559,11 @@ class Hedge(Policy):
         model: str | None = None,
         stall: float | None = None,
     ) -> None:
+        number("delay", delay, optional=True)
+        number("percentile", percentile)
+        number("min_samples", min_samples, integer=True)
+        number("budget", budget)
+        number("stall", stall, optional=True)
         if (delay is not None and delay < 0) or (stall is not None and stall <= 0):
             raise ValueError("delay must not be negative, and stall must be positive")
         if not 0 < percentile < 1 or budget < 0:

@@ -50,6 +50,7 @@ from hotloop.protocol.assembler import (
 from hotloop.protocol.client_session import retry_after
 from hotloop.runtime.agent import Agent
 from hotloop.runtime.asides import Asides
+from hotloop.runtime.checks import number
 from hotloop.runtime.events import (
     ApprovalRequested,
     FinishedCall,
@@ -663,7 +664,9 @@ class Runner:
                     "to Runner.run, or use Runner.run_stream and answer ApprovalRequested events"
                 )
         run = _start(agent, client, None, deadlines, deps, approver)
-        return await _run(run, input, previous, max_turns or agent.max_turns, trace)
+        return await _run(
+            run, input, previous, agent.max_turns if max_turns is None else max_turns, trace
+        )
 
     @staticmethod
     async def run_stream(
@@ -690,7 +693,9 @@ class Runner:
         deadlines = _deadlines(agent, first_event_timeout, stall_timeout, turn_timeout)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         run = _start(agent, client, queue.put_nowait, deadlines, deps, approver)
-        task = asyncio.create_task(_run(run, input, previous, max_turns or agent.max_turns, trace))
+        task = asyncio.create_task(
+            _run(run, input, previous, agent.max_turns if max_turns is None else max_turns, trace)
+        )
         task.add_done_callback(lambda _: queue.put_nowait(_DONE))
         try:
             while True:
@@ -790,6 +795,9 @@ async def _run(
     max_turns: int,
     trace: RunHook | None = None,
 ) -> RunResult:
+    number("max_turns", max_turns, integer=True)
+    if max_turns < 1:
+        raise ValueError("max_turns must be at least 1")
     agent, emit, origin, threads = run.agent, run.emit, run.origin, run.threads
     given = _input_items(input)
     ledger: Ledger = {}
@@ -1448,7 +1456,12 @@ def _deadlines(
         agent.stall_timeout if isinstance(stall, _Default) else stall,
         agent.turn_timeout if isinstance(turn, _Default) else turn,
     )
-    for value in (deadlines.first_event, deadlines.stall, deadlines.turn):
+    for setting, value in (
+        ("first_event_timeout", deadlines.first_event),
+        ("stall_timeout", deadlines.stall),
+        ("turn_timeout", deadlines.turn),
+    ):
+        number(setting, value, optional=True)
         if value is not None and value <= 0:
             raise ValueError("timeouts must be positive (or None)")
     if deadlines.first_event is None and deadlines.stall is None and deadlines.turn is None:

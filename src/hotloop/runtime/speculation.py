@@ -33,6 +33,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict, deque
 
+from hotloop.runtime.checks import number
 from hotloop.runtime.policies import Policy
 
 __all__ = ["FollowUps", "Speculate", "Transitions"]
@@ -58,6 +59,9 @@ class Speculate(Policy):
         max_in_flight: int = 4,
         max_waste: float = 0.25,
     ) -> None:
+        number("per_call", per_call, integer=True)
+        number("max_in_flight", max_in_flight, integer=True)
+        number("max_waste", max_waste)
         if not (max_in_flight >= 1 and per_call >= 1 and max_waste >= 0):
             raise ValueError("max_in_flight and per_call must be >= 1, max_waste >= 0")
         self.follow_ups = follow_ups

@@ -61,6 +61,7 @@ import pydantic_core
 
 from hotloop.errors import HotloopError
 from hotloop.runtime.cache import Cache, declared
+from hotloop.runtime.checks import is_number, number
 
 if TYPE_CHECKING:
     from hotloop.runtime.agent import Agent
@@ -147,6 +148,7 @@ class ToolThreads:
     """
 
     def __init__(self, max_threads: int = 64) -> None:
+        number("max_threads", max_threads, integer=True)
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.max_threads = max_threads
@@ -339,6 +341,15 @@ def _checked_follows(name: str, follows: FollowUps | None) -> FollowUps | None:
     return follows
 
 
+def _checked_timeout(name: str, timeout: float | None) -> float | None:
+    """``timeout=`` of tool ``name``: positive seconds, or None (no timeout)."""
+    if timeout is not None and not (is_number(timeout) and timeout > 0):
+        raise ToolDefinitionError(
+            f"tool {name!r}: timeout= must be positive seconds or None, not {timeout!r}"
+        )
+    return timeout
+
+
 def _checked_cache(name: str, effects: Effects, cache: Cache | None) -> Cache | None:
     """``cache`` if a tool with ``effects`` may be cached: it cannot write."""
     if cache is None:
@@ -378,7 +389,7 @@ class Tool:
                 "also declare writes="
             )
         self.effects = effects
-        self.timeout = timeout
+        self.timeout = _checked_timeout(self.name, timeout)
         #: Each call waits for approval before it runs (see ``Runner.run``'s ``approver``).
         self.approval = approval
         #: How its results are cached (None: never); see :mod:`hotloop.runtime.cache`.
@@ -434,7 +445,7 @@ class Tool:
         self.fn = fn
         self.name = name
         self.effects = effects
-        self.timeout = timeout
+        self.timeout = _checked_timeout(name, timeout)
         self.approval = approval
         self.cache = _checked_cache(name, effects, cache)
         self.follows = _checked_follows(name, follows)
