@@ -197,6 +197,22 @@ async def test_a_call_joins_a_speculation_still_running() -> None:
     assert fast.runs.count("read a") == 1
 
 
+async def test_a_speculation_a_call_joined_serves_no_other_call() -> None:
+    # The read is not cached: a repeat must run again (what it reads may have changed
+    # elsewhere). A speculation the first call joined while it ran is used up by that call.
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],
+        [("read", {"path": "a"})],  # joins the speculation still running
+        [("read", {"path": "a"})],  # a repeat: runs, as without speculation
+    ]
+    result, fast, plain = await compare(turns, slow=0.05)
+    assert [mark for mark in marks(result) if mark[0] == "read"] == [
+        ("read", "speculated"),
+        ("read", None),
+    ]
+    assert fast.runs.count("read a") == plain.runs.count("read a") == 2
+
+
 async def test_predictions_that_cannot_run_are_dropped() -> None:
     """Unknown tools, arguments the tool refuses, writes, duplicates, a follow-up function
     that raises and a full in-flight budget: none runs, and the run goes on."""

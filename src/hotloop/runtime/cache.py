@@ -314,10 +314,17 @@ class RunResults:
         return None
 
     def finish(
-        self, cache: Cache, key: str, reads: frozenset[str], epoch: int, output: str | None
+        self,
+        cache: Cache,
+        key: str,
+        reads: frozenset[str],
+        epoch: int,
+        output: str | None,
+        *,
+        keep: bool = True,
     ) -> None:
-        """The call :meth:`lookup` missed with ``epoch`` ended: ``output`` (None: it failed,
-        nothing is stored) goes to the calls that joined it."""
+        """The call :meth:`lookup` missed with ``epoch`` ended: ``output`` (None: it failed)
+        goes to the calls that joined it, and is stored unless ``keep`` is false."""
         store = self.store(cache)
         place = (asyncio.get_running_loop(), id(store), key)
         flights = _FLIGHTS.get(place)
@@ -326,7 +333,7 @@ class RunResults:
             del _FLIGHTS[place]
         if flight is not None and not flight.future.done():
             flight.future.set_result(output)
-        if output is not None:
+        if output is not None and keep:
             expires = None if cache.ttl is None else self.clock() + cache.ttl
             store.put(key, output, reads, expires, epoch)
 

@@ -222,11 +222,17 @@ class ToolExecutor:
         if _speculable(tool):
             reads, _ = tool.resources(args)
             taken = self.results.take(self._speculated, key, reads)
+            # The speculation that answers (kept, or still running): this call uses it up.
+            speculation = self._by_key.pop(key, None) if taken is not None else None
             if isinstance(taken, asyncio.Future):
+                if speculation is not None:  # claimed now: it serves this call alone
+                    speculation.used_ns = record.args_complete_ns
                 started = self.now()
                 joined = await asyncio.shield(taken)
                 if joined is not None:
                     outcome = Outcome(joined, None, started, self.now())
+                elif speculation is not None:  # it failed: this call runs by itself
+                    speculation.used_ns = None
             elif taken is not None:
                 now = self.now()
                 outcome = Outcome(taken, None, now, now)
@@ -234,7 +240,6 @@ class ToolExecutor:
                 record.cache = "speculated"
                 if tool.cache is not None:  # cached as if it had run: a repeat is a hit
                     self.results.keep(tool.cache, key, reads, outcome.output)
-                speculation = self._by_key.pop(key, None)
                 if speculation is not None:
                     speculation.used_ns = record.args_complete_ns
                     self._used += 1
@@ -459,7 +464,9 @@ class ToolExecutor:
         running = self._running.get(key)
         if running is not None and running[0] is task:
             del self._running[key]
-        self.results.finish(self._speculated, key, reads, epoch, output)
+        # A call that joined it took the result already: it is not kept for another.
+        keep = speculation.used_ns is None
+        self.results.finish(self._speculated, key, reads, epoch, output, keep=keep)
         self._pump()
 
     async def _cached(self, call: Call) -> Outcome:
