@@ -59,3 +59,22 @@ def test_structured_output_example_runs() -> None:
     first = out.splitlines()[0]
     assert first.startswith("Triage: category=") and "priority=" in first
     assert "raw answer: {" in out and "2 turns" in out
+
+
+def test_support_agent_example_runs() -> None:
+    out = run_example("support_agent.py", HOTLOOP_TOOL_SCALE="0.05")
+    assert "the same 23 tool results both times" in out
+    calls = [  # (turn, tool, how it was served) of the run that avoids work
+        (int(words[1]), words[2], " ".join(words[3:]))
+        for words in (line.split() for line in out.splitlines())
+        if words and words[0] == "turn"
+    ]
+    assert len(calls) == 23
+    assert [call for call in calls if call[2] == "from the cache"] == [
+        (5, "crm_lookup", "from the cache"),
+        (10, "web_search", "from the cache"),
+        (10, "fetch_page", "from the cache"),  # the page prefetched for turn 2
+    ]
+    assert (2, "fetch_page", "prefetched") in calls
+    writes = {"update_ticket", "reply_to_ticket", "update_webhook_endpoint", "replay_deliveries"}
+    assert all(how == "ran" for _, name, how in calls if name in writes)
