@@ -213,6 +213,21 @@ async def test_a_speculation_a_call_joined_serves_no_other_call() -> None:
     assert fast.runs.count("read a") == plain.runs.count("read a") == 2
 
 
+async def test_twin_calls_do_not_share_one_speculation() -> None:
+    # Two identical reads in one turn each run without speculation (the tool is not cached):
+    # one takes the speculation still running, the other runs by itself.
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],
+        [("read", {"path": "a"}), ("read", {"path": "a"})],
+    ]
+    result, fast, plain = await compare(turns, slow=0.05)
+    assert sorted(str(mark) for mark in marks(result) if mark[0] == "read") == [
+        "('read', 'speculated')",
+        "('read', None)",
+    ]
+    assert fast.runs.count("read a") == plain.runs.count("read a") == 2
+
+
 async def test_predictions_that_cannot_run_are_dropped() -> None:
     """Unknown tools, arguments the tool refuses, writes, duplicates, a follow-up function
     that raises and a full in-flight budget: none runs, and the run goes on."""

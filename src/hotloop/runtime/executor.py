@@ -221,30 +221,18 @@ class ToolExecutor:
         outcome: Outcome | None = None
         if _speculable(tool):
             reads, _ = tool.resources(args)
-            taken = self.results.take(self._speculated, key, reads)
-            # The speculation that answers (kept, or still running): this call uses it up.
-            speculation = self._by_key.pop(key, None) if taken is not None else None
-            if isinstance(taken, asyncio.Future):
-                if speculation is not None:  # claimed now: it serves this call alone
-                    speculation.used_ns = record.args_complete_ns
-                started = self.now()
-                joined = await asyncio.shield(taken)
-                if joined is not None:
-                    outcome = Outcome(joined, None, started, self.now())
-                elif speculation is not None:  # it failed: this call runs by itself
-                    speculation.used_ns = None
-            elif taken is not None:
-                now = self.now()
-                outcome = Outcome(taken, None, now, now)
+            # A speculation no call took yet (kept, or still running): this call uses it up.
+            speculation = self._by_key.pop(key, None)
+            if speculation is not None:
+                outcome = await self._take(speculation, key, reads, record)
             if outcome is not None:
+                assert speculation is not None
                 record.cache = "speculated"
                 if tool.cache is not None:  # cached as if it had run: a repeat is a hit
                     self.results.keep(tool.cache, key, reads, outcome.output)
-                if speculation is not None:
-                    speculation.used_ns = record.args_complete_ns
-                    self._used += 1
-                    if id(speculation) in self._others:
-                        self._unused_others -= 1
+                self._used += 1
+                if id(speculation) in self._others:
+                    self._unused_others -= 1
         if outcome is None:
             if tool.cache is None:
                 outcome = await self._run(call)
@@ -253,6 +241,27 @@ class ToolExecutor:
         if outcome.error is None:
             self._predict(tool, args, arguments, outcome.output)
         return outcome
+
+    async def _take(
+        self, speculation: SpeculationRecord, key: str, reads: frozenset[str], record: ToolRecord
+    ) -> Outcome | None:
+        """The result of ``speculation`` for the call of ``record``, which it serves alone (a
+        twin call in the same turn runs by itself); None if there is nothing valid to take
+        (it stays unused) or it failed (the call runs)."""
+        taken = self.results.take(self._speculated, key, reads)
+        if taken is None:
+            self._by_key[key] = speculation
+            return None
+        speculation.used_ns = record.args_complete_ns  # claimed now, even while it runs
+        if isinstance(taken, asyncio.Future):
+            started = self.now()
+            joined = await asyncio.shield(taken)
+            if joined is None:
+                speculation.used_ns = None
+                return None
+            return Outcome(joined, None, started, self.now())
+        now = self.now()
+        return Outcome(taken, None, now, now)
 
     def _predict(self, tool: Tool, args: Mapping[str, Any], arguments: str, output: str) -> None:
         speculate = self.speculate
