@@ -23,6 +23,7 @@ from hotloop.runtime import (
     ToolDefinitionError,
     tool,
 )
+from hotloop.runtime.cache import Cache
 from hotloop.runtime.speculation import Speculate, Transitions, transitions_of
 from hotloop.trace import timeline_from_result
 from hotloop.trace.spans import spans_from_result, speculation_effect, timeline_from_spans
@@ -226,6 +227,66 @@ async def test_twin_calls_do_not_share_one_speculation() -> None:
         "('read', None)",
     ]
     assert fast.runs.count("read a") == plain.runs.count("read a") == 2
+
+
+@tool(pure=True)
+async def pause(seconds: float) -> str:
+    """Wait.
+
+    Args:
+        seconds: How long.
+    """
+    await asyncio.sleep(seconds)
+    return "waited"
+
+
+class PausingRepo(Repo):
+    """A :class:`Repo` with a ``pause`` tool: a turn that lets time pass."""
+
+    def __init__(self, **repo: Any) -> None:
+        super().__init__(**repo)
+        self.tools = [*self.tools, pause]
+
+
+async def compare_pausing(turns: Turns, **repo: Any) -> tuple[Any, Repo, Repo]:
+    fast, plain = PausingRepo(**repo), PausingRepo(**repo)
+    result, inputs = await play(turns, fast, speculate=True)
+    _, reference = await play(turns, plain, speculate=False)
+    assert inputs == reference
+    return result, fast, plain
+
+
+async def test_a_speculation_of_a_tool_not_cached_answers_only_the_turn_it_was_for() -> None:
+    # What the read saw may have changed outside the run since: a turn later, it runs again.
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],  # predicts reads of a and b, for the next turn
+        [("read", {"path": "b"})],
+        [("read", {"path": "a"})],  # too late for the speculation of a
+    ]
+    result, fast, plain = await compare(turns)
+    assert [mark for mark in marks(result) if mark[0] == "read"] == [
+        ("read", "speculated"),
+        ("read", None),
+    ]
+    assert fast.runs.count("read a") == 2 and plain.runs.count("read a") == 1
+    [of_a] = [s for s in result.speculations if codec.loads(s.arguments) == {"path": "a"}]
+    assert of_a.used_ns is None
+
+
+@pytest.mark.parametrize(
+    ("ttl", "mark"), [(None, "speculated"), (60.0, "speculated"), (0.05, "miss")]
+)
+async def test_a_speculation_of_a_cached_tool_answers_while_its_ttl_allows(
+    ttl: float | None, mark: str
+) -> None:
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],
+        [("pause", {"seconds": 0.2})],  # the speculation of a is 0.2 s old after this
+        [("read", {"path": "a"})],
+    ]
+    result, fast, _ = await compare_pausing(turns, cache=Cache(ttl=ttl))
+    assert marks(result)[-1] == ("read", mark)
+    assert fast.runs.count("read a") == (1 if mark == "speculated" else 2)
 
 
 async def test_predictions_that_cannot_run_are_dropped() -> None:

@@ -337,11 +337,13 @@ class RunResults:
             expires = None if cache.ttl is None else self.clock() + cache.ttl
             store.put(key, output, reads, expires, epoch)
 
-    def keep(self, cache: Cache, key: str, reads: frozenset[str], output: str) -> None:
-        """Store ``output``, valid now, as if the call had just run (a speculated result a
-        call took: the next identical call is a hit)."""
+    def keep(
+        self, cache: Cache, key: str, reads: frozenset[str], output: str, age: float = 0.0
+    ) -> None:
+        """Store ``output``, valid now, as if the call had run and ended ``age`` seconds ago
+        (a speculated result a call took: the next identical call is a hit)."""
         store = self.store(cache)
-        expires = None if cache.ttl is None else self.clock() + cache.ttl
+        expires = None if cache.ttl is None else self.clock() - age + cache.ttl
         store.put(key, output, reads, expires, store.epoch)
 
     def invalidate(self, writes: frozenset[str] | None) -> int:

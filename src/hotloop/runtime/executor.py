@@ -99,6 +99,8 @@ class ToolExecutor:
         self.speculations: list[SpeculationRecord] = []
         self._speculated = self.results.private()
         self._by_key: dict[str, SpeculationRecord] = {}
+        #: The model turn each speculation was started for (by id): the one generated next.
+        self._for_turn: dict[int, int] = {}
         self._transitions = transitions_of(client) if speculate and speculate.learn else None
         self._previous: str | None = None
         #: This run's transitions: the client's model learns them when the run is over.
@@ -224,12 +226,14 @@ class ToolExecutor:
             # A speculation no call took yet (kept, or still running): this call uses it up.
             speculation = self._by_key.pop(key, None)
             if speculation is not None:
-                outcome = await self._take(speculation, key, reads, record)
+                outcome = await self._take(speculation, key, reads, call)
             if outcome is not None:
                 assert speculation is not None
                 record.cache = "speculated"
                 if tool.cache is not None:  # cached as if it had run: a repeat is a hit
-                    self.results.keep(tool.cache, key, reads, outcome.output)
+                    ended = speculation.finished_ns
+                    age = 0.0 if ended is None else max(outcome.finished_ns - ended, 0) / 1e9
+                    self.results.keep(tool.cache, key, reads, outcome.output, age)
                 self._used += 1
                 if id(speculation) in self._others:
                     self._unused_others -= 1
@@ -243,16 +247,19 @@ class ToolExecutor:
         return outcome
 
     async def _take(
-        self, speculation: SpeculationRecord, key: str, reads: frozenset[str], record: ToolRecord
+        self, speculation: SpeculationRecord, key: str, reads: frozenset[str], call: Call
     ) -> Outcome | None:
-        """The result of ``speculation`` for the call of ``record``, which it serves alone (a
-        twin call in the same turn runs by itself); None if there is nothing valid to take
-        (it stays unused) or it failed (the call runs)."""
+        """The result of ``speculation`` for ``call``, which it serves alone (a twin call in
+        the same turn runs by itself); None if there is nothing valid to take (it stays
+        unused), it is too old for the call (see :meth:`_fresh`), or it failed."""
+        if not self._fresh(speculation, call):
+            self.results.store(self._speculated).drop(key)
+            return None
         taken = self.results.take(self._speculated, key, reads)
         if taken is None:
             self._by_key[key] = speculation
             return None
-        speculation.used_ns = record.args_complete_ns  # claimed now, even while it runs
+        speculation.used_ns = call.record.args_complete_ns  # claimed now, even while it runs
         if isinstance(taken, asyncio.Future):
             started = self.now()
             joined = await asyncio.shield(taken)
@@ -262,6 +269,21 @@ class ToolExecutor:
             return Outcome(joined, None, started, self.now())
         now = self.now()
         return Outcome(taken, None, now, now)
+
+    def _fresh(self, speculation: SpeculationRecord, call: Call) -> bool:
+        """Whether ``speculation`` may answer ``call``. A write of this run drops what it
+        overlaps; what others change outside the run is what limits its age. A pure tool's
+        result does not age. A cached tool's is as good as a cached result for ``ttl``
+        seconds after it came. Any other tool's answers only the turn it was started for
+        (the model turn generated next): later, the call runs again, as it would without
+        speculation."""
+        tool = call.tool
+        if tool.effects.pure:
+            return True
+        if tool.cache is not None:
+            ttl, finished = tool.cache.ttl, speculation.finished_ns
+            return ttl is None or finished is None or self.now() - finished <= ttl * 1e9
+        return call.turn <= self._for_turn[id(speculation)]
 
     def _predict(self, tool: Tool, args: Mapping[str, Any], arguments: str, output: str) -> None:
         speculate = self.speculate
@@ -410,6 +432,7 @@ class ToolExecutor:
             self._others.add(id(speculation))
             self._unused_others += 1
         self._by_key[key] = speculation
+        self._for_turn[id(speculation)] = self._turn + 1
         self._in_flight += 1
         task = asyncio.get_running_loop().create_task(
             self._prefetch(tool, found.args, reads, key, epoch, speculation)

@@ -23,6 +23,9 @@ What holds:
   (:mod:`hotloop.runtime.cache`): a write admitted after the speculation started, overlapping
   what it read, drops it (also while it is still running), so the model only ever gets what
   the call would have returned run at its own time. A speculated result serves one call, once.
+* **Fresh.** What changes outside the run limits a result's age: a tool with no cache is
+  prefetched for the model turn generated next, and only that turn's calls may take it; a
+  cached tool's result serves while its ``ttl`` allows; a ``pure`` tool's does not age.
 * **A budget.** At most ``max_in_flight`` speculative executions at once, and speculation stops
   while unused speculations exceed ``max_waste`` of the calls really executed (0.25: at most
   25% extra executions); it resumes as predictions are used.
