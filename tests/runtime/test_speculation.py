@@ -248,9 +248,11 @@ class PausingRepo(Repo):
         self.tools = [*self.tools, pause]
 
 
-async def compare_pausing(turns: Turns, **repo: Any) -> tuple[Any, Repo, Repo]:
+async def compare_pausing(
+    turns: Turns, speculate: bool | Speculate = True, **repo: Any
+) -> tuple[Any, Repo, Repo]:
     fast, plain = PausingRepo(**repo), PausingRepo(**repo)
-    result, inputs = await play(turns, fast, speculate=True)
+    result, inputs = await play(turns, fast, speculate=speculate)
     _, reference = await play(turns, plain, speculate=False)
     assert inputs == reference
     return result, fast, plain
@@ -271,6 +273,28 @@ async def test_a_speculation_of_a_tool_not_cached_answers_only_the_turn_it_was_f
     assert fast.runs.count("read a") == 2 and plain.runs.count("read a") == 1
     [of_a] = [s for s in result.speculations if codec.loads(s.arguments) == {"path": "a"}]
     assert of_a.used_ns is None
+
+
+async def test_a_speculation_too_old_for_any_call_is_stopped_and_may_start_again() -> None:
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],  # reads of a and b start, for the next turn
+        [("pause", {"seconds": 0})],
+        [("read", {"path": "a"})],  # too late: the speculation still running is stopped
+        [("grep", {"pattern": "x"})],  # a is predicted again, and may start again
+        [("read", {"path": "a"})],
+    ]
+    # A budget that lets every prediction start: only freshness decides.
+    result, fast, plain = await compare_pausing(turns, Speculate(max_waste=1.0), slow=0.2)
+    assert [mark for mark in marks(result) if mark[0] == "read"] == [
+        ("read", None),
+        ("read", "speculated"),
+    ]
+    of_a = [s for s in result.speculations if codec.loads(s.arguments) == {"path": "a"}]
+    assert [(s.used_ns is None, s.error) for s in of_a] == [
+        (True, "stopped: the turn it was for is over"),
+        (False, None),
+    ]
+    assert plain.runs.count("read a") == 2 and fast.runs.count("read a") == 3
 
 
 @pytest.mark.parametrize(

@@ -252,8 +252,12 @@ class ToolExecutor:
         """The result of ``speculation`` for ``call``, which it serves alone (a twin call in
         the same turn runs by itself); None if there is nothing valid to take (it stays
         unused), it is too old for the call (see :meth:`_fresh`), or it failed."""
-        if not self._fresh(speculation, call):
+        if not self._fresh(speculation, call):  # nobody may take it any more
             self.results.store(self._speculated).drop(key)
+            running = self._running.pop(key, None)
+            if running is not None:
+                speculation.error = "stopped: the turn it was for is over"
+                running[0].cancel()
             return None
         taken = self.results.take(self._speculated, key, reads)
         if taken is None:
@@ -496,8 +500,9 @@ class ToolExecutor:
         running = self._running.get(key)
         if running is not None and running[0] is task:
             del self._running[key]
-        # A call that joined it took the result already: it is not kept for another.
-        keep = speculation.used_ns is None
+        # Kept only for a call still to take it: not once a call that joined it took it, nor
+        # once it is too old for any call (see _take).
+        keep = self._by_key.get(key) is speculation
         self.results.finish(self._speculated, key, reads, epoch, output, keep=keep)
         self._pump()
 
