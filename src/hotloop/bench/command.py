@@ -81,11 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: The strategy column of the lines per run: as wide as the longest name, so the figures align.
+_NAME_WIDTH = max(len(strategy.name) for strategy in STRATEGIES)
+
+
 def _run_line(record: RunRecord) -> str:
     status = "[green]ok[/]" if record.ok else f"[bold red]FAILED[/] {record.error}"
     label = "warm-up" if record.repetition == 0 else f"rep {record.repetition}"
     return (
-        f"{label:>7} {record.strategy:15} {record.wall_s:8.3f} s  "
+        f"{label:>7} {record.strategy:{_NAME_WIDTH}} {record.wall_s:8.3f} s  "
         f"cpu {record.client_cpu_s:6.3f} s  {status}"
     )
 
