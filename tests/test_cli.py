@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
 import io
@@ -10,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -383,6 +386,27 @@ def test_tool_time_scale_must_be_a_number_at_least_zero(
     errors = capsys.readouterr().err
     assert f"argument --tool-time-scale: expected a number >= 0, got '{value}'" in errors
     assert _parser().parse_args([command, "--tool-time-scale", "0"]).tool_time_scale == 0
+
+
+def _options(parser: argparse.ArgumentParser, path: str = "hotloop") -> Iterator[tuple[str, Any]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                yield from _options(command, f"{path} {name}")
+        elif action.option_strings:
+            yield path, action
+
+
+def test_help_states_every_option_default() -> None:
+    """``hotloop <command> --help`` is where a newcomer looks up a default: every option that
+    has one (a value other than none, off or empty) says it."""
+    missing = [
+        f"{path} {action.option_strings[-1]}"
+        for path, action in _options(_parser())
+        if action.default not in (None, False, [], 0, argparse.SUPPRESS)
+        and "default" not in (action.help or "")
+    ]
+    assert missing == []
 
 
 @pytest.mark.parametrize(

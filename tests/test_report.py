@@ -3,8 +3,8 @@
 The runs here are synthetic step records laid out from the ``coding`` scenario (a naive run:
 tools after the turn, one at a time; a hotloop run: tools as soon as their arguments are
 complete, all at once), so every figure is deterministic. The browser test needs
-``/usr/bin/chromium``, which ``make setup``/``make test`` install (Debian's ``chromium``), driven
-through the ``playwright`` package; it never downloads a browser of its own.
+``/usr/bin/chromium``, which ``make test`` installs (``make browser``: Debian's ``chromium``),
+driven through the ``playwright`` package; it never downloads a browser of its own.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def hex_rgb(color: str) -> tuple[int, int, int]:
 @pytest.fixture
 def browser_dir() -> Iterator[Path]:
     if not CHROMIUM.exists() and shutil.which("chromium") is None:
-        pytest.fail("chromium is not installed: `make setup` installs it (Debian's chromium)")
+        pytest.fail("chromium is not installed: `make browser` installs it (Debian's chromium)")
     with tempfile.TemporaryDirectory(prefix="hotloop-chromium-") as profile:
         yield Path(profile)
 

@@ -330,8 +330,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SHARE",
         help="with --hedge: hedges at most this share of turns (default: 0.1)",
     )
-    gateway.add_argument("--host", default="127.0.0.1")
-    gateway.add_argument("--port", type=_port, default=8000)
+    gateway.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)"
+    )
+    gateway.add_argument(
+        "--port", type=_port, default=8000, help="the port (default: 8000; 0: any free port)"
+    )
     gateway.add_argument(
         "--api-key",
         action="append",
@@ -345,25 +349,37 @@ def _parser() -> argparse.ArgumentParser:
         "--store",
         type=Path,
         default=None,
+        metavar="FILE",
         help="SQLite file for store:true responses (default: in memory)",
     )
-    gateway.add_argument("--max-message-mib", type=int, default=64)
     gateway.add_argument(
-        "--max-header-kib", type=int, default=64, help="HTTP request line + headers (431 beyond)"
+        "--max-message-mib",
+        type=int,
+        default=64,
+        metavar="N",
+        help="the largest request body or WebSocket frame, MiB (413 beyond; default: 64)",
+    )
+    gateway.add_argument(
+        "--max-header-kib",
+        type=int,
+        default=64,
+        metavar="N",
+        help="HTTP request line + headers, KiB (431 beyond; default: 64)",
     )
     gateway.add_argument(
         "--header-timeout",
         type=float,
         default=10.0,
-        help="seconds to receive a request's headers (408 and close beyond)",
+        help="seconds to receive a request's headers (408 and close beyond; default: 10)",
     )
     gateway.add_argument(
         "--body-timeout",
         type=float,
         default=30.0,
-        help="longest wait in seconds for a request body's next bytes (408 and close beyond)",
+        help="longest wait in seconds for a request body's next bytes (408 and close beyond; "
+        "default: 30)",
     )
-    gateway.add_argument("--log-level", default="info")
+    gateway.add_argument("--log-level", default="info", help="uvicorn's log level (default: info)")
 
     demo = commands.add_parser(
         "demo",
@@ -379,8 +395,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--scenario",
         default="coding",
-        help=f"bundled scenario ({', '.join(bundled_scenarios())}) or a path to a JSON file; "
-        "with --upstream, its instructions, task and tools are what the real model gets",
+        help=f"bundled scenario ({', '.join(bundled_scenarios())}; default: coding) or a path "
+        "to a JSON file; with --upstream, its instructions, task and tools are what the real "
+        "model gets",
     )
     demo.add_argument(
         "--profile",
@@ -407,7 +424,7 @@ def _parser() -> argparse.ArgumentParser:
         "--tool-time-scale",
         type=non_negative,
         default=1.0,
-        help="multiply the scenario's tool latencies (0 = instant tools)",
+        help="multiply the scenario's tool latencies (0 = instant tools; default: 1)",
     )
     demo.add_argument(
         "--report",

@@ -66,6 +66,10 @@ def test_bench_runs_every_strategy_and_writes_matching_reports(
     assert "lower bound 0.800 s" in captured.out
     assert "…" not in captured.out  # stdout is not a terminal: nothing is cut short
     assert "rep 1 hotloop" in captured.err  # the progress view's line per run
+    # Every run's line puts its wall time in the same column, the longest names included.
+    lines = [line for line in captured.err.splitlines() if line.lstrip().startswith("rep 1 ")]
+    assert len(lines) == len(NAMES)
+    assert len({line.index(" s  cpu") for line in lines}) == 1, lines
 
     report = codec.loads(json_path.read_bytes())
     assert list(report["strategies"]) == NAMES

@@ -49,18 +49,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenario",
         default="coding",
-        help=f"bundled scenario ({', '.join(bundled_scenarios())}) or a path to a JSON file",
+        help=f"bundled scenario ({', '.join(bundled_scenarios())}; default: coding) or a path "
+        "to a JSON file",
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="fast")
-    parser.add_argument("--runs", type=int, default=5, help="repetitions per strategy")
     parser.add_argument(
-        "--warmup", type=int, default=0, help="uncounted warm-up repetitions (default 0)"
+        "--profile",
+        choices=sorted(PROFILES),
+        default="fast",
+        help="the simulated model's latency profile, one without tails (default: fast)",
+    )
+    parser.add_argument("--runs", type=int, default=5, help="repetitions per strategy (default: 5)")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="uncounted warm-up repetitions (default: 0)"
     )
     parser.add_argument(
         "--rtt-ms",
         type=float,
         default=0.0,
-        help="route client-gateway traffic through a delay proxy with this round-trip time",
+        help="route client-gateway traffic through a delay proxy with this round-trip time "
+        "(default: 0, no proxy)",
     )
     parser.add_argument(
         "--strategies",
@@ -69,23 +76,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"which strategies to run (default all: {', '.join(s.name for s in STRATEGIES)})",
     )
-    parser.add_argument("--latency", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--latency",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one latency parameter of the profile, e.g. --latency ttft_s=0.5",
+    )
     parser.add_argument(
         "--tool-time-scale",
         type=non_negative,
         default=1.0,
-        help="multiply the scenario's tool latencies (0 = instant tools)",
+        help="multiply the scenario's tool latencies (0 = instant tools; default: 1)",
     )
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH")
-    parser.add_argument("--markdown", type=Path, default=None, metavar="PATH")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where to write the JSON report (default: "
+        "reports/bench-<scenario>-<profile>-rtt<ms>.json)",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where to write the Markdown report (default: "
+        "reports/bench-<scenario>-<profile>-rtt<ms>.md)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+#: The strategy column of the lines per run: as wide as the longest name, so the figures align.
+_NAME_WIDTH = max(len(strategy.name) for strategy in STRATEGIES)
 
 
 def _run_line(record: RunRecord) -> str:
     status = "[green]ok[/]" if record.ok else f"[bold red]FAILED[/] {record.error}"
     label = "warm-up" if record.repetition == 0 else f"rep {record.repetition}"
     return (
-        f"{label:>7} {record.strategy:15} {record.wall_s:8.3f} s  "
+        f"{label:>7} {record.strategy:{_NAME_WIDTH}} {record.wall_s:8.3f} s  "
         f"cpu {record.client_cpu_s:6.3f} s  {status}"
     )
 
