@@ -5,7 +5,7 @@ event loop it only appends the finished :class:`~hotloop.runtime.RunResult` to a
 buffer: a lock taken for a few instructions, never I/O. A worker thread turns results into
 spans (:func:`~hotloop.trace.spans.spans_from_result`) and hands each run's spans to every
 sink. When the buffer is full the run is dropped and counted (:attr:`Tracer.dropped`): a slow
-sink costs traces, never latency (DESIGN: client overhead).
+sink costs traces, never latency.
 
 Sinks take one trace per :meth:`SpanSink.export` call:
 
