@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from hotloop.backends.hedging import HedgeSettings
 from hotloop.runtime import Agent, Runner, tool
 from hotloop.runtime.cache import Cache, MemoryStore
 from hotloop.runtime.compaction import Compact
@@ -43,6 +44,8 @@ WRONG: list[tuple[str, Callable[[], Any]]] = [
     ("max_concurrency", lambda: Agent(MODEL, max_concurrency=True)),
     ("output_retries", lambda: Agent(MODEL, output_retries=1.0)),  # type: ignore[arg-type]
     ("turn_timeout", lambda: Agent(MODEL, turn_timeout="600")),  # type: ignore[arg-type]
+    ("delay", lambda: HedgeSettings(delay="1")),  # type: ignore[arg-type]
+    ("max_attempts", lambda: HedgeSettings(max_attempts=2.0)),  # type: ignore[arg-type]
 ]
 
 

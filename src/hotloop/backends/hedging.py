@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hotloop.checks import number
 from hotloop.errors import APIError
 from hotloop.protocol.builder import ResponseBuilder
 from hotloop.protocol.generation import Generation
@@ -71,6 +72,12 @@ class HedgeSettings:
     stall: float | None = None
 
     def __post_init__(self) -> None:
+        number("delay", self.delay, optional=True)
+        number("percentile", self.percentile)
+        number("min_samples", self.min_samples, integer=True)
+        number("budget", self.budget)
+        number("max_attempts", self.max_attempts, integer=True)
+        number("stall", self.stall, optional=True)
         if self.delay is not None and self.delay < 0:
             raise ValueError("the hedge delay must not be negative")
         if self.stall is not None and not self.stall > 0:

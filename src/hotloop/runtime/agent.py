@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
-from hotloop.runtime.checks import number
+from hotloop.checks import number
 from hotloop.runtime.output import OutputSpec
 from hotloop.runtime.policies import Policy
 from hotloop.runtime.tools import (

@@ -41,8 +41,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from hotloop.checks import number
 from hotloop.errors import InvalidMessage
-from hotloop.runtime.checks import number
 from hotloop.runtime.scheduler import overlap
 from hotloop.wire import codec
 

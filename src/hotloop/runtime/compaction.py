@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from hotloop.checks import number
 from hotloop.protocol.conversation import estimate_item_tokens, item_text
-from hotloop.runtime.checks import number
 from hotloop.runtime.policies import Policy, TurnState
 from hotloop.transport.base import ModelRequest, RequestTimings
 from hotloop.wire import codec

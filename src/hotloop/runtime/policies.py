@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from hotloop.checks import number
 from hotloop.errors import HotloopError
-from hotloop.runtime.checks import number
 from hotloop.transport.base import (
     ModelRequest,
     OnEvent,

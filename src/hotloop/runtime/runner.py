@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import pydantic
 
+from hotloop.checks import number
 from hotloop.errors import HotloopError
 from hotloop.protocol.assembler import (
     FunctionCallReady,
@@ -50,7 +51,6 @@ from hotloop.protocol.assembler import (
 from hotloop.protocol.client_session import retry_after
 from hotloop.runtime.agent import Agent
 from hotloop.runtime.asides import Asides
-from hotloop.runtime.checks import number
 from hotloop.runtime.events import (
     ApprovalRequested,
     FinishedCall,

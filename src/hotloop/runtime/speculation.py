@@ -36,7 +36,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict, deque
 
-from hotloop.runtime.checks import number
+from hotloop.checks import number
 from hotloop.runtime.policies import Policy
 
 __all__ = ["FollowUps", "Speculate", "Transitions"]

@@ -59,9 +59,9 @@ from typing import (
 import pydantic
 import pydantic_core
 
+from hotloop.checks import is_number, number
 from hotloop.errors import HotloopError
 from hotloop.runtime.cache import Cache, declared
-from hotloop.runtime.checks import is_number, number
 
 if TYPE_CHECKING:
     from hotloop.runtime.agent import Agent

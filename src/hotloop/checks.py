@@ -1,9 +1,9 @@
-"""Type checks on the numbers users pass to the runtime's constructors.
+"""Type checks on the numbers users pass to hotloop's constructors.
 
-A setting of the wrong type (``Cache(ttl="5")``, ``Speculate(max_in_flight=2.5)``, ``True`` for a
-count) is refused when the object is made, with a ``TypeError`` that names the setting, instead
-of failing later, inside a run, with an error about operands. Ranges are each constructor's own
-check (a ``ValueError``).
+A setting of the wrong type (``Cache(ttl="5")``, ``Speculate(max_in_flight=2.5)``,
+``HedgeSettings(delay="1")``, ``True`` for a count) is refused when the object is made, with a
+``TypeError`` that names the setting, instead of failing later, inside a run or a turn, with an
+error about operands. Ranges are each constructor's own check (a ``ValueError``).
 """
 
 from __future__ import annotations
