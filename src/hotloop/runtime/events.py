@@ -54,9 +54,11 @@ class ToolRecord:
     subruns: list[RunResult] = field(default_factory=list)
     #: For a tool with ``cache=``: ``"hit"`` (answered from the cache, not run), ``"miss"``
     #: (run, its result kept) or ``"coalesced"`` (took the result of an identical call running
-    #: at the same time).
+    #: at the same time); ``"speculated"``: took a speculative execution's result. A call
+    #: ``reused`` from an earlier attempt of the turn keeps what the cache did there.
     cache: str | None = None
-    #: Cached results this call dropped because it may write what they read.
+    #: Cached results this call dropped because it may write what they read (a ``reused``
+    #: call: in the attempt that ran it).
     invalidated: int = 0
 
 

@@ -43,12 +43,16 @@ _MAX_FOLLOW_UPS = 64
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A call's result for the model, its error (None: it succeeded) and when it ran."""
+    """A call's result for the model, its error (None: it succeeded) and when it ran; what
+    the cache did for it and how many cached results it dropped (its record's ``cache`` and
+    ``invalidated``, for a later attempt of the turn that reuses it)."""
 
     output: str
     error: str | None
     started_ns: int
     finished_ns: int
+    cache: str | None = None
+    invalidated: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -455,6 +455,8 @@ class _TurnCalls:
         record = self.records[index]
         if record.started_ns is None:
             record.started_ns = outcome.started_ns
+        if record.reused:
+            record.cache, record.invalidated = outcome.cache, outcome.invalidated
         record.finished_ns = outcome.finished_ns
         record.error = outcome.error
         if self.emit is not None:
@@ -545,9 +547,15 @@ class _TurnCalls:
             if self.emit is not None:
                 self.emit(ToolCallStarted(self.turn, call.call_id, call.name, call.arguments))
 
-        return await self.executor.execute(
+        outcome = await self.executor.execute(
             Call(tool, args, call.arguments, writes, record, context, started, self.turn)
         )
+        if record.cache is not None or record.invalidated:
+            # Kept with the result: an attempt of the turn that reuses it reports it too.
+            outcome = dataclasses.replace(
+                outcome, cache=record.cache, invalidated=record.invalidated
+            )
+        return outcome
 
     async def _approval(self, call: FunctionCall, record: ToolRecord) -> str | None:
         """Wait for the call's approval; ``None`` when approved, else the denial's reason.

@@ -1,0 +1,308 @@
+"""The work-avoidance policies (``Cache``, ``Speculate``, ``Compact``) under network faults.
+
+Every run here goes over real loopback sockets: a gateway on the simulated model plays the
+``coding-session`` scenario, a :class:`~hotloop.testing.faults.FaultProxy` sits between it and
+the runtime, and the tools (:func:`~hotloop.testing.scenario_tools`) keep a versioned world, so
+a read served stale differs from a fresh one. The gateway's backend holds a chosen turn in the
+middle of its stream (right after a function call's item is complete, so the runtime has
+dispatched it), which makes every cut land where the test says, never where a timer happens
+to fire. A run with faults and policies must give the model byte for byte the tool results a
+fault-free run without policies gives it, and execute each write exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from gated import GatedBackend
+from hotloop.backends.sim import SimBackend
+from hotloop.gateway import GatewayServer
+from hotloop.runtime import (
+    Agent,
+    Compact,
+    Policy,
+    RunEvent,
+    RunFinished,
+    Runner,
+    RunResult,
+    Tool,
+    ToolCallFinished,
+)
+from hotloop.runtime.speculation import Speculate
+from hotloop.sim.scenario import load_scenario
+from hotloop.sim.summary import is_summary_request
+from hotloop.testing import ExecutionLog, check_run, scenario_tools
+from hotloop.testing.faults import Fault, FaultProxy
+from hotloop.transport import Transport, connect
+from hotloop.wire import codec
+from hotloop.wire.events import OutputItemDone
+from hotloop.wire.items import FunctionCall, FunctionCallOutput
+
+CODING = load_scenario("coding-session")
+MODEL = f"hotloop-sim:{CODING.name}"
+WRITE = "apply_patch"
+#: Tools take a hundredth of their scripted latency: fast, and still ordered by duration
+#: (the speculation budget goes to the slowest predicted tool first).
+TIME_SCALE = 0.01
+#: A guard against hangs only; no assertion depends on how long anything takes.
+TIMEOUT = 20.0
+#: A file ``list_dir`` lists and the model never reads: its speculation is never used.
+UNREAD = "src/shortlinks/__init__.py"
+
+
+class HeldTurns(GatedBackend):
+    """The sim, except model turn ``hold`` (the ``hold``-th request that is no summary, counted
+    from 1) stops right after the ``after``-th function call item it completes, until
+    :attr:`release` is set or the gateway closes it; :attr:`held` is set then.
+
+    Summary requests that arrive once ``hold_summaries_from`` turns were requested are held
+    before any output (set :attr:`summary_held`), until the gateway closes them.
+    """
+
+    def __init__(
+        self,
+        scenario: Any = CODING,
+        *,
+        hold: int | None = None,
+        after: int = 1,
+        hold_summaries_from: int | None = None,
+    ) -> None:
+        super().__init__(SimBackend(scenario, "zero"))
+        self.hold = hold
+        self.after = after
+        self.hold_summaries_from = hold_summaries_from
+        self.turns = 0
+        self.summaries = 0
+        self.held = asyncio.Event()
+        self.summary_held = asyncio.Event()
+
+    async def generate(self, session: Any, request: Any, out: Any) -> AsyncIterator[Any]:
+        if is_summary_request(request):
+            self.summaries += 1
+            start = self.hold_summaries_from
+            if start is not None and self.turns >= start:
+                self.summary_held.set()
+                await asyncio.Event().wait()  # until the gateway closes the generation
+        else:
+            self.turns += 1
+        calls = self.after if self.turns == self.hold and not is_summary_request(request) else 0
+        async with contextlib.aclosing(session.generate(request, out)) as chunks:
+            async for events in chunks:
+                yield events
+                if calls and any(_call_done(event) for event in events):
+                    calls -= 1
+                    if not calls:
+                        self.held.set()
+                        await self.release.wait()
+
+
+def _call_done(event: Any) -> bool:
+    return isinstance(event, OutputItemDone) and isinstance(event.item, FunctionCall)
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on: a proxy pointed there hangs up on every client."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = int(probe.getsockname()[1])
+    probe.close()
+    return port
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` (checked every few ms), at most :data:`TIMEOUT`."""
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def coding_tools(log: ExecutionLog, *, cache: bool = True, unread: asyncio.Event | None = None):
+    """``coding-session``'s tools; with ``unread``, reading :data:`UNREAD` (which only a
+    speculation does) waits for it: a speculation still running whatever the test does."""
+    tools = scenario_tools(CODING, time_scale=TIME_SCALE, log=log, cache=cache)
+    if unread is not None:
+        read = next(tool for tool in tools if tool.name == "read_file")
+        body = read.fn
+
+        async def gated(**args: Any) -> Any:
+            if args.get("path") == UNREAD:
+                await unread.wait()
+            return await body(**args)
+
+        read.fn = gated
+    return tools
+
+
+def agent_with(tools: list[Tool], policies: Sequence[Policy], **options: Any) -> Agent:
+    return Agent(
+        MODEL,
+        CODING.instructions,
+        tools,
+        policies=list(policies),
+        max_turns=len(CODING.turns) + 5,
+        **options,
+    )
+
+
+def outputs(result: RunResult) -> list[str]:
+    """The tool results the model got, in order."""
+    return [item.text for item in result.items if isinstance(item, FunctionCallOutput)]
+
+
+async def reference(gateway: GatewayServer) -> list[str]:
+    """The tool results of a fault-free run without policies."""
+    log = ExecutionLog()
+    agent = agent_with(coding_tools(log, cache=False), [])
+    async with connect(gateway.base_url) as client:
+        result = await Runner.run(agent, CODING.task, client=client)
+    assert check_run(CODING, result, log) == ()
+    return outputs(result)
+
+
+def writes_once(log: ExecutionLog) -> bool:
+    """Every write of the script executed, each exactly once."""
+    scripted = {c.arguments for t in CODING.turns for c in t.calls if c.name == WRITE}
+    ran = [n for (name, _), n in log.by_arguments().items() if name == WRITE]
+    return len(ran) == len(scripted) and set(ran) == {1}
+
+
+class Streamed:
+    """``Runner.run_stream`` in a task of its own: its events as they come, and its result."""
+
+    def __init__(self, agent: Agent, client: Transport, **options: Any) -> None:
+        self.events: list[RunEvent] = []
+        self.result: RunResult | None = None
+        self._seen = asyncio.Event()
+        self.task = asyncio.create_task(self._consume(agent, client, options))
+
+    async def _consume(self, agent: Agent, client: Transport, options: Any) -> RunResult:
+        async for event in Runner.run_stream(agent, CODING.task, client=client, **options):
+            self.events.append(event)
+            self._seen.set()
+            if isinstance(event, RunFinished):
+                self.result = event.result
+        assert self.result is not None
+        return self.result
+
+    async def finished_call(self, turn: int) -> None:
+        """Wait until a call of ``turn`` has its result (reported to the run)."""
+        await until(
+            lambda: any(
+                isinstance(event, ToolCallFinished) and event.turn == turn for event in self.events
+            )
+        )
+
+
+def leftover_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks a run started that are still pending: speculations, summaries, tool calls."""
+    names = {"ToolExecutor._prefetch", "Asides._ended", "_TurnCalls._execute"}
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") in names
+    ]
+
+
+# -- a cut in the middle of a turn, with every policy on --------------------------------------
+
+
+async def test_a_turn_cut_mid_stream_with_every_policy_on_changes_nothing_for_the_model(
+    gateway: GatewayServer,
+) -> None:
+    """Turn 14 reads ``cli.py``, speculated after turn 13's grep: the turn is held right after
+    that call, the connection is reset, and the gateway then hangs up on two reconnects before
+    it serves again. A speculation runs all along (of a file never read), a summary is held
+    at the cut, cached results exist. The run completes, each write runs once, the model gets
+    what a fault-free run without policies gives it, and nothing of the run is left running."""
+    expected = await reference(gateway)
+    backend = HeldTurns(hold=14, hold_summaries_from=13)
+    unread = asyncio.Event()
+    log = ExecutionLog()
+    compact = Compact(threshold_tokens=3000, summary_tokens=64)
+    agent = agent_with(coding_tools(log, unread=unread), [Speculate(), compact])
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        FaultProxy("127.0.0.1", server.port) as proxy,
+        connect(f"{proxy.url}/v1") as client,
+    ):
+        run = Streamed(agent, client)
+        async with asyncio.timeout(TIMEOUT):
+            await backend.held.wait()
+            await backend.summary_held.wait()
+        await run.finished_call(14)
+        assert any(t.get_coro().__qualname__ == "ToolExecutor._prefetch" for t in leftover_tasks())
+        proxy.target_port = dead_port()  # the gateway hangs up before replying
+        hung_up = proxy.connections + 2
+        assert proxy.inject(Fault.RESET) == 1
+        await until(lambda: proxy.connections >= hung_up)
+        proxy.target_port = server.port
+        result = await asyncio.wait_for(run.task, TIMEOUT)
+        # Everything the run started was stopped when it returned, and ends by itself.
+        left = leftover_tasks()
+        assert all(task.cancelling() for task in left)
+        if left:
+            await asyncio.wait(left, timeout=TIMEOUT)
+        assert not leftover_tasks()
+        assert client.stats.reconnects == 1
+
+    assert check_run(CODING, result, log) == ()
+    assert writes_once(log)
+    assert outputs(result) == expected
+    step = result.steps[13]
+    assert step.attempts == 2
+    assert [(tool.reused, tool.cache) for tool in step.tools] == [
+        (True, "speculated"),
+        (False, "hit"),
+    ]
+    # The speculated read ran once, before the model asked for it, and served it once.
+    cli = codec.dumps({"path": "src/shortlinks/cli.py"}).decode()
+    assert log.by_arguments()[("read_file", cli)] == 1
+    used = [s for s in result.speculations if s.arguments == cli]
+    assert len(used) == 1 and used[0].used_ns is not None
+    # Every record is final when the run returns.
+    assert all(
+        s.finished_ns is not None and s.finished_ns <= result.wall_ns for s in result.speculations
+    )
+    (never,) = [s for s in result.speculations if UNREAD in s.arguments]
+    assert never.error == "stopped: the run ended" and never.used_ns is None
+    assert all(aside.response_done_ns is not None for aside in result.asides)
+    cut = [aside for aside in result.asides if aside.error and "cancelled" not in aside.error]
+    assert len(cut) == 1 and cut[0].turn in (13, 14)
+    assert result.asides[-1].error == "cancelled: the run ended first"
+    assert compact.compactions >= 1
+
+
+async def cut_turn(
+    backend: HeldTurns, proxy: FaultProxy, run: Streamed, turn: int, *, kind: Fault = Fault.RESET
+) -> None:
+    """Once ``turn`` is held and one of its calls has its result, cut every connection."""
+    await asyncio.wait_for(backend.held.wait(), TIMEOUT)
+    await run.finished_call(turn)
+    assert proxy.inject(kind) >= 1
+
+
+async def test_a_cache_hit_reused_after_a_cut_is_still_a_hit() -> None:
+    """Turn 10 reads two files the cache holds. Cut after the first hit, the turn goes out
+    again and reuses it: its record still says it was a hit (the run's counts of avoided work,
+    and ``check_run``, read the records), and nothing ran for it."""
+    backend = HeldTurns(hold=10)
+    log = ExecutionLog()
+    agent = agent_with(coding_tools(log), [])
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        FaultProxy("127.0.0.1", server.port) as proxy,
+        connect(f"{proxy.url}/v1") as client,
+    ):
+        run = Streamed(agent, client)
+        await cut_turn(backend, proxy, run, 10)
+        result = await asyncio.wait_for(run.task, TIMEOUT)
+    assert check_run(CODING, result, log) == ()
+    step = result.steps[9]
+    assert step.attempts == 2
+    assert [(tool.reused, tool.cache) for tool in step.tools] == [(True, "hit"), (False, "hit")]
+    hits = sum(tool.cache == "hit" for step in result.steps for tool in step.tools)
+    assert log.count() == CODING.total_calls - hits
