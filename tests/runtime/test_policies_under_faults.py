@@ -170,6 +170,35 @@ def writes_once(log: ExecutionLog) -> bool:
     return len(ran) == len(scripted) and set(ran) == {1}
 
 
+class Observed:
+    """A client that hands every event on unchanged, and counts the function calls whose
+    items were complete: the runner has taken (validated, admitted) each one by then."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.stats = inner.stats
+        self.calls = 0
+
+    async def stream_to(self, request: Any, on_event: Any, *, skip: Any = ()) -> None:
+        def forward(event: Any) -> None:
+            on_event(event)
+            if _call_done(event):
+                self.calls += 1
+
+        await self.inner.stream_to(request, forward, skip=skip)
+
+    def stream(self, request: Any) -> Any:
+        return self.inner.stream(request)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def calls_before(turn: int) -> int:
+    """The function calls the script makes before model turn ``turn`` (from 1)."""
+    return sum(len(t.calls) for t in CODING.turns[: turn - 1])
+
+
 class Streamed:
     """``Runner.run_stream`` in a task of its own: its events as they come, and its result."""
 
@@ -306,3 +335,30 @@ async def test_a_cache_hit_reused_after_a_cut_is_still_a_hit() -> None:
     assert [(tool.reused, tool.cache) for tool in step.tools] == [(True, "hit"), (False, "hit")]
     hits = sum(tool.cache == "hit" for step in result.steps for tool in step.tools)
     assert log.count() == CODING.total_calls - hits
+
+
+async def test_a_write_sent_again_after_a_cut_still_has_its_follow_ups_speculated() -> None:
+    """Turn 21 patches ``test_stats.py``, and the patch predicts the test run the model makes
+    at turn 22. The turn is cut right after the patch's item (a write: held, never run from
+    the cut attempt), sent again, and the patch runs once: its prediction is fetched while
+    turn 22 is generated, as without the cut, and the model's test run takes it."""
+    backend = HeldTurns(hold=21)
+    log = ExecutionLog()
+    agent = agent_with(coding_tools(log), [Speculate()])
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        FaultProxy("127.0.0.1", server.port) as proxy,
+        connect(f"{proxy.url}/v1") as inner,
+    ):
+        client = Observed(inner)
+        run = Streamed(agent, client)
+        await asyncio.wait_for(backend.held.wait(), TIMEOUT)
+        await until(lambda: client.calls > calls_before(21))  # the patch was admitted
+        assert proxy.inject(Fault.RESET) == 1
+        result = await asyncio.wait_for(run.task, TIMEOUT)
+    assert check_run(CODING, result, log) == ()
+    assert writes_once(log)
+    assert result.steps[20].attempts == 2
+    assert [(tool.name, tool.cache) for tool in result.steps[21].tools] == [
+        ("run_tests", "speculated")
+    ]

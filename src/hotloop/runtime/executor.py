@@ -153,6 +153,12 @@ class ToolExecutor:
                 self._seen.append((self._previous, (tool.name, record.arguments)))
             self._previous = key
 
+    def withdrawn(self, record: ToolRecord) -> None:
+        """An admitted call will never run (the attempt of the turn that made it failed first;
+        the next attempt admits it again): a write of it holds no prediction back any more."""
+        if self._writing.pop(id(record), False) is not False:
+            self._pump()
+
     def turn_started(self, turn: int) -> None:
         """A model turn's request goes out: predictions wait until its response is complete
         (a call still to come in it may write what they read); those older than the turn

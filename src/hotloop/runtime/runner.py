@@ -436,6 +436,16 @@ class _TurnCalls:
         self.admission.release()
         self._pump()
 
+    def stop(self) -> None:
+        """This attempt failed: its running calls are reused by the next one, but no call
+        starts from it any more (the next attempt submits them again), and those it admitted
+        without starting are withdrawn (a held write no longer holds predictions back)."""
+        self._stopped = True
+        for index, pending in enumerate(self._pending):
+            if pending is not None:
+                self._pending[index] = None
+                self.executor.withdrawn(self.records[index])
+
     def _track(self, future: asyncio.Future[Outcome]) -> None:
         """A call's result: reported (record, ``ToolCallFinished``) the moment it is known."""
         index = len(self.futures)
@@ -488,6 +498,7 @@ class _TurnCalls:
                     future.add_done_callback(functools.partial(self._after_reuse, index))
                 continue
             tool, args, writes = pending
+            self._pending[index] = None  # started: nothing left to withdraw (stop)
             task = asyncio.create_task(
                 self._execute(index, tool, args, writes, self.records[index])
             )
@@ -1164,21 +1175,19 @@ async def _stream_turn(
             run.last_model = record.request_model = run.rerouted_to or request.model
             return stream, calls
         except TurnTimeout as exc:
-            calls._stopped = True  # nothing more starts from this attempt
+            calls.stop()
             # Nothing was delivered: the turn goes out again (the transport left the socket or
             # lane that swallowed it).
             retry = exc.code == "first_event_timeout"
             failure = exc
         except TransportError as exc:
-            # This attempt is over: its running calls are reused by the next one, but calls it
-            # had not started yet must not start from it (the next attempt submits them again).
-            calls._stopped = True
+            calls.stop()
             retry = exc.replay_safe
             failure = exc
         except ModelError as exc:
             if not policies and not exc.replay_safe:
                 raise
-            calls._stopped = True
+            calls.stop()
             retry = exc.replay_safe
             failure = exc
         if attempt >= agent.max_attempts:
