@@ -18,12 +18,15 @@ import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import pytest
+
 from gated import GatedBackend
 from hotloop.backends.sim import SimBackend
 from hotloop.gateway import GatewayServer
 from hotloop.runtime import (
     Agent,
     Compact,
+    PartialRun,
     Policy,
     RunEvent,
     RunFinished,
@@ -37,7 +40,7 @@ from hotloop.sim.scenario import load_scenario
 from hotloop.sim.summary import is_summary_request
 from hotloop.testing import ExecutionLog, check_run, scenario_tools
 from hotloop.testing.faults import Fault, FaultProxy
-from hotloop.transport import Transport, connect
+from hotloop.transport import Transport, TransportError, connect
 from hotloop.wire import codec
 from hotloop.wire.events import OutputItemDone
 from hotloop.wire.items import FunctionCall, FunctionCallOutput
@@ -362,3 +365,103 @@ async def test_a_write_sent_again_after_a_cut_still_has_its_follow_ups_speculate
     assert [(tool.name, tool.cache) for tool in result.steps[21].tools] == [
         ("run_tests", "speculated")
     ]
+
+
+async def test_a_write_run_before_a_cut_is_reused_and_no_read_from_before_it_is_served(
+    gateway: GatewayServer,
+) -> None:
+    """With writes dispatched eagerly, turn 7's first patch (of ``models.py``, read and cached
+    at turn 3) runs before the turn is cut. The turn is sent again over a new connection: the
+    patch is reused, not run again, and its record still says what it invalidated; the second
+    patch runs once; turn 8's reads of the patched files are executed again, never answered
+    with what the cache or a speculation held from before the patch."""
+    expected = await reference(gateway)
+    backend = HeldTurns(hold=7)
+    log = ExecutionLog()
+    agent = agent_with(coding_tools(log), [Speculate()], eager_writes=True)
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        FaultProxy("127.0.0.1", server.port) as proxy,
+        connect(f"{proxy.url}/v1") as client,
+    ):
+        run = Streamed(agent, client)
+        await cut_turn(backend, proxy, run, 7, kind=Fault.DROP)
+        result = await asyncio.wait_for(run.task, TIMEOUT)
+    assert check_run(CODING, result, log) == ()
+    assert writes_once(log)
+    assert outputs(result) == expected
+    patches = result.steps[6]
+    assert patches.attempts == 2
+    assert [(tool.reused, tool.invalidated > 0) for tool in patches.tools] == [
+        (True, True),
+        (False, True),
+    ]
+    rereads = result.steps[7].tools
+    assert [(tool.name, tool.cache) for tool in rereads] == [("read_file", "miss")] * 2
+
+
+async def test_a_run_that_fails_with_policies_on_is_continued_and_nothing_leaks(
+    gateway: GatewayServer,
+) -> None:
+    """Turn 14 is cut after its speculated read of ``cli.py`` finished, and the gateway then
+    stays away longer than ``reconnect_timeout``: the run fails, with a speculation and a
+    summary running. Both are stopped with it. Continued from its ``PartialRun`` once the
+    gateway is back, the run completes: the finished read is reused (it ran once), no write
+    runs twice, the continuation holds nothing the failed run cached or prefetched, and the
+    model gets, over both runs, what one fault-free run without policies gives it."""
+    expected = await reference(gateway)
+    backend = HeldTurns(hold=14, hold_summaries_from=13)
+    unread = asyncio.Event()
+    log = ExecutionLog()
+    compact = Compact(threshold_tokens=3000, summary_tokens=64)
+    agent = agent_with(coding_tools(log, unread=unread), [Speculate(), compact])
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        FaultProxy("127.0.0.1", server.port) as proxy,
+        connect(f"{proxy.url}/v1", reconnect_timeout=0.3) as client,
+    ):
+        run = Streamed(agent, client)
+        async with asyncio.timeout(TIMEOUT):
+            await backend.summary_held.wait()
+        proxy.target_port = dead_port()
+        await cut_turn(backend, proxy, run, 14)
+        with pytest.raises(TransportError) as failed:
+            await asyncio.wait_for(run.task, TIMEOUT)
+        assert failed.value.code == "connect_failed"
+        left = leftover_tasks()
+        assert all(task.cancelling() for task in left)
+        if left:
+            await asyncio.wait(left, timeout=TIMEOUT)
+        assert not leftover_tasks()
+        partial = failed.value.partial
+        assert isinstance(partial, PartialRun) and partial.turns == 13
+        cli = codec.dumps({"path": "src/shortlinks/cli.py"}).decode()
+        assert [(call.name, call.arguments) for call in partial.finished] == [("read_file", cli)]
+        # What the failed run spent on its summaries is in its usage.
+        turns = sum(step.usage.input_tokens for step in partial.steps if step.usage)
+        assert partial.usage.input_tokens > turns
+        spent = [record.usage for record in (*partial.steps, *partial.asides) if record.usage]
+        assert partial.usage.input_tokens == sum(usage.input_tokens for usage in spent)
+        # Every record is final: the summary cut with the connection says why it ended, and
+        # the speculation still running was stopped when the run failed.
+        assert all(aside.response_done_ns is not None for aside in partial.asides)
+        assert partial.asides[-1].error == "the WebSocket closed during the turn"
+        assert all(s.finished_ns is not None for s in partial.speculations)
+        (never,) = [s for s in partial.speculations if UNREAD in s.arguments]
+        assert never.error == "stopped: the run ended"
+
+        proxy.target_port = server.port
+        result = await Runner.run(agent, CODING.task, client=client, previous=partial)
+
+    assert writes_once(log)
+    assert log.by_arguments()[("read_file", cli)] == 1
+    assert outputs(result) == expected
+    assert result.final_output == CODING.turns[-1].text
+    assert partial.turns + result.turns == len(CODING.turns)
+    # The interrupted turn again: the finished read reused, the other one read afresh (the
+    # failed run's cached and speculated results died with it).
+    assert [(tool.reused, tool.cache) for tool in result.steps[0].tools] == [
+        (True, None),
+        (False, "miss"),
+    ]
+    assert all(s.started_ns >= 0 and s.finished_ns is not None for s in result.speculations)

@@ -211,8 +211,10 @@ class PartialRun:
 
     ``new_from`` and ``last_response_id`` say which items the server has not seen yet and
     which response they continue, so the continued run stays incremental when it can.
-    ``input`` is the run's own input; ``steps``, ``usage`` and ``error`` describe the failed
-    attempt (the continued run reports only its own).
+    ``input`` is the run's own input; ``steps``, ``usage``, ``error``, ``asides`` and
+    ``speculations`` describe the failed attempt (the continued run reports only its own):
+    ``usage`` counts the summaries that came back, and the asides and speculations still
+    running when it failed were stopped then (their records say so).
     """
 
     items: tuple[Item, ...]
@@ -223,6 +225,8 @@ class PartialRun:
     steps: tuple[StepRecord, ...]
     usage: Usage
     error: str
+    asides: tuple[StepRecord, ...] = ()
+    speculations: tuple[SpeculationRecord, ...] = ()
 
     @property
     def turns(self) -> int:

@@ -62,6 +62,7 @@ from hotloop.runtime.events import (
     RunEvent,
     RunFinished,
     RunResult,
+    SpeculationRecord,
     StepRecord,
     ToolCallFinished,
     ToolCallStarted,
@@ -968,6 +969,17 @@ async def _run(
     except HotloopError as exc:
         # The run stops here: keep what it did, so that it can be continued from this point.
         await _settle_writes(agent, ledger)
+        # Speculations and summaries are stopped now, so that their records are final (the
+        # summaries that came back count in the tokens the run spent).
+        speculations: tuple[SpeculationRecord, ...] = ()
+        if run.executor is not None and run.executor.speculate is not None:
+            run.executor.close()
+            speculations = tuple(run.executor.speculations)
+        asides: tuple[StepRecord, ...] = ()
+        if run.asides is not None:
+            run.asides.close()
+            usage = _add(usage, run.asides.usage())
+            asides = tuple(run.asides.records)
         exc.partial = PartialRun(
             items=tuple(history),
             input=given,
@@ -977,6 +989,8 @@ async def _run(
             steps=tuple(steps),
             usage=usage,
             error=str(exc),
+            asides=asides,
+            speculations=speculations,
         )
         raise
     finally:
