@@ -63,7 +63,8 @@ class HeldTurns(GatedBackend):
     :attr:`release` is set or the gateway closes it; :attr:`held` is set then.
 
     Summary requests that arrive once ``hold_summaries_from`` turns were requested are held
-    before any output (set :attr:`summary_held`), until the gateway closes them.
+    before any output (set :attr:`summary_held`), until the gateway closes them: the first
+    ``summaries_held`` of them (None: all).
     """
 
     def __init__(
@@ -73,11 +74,13 @@ class HeldTurns(GatedBackend):
         hold: int | None = None,
         after: int = 1,
         hold_summaries_from: int | None = None,
+        summaries_held: int | None = None,
     ) -> None:
         super().__init__(SimBackend(scenario, "zero"))
         self.hold = hold
         self.after = after
         self.hold_summaries_from = hold_summaries_from
+        self.summaries_held = summaries_held
         self.turns = 0
         self.summaries = 0
         self.held = asyncio.Event()
@@ -86,8 +89,10 @@ class HeldTurns(GatedBackend):
     async def generate(self, session: Any, request: Any, out: Any) -> AsyncIterator[Any]:
         if is_summary_request(request):
             self.summaries += 1
-            start = self.hold_summaries_from
-            if start is not None and self.turns >= start:
+            start, left = self.hold_summaries_from, self.summaries_held
+            if start is not None and self.turns >= start and left != 0:
+                if left is not None:
+                    self.summaries_held = left - 1
                 self.summary_held.set()
                 await asyncio.Event().wait()  # until the gateway closes the generation
         else:
@@ -239,6 +244,16 @@ def leftover_tasks() -> list[asyncio.Task[Any]]:
     ]
 
 
+async def stopped_with_the_run() -> None:
+    """Everything a run started and left pending when it returned (or raised) was cancelled
+    then, and ends without anyone awaiting it."""
+    left = leftover_tasks()
+    assert all(task.cancelling() for task in left), left
+    if left:
+        await asyncio.wait(left, timeout=TIMEOUT)
+    assert not leftover_tasks()
+
+
 # -- a cut in the middle of a turn, with every policy on --------------------------------------
 
 
@@ -273,12 +288,7 @@ async def test_a_turn_cut_mid_stream_with_every_policy_on_changes_nothing_for_th
         await until(lambda: proxy.connections >= hung_up)
         proxy.target_port = server.port
         result = await asyncio.wait_for(run.task, TIMEOUT)
-        # Everything the run started was stopped when it returned, and ends by itself.
-        left = leftover_tasks()
-        assert all(task.cancelling() for task in left)
-        if left:
-            await asyncio.wait(left, timeout=TIMEOUT)
-        assert not leftover_tasks()
+        await stopped_with_the_run()
         assert client.stats.reconnects == 1
 
     assert check_run(CODING, result, log) == ()
@@ -428,11 +438,7 @@ async def test_a_run_that_fails_with_policies_on_is_continued_and_nothing_leaks(
         with pytest.raises(TransportError) as failed:
             await asyncio.wait_for(run.task, TIMEOUT)
         assert failed.value.code == "connect_failed"
-        left = leftover_tasks()
-        assert all(task.cancelling() for task in left)
-        if left:
-            await asyncio.wait(left, timeout=TIMEOUT)
-        assert not leftover_tasks()
+        await stopped_with_the_run()
         partial = failed.value.partial
         assert isinstance(partial, PartialRun) and partial.turns == 13
         cli = codec.dumps({"path": "src/shortlinks/cli.py"}).decode()
@@ -465,3 +471,93 @@ async def test_a_run_that_fails_with_policies_on_is_continued_and_nothing_leaks(
         (False, "miss"),
     ]
     assert all(s.started_ns >= 0 and s.finished_ns is not None for s in result.speculations)
+
+
+# -- summaries that fail or hang ---------------------------------------------------------------
+
+
+def gate_first(
+    tools: list[Tool], name: str, path: str, gate: asyncio.Event, started: asyncio.Event
+) -> None:
+    """The first execution of tool ``name`` on ``path`` sets ``started``, waits for ``gate``."""
+    tool = next(tool for tool in tools if tool.name == name)
+    body = tool.fn
+    first = True
+
+    async def gated(**args: Any) -> Any:
+        nonlocal first
+        if first and args.get("path") == path:
+            first = False
+            started.set()
+            await gate.wait()
+        return await body(**args)
+
+    tool.fn = gated
+
+
+async def test_a_summary_cut_at_the_network_level_is_recorded_and_the_turns_go_on(
+    gateway: GatewayServer,
+) -> None:
+    """A summary is on its way (the gateway holds it) while turn 9's test run goes on, and no
+    turn is in flight: the connection is reset then. The summary fails, and its record says
+    why; no turn is disturbed (each goes out once), the next one reconnects, the policy tries
+    again at a later boundary and compacts, and the model gets what it gets without policies."""
+    expected = await reference(gateway)
+    backend = HeldTurns(hold_summaries_from=8, summaries_held=1)
+    log = ExecutionLog()
+    tools = coding_tools(log)
+    gate, testing = asyncio.Event(), asyncio.Event()
+    gate_first(tools, "run_tests", "tests/test_views.py", gate, testing)
+    compact = Compact(threshold_tokens=3000, summary_tokens=64)
+    agent = agent_with(tools, [Speculate(), compact])
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        FaultProxy("127.0.0.1", server.port) as proxy,
+        connect(f"{proxy.url}/v1") as client,
+    ):
+        run = Streamed(agent, client)
+        async with asyncio.timeout(TIMEOUT):
+            await backend.summary_held.wait()
+            await testing.wait()
+        assert proxy.inject(Fault.RESET) == 1
+        await until(lambda: proxy.active == 0)
+        gate.set()
+        result = await asyncio.wait_for(run.task, TIMEOUT)
+        assert client.stats.reconnects == 1
+    assert check_run(CODING, result, log) == ()
+    assert outputs(result) == expected
+    assert [step.attempts for step in result.steps] == [1] * len(CODING.turns)
+    (cut,) = [aside for aside in result.asides if aside.error is not None]
+    assert cut.error == "the WebSocket closed during the turn" and cut.usage is None
+    assert cut.response_done_ns is not None
+    later = result.asides[result.asides.index(cut) + 1 :]
+    assert later and all(aside.usage is not None for aside in later)
+    assert compact.failed == 1 and compact.compactions >= 2
+
+
+async def test_a_summary_that_never_comes_back_holds_nothing_up(gateway: GatewayServer) -> None:
+    """The gateway accepts every summary request and never answers it (no timeout: the policy
+    waits as long as the run lasts). The turns never wait for it: the run completes, each
+    turn sent once, with what the model gets without policies; the summary is stopped when
+    the run returns, and its record says so."""
+    expected = await reference(gateway)
+    backend = HeldTurns(hold_summaries_from=0)
+    log = ExecutionLog()
+    compact = Compact(threshold_tokens=3000, summary_tokens=64, summary_timeout=None)
+    agent = agent_with(coding_tools(log), [Speculate(), compact])
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        connect(server.base_url) as client,
+    ):
+        async with asyncio.timeout(TIMEOUT):
+            result = await Runner.run(agent, CODING.task, client=client)
+        # Back in this task at once: the summary's task was cancelled, and has not ended yet.
+        assert any(task.get_coro().__qualname__ == "Asides._ended" for task in leftover_tasks())
+        await stopped_with_the_run()
+    assert check_run(CODING, result, log) == ()
+    assert outputs(result) == expected
+    assert [step.attempts for step in result.steps] == [1] * len(CODING.turns)
+    assert backend.summaries == compact.summaries == 1 and compact.compactions == 0
+    (aside,) = result.asides
+    assert aside.error == "cancelled: the run ended first" and aside.usage is None
+    assert aside.response_done_ns == result.wall_ns
