@@ -26,8 +26,10 @@ from hotloop.gateway import GatewayServer
 from hotloop.runtime import (
     Agent,
     Compact,
+    Hedge,
     PartialRun,
     Policy,
+    RetryOnTimeout,
     RunEvent,
     RunFinished,
     Runner,
@@ -60,11 +62,13 @@ UNREAD = "src/shortlinks/__init__.py"
 class HeldTurns(GatedBackend):
     """The sim, except model turn ``hold`` (the ``hold``-th request that is no summary, counted
     from 1) stops right after the ``after``-th function call item it completes, until
-    :attr:`release` is set or the gateway closes it; :attr:`held` is set then.
+    :attr:`release` is set or the gateway closes it; :attr:`held` is set then (and
+    :attr:`held_closed` once the gateway closed it).
 
-    Summary requests that arrive once ``hold_summaries_from`` turns were requested are held
-    before any output (set :attr:`summary_held`), until the gateway closes them: the first
-    ``summaries_held`` of them (None: all).
+    Model turn ``silent`` produces no output at all, until the gateway closes it (then
+    :attr:`silenced` is set). Summary requests that arrive once ``hold_summaries_from`` turns
+    were requested are held before any output (set :attr:`summary_held`), until the gateway
+    closes them: the first ``summaries_held`` of them (None: all).
     """
 
     def __init__(
@@ -73,20 +77,25 @@ class HeldTurns(GatedBackend):
         *,
         hold: int | None = None,
         after: int = 1,
+        silent: int | None = None,
         hold_summaries_from: int | None = None,
         summaries_held: int | None = None,
     ) -> None:
         super().__init__(SimBackend(scenario, "zero"))
         self.hold = hold
         self.after = after
+        self.silent = silent
         self.hold_summaries_from = hold_summaries_from
         self.summaries_held = summaries_held
         self.turns = 0
         self.summaries = 0
         self.held = asyncio.Event()
+        self.held_closed = asyncio.Event()
+        self.silenced = asyncio.Event()
         self.summary_held = asyncio.Event()
 
     async def generate(self, session: Any, request: Any, out: Any) -> AsyncIterator[Any]:
+        calls = 0
         if is_summary_request(request):
             self.summaries += 1
             start, left = self.hold_summaries_from, self.summaries_held
@@ -97,7 +106,13 @@ class HeldTurns(GatedBackend):
                 await asyncio.Event().wait()  # until the gateway closes the generation
         else:
             self.turns += 1
-        calls = self.after if self.turns == self.hold and not is_summary_request(request) else 0
+            if self.turns == self.silent:
+                try:
+                    await asyncio.Event().wait()
+                finally:
+                    self.silenced.set()
+            if self.turns == self.hold:
+                calls = self.after
         async with contextlib.aclosing(session.generate(request, out)) as chunks:
             async for events in chunks:
                 yield events
@@ -105,7 +120,11 @@ class HeldTurns(GatedBackend):
                     calls -= 1
                     if not calls:
                         self.held.set()
-                        await self.release.wait()
+                        try:
+                            await self.release.wait()
+                        finally:
+                            if not self.release.is_set():
+                                self.held_closed.set()
 
 
 def _call_done(event: Any) -> bool:
@@ -478,21 +497,23 @@ async def test_a_run_that_fails_with_policies_on_is_continued_and_nothing_leaks(
 
 def gate_first(
     tools: list[Tool], name: str, path: str, gate: asyncio.Event, started: asyncio.Event
-) -> None:
-    """The first execution of tool ``name`` on ``path`` sets ``started``, waits for ``gate``."""
+) -> list[str]:
+    """The first execution of tool ``name`` on ``path`` sets ``started``, waits for ``gate``.
+    Returns the list of that tool's executions started on ``path`` (finished or not)."""
     tool = next(tool for tool in tools if tool.name == name)
     body = tool.fn
-    first = True
+    starts: list[str] = []
 
     async def gated(**args: Any) -> Any:
-        nonlocal first
-        if first and args.get("path") == path:
-            first = False
-            started.set()
-            await gate.wait()
+        if args.get("path") == path:
+            starts.append(path)
+            if len(starts) == 1:
+                started.set()
+                await gate.wait()
         return await body(**args)
 
     tool.fn = gated
+    return starts
 
 
 async def test_a_summary_cut_at_the_network_level_is_recorded_and_the_turns_go_on(
@@ -561,3 +582,76 @@ async def test_a_summary_that_never_comes_back_holds_nothing_up(gateway: Gateway
     (aside,) = result.asides
     assert aside.error == "cancelled: the run ended first" and aside.usage is None
     assert aside.response_done_ns == result.wall_ns
+
+
+# -- with the policies that send a turn again ------------------------------------------------
+
+CLI = codec.dumps({"path": "src/shortlinks/cli.py"}).decode()
+
+
+def took_cli_once(result: RunResult, log: ExecutionLog, step: int = 13) -> None:
+    """Turn 14's speculated read of ``cli.py`` ran once, served the model once, and its record
+    says so (reused or not, depending on whether an attempt of the turn failed)."""
+    assert log.by_arguments()[("read_file", CLI)] == 1
+    (used,) = [s for s in result.speculations if s.arguments == CLI]
+    assert used.used_ns is not None
+    assert [tool.cache for tool in result.steps[step].tools] == ["speculated", "hit"]
+
+
+@pytest.mark.parametrize("policy", ["retry", "hedge"])
+async def test_a_stalled_turn_sent_again_by_a_policy_takes_its_speculation_once(
+    gateway: GatewayServer, policy: str
+) -> None:
+    """Turn 14 stalls for good right after its speculated read (the gateway holds it): the
+    stall is noticed (``RetryOnTimeout`` with ``stall_timeout``, or ``Hedge(stall=...)``), the
+    turn goes out again on a fresh lane and reuses the read. The speculation served it once,
+    and the run gives the model what a fault-free run without policies gives it."""
+    expected = await reference(gateway)
+    backend = HeldTurns(hold=14)
+    log = ExecutionLog()
+    options: dict[str, Any] = {}
+    resend: Policy
+    if policy == "retry":
+        resend, options["stall_timeout"] = RetryOnTimeout(), 0.3
+    else:
+        resend = Hedge(stall=0.3, budget=1.0, min_samples=1000)  # stall re-sends only
+    agent = agent_with(coding_tools(log), [resend, Speculate()], **options)
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        connect(server.base_url) as client,
+    ):
+        result = await asyncio.wait_for(Runner.run(agent, CODING.task, client=client), TIMEOUT)
+        # The stalled response was given up at the gateway too (cancelled on its lane).
+        await asyncio.wait_for(backend.held_closed.wait(), TIMEOUT)
+    assert check_run(CODING, result, log) == ()
+    assert writes_once(log)
+    assert outputs(result) == expected
+    assert result.steps[13].attempts == 2
+    assert [tool.reused for tool in result.steps[13].tools] == [True, False]
+    took_cli_once(result, log)
+
+
+async def test_a_hedge_that_wins_over_a_silent_attempt_dispatches_each_call_once(
+    gateway: GatewayServer,
+) -> None:
+    """Turn 14's request gets no output at all (the gateway holds it): the hedge goes out,
+    produces output first and wins, and the silent attempt is cancelled at the gateway. Only
+    the winner's calls are dispatched: the speculated read serves it once, every write runs
+    once, and the model gets what a fault-free run without policies gives it."""
+    expected = await reference(gateway)
+    backend = HeldTurns(silent=14)
+    log = ExecutionLog()
+    hedge = Hedge(delay=0.05, budget=1.0)
+    agent = agent_with(coding_tools(log), [hedge, Speculate()])
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        connect(server.base_url) as client,
+    ):
+        result = await asyncio.wait_for(Runner.run(agent, CODING.task, client=client), TIMEOUT)
+        await asyncio.wait_for(backend.silenced.wait(), TIMEOUT)
+    assert check_run(CODING, result, log) == ()
+    assert writes_once(log)
+    assert outputs(result) == expected
+    assert hedge.hedges >= 1 and hedge.wins >= 1
+    assert result.steps[13].attempts == 1
+    took_cli_once(result, log)
