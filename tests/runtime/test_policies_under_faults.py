@@ -38,6 +38,7 @@ from hotloop.runtime import (
     ToolCallFinished,
 )
 from hotloop.runtime.speculation import Speculate
+from hotloop.sim.latency import get_profile
 from hotloop.sim.scenario import load_scenario
 from hotloop.sim.summary import is_summary_request
 from hotloop.testing import ExecutionLog, check_run, scenario_tools
@@ -656,3 +657,45 @@ async def test_a_hedge_that_wins_over_a_silent_attempt_dispatches_each_call_once
     assert hedge.hedges >= 1 and hedge.wins >= 1
     assert result.steps[13].attempts == 1
     took_cli_once(result, log)
+
+
+# -- model faults ----------------------------------------------------------------------------
+
+#: The sim fails about a third of its responses: rate limited (to be retried after 10 ms),
+#: a server error before any output, or a stream cut after some output. Summaries too.
+FLAKY = get_profile("zero").override(
+    rate_limit_probability=0.1,
+    server_error_probability=0.1,
+    drop_probability=0.15,
+    retry_after_s=0.01,
+)
+
+
+async def test_model_faults_with_every_policy_on_change_nothing_for_the_model(
+    gateway: GatewayServer,
+) -> None:
+    """The model fails often (rate limits, server errors, streams cut mid-response), turns
+    and summaries alike. Every failed turn is sent again, reusing the calls it started: the
+    run completes, each write runs once, and the model gets what a fault-free run without
+    policies gives it; the summaries that failed say so in their records."""
+    expected = await reference(gateway)
+    log = ExecutionLog()
+    compact = Compact(threshold_tokens=3000, summary_tokens=64)
+    agent = agent_with(coding_tools(log), [Speculate(), compact], max_attempts=10)
+    async with (
+        GatewayServer(SimBackend(CODING, FLAKY, seed=3)) as server,
+        connect(server.base_url) as client,
+    ):
+        result = await asyncio.wait_for(Runner.run(agent, CODING.task, client=client), TIMEOUT)
+    assert check_run(CODING, result, log) == ()
+    assert writes_once(log)
+    assert outputs(result) == expected
+    assert sum(step.attempts for step in result.steps) > len(result.steps)
+    # Every summary that brought nothing back says why, a failed response included.
+    assert compact.failed >= 1
+    for aside in result.asides:
+        assert aside.response_done_ns is not None
+        assert aside.usage is not None or aside.error is not None, aside
+    failed = [aside for aside in result.asides if aside.error and "cancelled" not in aside.error]
+    assert all(aside.error.startswith("the model failed: ") for aside in failed)
+    assert len(failed) >= compact.failed

@@ -9,7 +9,8 @@ of the run and is never added to its history. Each one is recorded as a
 <hotloop.runtime.events.RunResult.asides>` (its ``turn`` is the turn that sent it, its
 ``purpose`` says what for), so that traces show it (a ``model.aside`` span) and its tokens count
 in the run's ``usage``. An aside may have a timeout; those still running when the run ends
-are cancelled. One that ended without a response says why in its record's ``error``.
+are cancelled. One that ended without a response, or whose response failed, says why in its
+record's ``error``.
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ class Asides:
         record.response_id = response.id
         record.response_model = response.model or None
         record.usage = response.usage
+        if response.status == "failed":
+            # A response, but no answer: the record says why, as for an aside that raised.
+            failure = response.error or {}
+            record.error = f"the model failed: {failure.get('message', 'no message')}"
         return response
 
     def usage(self) -> Usage:

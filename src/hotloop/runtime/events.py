@@ -130,7 +130,8 @@ class StepRecord:
     #: for (``"summary"``: a ``Compact`` summary); ``None`` for a turn.
     purpose: str | None = None
     #: For a request beside the turns that ended without a response (it failed, missed its
-    #: timeout, or the run ended first): why; its ``response_done_ns`` is when it ended.
+    #: timeout, or the run ended first), or whose response failed: why; its
+    #: ``response_done_ns`` is when it ended.
     error: str | None = None
 
 
