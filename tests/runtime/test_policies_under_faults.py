@@ -40,13 +40,14 @@ from hotloop.runtime import (
 from hotloop.runtime.speculation import Speculate
 from hotloop.sim.latency import get_profile
 from hotloop.sim.scenario import load_scenario
-from hotloop.sim.summary import is_summary_request
+from hotloop.sim.summary import is_summary_request, is_summary_text
 from hotloop.testing import ExecutionLog, check_run, scenario_tools
 from hotloop.testing.faults import Fault, FaultProxy
 from hotloop.transport import Transport, TransportError, connect
 from hotloop.wire import codec
 from hotloop.wire.events import OutputItemDone
-from hotloop.wire.items import FunctionCall, FunctionCallOutput
+from hotloop.wire.items import FunctionCall, FunctionCallOutput, Message
+from support import RecordingTransport
 
 CODING = load_scenario("coding-session")
 MODEL = f"hotloop-sim:{CODING.name}"
@@ -66,7 +67,9 @@ class HeldTurns(GatedBackend):
     :attr:`release` is set or the gateway closes it; :attr:`held` is set then (and
     :attr:`held_closed` once the gateway closed it).
 
-    Model turn ``silent`` produces no output at all, until the gateway closes it (then
+    With ``hold_switch``, the turn held is the first whose input holds a ``Compact`` summary
+    (the turn that switches to the compacted context), whatever its number. Model turn
+    ``silent`` produces no output at all, until the gateway closes it (then
     :attr:`silenced` is set). Summary requests that arrive once ``hold_summaries_from`` turns
     were requested are held before any output (set :attr:`summary_held`), until the gateway
     closes them: the first ``summaries_held`` of them (None: all).
@@ -79,6 +82,7 @@ class HeldTurns(GatedBackend):
         hold: int | None = None,
         after: int = 1,
         silent: int | None = None,
+        hold_switch: bool = False,
         hold_summaries_from: int | None = None,
         summaries_held: int | None = None,
     ) -> None:
@@ -86,6 +90,7 @@ class HeldTurns(GatedBackend):
         self.hold = hold
         self.after = after
         self.silent = silent
+        self.hold_switch = hold_switch
         self.hold_summaries_from = hold_summaries_from
         self.summaries_held = summaries_held
         self.turns = 0
@@ -112,7 +117,9 @@ class HeldTurns(GatedBackend):
                     await asyncio.Event().wait()
                 finally:
                     self.silenced.set()
-            if self.turns == self.hold:
+            if self.turns == self.hold or (self.hold_switch and _compacted(request)):
+                self.hold_switch = False
+                self.hold = self.turns
                 calls = self.after
         async with contextlib.aclosing(session.generate(request, out)) as chunks:
             async for events in chunks:
@@ -126,6 +133,13 @@ class HeldTurns(GatedBackend):
                         finally:
                             if not self.release.is_set():
                                 self.held_closed.set()
+
+
+def _compacted(request: Any) -> bool:
+    """Whether a model request's input holds a summary (``Compact`` switched to it)."""
+    return any(
+        isinstance(item, Message) and is_summary_text(item.text) for item in request.context.items
+    )
 
 
 def _call_done(event: Any) -> bool:
@@ -699,3 +713,40 @@ async def test_model_faults_with_every_policy_on_change_nothing_for_the_model(
     failed = [aside for aside in result.asides if aside.error and "cancelled" not in aside.error]
     assert all(aside.error.startswith("the model failed: ") for aside in failed)
     assert len(failed) >= compact.failed
+
+
+async def test_the_turn_that_switches_to_a_compacted_context_cut_mid_stream_is_sent_again(
+    gateway: GatewayServer,
+) -> None:
+    """The first turn sent with a summary in place of the older conversation (a fresh chain,
+    the whole compacted context) is cut right after its first call: the attempt that goes out
+    again sends the same compacted context, reuses what had started, and the run gives the
+    model what a fault-free run without policies gives it."""
+    expected = await reference(gateway)
+    backend = HeldTurns(hold_switch=True)
+    log = ExecutionLog()
+    compact = Compact(threshold_tokens=3000, summary_tokens=64)
+    agent = agent_with(coding_tools(log), [Speculate(), compact])
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        FaultProxy("127.0.0.1", server.port) as proxy,
+        connect(f"{proxy.url}/v1") as inner,
+    ):
+        client = RecordingTransport(Observed(inner))
+        run = Streamed(agent, client)
+        await asyncio.wait_for(backend.held.wait(), TIMEOUT)
+        turn = backend.hold
+        assert turn is not None
+        await until(lambda: client.inner.calls > calls_before(turn))
+        assert proxy.inject(Fault.RESET) == 1
+        result = await asyncio.wait_for(run.task, TIMEOUT)
+    assert check_run(CODING, result, log) == ()
+    assert writes_once(log)
+    assert outputs(result) == expected
+    assert result.steps[turn - 1].attempts == 2
+    assert result.steps[turn - 1].tools[0].reused or result.steps[turn - 1].tools[0].name == WRITE
+    # Both attempts sent the same compacted context, whole.
+    sent = [request for request in client.sent if "metadata" not in request.settings]
+    first, again = sent[turn - 1], sent[turn]
+    assert first.history is again.history and again.previous_response_id is None
+    assert compact.compactions >= 1
