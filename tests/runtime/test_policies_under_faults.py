@@ -750,3 +750,39 @@ async def test_the_turn_that_switches_to_a_compacted_context_cut_mid_stream_is_s
     first, again = sent[turn - 1], sent[turn]
     assert first.history is again.history and again.previous_response_id is None
     assert compact.compactions >= 1
+
+
+async def test_a_call_waiting_on_a_speculation_when_its_turn_is_cut_takes_it_once() -> None:
+    """Turn 14's read of ``cli.py`` joins its speculation, still running (the tool waits), and
+    the turn is cut then. The turn goes out again and reuses the waiting call: when the
+    speculation comes, it serves that call alone, and the file is read once."""
+    backend = HeldTurns(hold=14)
+    log = ExecutionLog()
+    tools = coding_tools(log)
+    gate, reading = asyncio.Event(), asyncio.Event()
+    starts = gate_first(tools, "read_file", "src/shortlinks/cli.py", gate, reading)
+    agent = agent_with(tools, [Speculate()])
+    async with (
+        GatewayServer(backend) as server,  # type: ignore[arg-type]
+        FaultProxy("127.0.0.1", server.port) as proxy,
+        connect(f"{proxy.url}/v1") as inner,
+    ):
+        client = Observed(inner)
+        run = Streamed(agent, client)
+        async with asyncio.timeout(TIMEOUT):
+            await reading.wait()  # the speculation started, and waits
+            await backend.held.wait()
+        await until(lambda: client.calls > calls_before(14))
+        await asyncio.sleep(0)  # the call's task takes its first step: it joins
+        assert proxy.inject(Fault.RESET) == 1
+        gate.set()
+        result = await asyncio.wait_for(run.task, TIMEOUT)
+    assert check_run(CODING, result, log) == ()
+    assert writes_once(log)
+    assert starts == ["src/shortlinks/cli.py"]
+    assert result.steps[13].attempts == 2
+    assert [(tool.reused, tool.cache) for tool in result.steps[13].tools] == [
+        (True, "speculated"),
+        (False, "hit"),
+    ]
+    took_cli_once(result, log)
