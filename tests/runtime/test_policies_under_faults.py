@@ -59,6 +59,8 @@ TIME_SCALE = 0.01
 TIMEOUT = 20.0
 #: A file ``list_dir`` lists and the model never reads: its speculation is never used.
 UNREAD = "src/shortlinks/__init__.py"
+#: Turn 14's first call: a read that turn 13's grep predicts (so it is speculated).
+CLI = codec.dumps({"path": "src/shortlinks/cli.py"}).decode()
 
 
 class HeldTurns(GatedBackend):
@@ -162,7 +164,9 @@ async def until(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.005)
 
 
-def coding_tools(log: ExecutionLog, *, cache: bool = True, unread: asyncio.Event | None = None):
+def coding_tools(
+    log: ExecutionLog, *, cache: bool = True, unread: asyncio.Event | None = None
+) -> list[Tool]:
     """``coding-session``'s tools; with ``unread``, reading :data:`UNREAD` (which only a
     speculation does) waits for it: a speculation still running whatever the test does."""
     tools = scenario_tools(CODING, time_scale=TIME_SCALE, log=log, cache=cache)
@@ -247,13 +251,11 @@ class Streamed:
     def __init__(self, agent: Agent, client: Transport, **options: Any) -> None:
         self.events: list[RunEvent] = []
         self.result: RunResult | None = None
-        self._seen = asyncio.Event()
         self.task = asyncio.create_task(self._consume(agent, client, options))
 
     async def _consume(self, agent: Agent, client: Transport, options: Any) -> RunResult:
         async for event in Runner.run_stream(agent, CODING.task, client=client, **options):
             self.events.append(event)
-            self._seen.set()
             if isinstance(event, RunFinished):
                 self.result = event.result
         assert self.result is not None
@@ -336,9 +338,8 @@ async def test_a_turn_cut_mid_stream_with_every_policy_on_changes_nothing_for_th
         (False, "hit"),
     ]
     # The speculated read ran once, before the model asked for it, and served it once.
-    cli = codec.dumps({"path": "src/shortlinks/cli.py"}).decode()
-    assert log.by_arguments()[("read_file", cli)] == 1
-    used = [s for s in result.speculations if s.arguments == cli]
+    assert log.by_arguments()[("read_file", CLI)] == 1
+    used = [s for s in result.speculations if s.arguments == CLI]
     assert len(used) == 1 and used[0].used_ns is not None
     # Every record is final when the run returns.
     assert all(
@@ -476,8 +477,7 @@ async def test_a_run_that_fails_with_policies_on_is_continued_and_nothing_leaks(
         await stopped_with_the_run()
         partial = failed.value.partial
         assert isinstance(partial, PartialRun) and partial.turns == 13
-        cli = codec.dumps({"path": "src/shortlinks/cli.py"}).decode()
-        assert [(call.name, call.arguments) for call in partial.finished] == [("read_file", cli)]
+        assert [(call.name, call.arguments) for call in partial.finished] == [("read_file", CLI)]
         # What the failed run spent on its summaries is in its usage.
         turns = sum(step.usage.input_tokens for step in partial.steps if step.usage)
         assert partial.usage.input_tokens > turns
@@ -495,7 +495,7 @@ async def test_a_run_that_fails_with_policies_on_is_continued_and_nothing_leaks(
         result = await Runner.run(agent, CODING.task, client=client, previous=partial)
 
     assert writes_once(log)
-    assert log.by_arguments()[("read_file", cli)] == 1
+    assert log.by_arguments()[("read_file", CLI)] == 1
     assert outputs(result) == expected
     assert result.final_output == CODING.turns[-1].text
     assert partial.turns + result.turns == len(CODING.turns)
@@ -601,8 +601,6 @@ async def test_a_summary_that_never_comes_back_holds_nothing_up(gateway: Gateway
 
 
 # -- with the policies that send a turn again ------------------------------------------------
-
-CLI = codec.dumps({"path": "src/shortlinks/cli.py"}).decode()
 
 
 def took_cli_once(result: RunResult, log: ExecutionLog, step: int = 13) -> None:
