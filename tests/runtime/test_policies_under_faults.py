@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import pytest
@@ -209,6 +209,26 @@ async def reference(gateway: GatewayServer) -> list[str]:
     return outputs(result)
 
 
+async def play_coding(
+    backend: Any, agent: Agent, then: Callable[[], Awaitable[Any]] | None = None
+) -> RunResult:
+    """``agent`` plays the coding scenario over a gateway of its own on ``backend``; ``then``
+    is awaited before the gateway stops (what the test waits to see happen there)."""
+    async with GatewayServer(backend) as server, connect(server.base_url) as client:
+        result = await asyncio.wait_for(Runner.run(agent, CODING.task, client=client), TIMEOUT)
+        if then is not None:
+            await asyncio.wait_for(then(), TIMEOUT)
+    return result
+
+
+def assert_unchanged(result: RunResult, log: ExecutionLog, expected: list[str]) -> None:
+    """Nothing changed for the model: the run is complete, each write ran once, and every
+    tool result is what a fault-free run without policies gave it."""
+    assert check_run(CODING, result, log) == ()
+    assert writes_once(log)
+    assert outputs(result) == expected
+
+
 def writes_once(log: ExecutionLog) -> bool:
     """Every write of the script executed, each exactly once."""
     scripted = {c.arguments for t in CODING.turns for c in t.calls if c.name == WRITE}
@@ -328,9 +348,7 @@ async def test_a_turn_cut_mid_stream_with_every_policy_on_changes_nothing_for_th
         result = await asyncio.wait_for(run.task, TIMEOUT)
         await stopped_with_the_run()
 
-    assert check_run(CODING, result, log) == ()
-    assert writes_once(log)
-    assert outputs(result) == expected
+    assert_unchanged(result, log, expected)
     step = result.steps[13]
     assert step.attempts == 2
     assert [(tool.reused, tool.cache) for tool in step.tools] == [
@@ -433,9 +451,7 @@ async def test_a_write_run_before_a_cut_is_reused_and_no_read_from_before_it_is_
         run = Streamed(agent, client)
         await cut_turn(backend, proxy, run, 7, kind=Fault.DROP)
         result = await asyncio.wait_for(run.task, TIMEOUT)
-    assert check_run(CODING, result, log) == ()
-    assert writes_once(log)
-    assert outputs(result) == expected
+    assert_unchanged(result, log, expected)
     patches = result.steps[6]
     assert patches.attempts == 2
     assert [(tool.reused, tool.invalidated > 0) for tool in patches.tools] == [
@@ -630,16 +646,9 @@ async def test_a_stalled_turn_sent_again_by_a_policy_takes_its_speculation_once(
     else:
         resend = Hedge(stall=0.3, budget=1.0, min_samples=1000)  # stall re-sends only
     agent = agent_with(coding_tools(log), [resend, Speculate()], **options)
-    async with (
-        GatewayServer(backend) as server,  # type: ignore[arg-type]
-        connect(server.base_url) as client,
-    ):
-        result = await asyncio.wait_for(Runner.run(agent, CODING.task, client=client), TIMEOUT)
-        # The stalled response was given up at the gateway too (cancelled on its lane).
-        await asyncio.wait_for(backend.held_closed.wait(), TIMEOUT)
-    assert check_run(CODING, result, log) == ()
-    assert writes_once(log)
-    assert outputs(result) == expected
+    # The stalled response is given up at the gateway too (cancelled on its lane).
+    result = await play_coding(backend, agent, then=backend.held_closed.wait)
+    assert_unchanged(result, log, expected)
     assert result.steps[13].attempts == 2
     assert [tool.reused for tool in result.steps[13].tools] == [True, False]
     took_cli_once(result, log)
@@ -657,15 +666,8 @@ async def test_a_hedge_that_wins_over_a_silent_attempt_dispatches_each_call_once
     log = ExecutionLog()
     hedge = Hedge(delay=0.05, budget=1.0)
     agent = agent_with(coding_tools(log), [hedge, Speculate()])
-    async with (
-        GatewayServer(backend) as server,  # type: ignore[arg-type]
-        connect(server.base_url) as client,
-    ):
-        result = await asyncio.wait_for(Runner.run(agent, CODING.task, client=client), TIMEOUT)
-        await asyncio.wait_for(backend.silenced.wait(), TIMEOUT)
-    assert check_run(CODING, result, log) == ()
-    assert writes_once(log)
-    assert outputs(result) == expected
+    result = await play_coding(backend, agent, then=backend.silenced.wait)
+    assert_unchanged(result, log, expected)
     assert hedge.hedges >= 1 and hedge.wins >= 1
     assert result.steps[13].attempts == 1
     took_cli_once(result, log)
@@ -694,14 +696,8 @@ async def test_model_faults_with_every_policy_on_change_nothing_for_the_model(
     log = ExecutionLog()
     compact = Compact(threshold_tokens=3000, summary_tokens=64)
     agent = agent_with(coding_tools(log), [Speculate(), compact], max_attempts=10)
-    async with (
-        GatewayServer(SimBackend(CODING, FLAKY, seed=3)) as server,
-        connect(server.base_url) as client,
-    ):
-        result = await asyncio.wait_for(Runner.run(agent, CODING.task, client=client), TIMEOUT)
-    assert check_run(CODING, result, log) == ()
-    assert writes_once(log)
-    assert outputs(result) == expected
+    result = await play_coding(SimBackend(CODING, FLAKY, seed=3), agent)
+    assert_unchanged(result, log, expected)
     assert sum(step.attempts for step in result.steps) > len(result.steps)
     # Every summary that brought nothing back says why, a failed response included.
     assert compact.failed >= 1
@@ -738,9 +734,7 @@ async def test_the_turn_that_switches_to_a_compacted_context_cut_mid_stream_is_s
         await until(lambda: client.inner.calls > calls_before(turn))
         assert proxy.inject(Fault.RESET) == 1
         result = await asyncio.wait_for(run.task, TIMEOUT)
-    assert check_run(CODING, result, log) == ()
-    assert writes_once(log)
-    assert outputs(result) == expected
+    assert_unchanged(result, log, expected)
     assert result.steps[turn - 1].attempts == 2
     assert result.steps[turn - 1].tools[0].reused or result.steps[turn - 1].tools[0].name == WRITE
     # Both attempts sent the same compacted context, whole.

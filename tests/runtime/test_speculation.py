@@ -89,9 +89,9 @@ async def play(turns: Turns, repo: Repo, *, speculate: bool | Speculate, client:
 
 
 async def compare(
-    turns: Turns, speculate: bool | Speculate = True, **repo: Any
+    turns: Turns, speculate: bool | Speculate = True, *, kind: type[Repo] = Repo, **repo: Any
 ) -> tuple[Any, Repo, Repo]:
-    fast, plain = Repo(**repo), Repo(**repo)
+    fast, plain = kind(**repo), kind(**repo)
     result, inputs = await play(turns, fast, speculate=speculate)
     _, reference = await play(turns, plain, speculate=False)
     assert inputs == reference  # lossless
@@ -248,16 +248,6 @@ class PausingRepo(Repo):
         self.tools = [*self.tools, pause]
 
 
-async def compare_pausing(
-    turns: Turns, speculate: bool | Speculate = True, **repo: Any
-) -> tuple[Any, Repo, Repo]:
-    fast, plain = PausingRepo(**repo), PausingRepo(**repo)
-    result, inputs = await play(turns, fast, speculate=speculate)
-    _, reference = await play(turns, plain, speculate=False)
-    assert inputs == reference
-    return result, fast, plain
-
-
 async def test_a_speculation_of_a_tool_not_cached_answers_only_the_turn_it_was_for() -> None:
     # What the read saw may have changed outside the run since: a turn later, it runs again.
     turns: Turns = [
@@ -284,7 +274,7 @@ async def test_a_speculation_too_old_for_any_call_is_stopped_and_may_start_again
         [("read", {"path": "a"})],
     ]
     # A budget that lets every prediction start: only freshness decides.
-    result, fast, plain = await compare_pausing(turns, Speculate(max_waste=1.0), slow=0.2)
+    result, fast, plain = await compare(turns, Speculate(max_waste=1.0), kind=PausingRepo, slow=0.2)
     assert [mark for mark in marks(result) if mark[0] == "read"] == [
         ("read", None),
         ("read", "speculated"),
@@ -308,7 +298,7 @@ async def test_a_speculation_of_a_cached_tool_answers_while_its_ttl_allows(
         [("pause", {"seconds": 0.2})],  # the speculation of a is 0.2 s old after this
         [("read", {"path": "a"})],
     ]
-    result, fast, _ = await compare_pausing(turns, cache=Cache(ttl=ttl))
+    result, fast, _ = await compare(turns, kind=PausingRepo, cache=Cache(ttl=ttl))
     assert marks(result)[-1] == ("read", mark)
     assert fast.runs.count("read a") == (1 if mark == "speculated" else 2)
 
