@@ -313,6 +313,17 @@ async def stopped_with_the_run() -> None:
 # -- a cut in the middle of a turn, with every policy on --------------------------------------
 
 
+def cut_at_turn_14() -> tuple[HeldTurns, ExecutionLog, Compact, Agent]:
+    """Every policy on, turn 14 and the summaries from turn 13 held at the gateway, and a
+    speculated read (of :data:`UNREAD`) that never ends by itself: the gateway's backend,
+    the execution log, the compaction policy and the agent."""
+    unread = asyncio.Event()
+    log = ExecutionLog()
+    compact = Compact(threshold_tokens=3000, summary_tokens=64)
+    agent = agent_with(coding_tools(log, unread=unread), [Speculate(), compact])
+    return HeldTurns(hold=14, hold_summaries_from=13), log, compact, agent
+
+
 @pytest.mark.parametrize("transport", ["websocket", "http"])
 async def test_a_turn_cut_mid_stream_with_every_policy_on_changes_nothing_for_the_model(
     gateway: GatewayServer, transport: Literal["websocket", "http"]
@@ -324,11 +335,7 @@ async def test_a_turn_cut_mid_stream_with_every_policy_on_changes_nothing_for_th
     gets what a fault-free run without policies gives it, and nothing of the run is left
     running."""
     expected = await reference(gateway)
-    backend = HeldTurns(hold=14, hold_summaries_from=13)
-    unread = asyncio.Event()
-    log = ExecutionLog()
-    compact = Compact(threshold_tokens=3000, summary_tokens=64)
-    agent = agent_with(coding_tools(log, unread=unread), [Speculate(), compact])
+    backend, log, compact, agent = cut_at_turn_14()
     async with (
         GatewayServer(backend) as server,  # type: ignore[arg-type]
         FaultProxy("127.0.0.1", server.port) as proxy,
@@ -472,11 +479,7 @@ async def test_a_run_that_fails_with_policies_on_is_continued_and_nothing_leaks(
     runs twice, the continuation holds nothing the failed run cached or prefetched, and the
     model gets, over both runs, what one fault-free run without policies gives it."""
     expected = await reference(gateway)
-    backend = HeldTurns(hold=14, hold_summaries_from=13)
-    unread = asyncio.Event()
-    log = ExecutionLog()
-    compact = Compact(threshold_tokens=3000, summary_tokens=64)
-    agent = agent_with(coding_tools(log, unread=unread), [Speculate(), compact])
+    backend, log, _, agent = cut_at_turn_14()
     async with (
         GatewayServer(backend) as server,  # type: ignore[arg-type]
         FaultProxy("127.0.0.1", server.port) as proxy,

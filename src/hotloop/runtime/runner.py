@@ -971,13 +971,12 @@ async def _run(
         await _settle_writes(agent, ledger)
         # Speculations and summaries are stopped now, so that their records are final (the
         # summaries that came back count in the tokens the run spent).
+        _stop_beside(run)
         speculations: tuple[SpeculationRecord, ...] = ()
-        if run.executor is not None and run.executor.speculate is not None:
-            run.executor.close()
+        if run.executor is not None:
             speculations = tuple(run.executor.speculations)
         asides: tuple[StepRecord, ...] = ()
         if run.asides is not None:
-            run.asides.close()
             usage = _add(usage, run.asides.usage())
             asides = tuple(run.asides.records)
         exc.partial = PartialRun(
@@ -1000,11 +999,15 @@ async def _run(
                 task.cancel()
         if threads is not None:
             threads.close()
-        if run.asides is not None:
-            run.asides.close()
-        # A run that failed or was cancelled stops its speculations too.
-        if run.executor is not None and run.executor.speculate is not None:
-            run.executor.close()
+        _stop_beside(run)  # a run that failed or was cancelled too
+
+
+def _stop_beside(run: _Run) -> None:
+    """Stop what runs beside the turns (summaries, speculations), once or again."""
+    if run.asides is not None:
+        run.asides.close()
+    if run.executor is not None and run.executor.speculate is not None:
+        run.executor.close()
 
 
 def _report_warnings(warnings: Any, turn: int, emit: Emit | None) -> None:
