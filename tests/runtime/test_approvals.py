@@ -114,3 +114,28 @@ async def test_run_without_an_approver_refuses_to_start(support_gateway: Gateway
     async with connect(support_gateway.base_url) as client:
         with pytest.raises(ValueError, match=r"issue_refund, update_ticket must be approved"):
             await Runner.run(agent, SUPPORT.task, client=client)
+
+
+async def test_run_sync_takes_an_approver(support_gateway: GatewayServer) -> None:
+    """Synchronous code passes an approver as to ``Runner.run``; without one it is refused
+    before anything is sent, with a message that names ``run_sync``."""
+    log = ExecutionLog()
+    agent = Agent(MODEL, tools=scenario_tools(SUPPORT, time_scale=0, log=log), approval="writes")
+    asked: list[str] = []
+
+    def approver(request: ApprovalRequested) -> bool:  # a plain function, from sync code
+        asked.append(request.name)
+        return request.name != "issue_refund"
+
+    result = await asyncio.to_thread(
+        Runner.run_sync, agent, SUPPORT.task, base_url=support_gateway.base_url, approver=approver
+    )
+    assert sorted(asked) == ["issue_refund", "update_ticket"]
+    assert log.count("issue_refund") == 0 and log.count("update_ticket") == 1
+    assert "the user denied it" in outputs_by_name(result.items)["issue_refund"][0]
+
+    with pytest.raises(ValueError, match=r"must be approved .*Runner\.run_sync"):
+        await asyncio.to_thread(
+            Runner.run_sync, agent, SUPPORT.task, base_url=support_gateway.base_url
+        )
+    assert log.count("update_ticket") == 1

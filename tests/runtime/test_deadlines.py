@@ -97,6 +97,20 @@ async def test_a_turn_that_never_ends_raises_turn_timeout() -> None:
     assert server.requests == 1
 
 
+async def test_run_sync_takes_the_deadlines() -> None:
+    """Synchronous code overrides the agent's deadlines as ``Runner.run`` does."""
+    async with silent_server("created") as (server, url):
+        base_url = url.removesuffix("/responses").replace("ws://", "http://")
+        agent = Agent(MODEL, max_attempts=2)  # its own stall deadline: 60 s
+        with pytest.raises(TurnTimeout) as caught:
+            async with asyncio.timeout(10):  # a guard against hangs only
+                await asyncio.to_thread(
+                    Runner.run_sync, agent, "hello", base_url=base_url, stall_timeout=0.2
+                )
+    assert caught.value.code == "stall_timeout"
+    assert server.requests == 1
+
+
 def test_the_agent_carries_the_documented_defaults() -> None:
     agent = Agent(MODEL)
     assert (agent.first_event_timeout, agent.stall_timeout, agent.turn_timeout) == (60, 60, 600)

@@ -681,7 +681,8 @@ class Runner:
             if waiting:
                 raise ValueError(
                     f"{', '.join(waiting)} must be approved before each call: pass approver= "
-                    "to Runner.run, or use Runner.run_stream and answer ApprovalRequested events"
+                    "(to Runner.run or Runner.run_sync), or use Runner.run_stream and answer "
+                    "ApprovalRequested events"
                 )
         run = _start(agent, client, None, deadlines, deps, approver)
         return await _run(
@@ -741,12 +742,19 @@ class Runner:
         previous: RunResult | PartialRun | None = None,
         max_turns: int | None = None,
         trace: RunHook | None = None,
+        first_event_timeout: float | _Default | None = DEFAULT,
+        stall_timeout: float | _Default | None = DEFAULT,
+        turn_timeout: float | _Default | None = DEFAULT,
         deps: Any = None,
+        approver: Approver | None = None,
     ) -> RunResult:
         """:meth:`run` for synchronous code: opens a connection for this run and closes it.
 
         ``base_url``, ``api_key`` and ``transport`` as for :func:`hotloop.connect` (which
-        falls back to ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``).
+        falls back to ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``); the rest as in :meth:`run`.
+        The ``approver`` runs on this run's event loop: one that asks a person should be an
+        ``async def`` that awaits ``asyncio.to_thread(...)``, so the tools and the connection
+        go on while it waits.
         """
 
         try:
@@ -768,7 +776,11 @@ class Runner:
                     previous=previous,
                     max_turns=max_turns,
                     trace=trace,
+                    first_event_timeout=first_event_timeout,
+                    stall_timeout=stall_timeout,
+                    turn_timeout=turn_timeout,
                     deps=deps,
+                    approver=approver,
                 )
 
         return asyncio.run(main())
