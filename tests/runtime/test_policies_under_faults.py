@@ -37,7 +37,7 @@ from hotloop.runtime import (
     Tool,
     ToolCallFinished,
 )
-from hotloop.runtime.speculation import Speculate
+from hotloop.runtime.speculation import Speculate, transitions_of
 from hotloop.sim.latency import get_profile
 from hotloop.sim.scenario import load_scenario
 from hotloop.sim.summary import is_summary_request, is_summary_text
@@ -411,11 +411,19 @@ async def test_a_cache_hit_reused_after_a_cut_is_still_a_hit() -> None:
     assert log.count() == CODING.total_calls - hits
 
 
-async def test_a_write_sent_again_after_a_cut_still_has_its_follow_ups_speculated() -> None:
+async def test_a_write_sent_again_after_a_cut_still_has_its_follow_ups_speculated(
+    gateway: GatewayServer,
+) -> None:
     """Turn 21 patches ``test_stats.py``, and the patch predicts the test run the model makes
     at turn 22. The turn is cut right after the patch's item (a write: held, never run from
     the cut attempt), sent again, and the patch runs once: its prediction is fetched while
-    turn 22 is generated, as without the cut, and the model's test run takes it."""
+    turn 22 is generated, as without the cut, and the model's test run takes it. The client
+    learns the calls that followed each other as from a run without the cut (the patch made
+    again does not follow itself)."""
+    async with connect(gateway.base_url) as uncut:
+        agent = agent_with(coding_tools(ExecutionLog()), [Speculate()])
+        await asyncio.wait_for(Runner.run(agent, CODING.task, client=uncut), TIMEOUT)
+        learned = transitions_of(uncut).as_dict()
     backend = HeldTurns(hold=21)
     log = ExecutionLog()
     agent = agent_with(coding_tools(log), [Speculate()])
@@ -436,6 +444,7 @@ async def test_a_write_sent_again_after_a_cut_still_has_its_follow_ups_speculate
     assert [(tool.name, tool.cache) for tool in result.steps[21].tools] == [
         ("run_tests", "speculated")
     ]
+    assert transitions_of(client).as_dict() == learned
 
 
 async def test_a_write_run_before_a_cut_is_reused_and_no_read_from_before_it_is_served(

@@ -21,15 +21,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hotloop.errors import HotloopError
 from hotloop.runtime.cache import RunResults, canonical_key
 from hotloop.runtime.events import SpeculationRecord, ToolRecord
 from hotloop.runtime.scheduler import overlap
-from hotloop.runtime.speculation import Speculate, transitions_of
+from hotloop.runtime.speculation import Speculate, transition_key, transitions_of
 from hotloop.runtime.tools import RunContext, Tool, ToolPoolExhausted, ToolThreads
 from hotloop.wire import codec
 
@@ -147,11 +146,6 @@ class ToolExecutor:
             changed = None if tool.effects.exclusive else writes
             self._writing[id(record)] = changed
             self._stop_running(changed)
-        if self._transitions is not None:
-            key = _raw_key(tool.name, record.arguments)
-            if self._previous is not None:
-                self._seen.append((self._previous, (tool.name, record.arguments)))
-            self._previous = key
 
     def withdrawn(self, record: ToolRecord) -> None:
         """An admitted call will never run (the attempt of the turn that made it failed first;
@@ -179,10 +173,26 @@ class ToolExecutor:
         self._phase = 1
         self._pump()
 
-    def tools_done(self) -> None:
-        """Every tool of the turn is done: the other predictions may start too."""
+    def tools_done(self, calls: Sequence[ToolRecord]) -> None:
+        """Every tool of the turn is done: the other predictions may start too. The transition
+        model will learn the turn's ``calls`` (of the attempt that completed, in the order the
+        model made them: a call made again after its turn was sent again does not follow
+        itself); calls of unknown tools or with arguments the tool refuses are left out."""
         if self.speculate is None:
             return
+        if self._transitions is not None:
+            for record in calls:
+                tool = self.tools(record.name)
+                if tool is None:
+                    continue
+                try:
+                    tool.parse(record.arguments)
+                except Exception:
+                    continue
+                key = transition_key(tool.name, record.arguments)
+                if self._previous is not None:
+                    self._seen.append((self._previous, (tool.name, record.arguments)))
+                self._previous = key
         self._phase = 2
         self._pump()
 
@@ -322,7 +332,7 @@ class ToolExecutor:
                 )
         learned: list[tuple[str, str, Mapping[str, Any] | str]] = []
         if self._transitions is not None:
-            for name, seen in self._transitions.after(_raw_key(tool.name, arguments)):
+            for name, seen in self._transitions.after(transition_key(tool.name, arguments)):
                 learned.append(("learned", name, seen))
         # Each source's best predictions first: the slowest tools (what a prefetch can save
         # most of), then the order given; ``per_call`` of each.
@@ -636,11 +646,3 @@ def _speculable(tool: Tool) -> bool:
     # Not an idempotent tool that declared nothing: it may write anything, and running it
     # twice being harmless does not make running it unasked so.
     return effects.pure or not effects.exclusive
-
-
-def _raw_key(name: str, arguments: str) -> str:
-    """A call's key for the transition model, from its JSON arguments (keys sorted)."""
-    try:
-        return f"{name}\0{codec.canonical(codec.loads(arguments or '{}')).decode()}"
-    except HotloopError:
-        return f"{name}\0{arguments}"

@@ -964,7 +964,7 @@ async def _run(
                     trace(result)
                 return result
             outputs = await calls.results()
-            executor.tools_done()
+            executor.tools_done(record.tools)
             record.tools_done_ns = time.perf_counter_ns() - origin
             for entries in ledger.values():
                 tasks.extend(entries)

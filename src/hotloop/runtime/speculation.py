@@ -37,7 +37,9 @@ import weakref
 from collections import OrderedDict, deque
 
 from hotloop.checks import number
+from hotloop.errors import HotloopError
 from hotloop.runtime.policies import Policy
+from hotloop.wire import codec
 
 __all__ = ["FollowUps", "Speculate", "Transitions"]
 
@@ -97,7 +99,21 @@ class Transitions:
         followers.appendleft(call)
 
     def after(self, key: str) -> tuple[tuple[str, str], ...]:
+        """The calls seen after the call ``key`` (see :func:`transition_key`), latest first."""
         return tuple(self._next.get(key, ()))
+
+    def as_dict(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Everything learned: call key → the calls seen next, latest first."""
+        return {key: tuple(followers) for key, followers in self._next.items()}
+
+
+def transition_key(name: str, arguments: str) -> str:
+    """A call's key in the transition model: the tool's name and its JSON arguments, keys
+    sorted (arguments that are not JSON as given)."""
+    try:
+        return f"{name}\0{codec.canonical(codec.loads(arguments or '{}')).decode()}"
+    except HotloopError:
+        return f"{name}\0{arguments}"
 
 
 _CLIENTS: weakref.WeakKeyDictionary[object, Transitions] = weakref.WeakKeyDictionary()
