@@ -229,6 +229,21 @@ async def test_twin_calls_do_not_share_one_speculation() -> None:
     assert fast.runs.count("read a") == plain.runs.count("read a") == 2
 
 
+async def test_a_twin_of_a_cached_call_joins_the_speculation_the_first_one_took() -> None:
+    # Single flight holds with speculation on: without it, the twin would join the first
+    # call; here it joins the speculation still running that the first call took.
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],
+        [("read", {"path": "a"}), ("read", {"path": "a"})],
+    ]
+    result, fast, plain = await compare(turns, slow=0.05, cache=True)
+    assert sorted(str(mark) for mark in marks(result) if mark[0] == "read") == [
+        "('read', 'coalesced')",
+        "('read', 'speculated')",
+    ]
+    assert fast.runs.count("read a") == plain.runs.count("read a") == 1
+
+
 @tool(pure=True)
 async def pause(seconds: float) -> str:
     """Wait.

@@ -286,13 +286,31 @@ class ToolExecutor:
         speculation.used_ns = call.record.args_complete_ns  # claimed now, even while it runs
         if isinstance(taken, asyncio.Future):
             started = self.now()
-            joined = await asyncio.shield(taken)
+            joined = await self._join(taken, key, reads, call)
             if joined is None:
                 speculation.used_ns = None
                 return None
             return Outcome(joined, None, started, self.now())
         now = self.now()
         return Outcome(taken, None, now, now)
+
+    async def _join(
+        self, running: asyncio.Future[str | None], key: str, reads: frozenset[str], call: Call
+    ) -> str | None:
+        """The result of a speculation still running, which ``call`` took. A cached call
+        stands in the cache's flights meanwhile, as if it ran: an identical call made now
+        joins it (single flight), as it would join the call without speculation."""
+        cache = call.tool.cache
+        if cache is None:
+            return await asyncio.shield(running)
+        kind, _, epoch = self.results.lookup(cache, key, reads)
+        output: str | None = None
+        try:
+            output = await asyncio.shield(running)
+            return output
+        finally:
+            if kind == "miss":  # the calls that joined this one get its result (None: none)
+                self.results.finish(cache, key, reads, epoch, output, keep=False)
 
     def _fresh(self, speculation: SpeculationRecord, call: Call) -> bool:
         """Whether ``speculation`` may answer ``call``. A write of this run drops what it
