@@ -318,10 +318,14 @@ class RecordingTransport:
 
 
 class ScriptedTransport(PushingTransport):
-    """Serves one scripted response (raw events, see :func:`turn_events`) per request, in order."""
+    """Serves one scripted response (raw events, see :func:`turn_events`) per request, in order.
+    Started tools run a step after each event, as when events come one by one; with ``burst``,
+    a response's events are all handed up at once, as when a socket delivers them in one read
+    (a fast server, or a stall that ends)."""
 
-    def __init__(self, turns: Sequence[list[dict[str, Any]]]) -> None:
+    def __init__(self, turns: Sequence[list[dict[str, Any]]], *, burst: bool = False) -> None:
         self.turns = list(turns)
+        self.burst = burst
         self.stats = TransportStats()
         self.requests: list[ModelRequest] = []
 
@@ -331,7 +335,9 @@ class ScriptedTransport(PushingTransport):
         self.requests.append(request)
         for raw in self.turns.pop(0):
             on_event(codec.decode_event(json.dumps(raw).encode()))
-            await asyncio.sleep(0)  # let started tools run a step, as a socket would
+            if not self.burst:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
 
     async def close(self) -> None:
         return None

@@ -73,10 +73,13 @@ class Files(VersionedFiles):
 Turns = list[list[tuple[str, dict[str, Any]]]]
 
 
-async def play(turns: Turns, files: Files, client: Any = None) -> tuple[Any, ScriptedTransport]:
+async def play(
+    turns: Turns, files: Files, client: Any = None, *, burst: bool = False
+) -> tuple[Any, ScriptedTransport]:
     scripted = ScriptedTransport(
         [turn_events(f"r{index}", calls) for index, calls in enumerate(turns)]
-        + [answer_events(f"r{len(turns)}")]
+        + [answer_events(f"r{len(turns)}")],
+        burst=burst,
     )
     agent = Agent(MODEL, tools=files.tools)
     result = await Runner.run(agent, "go", client=client or scripted)
@@ -92,11 +95,11 @@ def cache_marks(result: Any) -> list[tuple[str, str | None]]:
     return [(tool.name, tool.cache) for step in result.steps for tool in step.tools]
 
 
-async def same_as_uncached(turns: Turns) -> tuple[Any, Files]:
+async def same_as_uncached(turns: Turns, *, burst: bool = False) -> tuple[Any, Files]:
     """Play ``turns`` with and without the cache; the model's inputs must be identical."""
     cached, plain = Files(), Files(cache=False)
-    result, scripted = await play(turns, cached)
-    _, reference = await play(turns, plain)
+    result, scripted = await play(turns, cached, burst=burst)
+    _, reference = await play(turns, plain, burst=burst)
     assert inputs(scripted) == inputs(reference)
     return result, cached
 
@@ -748,3 +751,22 @@ def test_a_tool_that_takes_a_run_context_is_cached_for_its_run_only() -> None:
         return f"{order_id} of {context.deps}"
 
     assert get_own_order.cache == Cache()
+
+
+async def test_a_read_made_just_before_an_overlapping_write_takes_its_cached_result() -> None:
+    """The read and the write arrive in one burst (the whole turn at once, as from a fast
+    server): the read comes first in the model's order, so it is answered from before the
+    write, from the cache, and the write then runs."""
+    turns: Turns = [
+        [("read", {"path": "a"})],
+        [("read", {"path": "a"}), ("write", {"path": "a"})],
+        [("read", {"path": "a"})],
+    ]
+    result, files = await same_as_uncached(turns, burst=True)
+    assert files.runs == ["read a", "write a", "read a"]
+    assert cache_marks(result) == [
+        ("read", "miss"),
+        ("read", "hit"),
+        ("write", None),
+        ("read", "miss"),
+    ]

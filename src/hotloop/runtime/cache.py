@@ -298,20 +298,28 @@ class RunResults:
         flights[epoch] = _Flight(loop.create_future(), reads, epoch)
         return "miss", None, epoch
 
-    def take(
+    def peek(
         self, cache: Cache, key: str, reads: frozenset[str]
     ) -> str | asyncio.Future[str | None] | None:
-        """A kept result (removed: it serves once) or a valid flight to join, else ``None``;
-        registers nothing (the speculation store's lookup)."""
+        """A stored result or a valid flight to join, else ``None``; registers nothing."""
         store = self.store(cache)
         output = store.get(key, self.clock())
         if output is not None:
-            store.drop(key)
             return output
         flight = _latest(_FLIGHTS.get((asyncio.get_running_loop(), id(store), key)))
         if flight is not None and not _changed(store, flight.epoch, reads):
             return flight.future
         return None
+
+    def take(
+        self, cache: Cache, key: str, reads: frozenset[str]
+    ) -> str | asyncio.Future[str | None] | None:
+        """:meth:`peek`, and a result found is removed: it serves once (the speculation
+        store's lookup)."""
+        found = self.peek(cache, key, reads)
+        if isinstance(found, str):
+            self.store(cache).drop(key)
+        return found
 
     def finish(
         self,

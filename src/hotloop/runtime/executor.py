@@ -55,6 +55,18 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class _Reserved:
+    """What a call that starts holds until its first step (see :meth:`ToolExecutor.reserve`):
+    its key and reads, the speculation it claimed (None: none), and what it found (a result,
+    a run to join; None: nothing, it looks again then)."""
+
+    key: str
+    reads: frozenset[str]
+    speculation: SpeculationRecord | None
+    found: str | asyncio.Future[str | None] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """One admitted call, as the executor runs it: the tool, its validated ``args`` and the
     model's JSON ``arguments``, the resources it may write, its record, the context it gets
@@ -102,6 +114,8 @@ class ToolExecutor:
         self.speculations: list[SpeculationRecord] = []
         self._speculated = self.results.private()
         self._by_key: dict[str, SpeculationRecord] = {}
+        #: What calls that started hold until their first step, by record (see reserve).
+        self._reserved: dict[int, _Reserved] = {}
         #: The model turn each speculation was started for (by id): the one generated next.
         self._for_turn: dict[int, int] = {}
         self._transitions = transitions_of(client) if speculate and speculate.learn else None
@@ -225,54 +239,98 @@ class ToolExecutor:
                 record.error = "stopped: a write to what it reads was admitted"
                 task.cancel()
 
-    def execute(self, call: Call) -> Awaitable[Outcome]:
-        """Run one admitted call (or answer it from the cache): an awaitable of its outcome."""
-        if self.speculate is not None:
-            return self._speculating(call)
-        if call.tool.cache is None:
-            return self._run(call)
-        return self._cached(call)
+    def reserve(
+        self, tool: Tool, args: Mapping[str, Any], arguments: str, record: ToolRecord, turn: int
+    ) -> None:
+        """A call starts: its task was made, and it runs (see :meth:`execute`) from its first
+        step, a loop step later. What the cache and the speculations hold for it now is set
+        aside for it, so that a write that comes after it in the model's order, admitted
+        before that step (in the same burst of events), does not take it away."""
+        found = self._look(tool, args, arguments, record, turn)
+        if found is not None:
+            self._reserved[id(record)] = found
 
-    async def _speculating(self, call: Call) -> Outcome:
-        """A call while speculation is on: take a speculated result if there is one, then
-        predict what follows the call."""
-        tool, args, arguments, record = call.tool, call.args, call.arguments, call.record
+    def _look(
+        self, tool: Tool, args: Mapping[str, Any], arguments: str, record: ToolRecord, turn: int
+    ) -> _Reserved | None:
+        """What serves the call without more ado: a speculation it claims, else a stored
+        result or a flight to join (a call that misses registers its own flight when it
+        runs); None when neither policy is on."""
+        cache = tool.cache
+        if self.speculate is None and cache is None:
+            return None
+        reads, _ = tool.resources(args)
         key = canonical_key(tool.name, args, arguments)
-        self._asked.add(key)
-        self._candidates.pop(key, None)  # asked for: nothing to predict any more
-        outcome: Outcome | None = None
-        if _speculable(tool):
-            reads, _ = tool.resources(args)
+        found: str | asyncio.Future[str | None] | None = None
+        speculation = None
+        if self.speculate is not None:
+            self._asked.add(key)
+            self._candidates.pop(key, None)  # asked for: nothing to predict any more
             # A speculation no call took yet (kept, or still running): this call uses it up.
-            speculation = self._by_key.pop(key, None)
+            speculation = self._by_key.pop(key, None) if _speculable(tool) else None
             if speculation is not None:
-                outcome = await self._take(speculation, key, reads, call)
-            if outcome is not None:
-                assert speculation is not None
-                record.cache = "speculated"
-                if tool.cache is not None:  # cached as if it had run: a repeat is a hit
-                    ended = speculation.finished_ns
-                    age = 0.0 if ended is None else max(outcome.finished_ns - ended, 0) / 1e9
-                    self.results.keep(tool.cache, key, reads, outcome.output, age)
-                self._used += 1
-                if id(speculation) in self._others:
-                    self._unused_others -= 1
-        if outcome is None:
-            if tool.cache is None:
-                outcome = await self._run(call)
-            else:
-                outcome = await self._cached(call)
+                found = self._claim(speculation, key, reads, tool, turn, record)
+                if found is None:
+                    speculation = None
+        if found is None and cache is not None:
+            found = self.results.peek(cache, key, reads)
+        return _Reserved(key, reads, speculation, found)
+
+    def execute(self, call: Call) -> Awaitable[Outcome]:
+        """Run one admitted call (or answer it from the cache or a speculation): an awaitable
+        of its outcome."""
+        reserved = self._reserved.pop(id(call.record), None) or self._look(
+            call.tool, call.args, call.arguments, call.record, call.turn
+        )
+        if reserved is None:
+            return self._run(call)
+        if self.speculate is not None:
+            return self._speculating(call, reserved)
+        return self._cached(call, reserved)
+
+    async def _speculating(self, call: Call, reserved: _Reserved) -> Outcome:
+        """A call while speculation is on: take the speculation it claimed if there is one,
+        then predict what follows the call."""
+        tool, key, reads, speculation = call.tool, reserved.key, reserved.reads, None
+        outcome: Outcome | None = None
+        if reserved.speculation is not None:
+            speculation = reserved.speculation
+            assert reserved.found is not None
+            outcome = await self._taken(speculation, reserved.found, key, reads, call)
+        if outcome is not None:
+            assert speculation is not None
+            call.record.cache = "speculated"
+            if tool.cache is not None:  # cached as if it had run: a repeat is a hit
+                ended = speculation.finished_ns
+                age = 0.0 if ended is None else max(outcome.finished_ns - ended, 0) / 1e9
+                self.results.keep(tool.cache, key, reads, outcome.output, age)
+            self._used += 1
+            if id(speculation) in self._others:
+                self._unused_others -= 1
+        elif tool.cache is None:
+            outcome = await self._run(call)
+        else:
+            if speculation is not None:  # it failed: the cache is looked up now
+                reserved = _Reserved(key, reads, None, None)
+            outcome = await self._cached(call, reserved)
         if outcome.error is None:
-            self._predict(tool, args, arguments, outcome.output)
+            self._predict(tool, call.args, call.arguments, outcome.output)
         return outcome
 
-    async def _take(
-        self, speculation: SpeculationRecord, key: str, reads: frozenset[str], call: Call
-    ) -> Outcome | None:
-        """The result of ``speculation`` for ``call``, which it serves alone (a twin call in
-        the same turn runs by itself); None if there is nothing valid to take (it stays
-        unused), it is too old for the call (see :meth:`_fresh`), or it failed."""
-        if not self._fresh(speculation, call):  # nobody may take it any more
+    def _claim(
+        self,
+        speculation: SpeculationRecord,
+        key: str,
+        reads: frozenset[str],
+        tool: Tool,
+        turn: int,
+        record: ToolRecord,
+    ) -> str | asyncio.Future[str | None] | None:
+        """Claim ``speculation`` for the call ``record`` of ``turn``, which it serves alone (a
+        twin call in the same turn runs by itself): its result, or its run to join; None if
+        there is nothing valid to take (it stays unused), or it is too old for the call (see
+        :meth:`_fresh`)."""
+        if not self._fresh(speculation, tool, turn):  # nobody may take it any more
             self.results.store(self._speculated).drop(key)
             running = self._running.pop(key, None)
             if running is not None:
@@ -283,7 +341,18 @@ class ToolExecutor:
         if taken is None:
             self._by_key[key] = speculation
             return None
-        speculation.used_ns = call.record.args_complete_ns  # claimed now, even while it runs
+        speculation.used_ns = record.args_complete_ns  # claimed now, even while it runs
+        return taken
+
+    async def _taken(
+        self,
+        speculation: SpeculationRecord,
+        taken: str | asyncio.Future[str | None],
+        key: str,
+        reads: frozenset[str],
+        call: Call,
+    ) -> Outcome | None:
+        """The outcome of a claimed speculation; None if it failed (the call runs itself)."""
         if isinstance(taken, asyncio.Future):
             started = self.now()
             joined = await self._join(taken, key, reads, call)
@@ -312,20 +381,20 @@ class ToolExecutor:
             if kind == "miss":  # the calls that joined this one get its result (None: none)
                 self.results.finish(cache, key, reads, epoch, output, keep=False)
 
-    def _fresh(self, speculation: SpeculationRecord, call: Call) -> bool:
-        """Whether ``speculation`` may answer ``call``. A write of this run drops what it
+    def _fresh(self, speculation: SpeculationRecord, tool: Tool, turn: int) -> bool:
+        """Whether ``speculation`` may answer a call of ``tool`` in ``turn``. A write of this
+        run drops what it
         overlaps; what others change outside the run is what limits its age. A pure tool's
         result does not age. A cached tool's is as good as a cached result for ``ttl``
         seconds after it came. Any other tool's answers only the turn it was started for
         (the model turn generated next): later, the call runs again, as it would without
         speculation."""
-        tool = call.tool
         if tool.effects.pure:
             return True
         if tool.cache is not None:
             ttl, finished = tool.cache.ttl, speculation.finished_ns
             return ttl is None or finished is None or self.now() - finished <= ttl * 1e9
-        return call.turn <= self._for_turn[id(speculation)]
+        return turn <= self._for_turn[id(speculation)]
 
     def _predict(self, tool: Tool, args: Mapping[str, Any], arguments: str, output: str) -> None:
         speculate = self.speculate
@@ -544,20 +613,17 @@ class ToolExecutor:
         self.results.finish(self._speculated, key, reads, epoch, output, keep=keep)
         self._pump()
 
-    async def _cached(self, call: Call) -> Outcome:
-        tool, args, record = call.tool, call.args, call.record
-        cache = tool.cache
+    async def _cached(self, call: Call, reserved: _Reserved) -> Outcome:
+        record, cache = call.record, call.tool.cache
         assert cache is not None
-        reads, _ = tool.resources(args)
-        key = canonical_key(tool.name, args, call.arguments)
-        kind, found, epoch = self.results.lookup(cache, key, reads)
-        if kind == "hit":
-            assert isinstance(found, str)
+        key, reads, found, epoch = reserved.key, reserved.reads, reserved.found, 0
+        if found is None:
+            _, found, epoch = self.results.lookup(cache, key, reads)  # a miss registers a flight
+        if isinstance(found, str):
             record.cache = "hit"
             now = self.now()
             return Outcome(found, None, now, now)
-        if kind == "coalesced":
-            assert isinstance(found, asyncio.Future)
+        if found is not None:  # a flight to join
             started = self.now()
             output = await asyncio.shield(found)
             if output is not None:
