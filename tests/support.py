@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -347,7 +347,8 @@ class VersionedFiles:
     """Files with versions and ``read``/``write`` tools over them: a read after a write sees
     the new version, so a stale result shows. ``runs`` logs every execution; ``cache`` goes
     to ``read``; ``slow`` and ``slow_write`` are how long a read and a write take;
-    ``write_follows`` is ``write``'s declared follow-ups."""
+    ``write_follows`` is ``write``'s declared follow-ups; ``while_writing``, if set, is called
+    when a write starts."""
 
     def __init__(
         self,
@@ -359,6 +360,7 @@ class VersionedFiles:
     ) -> None:
         self.versions: dict[str, int] = {}
         self.runs: list[str] = []
+        self.while_writing: Callable[[], None] | None = None
         files = self
 
         @tool(reads=["repo/{path}"], cache=cache)
@@ -380,6 +382,8 @@ class VersionedFiles:
                 path: The file.
             """
             files.runs.append(f"write {path}")
+            if files.while_writing is not None:
+                files.while_writing()
             if slow_write:
                 await asyncio.sleep(slow_write)
             files.versions[path] = files.versions.get(path, 0) + 1

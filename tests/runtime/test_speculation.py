@@ -27,6 +27,7 @@ from hotloop.runtime.cache import Cache
 from hotloop.runtime.speculation import Speculate, Transitions, transitions_of
 from hotloop.trace import timeline_from_result
 from hotloop.trace.spans import spans_from_result, speculation_effect, timeline_from_spans
+from hotloop.transport import TransportError
 from hotloop.wire import codec
 from hotloop.wire.items import FunctionCallOutput
 from support import ScriptedTransport, VersionedFiles, answer_events, turn_events
@@ -256,6 +257,19 @@ async def test_a_read_made_just_before_an_overlapping_write_takes_its_speculatio
     result, fast, plain = await compare(turns, burst=True, slow=slow)
     assert marks(result)[1:3] == [("read", "speculated"), ("write", None)]
     assert fast.runs.count("read a") == plain.runs.count("read a") == 2
+
+
+async def test_a_read_made_just_before_an_overlapping_write_keeps_its_cached_result() -> None:
+    # As without speculation: the read's cached result, set aside when its task was made, is
+    # not looked up again after the write (admitted in the same burst) dropped it.
+    turns: Turns = [
+        [("read", {"path": "a"})],
+        [("read", {"path": "a"}), ("write", {"path": "a"})],
+        [("read", {"path": "a"})],
+    ]
+    result, fast, plain = await compare(turns, burst=True, cache=True)
+    assert marks(result) == [("read", "miss"), ("read", "hit"), ("write", None), ("read", "miss")]
+    assert fast.runs == plain.runs == ["read a", "write a", "read a"]
 
 
 async def test_a_twin_of_a_cached_call_joins_the_speculation_the_first_one_took() -> None:
@@ -992,3 +1006,105 @@ async def test_speculations_stop_when_the_run_fails() -> None:
     await asyncio.sleep(0)
     running = [t for t in asyncio.all_tasks() if "_prefetch" in repr(t.get_coro())]
     assert running == []
+
+
+class CutAfterEvents(ScriptedTransport):
+    """A scripted model whose second response is cut after all its events came (the run
+    fails: it may not send the turn again)."""
+
+    async def stream_to(self, request: Any, on_event: Any, *, skip: Any = ()) -> None:
+        if len(self.requests) == 1:
+            await super().stream_to(request, on_event, skip=skip)
+            raise TransportError("connection lost", replay_safe=False)
+        await super().stream_to(request, on_event, skip=skip)
+
+
+async def test_a_speculation_whose_call_never_ran_is_not_used() -> None:
+    """The read of a takes the speculation of it, still running, and the run fails before
+    it ends: the speculation served no call, and its record says so when the run's error is
+    raised."""
+    turns: Turns = [[("grep", {"pattern": "x"})], [("read", {"path": "a"})]]
+    repo = Repo(slow=0.05)
+    scripted = CutAfterEvents(
+        [turn_events("r0", turns[0]), turn_events("r1", turns[1], end="cut")], burst=True
+    )
+    agent = Agent(MODEL, tools=repo.tools, policies=[Speculate()], max_attempts=1)
+    with pytest.raises(TransportError) as failed:
+        await Runner.run(agent, "go", client=scripted)
+    (read,) = failed.value.partial.steps[1].tools
+    assert read.started_ns is None  # it never ran
+    speculations = failed.value.partial.speculations
+    assert [s.arguments for s in speculations] == ['{"path":"a"}', '{"path":"b"}']
+    assert all(s.used_ns is None for s in speculations)
+
+
+async def test_a_twin_runs_once_with_the_first_call_when_their_speculation_fails() -> None:
+    """Two identical cached reads in one turn, and the speculation the first one took
+    fails: the first runs and the twin joins it, as without speculation (one run, not
+    two)."""
+    runs: list[str] = []
+
+    @tool(reads=["repo"], follows=lambda args, output: [("flaky", {"path": "a"})])
+    async def grep(pattern: str) -> str:
+        """Find files.
+
+        Args:
+            pattern: What to find.
+        """
+        return "a"
+
+    @tool(reads=["repo/{path}"], cache=True)
+    async def flaky(path: str) -> str:
+        """Read a file; the first try fails.
+
+        Args:
+            path: The file.
+        """
+        runs.append(path)
+        first = len(runs) == 1
+        await asyncio.sleep(0.05)
+        if first:
+            raise RuntimeError("not yet")
+        return f"{path} v0"
+
+    twins = [("flaky", {"path": "a"}), ("flaky", {"path": "a"})]
+    scripted = ScriptedTransport(
+        [
+            turn_events("r0", [("grep", {"pattern": "x"})]),
+            turn_events("r1", twins),
+            answer_events("r2"),
+        ]
+    )
+    agent = Agent(MODEL, tools=[grep, flaky], policies=[Speculate()])
+    result = await Runner.run(agent, "go", client=scripted)
+    (failed,) = result.speculations
+    assert failed.error == "RuntimeError: not yet" and failed.used_ns is None
+    assert runs == ["a", "a"]  # the speculation, then the first call
+    assert sorted(str(tool.cache) for tool in result.steps[1].tools) == ["coalesced", "miss"]
+    assert all(tool.error is None for tool in result.steps[1].tools)
+
+
+async def test_a_speculated_result_from_before_a_write_is_not_kept_while_it_runs() -> None:
+    """The read of a takes its speculation, and the write of a comes right after it: the
+    result, from before the write, is not kept in the tool's shared store while the write
+    runs (a read in another run, made after the write, would find it there)."""
+    store = result_cache.MemoryStore()
+    repo = Repo(cache=Cache(store=store))
+    kept: list[int] = []
+    repo.while_writing = lambda: kept.append(len(store))
+
+    turns: Turns = [
+        [("grep", {"pattern": "x"})],
+        [("read", {"path": "a"}), ("write", {"path": "a"})],
+    ]
+    for burst in (False, True):
+        kept.clear()
+        store.invalidate(None)
+        scripted = ScriptedTransport(
+            [turn_events(f"r{i}", calls) for i, calls in enumerate(turns)] + [answer_events("r2")],
+            burst=burst,
+        )
+        agent = Agent(MODEL, tools=repo.tools, policies=[Speculate()])
+        result = await Runner.run(agent, "go", client=scripted)
+        assert marks(result)[1:] == [("read", "speculated"), ("write", None)]
+        assert kept == [0]

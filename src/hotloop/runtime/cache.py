@@ -346,22 +346,24 @@ class RunResults:
             store.put(key, output, reads, expires, epoch)
 
     def keep(
-        self, cache: Cache, key: str, reads: frozenset[str], output: str, age: float = 0.0
+        self, cache: Cache, key: str, reads: frozenset[str], output: str, age: float, since: int
     ) -> None:
-        """Store ``output``, valid now, as if the call had run and ended ``age`` seconds ago
-        (a speculated result a call took: the next identical call is a hit)."""
-        store = self.store(cache)
+        """Store ``output``, valid at the store's epoch ``since``, as if the call had run and
+        ended ``age`` seconds ago (a speculated result a call took: the next identical call
+        is a hit), unless a write since then overlaps what it read."""
         expires = None if cache.ttl is None else self.clock() - age + cache.ttl
-        store.put(key, output, reads, expires, store.epoch)
+        self.store(cache).put(key, output, reads, expires, since)
+
+    def changed(self, cache: Cache, since: int, reads: frozenset[str]) -> bool:
+        """Whether a write since the store's epoch ``since`` may have changed what ``reads``
+        read."""
+        return _changed(self.store(cache), since, reads)
 
     def invalidate(self, writes: frozenset[str] | None) -> int:
         """A call that may write ``writes`` (None: anything) was admitted or finished."""
-        dropped = 0
-        for store in self._stores():
-            if not _FLIGHTS and isinstance(store, MemoryStore) and not len(store):
-                continue  # nothing kept, nothing running that could keep a stale result
-            dropped += store.invalidate(writes)
-        return dropped
+        # Every store counts it, even one that keeps nothing now: a call set to start before
+        # it (see ToolExecutor.reserve) must not keep what it reads from before it.
+        return sum(store.invalidate(writes) for store in self._stores())
 
 
 def _latest(flights: dict[int, _Flight] | None) -> _Flight | None:

@@ -3,17 +3,21 @@
 The scheduler (:mod:`hotloop.runtime.scheduler`) decides *when* a call may start; the executor
 decides *how* it runs, in this order:
 
-1. **cache**: a tool with ``cache=`` may be answered by a result kept from an identical earlier
-   call (``hit``), or join an identical call running now (``coalesced``); see
+1. **reservation**: when a call's task is made (:meth:`ToolExecutor.reserve`), what serves it
+   is set aside for it: a speculation of it (:mod:`hotloop.runtime.speculation`), a result
+   kept from an identical earlier call, or an identical call running now; a write the model
+   made after it, admitted before its first step, takes none of these away;
+2. **cache**: a tool with ``cache=`` is answered by what it reserved (``hit``, ``coalesced``),
+   or runs (``miss``) and shares its result with the identical calls made meanwhile; see
    :mod:`hotloop.runtime.cache`;
-2. **execution**: the tool runs under its timeout; what it raises, a timeout or an exhausted
+3. **execution**: the tool runs under its timeout; what it raises, a timeout or an exhausted
    thread pool becomes an error result for the model, never a crash of the run;
-3. **invalidation**: a call that may write drops the cached results its writes overlap when it
+4. **invalidation**: a call that may write drops the cached results its writes overlap when it
    is admitted (:meth:`ToolExecutor.admitted`) and again when it finishes.
 
 What the executor did is recorded on the call's :class:`~hotloop.runtime.events.ToolRecord`:
-``cache`` (``hit``, ``miss``, ``coalesced``) and ``invalidated`` (cached results a write
-dropped).
+``cache`` (``hit``, ``miss``, ``coalesced``, ``speculated``) and ``invalidated`` (cached results a
+write dropped).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hotloop.runtime.cache import RunResults, canonical_key
@@ -57,13 +61,16 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class _Reserved:
     """What a call that starts holds until its first step (see :meth:`ToolExecutor.reserve`):
-    its key and reads, the speculation it claimed (None: none), and what it found (a result,
-    a run to join; None: nothing, it looks again then)."""
+    its key and reads, the speculation it claimed (None: none), what it found (a result, a
+    run to join; None: nothing, it looks again then), and its cache's epoch then (None: the
+    tool caches nothing): what it gets is shared only if no write to what it reads came
+    since."""
 
     key: str
     reads: frozenset[str]
     speculation: SpeculationRecord | None
     found: str | asyncio.Future[str | None] | None
+    epoch: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +123,8 @@ class ToolExecutor:
         self._by_key: dict[str, SpeculationRecord] = {}
         #: What calls that started hold until their first step, by record (see reserve).
         self._reserved: dict[int, _Reserved] = {}
+        #: The speculations calls claimed and have not got the result of yet, by record.
+        self._serving: dict[int, SpeculationRecord] = {}
         #: The model turn each speculation was started for (by id): the one generated next.
         self._for_turn: dict[int, int] = {}
         self._transitions = transitions_of(client) if speculate and speculate.learn else None
@@ -191,7 +200,8 @@ class ToolExecutor:
         """Every tool of the turn is done: the other predictions may start too. The transition
         model will learn the turn's ``calls`` (of the attempt that completed, in the order the
         model made them: a call made again after its turn was sent again does not follow
-        itself); calls of unknown tools or with arguments the tool refuses are left out."""
+        itself); calls of unknown tools, or with arguments the tool refuses or cannot name
+        the resources of, are left out."""
         if self.speculate is None:
             return
         if self._transitions is not None:
@@ -200,7 +210,7 @@ class ToolExecutor:
                 if tool is None:
                     continue
                 try:
-                    tool.parse(record.arguments)
+                    tool.resources(tool.parse(record.arguments))
                 except Exception:
                     continue
                 key = transition_key(tool.name, record.arguments)
@@ -219,7 +229,12 @@ class ToolExecutor:
             self._seen.clear()
         self._candidates.clear()
         # Stopped now, and their records say so now: the run's result must not change after
-        # it was returned (the tasks end a loop step later).
+        # it was returned (the tasks end a loop step later). A speculation a call claimed and
+        # did not get the result of (the call is stopped too) served nothing.
+        for speculation in self._serving.values():
+            speculation.used_ns = None
+        self._serving.clear()
+        self._reserved.clear()
         now = self.now() if at is None else at
         for task, speculation in self._tasks.items():
             if speculation.finished_ns is None:
@@ -245,8 +260,15 @@ class ToolExecutor:
         """A call starts: its task was made, and it runs (see :meth:`execute`) from its first
         step, a loop step later. What the cache and the speculations hold for it now is set
         aside for it, so that a write that comes after it in the model's order, admitted
-        before that step (in the same burst of events), does not take it away."""
-        found = self._look(tool, args, arguments, record, turn)
+        before that step (in the same burst of events), does not take it away.
+
+        Nothing is set aside if looking fails (a tool's ``resources``, a store's ``get``):
+        the call looks again at its first step, and what it raises then fails the call's
+        task, where the run sees it."""
+        try:
+            found = self._look(tool, args, arguments, record, turn)
+        except Exception:
+            return
         if found is not None:
             self._reserved[id(record)] = found
 
@@ -262,7 +284,7 @@ class ToolExecutor:
         reads, _ = tool.resources(args)
         key = canonical_key(tool.name, args, arguments)
         found: str | asyncio.Future[str | None] | None = None
-        speculation = None
+        speculation, epoch = None, None
         if self.speculate is not None:
             self._asked.add(key)
             self._candidates.pop(key, None)  # asked for: nothing to predict any more
@@ -272,9 +294,11 @@ class ToolExecutor:
                 found = self._claim(speculation, key, reads, tool, turn, record)
                 if found is None:
                     speculation = None
-        if found is None and cache is not None:
-            found = self.results.peek(cache, key, reads)
-        return _Reserved(key, reads, speculation, found)
+        if cache is not None:
+            epoch = self.results.store(cache).epoch
+            if found is None:
+                found = self.results.peek(cache, key, reads)
+        return _Reserved(key, reads, speculation, found, epoch)
 
     def execute(self, call: Call) -> Awaitable[Outcome]:
         """Run one admitted call (or answer it from the cache or a speculation): an awaitable
@@ -291,28 +315,31 @@ class ToolExecutor:
     async def _speculating(self, call: Call, reserved: _Reserved) -> Outcome:
         """A call while speculation is on: take the speculation it claimed if there is one,
         then predict what follows the call."""
-        tool, key, reads, speculation = call.tool, reserved.key, reserved.reads, None
+        tool, speculation = call.tool, reserved.speculation
         outcome: Outcome | None = None
-        if reserved.speculation is not None:
-            speculation = reserved.speculation
-            assert reserved.found is not None
-            outcome = await self._taken(speculation, reserved.found, key, reads, call)
+        owner: int | None = None  # the flight the call stands in, if its speculation failed
+        if speculation is not None:
+            outcome, owner = await self._taken(speculation, reserved, call)
+            del self._serving[id(call.record)]
         if outcome is not None:
             assert speculation is not None
             call.record.cache = "speculated"
             if tool.cache is not None:  # cached as if it had run: a repeat is a hit
                 ended = speculation.finished_ns
                 age = 0.0 if ended is None else max(outcome.finished_ns - ended, 0) / 1e9
-                self.results.keep(tool.cache, key, reads, outcome.output, age)
+                assert reserved.epoch is not None
+                self.results.keep(
+                    tool.cache, reserved.key, reserved.reads, outcome.output, age, reserved.epoch
+                )
             self._used += 1
             if id(speculation) in self._others:
                 self._unused_others -= 1
         elif tool.cache is None:
             outcome = await self._run(call)
         else:
-            if speculation is not None:  # it failed: the cache is looked up now
-                reserved = _Reserved(key, reads, None, None)
-            outcome = await self._cached(call, reserved)
+            if speculation is not None:  # it failed: the call runs, or looks the cache up now
+                reserved = replace(reserved, speculation=None, found=None)
+            outcome = await self._cached(call, reserved, owner)
         if outcome.error is None:
             self._predict(tool, call.args, call.arguments, outcome.output)
         return outcome
@@ -342,53 +369,61 @@ class ToolExecutor:
             self._by_key[key] = speculation
             return None
         speculation.used_ns = record.args_complete_ns  # claimed now, even while it runs
+        self._serving[id(record)] = speculation
         return taken
 
     async def _taken(
-        self,
-        speculation: SpeculationRecord,
-        taken: str | asyncio.Future[str | None],
-        key: str,
-        reads: frozenset[str],
-        call: Call,
-    ) -> Outcome | None:
-        """The outcome of a claimed speculation; None if it failed (the call runs itself)."""
+        self, speculation: SpeculationRecord, reserved: _Reserved, call: Call
+    ) -> tuple[Outcome | None, int | None]:
+        """The outcome of the speculation ``call`` claimed; None if it failed (the call runs
+        itself), with the epoch of the cache's flight it stands in (see :meth:`_join`)."""
+        taken = reserved.found
+        assert taken is not None
         if isinstance(taken, asyncio.Future):
             started = self.now()
-            joined = await self._join(taken, key, reads, call)
+            joined, owner = await self._join(taken, reserved, call)
             if joined is None:
                 speculation.used_ns = None
-                return None
-            return Outcome(joined, None, started, self.now())
+                return None, owner
+            return Outcome(joined, None, started, self.now()), None
         now = self.now()
-        return Outcome(taken, None, now, now)
+        return Outcome(taken, None, now, now), None
 
     async def _join(
-        self, running: asyncio.Future[str | None], key: str, reads: frozenset[str], call: Call
-    ) -> str | None:
+        self, running: asyncio.Future[str | None], reserved: _Reserved, call: Call
+    ) -> tuple[str | None, int | None]:
         """The result of a speculation still running, which ``call`` took. A cached call
         stands in the cache's flights meanwhile, as if it ran: an identical call made now
-        joins it (single flight), as it would join the call without speculation."""
-        cache = call.tool.cache
+        joins it (single flight), as it would join the call without speculation. If the
+        speculation fails, the flight stays open for ``call`` to run in (its epoch comes
+        back with None), so that the calls that joined get what it gets."""
+        cache, key, reads = call.tool.cache, reserved.key, reserved.reads
         if cache is None:
-            return await asyncio.shield(running)
-        kind, _, epoch = self.results.lookup(cache, key, reads)
-        output: str | None = None
+            return await asyncio.shield(running), None
+        epoch: int | None = None
+        assert reserved.epoch is not None
+        if not self.results.changed(cache, reserved.epoch, reads):  # (else: nobody joins)
+            kind, _, epoch = self.results.lookup(cache, key, reads)
+            if kind != "miss":
+                epoch = None  # a result or a flight came meanwhile: identical calls take it
         try:
             output = await asyncio.shield(running)
-            return output
-        finally:
-            if kind == "miss":  # the calls that joined this one get its result (None: none)
-                self.results.finish(cache, key, reads, epoch, output, keep=False)
+        except BaseException:
+            if epoch is not None:
+                self.results.finish(cache, key, reads, epoch, None, keep=False)
+            raise
+        if output is not None and epoch is not None:
+            self.results.finish(cache, key, reads, epoch, output, keep=False)
+            epoch = None
+        return output, epoch
 
     def _fresh(self, speculation: SpeculationRecord, tool: Tool, turn: int) -> bool:
         """Whether ``speculation`` may answer a call of ``tool`` in ``turn``. A write of this
-        run drops what it
-        overlaps; what others change outside the run is what limits its age. A pure tool's
-        result does not age. A cached tool's is as good as a cached result for ``ttl``
-        seconds after it came. Any other tool's answers only the turn it was started for
-        (the model turn generated next): later, the call runs again, as it would without
-        speculation."""
+        run drops what it overlaps; what others change outside the run is what limits its
+        age. A pure tool's result does not age. A cached tool's is as good as a cached result
+        for ``ttl`` seconds after it came. Any other tool's answers only the turn it was
+        started for (the model turn generated next): later, the call runs again, as it would
+        without speculation."""
         if tool.effects.pure:
             return True
         if tool.cache is not None:
@@ -613,12 +648,22 @@ class ToolExecutor:
         self.results.finish(self._speculated, key, reads, epoch, output, keep=keep)
         self._pump()
 
-    async def _cached(self, call: Call, reserved: _Reserved) -> Outcome:
+    async def _cached(self, call: Call, reserved: _Reserved, owner: int | None = None) -> Outcome:
+        """A call of a cached tool: answered by what it reserved, else looked up now (a miss
+        registers a flight), unless ``owner`` is the epoch of the flight it stands in
+        already (see :meth:`_join`)."""
         record, cache = call.record, call.tool.cache
         assert cache is not None
-        key, reads, found, epoch = reserved.key, reserved.reads, reserved.found, 0
-        if found is None:
-            _, found, epoch = self.results.lookup(cache, key, reads)  # a miss registers a flight
+        key, reads, found, epoch = reserved.key, reserved.reads, reserved.found, owner
+        if found is None and epoch is None:
+            assert reserved.epoch is not None
+            if self.results.changed(cache, reserved.epoch, reads):
+                # A write to what it reads was admitted after the call was set to start (it
+                # comes later in the model's order): the call reads from before that write,
+                # so what it gets is neither shared nor kept.
+                record.cache = "miss"
+                return await self._run(call)
+            _, found, epoch = self.results.lookup(cache, key, reads)
         if isinstance(found, str):
             record.cache = "hit"
             now = self.now()
@@ -631,6 +676,7 @@ class ToolExecutor:
                 return Outcome(output, None, started, self.now())
             # The call it joined failed: this one runs by itself (and is not shared).
             return await self._run(call)
+        assert epoch is not None
         record.cache = "miss"
         stored: str | None = None
         try:
