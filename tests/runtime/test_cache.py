@@ -772,48 +772,55 @@ async def test_a_read_made_just_before_an_overlapping_write_takes_its_cached_res
     ]
 
 
-async def test_a_result_from_before_a_write_is_not_kept_while_the_write_runs() -> None:
-    """The read and the write of a arrive in one burst: the read runs first (it comes first
-    in the model's order), and its result, from before the write, is not kept in the tool's
-    shared store while the write runs (a read in another run, made after the write, would
-    find it there)."""
+@pytest.mark.parametrize(
+    ("approval", "marks"),
+    [
+        (None, ["miss", "coalesced", None]),
+        ("all", ["miss", "miss", None]),  # each call looks up once approved, by itself
+    ],
+)
+async def test_a_result_from_before_a_write_is_not_kept_while_the_write_runs(
+    approval: Any, marks: list[str | None]
+) -> None:
+    """Two identical reads of a and a write of a arrive in one burst: the reads run first
+    (they come first in the model's order; the second joins the first), and their result,
+    from before the write, is not kept in the tool's shared store while the write runs (a
+    read in another run, made after the write, would find it there). Calls that wait for
+    approval first read from before the write all the same."""
     store = MemoryStore()
     files = Files(cache=Cache(store=store))
     kept: list[int] = []
     files.while_writing = lambda: kept.append(len(store))
-
-    scripted = ScriptedTransport(
-        [
-            turn_events("r0", [("read", {"path": "a"}), ("write", {"path": "a"})]),
-            answer_events("r1"),
-        ],
-        burst=True,
-    )
-    result = await Runner.run(Agent(MODEL, tools=files.tools), "go", client=scripted)
-    assert cache_marks(result) == [("read", "miss"), ("write", None)]
+    calls = [("read", {"path": "a"}), ("read", {"path": "a"}), ("write", {"path": "a"})]
+    scripted = ScriptedTransport([turn_events("r0", calls), answer_events("r1")], burst=True)
+    agent = Agent(MODEL, tools=files.tools, approval=approval)
+    result = await Runner.run(agent, "go", client=scripted, approver=lambda request: True)
+    assert [mark for _, mark in cache_marks(result)] == marks
+    assert files.runs == ["read a" for mark in marks if mark == "miss"] + ["write a"]
     assert kept == [0]
 
 
 class Failing(Plain):
-    """A store whose ``get`` fails from its ``after``-th call on (it went down)."""
+    """A store whose ``get`` fails once, the ``at``-th time it is called (a store that went
+    down for a moment)."""
 
-    def __init__(self, after: int) -> None:
+    def __init__(self, at: int) -> None:
         super().__init__()
-        self.after = after
+        self.at = at
         self.gets = 0
 
     def get(self, key: str, now: float) -> str | None:
         self.gets += 1
-        if self.gets >= self.after:
+        if self.gets == self.at:
             raise ConnectionError("the store is down")
         return super().get(key, now)
 
 
 async def test_a_store_that_fails_fails_the_run_and_never_hangs_it() -> None:
     """One tool at a time: the second read is set to start when the first one ends, and the
-    store fails then. The run fails with the store's error, as when it fails in a call's
-    own look-up; it does not wait for a call that never started."""
-    files = Files(cache=Cache(store=Failing(after=3)), slow=0.05)
+    store fails once then. The run fails with the store's error, as when it fails in a
+    call's own look-up: it neither waits for a call that never started nor looks again."""
+    files = Files(cache=Cache(store=Failing(at=2)), slow=0.05)
     scripted = ScriptedTransport(
         [
             turn_events("r0", [("read", {"path": "a"}), ("read", {"path": "b"})]),

@@ -1108,3 +1108,26 @@ async def test_a_speculated_result_from_before_a_write_is_not_kept_while_it_runs
         result = await Runner.run(agent, "go", client=scripted)
         assert marks(result)[1:] == [("read", "speculated"), ("write", None)]
         assert kept == [0]
+
+
+class DownForB(result_cache.MemoryStore):
+    """A store that fails whenever it is asked for a read of b."""
+
+    def get(self, key: str, now: float) -> str | None:
+        if '"b"' in key:
+            raise ConnectionError("the store is down")
+        return super().get(key, now)
+
+
+async def test_a_store_that_fails_only_skips_the_prefetch_that_looks_in_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grep predicts reads of a and b; looking for b in the cache fails before its
+    speculation would start. That speculation is skipped, with a warning; a's still runs
+    and serves the model's read, and the run goes on."""
+    turns: Turns = [[("grep", {"pattern": "x"})], [("read", {"path": "a"})]]
+    result, fast, _ = await compare(turns, cache=Cache(store=DownForB()))
+    assert marks(result)[-1] == ("read", "speculated")
+    assert [s.arguments for s in result.speculations] == ['{"path":"a"}']
+    assert "the cache of read raised; the speculation of it is not started" in caplog.text
+    assert fast.runs == ["grep x", "read a"]

@@ -5,10 +5,11 @@ decides *how* it runs, in this order:
 
 1. **reservation**: when a call's task is made (:meth:`ToolExecutor.reserve`), what serves it
    is set aside for it: a speculation of it (:mod:`hotloop.runtime.speculation`), a result
-   kept from an identical earlier call, or an identical call running now; a write the model
-   made after it, admitted before its first step, takes none of these away;
+   kept from an identical earlier call, or an identical call running now, else a flight of
+   its own in the cache that identical calls made meanwhile join; a write the model made
+   after it, admitted before its first step, takes none of these away;
 2. **cache**: a tool with ``cache=`` is answered by what it reserved (``hit``, ``coalesced``),
-   or runs (``miss``) and shares its result with the identical calls made meanwhile; see
+   or runs (``miss``) and gives its result to the calls that joined it; see
    :mod:`hotloop.runtime.cache`;
 3. **execution**: the tool runs under its timeout; what it raises, a timeout or an exhausted
    thread pool becomes an error result for the model, never a crash of the run;
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hotloop.runtime.cache import RunResults, canonical_key
+from hotloop.runtime.cache import Cache, RunResults, canonical_key
 from hotloop.runtime.events import SpeculationRecord, ToolRecord
 from hotloop.runtime.scheduler import overlap
 from hotloop.runtime.speculation import Speculate, transition_key, transitions_of
@@ -60,17 +61,20 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class _Reserved:
-    """What a call that starts holds until its first step (see :meth:`ToolExecutor.reserve`):
-    its key and reads, the speculation it claimed (None: none), what it found (a result, a
-    run to join; None: nothing, it looks again then), and its cache's epoch then (None: the
-    tool caches nothing): what it gets is shared only if no write to what it reads came
-    since."""
+    """What a call holds from when its task is made until it runs (see
+    :meth:`ToolExecutor.reserve`): its key and reads, the speculation it claimed (None:
+    none), what it found (a result, a run to join; None: nothing), its tool's ``cache`` and
+    that cache's ``epoch`` then (None: the tool caches nothing), and whether it registered a
+    ``flight`` in the cache at that epoch: identical calls made meanwhile join it, and it
+    ends when the call does (or with the run, if the call never ran)."""
 
     key: str
     reads: frozenset[str]
     speculation: SpeculationRecord | None
     found: str | asyncio.Future[str | None] | None
+    cache: Cache | None
     epoch: int | None
+    flight: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +125,9 @@ class ToolExecutor:
         self.speculations: list[SpeculationRecord] = []
         self._speculated = self.results.private()
         self._by_key: dict[str, SpeculationRecord] = {}
-        #: What calls that started hold until their first step, by record (see reserve).
-        self._reserved: dict[int, _Reserved] = {}
+        #: What calls that started hold until they run, by record (see reserve), or what
+        #: looking for it raised.
+        self._reserved: dict[int, _Reserved | Exception] = {}
         #: The speculations calls claimed and have not got the result of yet, by record.
         self._serving: dict[int, SpeculationRecord] = {}
         #: The model turn each speculation was started for (by id): the one generated next.
@@ -234,6 +239,11 @@ class ToolExecutor:
         for speculation in self._serving.values():
             speculation.used_ns = None
         self._serving.clear()
+        for reserved in self._reserved.values():  # calls that never ran: nobody waits on them
+            if isinstance(reserved, _Reserved) and reserved.flight:
+                assert reserved.cache is not None and reserved.epoch is not None
+                key, reads = reserved.key, reserved.reads
+                self.results.finish(reserved.cache, key, reads, reserved.epoch, None, keep=False)
         self._reserved.clear()
         now = self.now() if at is None else at
         for task, speculation in self._tasks.items():
@@ -255,36 +265,55 @@ class ToolExecutor:
                 task.cancel()
 
     def reserve(
-        self, tool: Tool, args: Mapping[str, Any], arguments: str, record: ToolRecord, turn: int
+        self,
+        tool: Tool,
+        args: Mapping[str, Any],
+        arguments: str,
+        record: ToolRecord,
+        turn: int,
+        *,
+        look: bool = True,
     ) -> None:
         """A call starts: its task was made, and it runs (see :meth:`execute`) from its first
-        step, a loop step later. What the cache and the speculations hold for it now is set
-        aside for it, so that a write that comes after it in the model's order, admitted
-        before that step (in the same burst of events), does not take it away.
+        step, a loop step later. What serves it is set aside for it now (a speculation, a
+        cached result, an identical call running, else a flight of its own that identical
+        calls join), so that a write that comes after it in the model's order, admitted
+        before that step (in the same burst of events), takes none of it away. A call that
+        waits for approval first (``look`` false) looks up once approved, and only the
+        cache's epoch is kept: it reads from before such a write all the same.
 
-        Nothing is set aside if looking fails (a tool's ``resources``, a store's ``get``):
-        the call looks again at its first step, and what it raises then fails the call's
-        task, where the run sees it."""
+        If looking raises (a tool's ``resources``, a store's ``get``), that is raised again
+        when the call runs, in its task, where the run sees it."""
         try:
-            found = self._look(tool, args, arguments, record, turn)
-        except Exception:
+            found = self._look(tool, args, arguments, record, turn, take=look)
+        except Exception as exc:
+            self._reserved[id(record)] = exc
             return
         if found is not None:
             self._reserved[id(record)] = found
 
     def _look(
-        self, tool: Tool, args: Mapping[str, Any], arguments: str, record: ToolRecord, turn: int
+        self,
+        tool: Tool,
+        args: Mapping[str, Any],
+        arguments: str,
+        record: ToolRecord,
+        turn: int,
+        *,
+        take: bool = True,
     ) -> _Reserved | None:
-        """What serves the call without more ado: a speculation it claims, else a stored
-        result or a flight to join (a call that misses registers its own flight when it
-        runs); None when neither policy is on."""
+        """What serves the call (see :meth:`reserve`); with ``take`` false, only its key and
+        its cache's epoch. None when neither policy is on."""
         cache = tool.cache
         if self.speculate is None and cache is None:
             return None
         reads, _ = tool.resources(args)
         key = canonical_key(tool.name, args, arguments)
+        epoch = None if cache is None else self.results.store(cache).epoch
+        if not take:
+            return _Reserved(key, reads, None, None, cache, epoch)
         found: str | asyncio.Future[str | None] | None = None
-        speculation, epoch = None, None
+        speculation = None
         if self.speculate is not None:
             self._asked.add(key)
             self._candidates.pop(key, None)  # asked for: nothing to predict any more
@@ -294,18 +323,24 @@ class ToolExecutor:
                 found = self._claim(speculation, key, reads, tool, turn, record)
                 if found is None:
                     speculation = None
-        if cache is not None:
-            epoch = self.results.store(cache).epoch
+        flight = False
+        if cache is not None and not isinstance(found, str):
+            # A miss, or a speculation still running: the call stands in the cache's flights
+            # from now on, as if it ran, and identical calls join it (single flight).
+            kind, in_cache, _ = self.results.lookup(cache, key, reads)
+            flight = kind == "miss"
             if found is None:
-                found = self.results.peek(cache, key, reads)
-        return _Reserved(key, reads, speculation, found, epoch)
+                found = in_cache
+        return _Reserved(key, reads, speculation, found, cache, epoch, flight)
 
     def execute(self, call: Call) -> Awaitable[Outcome]:
         """Run one admitted call (or answer it from the cache or a speculation): an awaitable
         of its outcome."""
-        reserved = self._reserved.pop(id(call.record), None) or self._look(
-            call.tool, call.args, call.arguments, call.record, call.turn
-        )
+        reserved = self._reserved.pop(id(call.record), None)
+        if isinstance(reserved, Exception):
+            raise reserved
+        if reserved is None:
+            reserved = self._look(call.tool, call.args, call.arguments, call.record, call.turn)
         if reserved is None:
             return self._run(call)
         if self.speculate is not None:
@@ -317,9 +352,8 @@ class ToolExecutor:
         then predict what follows the call."""
         tool, speculation = call.tool, reserved.speculation
         outcome: Outcome | None = None
-        owner: int | None = None  # the flight the call stands in, if its speculation failed
         if speculation is not None:
-            outcome, owner = await self._taken(speculation, reserved, call)
+            outcome = await self._taken(speculation, reserved, call)
             del self._serving[id(call.record)]
         if outcome is not None:
             assert speculation is not None
@@ -337,9 +371,9 @@ class ToolExecutor:
         elif tool.cache is None:
             outcome = await self._run(call)
         else:
-            if speculation is not None:  # it failed: the call runs, or looks the cache up now
+            if speculation is not None:  # it failed: the call runs in its flight, if it has one
                 reserved = replace(reserved, speculation=None, found=None)
-            outcome = await self._cached(call, reserved, owner)
+            outcome = await self._cached(call, reserved)
         if outcome.error is None:
             self._predict(tool, call.args, call.arguments, outcome.output)
         return outcome
@@ -374,48 +408,42 @@ class ToolExecutor:
 
     async def _taken(
         self, speculation: SpeculationRecord, reserved: _Reserved, call: Call
-    ) -> tuple[Outcome | None, int | None]:
+    ) -> Outcome | None:
         """The outcome of the speculation ``call`` claimed; None if it failed (the call runs
-        itself), with the epoch of the cache's flight it stands in (see :meth:`_join`)."""
+        itself)."""
         taken = reserved.found
         assert taken is not None
         if isinstance(taken, asyncio.Future):
             started = self.now()
-            joined, owner = await self._join(taken, reserved, call)
+            joined = await self._join(taken, reserved)
             if joined is None:
                 speculation.used_ns = None
-                return None, owner
-            return Outcome(joined, None, started, self.now()), None
+                return None
+            return Outcome(joined, None, started, self.now())
         now = self.now()
-        return Outcome(taken, None, now, now), None
+        return Outcome(taken, None, now, now)
 
-    async def _join(
-        self, running: asyncio.Future[str | None], reserved: _Reserved, call: Call
-    ) -> tuple[str | None, int | None]:
-        """The result of a speculation still running, which ``call`` took. A cached call
-        stands in the cache's flights meanwhile, as if it ran: an identical call made now
-        joins it (single flight), as it would join the call without speculation. If the
-        speculation fails, the flight stays open for ``call`` to run in (its epoch comes
-        back with None), so that the calls that joined get what it gets."""
-        cache, key, reads = call.tool.cache, reserved.key, reserved.reads
-        if cache is None:
-            return await asyncio.shield(running), None
-        epoch: int | None = None
-        assert reserved.epoch is not None
-        if not self.results.changed(cache, reserved.epoch, reads):  # (else: nobody joins)
-            kind, _, epoch = self.results.lookup(cache, key, reads)
-            if kind != "miss":
-                epoch = None  # a result or a flight came meanwhile: identical calls take it
+    async def _join(self, running: asyncio.Future[str | None], reserved: _Reserved) -> str | None:
+        """The result of a speculation still running, which a call took. The identical calls
+        that joined the call's flight (see :meth:`_look`) get it too; if the speculation
+        fails, the flight stays open for the call to run in."""
+        flight = reserved.flight
         try:
             output = await asyncio.shield(running)
         except BaseException:
-            if epoch is not None:
-                self.results.finish(cache, key, reads, epoch, None, keep=False)
+            if flight:
+                self._land(reserved, None)
             raise
-        if output is not None and epoch is not None:
-            self.results.finish(cache, key, reads, epoch, output, keep=False)
-            epoch = None
-        return output, epoch
+        if output is not None and flight:
+            self._land(reserved, output)
+        return output
+
+    def _land(self, reserved: _Reserved, output: str | None) -> None:
+        """End the flight ``reserved`` registered with ``output`` (None: none), keeping
+        nothing: the calls that joined it get it."""
+        assert reserved.cache is not None and reserved.epoch is not None
+        key, reads = reserved.key, reserved.reads
+        self.results.finish(reserved.cache, key, reads, reserved.epoch, output, keep=False)
 
     def _fresh(self, speculation: SpeculationRecord, tool: Tool, turn: int) -> bool:
         """Whether ``speculation`` may answer a call of ``tool`` in ``turn``. A write of this
@@ -567,8 +595,17 @@ class ToolExecutor:
 
     def _launch(self, key: str, found: _Candidate) -> None:
         tool, reads = found.tool, found.reads
-        if tool.cache is not None and self.results.store(tool.cache).get(key, 0.0) is not None:
-            return  # the cache answers it already
+        if tool.cache is not None:
+            try:
+                if self.results.peek(tool.cache, key, reads) is not None:
+                    return  # the cache answers it already, or a call running now will
+            except Exception as exc:  # (a prefetch is optional work: the run goes on)
+                _log.warning(
+                    "the cache of %s raised; the speculation of it is not started",
+                    tool.name,
+                    exc_info=exc,
+                )
+                return
         kind, _, epoch = self.results.lookup(self._speculated, key, reads)
         if kind != "miss":
             return  # speculated already, and still valid (kept, or running)
@@ -648,16 +685,14 @@ class ToolExecutor:
         self.results.finish(self._speculated, key, reads, epoch, output, keep=keep)
         self._pump()
 
-    async def _cached(self, call: Call, reserved: _Reserved, owner: int | None = None) -> Outcome:
-        """A call of a cached tool: answered by what it reserved, else looked up now (a miss
-        registers a flight), unless ``owner`` is the epoch of the flight it stands in
-        already (see :meth:`_join`)."""
+    async def _cached(self, call: Call, reserved: _Reserved) -> Outcome:
+        """A call of a cached tool: answered by what it reserved, or run in the flight it
+        registered; one that reserved neither (it waited for approval) looks up now."""
         record, cache = call.record, call.tool.cache
-        assert cache is not None
-        key, reads, found, epoch = reserved.key, reserved.reads, reserved.found, owner
-        if found is None and epoch is None:
-            assert reserved.epoch is not None
-            if self.results.changed(cache, reserved.epoch, reads):
+        assert cache is not None and reserved.epoch is not None
+        key, reads, found, epoch = reserved.key, reserved.reads, reserved.found, reserved.epoch
+        if found is None and not reserved.flight:
+            if self.results.changed(cache, epoch, reads):
                 # A write to what it reads was admitted after the call was set to start (it
                 # comes later in the model's order): the call reads from before that write,
                 # so what it gets is neither shared nor kept.
@@ -676,7 +711,6 @@ class ToolExecutor:
                 return Outcome(output, None, started, self.now())
             # The call it joined failed: this one runs by itself (and is not shared).
             return await self._run(call)
-        assert epoch is not None
         record.cache = "miss"
         stored: str | None = None
         try:

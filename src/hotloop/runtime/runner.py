@@ -501,8 +501,8 @@ class _TurnCalls:
             tool, args, writes = pending
             self._pending[index] = None  # started: nothing left to withdraw (stop)
             record = self.records[index]
-            if not self.agent.needs_approval(tool):  # (one that waits looks up once approved)
-                self.executor.reserve(tool, args, self.calls[index].arguments, record, self.turn)
+            arguments, asks = self.calls[index].arguments, self.agent.needs_approval(tool)
+            self.executor.reserve(tool, args, arguments, record, self.turn, look=not asks)
             task = asyncio.create_task(self._execute(index, tool, args, writes, record))
             self.ledger.setdefault((tool.name, self.calls[index].arguments), []).append(task)
             task.add_done_callback(functools.partial(self._settle, future, index))
