@@ -1131,3 +1131,17 @@ async def test_a_store_that_fails_only_skips_the_prefetch_that_looks_in_it(
     assert [s.arguments for s in result.speculations] == ['{"path":"a"}']
     assert "the cache of read raised; the speculation of it is not started" in caplog.text
     assert fast.runs == ["grep x", "read a"]
+
+
+async def test_a_read_whose_cached_result_expired_is_prefetched_again() -> None:
+    """The read of a is cached for 20 ms; when grep predicts it again, that result has
+    expired, so the read is prefetched (a cached result still valid would answer it)."""
+    turns: Turns = [
+        [("read", {"path": "a"})],
+        [("pause", {"seconds": 0.05})],
+        [("grep", {"pattern": "x"})],
+        [("read", {"path": "a"})],
+    ]
+    result, fast, plain = await compare(turns, kind=PausingRepo, cache=Cache(ttl=0.02))
+    assert marks(result)[-1] == ("read", "speculated")
+    assert fast.runs.count("read a") == plain.runs.count("read a") == 2
